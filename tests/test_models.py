@@ -1,0 +1,157 @@
+"""Shapes, ranges, gradients, registry errors, exact layer layouts, config round-trips, bf16 + channels_last."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from medsr.errors import MedsrError
+from medsr.models import DISCRIMINATORS, GENERATORS, create_discriminator, create_generator
+
+torch.set_num_threads(2)
+
+# tiny widths keep the whole file fast on 2 CPU cores
+TINY_G = {"paper": dict(channels=8, num_blocks=2), "srgan": dict(channels=8, num_blocks=2), "dcgan": dict(channels=8)}
+GEN_SCALES = [("paper", s) for s in (2, 3, 4, 8)] + [("srgan", s) for s in (2, 3, 4, 8)] + [("dcgan", s) for s in (2, 3, 4)]
+DISC_SIZES = {"paper": 150, "srgan": 96, "dcgan": 28}
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def count(m: nn.Module, kind: type) -> int:
+    return sum(isinstance(x, kind) for x in m.modules())
+
+
+@pytest.mark.parametrize("name,scale", GEN_SCALES)
+def test_generator_shape_range_grads(name, scale):
+    torch.manual_seed(0)
+    g = create_generator(name, scale=scale, **TINY_G[name])
+    assert g.scale == scale
+    x = torch.rand(2, 1, 7, 9) * 2 - 1
+    y = g(x)
+    assert y.shape == (2, 1, 7 * scale, 9 * scale)
+    assert y.min() >= -1 and y.max() <= 1
+    y.square().mean().backward()
+    for pname, p in g.named_parameters():
+        assert p.grad is not None, f"no grad for {pname}"
+        assert torch.isfinite(p.grad).all(), f"non-finite grad for {pname}"
+
+
+def test_registry_errors():
+    with pytest.raises(MedsrError, match="paper"):  # the message lists the known names
+        create_generator("nope")
+    with pytest.raises(MedsrError, match="srgan"):
+        create_discriminator("nope")
+    with pytest.raises(MedsrError, match="scale"):
+        create_generator("paper", scale=5)
+    with pytest.raises(MedsrError, match="scale"):
+        create_generator("dcgan", scale=8)
+    with pytest.raises(MedsrError, match="chanels"):
+        create_generator("srgan", chanels=8)
+
+
+@pytest.mark.parametrize("name", sorted(DISCRIMINATORS))
+def test_discriminator_logits(name):
+    size = DISC_SIZES[name]
+    d = create_discriminator(name, channels=8)
+    assert d.input_size == size
+    y = d(torch.rand(3, 1, size, size) * 2 - 1)
+    assert y.shape == (3, 1)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["paper", "dcgan"])
+def test_discriminator_wrong_size_raises(name):
+    d = create_discriminator(name, channels=8)
+    with pytest.raises(MedsrError, match=str(DISC_SIZES[name])):
+        d(torch.zeros(1, 1, 32, 32))
+
+
+def test_paper_discriminator_other_input_size():
+    d = create_discriminator("paper", input_size=96, channels=8)
+    assert d(torch.zeros(2, 1, 96, 96)).shape == (2, 1)
+
+
+def test_vgg_discriminator_any_size():
+    d = create_discriminator("srgan", channels=8)
+    assert d(torch.zeros(2, 1, 40, 56)).shape == (2, 1)
+
+
+def test_paper_discriminator_layout():
+    d = create_discriminator("paper")
+    assert count(d, nn.Dropout) == 7
+    assert count(d, nn.BatchNorm2d) == 4
+    assert count(d, nn.LeakyReLU) == 5  # first conv, the last three conv blocks, the dense layer
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 512]
+    assert [c.stride[0] for c in convs] == [1, 2, 2, 2, 2, 2, 2]
+    linears = [m for m in d.modules() if isinstance(m, nn.Linear)]
+    assert [l.out_features for l in linears] == [1024, 1]
+    assert linears[0].in_features == 512 * 3 * 3  # 150 -> 75 -> 38 -> 19 -> 10 -> 5 -> 3
+    # the blocks between the first conv and the 4ch block have no activation, as in the paper
+    kinds = [type(m).__name__ for m in d.features]
+    assert kinds[:12] == ["Conv2d", "Dropout", "LeakyReLU"] + ["Conv2d", "BatchNorm2d", "Dropout"] * 3
+
+
+def test_paper_generator_defaults():
+    g = create_generator("paper")
+    n = n_params(g)
+    shuffles = [m for m in g.modules() if isinstance(m, nn.PixelShuffle)]
+    assert g.scale == 3, f"params={n}"
+    assert len(g.blocks) == 7, f"params={n}"
+    assert [s.upscale_factor for s in shuffles] == [3], f"params={n}"
+    assert g.head[0].kernel_size == (9, 9) and g.tail.kernel_size == (9, 9), f"params={n}"
+    pre = {}
+    g.tail.register_forward_hook(lambda mod, inp, out: pre.update(out=out))
+    y = g(torch.randn(1, 1, 6, 5) * 5)
+    assert y.shape == (1, 1, 18, 15), f"params={n}"
+    assert torch.equal(y, torch.tanh(pre["out"])), f"output is not tanh of the tail conv; params={n}"
+    # head 5,248 + 7 blocks x 74,112 + body conv 36,928 + x3 upsampler 332,352 + tail 5,185
+    assert n == 898_497, f"params={n}"
+    g8 = create_generator("paper", scale=8, **TINY_G["paper"])
+    assert [s.upscale_factor for s in g8.modules() if isinstance(s, nn.PixelShuffle)] == [2, 2, 2]
+
+
+def all_models():
+    for name, cls in GENERATORS.items():
+        yield cls(**TINY_G[name])
+    for name, cls in DISCRIMINATORS.items():
+        yield cls(channels=8)
+
+
+@pytest.mark.parametrize("model", list(all_models()), ids=lambda m: type(m).__name__)
+def test_config_rebuilds(model):
+    import json
+
+    config = json.loads(json.dumps(model.config))  # saved as JSON next to the weights
+    rebuilt = type(model)(**config)
+    a = {k: v.shape for k, v in model.state_dict().items()}
+    b = {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert a == b
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_bf16_channels_last(name):
+    torch.manual_seed(0)
+    scale = 2
+    g = create_generator(name, scale=scale, **TINY_G[name]).eval()
+    x = torch.rand(2, 1, 8, 10) * 2 - 1
+    with torch.no_grad():
+        ref = g(x)
+        g = g.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = g(x.to(memory_format=torch.channels_last))
+    assert y.shape == ref.shape
+    assert (y.float() - ref).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("name", sorted(DISCRIMINATORS))
+def test_discriminator_bf16_channels_last(name):
+    torch.manual_seed(0)
+    size = DISC_SIZES[name]
+    d = create_discriminator(name, channels=8).eval().to(memory_format=torch.channels_last)
+    x = (torch.rand(2, 1, size, size) * 2 - 1).to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = d(x)
+    assert y.shape == (2, 1) and torch.isfinite(y.float()).all()
