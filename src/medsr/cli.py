@@ -1,0 +1,171 @@
+"""The `medsr` command. Thin: parse arguments, call the library, turn MedsrError into one line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from medsr.errors import MedsrError
+
+log = logging.getLogger("medsr")
+
+
+def _train(args) -> int:
+    from medsr.train import load_config, train
+
+    cfg = load_config(args.config, args.set or [])
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def _load_upscaler(args, model_name: str, tile: int | None = None):
+    import torch
+
+    from medsr import runtime, zoo
+    from medsr.infer import Upscaler
+
+    device = runtime.resolve_device(args.device)
+    model, meta = zoo.load(model_name, device)
+    scale = int(meta["medsr_scale"])
+    if args.scale is not None and args.scale != scale:
+        raise MedsrError(f"{meta['path']}: this model upscales x{scale}, not x{args.scale}; omit --scale or pick a x{args.scale} model")
+    torch.set_grad_enabled(False)
+    upscaler = Upscaler(model, scale, device, args.precision, args.tile if tile is None else tile, args.tile_overlap)
+    return upscaler, meta
+
+
+def _collect_inputs(paths: list[str]) -> list[tuple[Path, Path]]:
+    """(file, path relative to the output folder) for each input file; folders are walked."""
+    from medsr.io import is_supported
+
+    pairs = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_supported(p))
+            if not found:
+                raise MedsrError(f"{path}: no supported images in this folder (PNG, JPEG, TIFF, DICOM, NIfTI)")
+            pairs += [(p, p.relative_to(path)) for p in found]
+        elif path.is_file():
+            pairs.append((path, Path(path.name)))
+        else:
+            raise MedsrError(f"{path}: no such file or folder; check the path")
+    return pairs
+
+
+EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "dcm": ".dcm", "nii": ".nii.gz"}
+
+
+def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
+    if fmt is None:
+        return out_dir / rel
+    name = rel.name[: -len(".nii.gz")] if rel.name.endswith(".nii.gz") else rel.stem
+    return out_dir / rel.parent / (name + EXTENSIONS[fmt])
+
+
+def _upscale(args) -> int:
+    from tqdm import tqdm
+
+    from medsr.io import read_image, write_image
+
+    pairs = _collect_inputs(args.inputs)
+    out_dir = Path(args.output)
+    inputs = {p.resolve() for p, _ in pairs}
+    upscaler, meta = _load_upscaler(args, args.model)
+    name = Path(meta["path"]).stem if args.model.endswith(".safetensors") else args.model
+    failed = []
+    for path, rel in tqdm(pairs, desc="upscale", unit="file", dynamic_ncols=True, disable=len(pairs) < 2):
+        target = _output_path(rel, out_dir, args.format)
+        try:
+            if target.resolve() in inputs:
+                raise MedsrError(f"{path}: the output would overwrite this input; choose another -o folder")
+            image = read_image(path)
+            image.pixels = upscaler.upscale(image.pixels)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written = write_image(target, image, scale=upscaler.scale, model_name=name, format=args.format)
+            tqdm.write(f"{path} -> {written}")
+        except MedsrError as err:
+            failed.append(str(err))
+            tqdm.write(f"medsr: skipped: {err}", file=sys.stderr)
+    done = len(pairs) - len(failed)
+    print(f"upscaled {done} of {len(pairs)} file(s) x{upscaler.scale} into {out_dir}" + (f"; {len(failed)} failed (listed above)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _evaluate(args) -> int:
+    from medsr import evaluate as ev
+
+    methods = [ev.Method(name) for name in ev.BASELINES]
+    scale = args.scale
+    for model in args.model or []:
+        upscaler, meta = _load_upscaler(args, model, tile=0)
+        if scale is not None and upscaler.scale != scale:
+            raise MedsrError(f"{meta['path']}: model is x{upscaler.scale} but --scale is {scale}; evaluate models of one scale at a time")
+        scale = upscaler.scale
+        methods.append(ev.Method(model, upscaler))
+    scale = scale or 3
+    rows = ev.evaluate(args.data, methods, scale, args.protocol, args.split, args.limit)
+    summary = ev.summarize(rows)
+    print(f"\n{args.protocol} protocol, x{scale}, split '{args.split}', {', '.join(args.data)}\n")
+    print(ev.markdown_table(summary))
+    context = {"data": args.data, "protocol": args.protocol, "split": args.split, "scale": scale}
+    paths = ev.write_reports(rows, summary, Path(args.out), context)
+    print(f"\nwrote {', '.join(map(str, paths))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsr", description="Super-resolution of medical images (X-ray, MRI; PNG/JPEG/TIFF, DICOM, NIfTI).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe")
+    p.add_argument("config", help="recipe, e.g. configs/paper.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable), e.g. --set epochs=2")
+    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.set_defaults(func=_train)
+
+    def model_options(p, model_default):
+        p.add_argument("--model", default=model_default, help="shipped model name, .safetensors file, or training run folder")
+        p.add_argument("--scale", type=int, help="expected scale; must match the model")
+        p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto = bf16 where the hardware has it")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument("--tile", type=int, default=256, help="LR tile size in pixels; 0 = whole image at once")
+        p.add_argument("--tile-overlap", type=int, default=16, help="context pixels around each tile")
+
+    p = sub.add_parser("upscale", help="upscale image files or folders")
+    p.add_argument("inputs", nargs="+", help="files or folders (walked recursively; structure mirrored)")
+    p.add_argument("-o", "--output", required=True, help="output folder (never the same file as an input)")
+    model_options(p, "default")
+    p.add_argument("--format", choices=sorted(EXTENSIONS), help="output format; default: the input's")
+    p.set_defaults(func=_upscale)
+
+    p = sub.add_parser("evaluate", help="PSNR/SSIM/MS-SSIM of models and baselines on a data split")
+    p.add_argument("--data", nargs="+", required=True, help="data folder(s)")
+    model_options(p, None)
+    p.set_defaults(model=None)
+    p.add_argument("--protocol", default="paper", choices=["paper", "native"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--limit", type=int, help="evaluate at most this many images")
+    p.add_argument("--out", default="evaluation", help="folder for per_image.csv, summary.csv, results.json")
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "evaluate" and isinstance(args.model, str):  # --model a,b,c
+        args.model = [m for m in args.model.split(",") if m]
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="medsr: %(message)s")
+    try:
+        return args.func(args)
+    except MedsrError as err:
+        if args.verbose:
+            raise
+        print(f"medsr: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medsr: interrupted", file=sys.stderr)
+        return 130

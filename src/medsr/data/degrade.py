@@ -1,0 +1,98 @@
+"""Degradations: how a low-resolution (LR) image is made from a high-resolution (HR) one.
+
+All functions work on float tensors shaped (B, 1, H, W). Values stay in whatever range they
+come in ([0, 1] or [-1, 1]); resizing is antialiased bicubic, the standard in SR benchmarks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsr.errors import MedsrError
+
+PAPER_HR_SIZE = 150
+PAPER_LR_SIZE = 50
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize of a (B, C, H, W) float batch to `size` = (h, w)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
+def downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """LR = antialiased bicubic downscale of HR by an integer `scale` (HR sides must divide)."""
+    h, w = hr.shape[-2:]
+    if h % scale or w % scale:
+        raise ValueError(f"HR size {h}x{w} is not divisible by scale {scale}")
+    return resize(hr, (h // scale, w // scale))
+
+
+def upscale_baseline(lr: torch.Tensor, scale: int, method: str = "bicubic") -> torch.Tensor:
+    """Classical interpolation baselines: nearest, bilinear, bicubic (torch), lanczos (Pillow)."""
+    size = (lr.shape[-2] * scale, lr.shape[-1] * scale)
+    if method == "nearest":
+        return F.interpolate(lr.float(), size=size, mode="nearest")
+    if method in ("bilinear", "bicubic"):
+        return F.interpolate(lr.float(), size=size, mode=method, align_corners=False)
+    if method == "lanczos":
+        return _lanczos(lr, size)
+    raise MedsrError(f"unknown interpolation '{method}'; use nearest, bilinear, bicubic or lanczos")
+
+
+def _lanczos(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    from PIL import Image
+
+    out = np.empty((*images.shape[:2], *size), dtype=np.float32)
+    for b in range(images.shape[0]):
+        for c in range(images.shape[1]):
+            plane = Image.fromarray(images[b, c].float().cpu().numpy(), mode="F")
+            out[b, c] = np.asarray(plane.resize((size[1], size[0]), Image.Resampling.LANCZOS))
+    return torch.from_numpy(out)
+
+
+def center_square(array: np.ndarray) -> np.ndarray:
+    """The paper's crop: the central M x M square, M = min(W, H)."""
+    h, w = array.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return array[..., top : top + side, left : left + side]
+
+
+def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    h, w = array.shape[-2:]
+    top, left = (h - height) // 2, (w - width) // 2
+    return array[..., top : top + height, left : left + width]
+
+
+def paper_pair(images01: torch.Tensor, hr_size: int = PAPER_HR_SIZE, scale: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed paper's protocol on already centre-square-cropped [0, 1] images.
+
+    HR = the crop resized to hr_size x hr_size (150), LR = HR downscaled by `scale` (50x50),
+    both mapped to [-1, 1] as the paper does.
+    """
+    hr = resize(images01, (hr_size, hr_size)).clamp(0, 1)
+    lr = downscale(hr, scale).clamp(0, 1)
+    return to_signed(hr), to_signed(lr)
+
+
+def native_hr(array01: np.ndarray, scale: int, cap: int = 1500) -> np.ndarray:
+    """The `native` evaluation protocol's HR: the image at its own resolution, centre-cropped to at
+    most `cap` pixels per side and to a multiple of `scale`."""
+    h, w = array01.shape[-2:]
+    height = min(h, cap) // scale * scale
+    width = min(w, cap) // scale * scale
+    return center_crop(array01, height, width)
+
+
+def to_signed(images01: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1], the models' range."""
+    return images01 * 2 - 1
+
+
+def to_unit(images_signed: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return ((images_signed + 1) / 2).clamp(0, 1)

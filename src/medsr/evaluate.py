@@ -1,0 +1,111 @@
+"""Evaluation: PSNR / SSIM / MS-SSIM of models against classical baselines on a data split.
+
+Protocols (the LR is always made from the HR by antialiased bicubic downscale):
+- paper:  HR = the centre square crop resized to 150x150, LR 50x50 (the seed paper's protocol);
+- native: HR = the image at its own resolution, centre-cropped to at most 1500 px per side
+          (and to a multiple of the scale), LR = HR / scale.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medsr import metrics
+from medsr.data import degrade, load_arrays, scan, select
+from medsr.data.dataset import as_unit_float
+from medsr.errors import MedsrError
+from medsr.infer import Upscaler
+
+BASELINES = ("nearest", "bicubic", "lanczos")
+METRICS = ("psnr", "ssim", "ms_ssim")
+
+
+@dataclass
+class Method:
+    name: str
+    upscaler: Upscaler | None = None  # None: a classical interpolation named by `name`
+
+    def run(self, lr01: np.ndarray, scale: int) -> np.ndarray:
+        if self.upscaler is None:
+            out = degrade.upscale_baseline(torch.from_numpy(lr01)[None, None], scale, self.name)
+            return out[0, 0].clamp(0, 1).numpy()
+        return self.upscaler.upscale_plane(lr01)
+
+
+def make_pair(array01: np.ndarray, protocol: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lr, hr) float32 [0, 1] arrays for one image under an evaluation protocol."""
+    if protocol == "paper":
+        hr = degrade.resize(torch.from_numpy(degrade.center_square(array01).copy())[None, None],
+                            (degrade.PAPER_HR_SIZE, degrade.PAPER_HR_SIZE)).clamp(0, 1)
+    elif protocol == "native":
+        hr = torch.from_numpy(degrade.native_hr(array01, scale).copy())[None, None]
+    else:
+        raise MedsrError(f"unknown protocol '{protocol}'; use paper or native")
+    lr = degrade.downscale(hr, scale).clamp(0, 1)
+    return lr[0, 0].numpy(), hr[0, 0].numpy()
+
+
+def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: str = "paper", split: str = "test",
+             limit: int | None = None) -> list[dict]:
+    """Per-image rows {file, label, method, psnr, ssim, ms_ssim}."""
+    items = select(scan(data_dirs), split)
+    if not items:
+        raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
+    arrays, kept = load_arrays(items, limit)
+    rows = []
+    for array, item in tqdm(list(zip(arrays, kept)), desc="evaluate", unit="img", dynamic_ncols=True):
+        lr, hr = make_pair(as_unit_float(array), protocol, scale)
+        hr_t = torch.from_numpy(hr)[None, None]
+        for method in methods:
+            sr_t = torch.from_numpy(method.run(lr, scale))[None, None]
+            scores = {
+                "psnr": metrics.psnr(sr_t, hr_t, scale).item(),
+                "ssim": metrics.ssim(sr_t, hr_t, scale).item(),
+                "ms_ssim": metrics.ms_ssim(sr_t, hr_t, scale).item(),
+            }
+            rows.append({"file": str(item.path), "label": item.label, "method": method.name, **scores})
+    return rows
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean of each metric per method, in the order methods first appear."""
+    order = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for name in order:
+        mine = [r for r in rows if r["method"] == name]
+        summary = {"method": name, "images": len(mine)}
+        for key in METRICS:
+            values = [r[key] for r in mine if not math.isnan(r[key])]
+            summary[key] = float(np.mean(values)) if values else float("nan")
+        out.append(summary)
+    return out
+
+
+def markdown_table(summary: list[dict], reference: str = "bicubic") -> str:
+    ref = next((s for s in summary if s["method"] == reference), None)
+    lines = ["| method | images | PSNR (dB) | vs bicubic (dB) | SSIM | MS-SSIM |", "|---|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        delta = f"{s['psnr'] - ref['psnr']:+.2f}" if ref else ""
+        lines.append(f"| {s['method']} | {s['images']} | {s['psnr']:.2f} | {delta} | {s['ssim']:.4f} | {s['ms_ssim']:.4f} |")
+    return "\n".join(lines)
+
+
+def write_reports(rows: list[dict], summary: list[dict], out_dir: Path, context: dict) -> list[Path]:
+    """per-image CSV, summary CSV, and a JSON with context + summary + rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "per_image.csv", out_dir / "summary.csv", out_dir / "results.json"]
+    for path, table in zip(paths[:2], (rows, summary)):
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    paths[2].write_text(json.dumps({**context, "summary": summary, "per_image": rows}, indent=1))
+    return paths

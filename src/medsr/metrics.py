@@ -1,0 +1,59 @@
+"""Image-quality metrics (torchmetrics does the maths; this file fixes the conventions).
+
+Conventions, the same everywhere in medsr:
+- images are float tensors (B, 1, H, W) in [0, 1], where 1.0 is the top of the image's true bit
+  depth (255 for 8-bit, 4095 for 12-bit DICOM, ...), so data_range=1 is that bit depth's range;
+- a border of `scale` pixels is cropped before measuring (the usual SR convention: borders
+  depend on padding, not on the method);
+- MS-SSIM uses the standard five scale weights, truncated to the scales the image size allows
+  (each scale halves the image; the 11-px Gaussian window needs a side > 10 * 2**(n-1)),
+  so 150 px images (the paper protocol) use 4 scales.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure as _ms_ssim,
+    peak_signal_noise_ratio as _psnr,
+    structural_similarity_index_measure as _ssim,
+)
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def crop_border(images: torch.Tensor, border: int) -> torch.Tensor:
+    return images[..., border:-border, border:-border] if border > 0 else images
+
+
+def _prepare(sr: torch.Tensor, hr: torch.Tensor, border: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if sr.shape != hr.shape:
+        raise ValueError(f"SR {tuple(sr.shape)} and HR {tuple(hr.shape)} differ in shape")
+    sr, hr = sr.float().clamp(0, 1), hr.float().clamp(0, 1)
+    return crop_border(sr, border), crop_border(hr, border)
+
+
+def psnr(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor:
+    """Per-image PSNR in dB, shape (B,)."""
+    sr, hr = _prepare(sr, hr, border)
+    return _psnr(sr, hr, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+
+def ssim(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor:
+    """Per-image SSIM (11-px Gaussian window, sigma 1.5), shape (B,)."""
+    sr, hr = _prepare(sr, hr, border)
+    return _ssim(sr, hr, data_range=1.0, reduction="none")
+
+
+def ms_ssim(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor:
+    """Per-image MS-SSIM, shape (B,); NaN when the image is too small for two scales."""
+    sr, hr = _prepare(sr, hr, border)
+    side = min(sr.shape[-2:])
+    scales = 0
+    while scales < len(MS_SSIM_WEIGHTS) and side > 10 * 2**scales:
+        scales += 1
+    if scales < 2:
+        return torch.full((sr.shape[0],), float("nan"))
+    weights = MS_SSIM_WEIGHTS[:scales]
+    weights = tuple(w / sum(weights) for w in weights)
+    return _ms_ssim(sr, hr, data_range=1.0, betas=weights, reduction="none", normalize="relu")

@@ -1,0 +1,56 @@
+"""Where and in what precision models run: device choice, bf16 detection, autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from medsr.errors import MedsrError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AMX or AVX-512 BF16); read at run time."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MedsrError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if name.split(":")[0] not in ("cpu", "cuda"):
+        raise MedsrError(f"unknown device '{name}'; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision name, or None for plain fp32.
+
+    auto = bf16 where the hardware does it natively (CUDA with bf16, CPUs with AMX/AVX-512 BF16),
+    else fp32. Asking for bf16 where it is not native is allowed (it is emulated, and slow).
+    """
+    if name not in PRECISIONS:
+        raise MedsrError(f"unknown precision '{name}'; use auto, fp32 or bf16")
+    if name == "fp32":
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_fast_bf16()
+    return torch.bfloat16 if native else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """An autocast context for `dtype`, or a no-op context for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,407 @@
+"""One trainer for every recipe: warm-up on the pixel loss, then adversarial training.
+
+Order of one step (read top to bottom in `Trainer.step`):
+  1. draw an (lr, hr) batch;  2. sr = G(lr);
+  3. after the warm-up: discriminator step on [hr, sr.detach()] with BCE;
+  4. generator step on pixel loss (+ adversarial_weight x BCE after the warm-up).
+Mixed precision is bf16 autocast (CPU with native bf16, or CUDA) with channels_last tensors.
+Runs on one process, or under `torchrun` with DistributedDataParallel (gloo on CPU, nccl on GPU):
+every rank draws its own batches; rank 0 validates, logs and writes checkpoints.
+
+A checkpoint is a folder `checkpoints/step-NNNNNNNN/` holding `model.safetensors` (generator
+and discriminator weights, with the rebuild record) and one `state-rankR.pt` per rank (optimisers,
+step, RNG and sampler states, config). It is built under a temporary name and renamed when
+complete, so a killed run never leaves a half-written checkpoint behind; `--resume` continues
+from the newest complete one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from medsr import losses, metrics, runtime, zoo
+from medsr.data import build_sampler, degrade
+from medsr.errors import MedsrError
+from medsr.models import create_discriminator, create_generator
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe. Every field can be set in the YAML file or with --set key=value."""
+
+    name: str = "run"
+    out_dir: str = "runs"  # the run folder is out_dir/name
+    seed: int = 0
+    # data
+    data: list = field(default_factory=lambda: ["${MEDSR_DATA}/brain-mri", "${MEDSR_DATA}/chest-xray"])
+    protocol: str = "paper"  # paper | patch | mnist (see medsr.data.PairSampler)
+    scale: int = 3
+    hr_size: int = 150  # HR side: the paper's 150, or the patch size
+    max_train_images: int | None = None
+    max_val_images: int = 64
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # model
+    model: str = "paper"
+    generator: dict = field(default_factory=dict)  # constructor overrides, e.g. {channels: 32}
+    discriminator: dict = field(default_factory=dict)
+    # schedule
+    epochs: int = 50
+    steps_per_epoch: int | None = None  # default: one pass over the training images
+    warmup_epochs: int = 0  # epochs on the pixel loss alone before the adversarial phase
+    batch_size: int = 16
+    # optimisation
+    lr_generator: float = 1e-4
+    lr_discriminator: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    pixel_loss: str = "mse"
+    adversarial_weight: float = 1e-3  # 0 turns the discriminator off entirely
+    # machinery
+    precision: str = "auto"  # auto | bf16 | fp32
+    channels_last: bool = True
+    device: str = "auto"
+    checkpoint_every: int = 500  # steps; also one at the end
+    keep_checkpoints: int = 3
+    grid_images: int = 6
+    log_every: int = 10
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """A TrainConfig from a YAML recipe plus `key=value` overrides (values parsed as YAML;
+    `generator.channels=32` sets a key inside a dict field)."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except OSError:
+            raise MedsrError(f"{path}: recipe not found; pass a YAML file such as configs/paper.yaml") from None
+        except yaml.YAMLError as err:
+            raise MedsrError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the file") from None
+        if not isinstance(values, dict):
+            raise MedsrError(f"{path}: a recipe must be a YAML mapping of key: value")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise MedsrError(f"--set {item}: expected key=value, e.g. --set epochs=2")
+        value = yaml.safe_load(raw)
+        head, _, sub = key.partition(".")
+        if sub:
+            values.setdefault(head, {})[sub] = value
+        else:
+            values[key] = value
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise MedsrError(f"{path or '--set'}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    return TrainConfig(**values)
+
+
+def expand_data_path(text: str) -> str:
+    """Expand ${MEDSR_DATA} (default ../shared/data) and ~ in a data path."""
+    os.environ.setdefault("MEDSR_DATA", "../shared/data")
+    return os.path.expanduser(os.path.expandvars(text))
+
+
+def _set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.distributed = self.world > 1
+        self.device = runtime.resolve_device(cfg.device)
+        if self.distributed:
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", local_rank)
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.dtype = runtime.resolve_precision(cfg.precision, self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+        torch.manual_seed(cfg.seed + self.rank)
+        data = [expand_data_path(d) for d in cfg.data]
+        split = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+        self.sampler = build_sampler(data, "train", cfg.protocol, cfg.scale, cfg.hr_size, seed=cfg.seed + self.rank,
+                                     limit=cfg.max_train_images, **split)
+        self.val_lr, self.val_hr = None, None
+        if self.rank == 0:
+            val = build_sampler(data, "val", cfg.protocol, cfg.scale, cfg.hr_size, limit=cfg.max_val_images, **split)
+            self.val_lr, self.val_hr = val.fixed_pairs(cfg.max_val_images)
+        self.steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(self.sampler) / (cfg.batch_size * self.world)))
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
+
+        self.generator = create_generator(cfg.model, scale=cfg.scale, **cfg.generator).to(self.device, memory_format=self.memory_format)
+        betas = tuple(cfg.betas)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=betas)
+        self.adversarial = cfg.adversarial_weight > 0 and cfg.epochs > cfg.warmup_epochs
+        self.discriminator = self.opt_d = None
+        if self.adversarial:
+            self.discriminator = create_discriminator(cfg.model, input_size=cfg.hr_size, **cfg.discriminator)
+            self.discriminator.to(self.device, memory_format=self.memory_format)
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_discriminator, betas=betas)
+        self.pixel_loss = losses.pixel_loss(cfg.pixel_loss)
+        self.step_count = 0
+
+    # ---- one training step -------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        cfg = self.cfg
+        lr, hr = self.sampler.next_batch(cfg.batch_size)
+        lr = lr.to(self.device).contiguous(memory_format=self.memory_format)
+        hr = hr.to(self.device).contiguous(memory_format=self.memory_format)
+        adversarial = self.adversarial and self.step_count >= self.warmup_steps
+        self.generator.train()
+        with runtime.autocast(self.device, self.dtype):
+            sr = self.generator(lr)
+        logs = {}
+
+        if adversarial:
+            self.discriminator.train()
+            with runtime.autocast(self.device, self.dtype):
+                logits = self.discriminator(torch.cat([hr, sr.detach()])).float()
+            d_loss = losses.discriminator_bce(logits[: len(hr)], logits[len(hr) :])
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            logs["loss/d"] = d_loss.item()
+            logs["d/real_prob"] = torch.sigmoid(logits[: len(hr)]).mean().item()
+
+        g_loss = pixel = self.pixel_loss(sr.float(), hr.float())
+        if adversarial:
+            # The discriminator is only a judge here: no gradients for its weights (saves a third
+            # of its backward pass), and no DDP hooks (it is called unwrapped).
+            judge = _unwrap(self.discriminator)
+            _set_requires_grad(judge, False)
+            with runtime.autocast(self.device, self.dtype):
+                adv = losses.generator_bce(judge(sr).float())
+            _set_requires_grad(judge, True)
+            g_loss = pixel + cfg.adversarial_weight * adv
+            logs["loss/g_adv"] = adv.item()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        self.step_count += 1
+        logs["loss/g_pixel"] = pixel.item()
+        logs["loss/g"] = g_loss.item()
+        if not math.isfinite(logs["loss/g"]):
+            raise MedsrError(f"step {self.step_count}: the generator loss is {logs['loss/g']}; lower lr_generator or use precision: fp32")
+        return logs
+
+    # ---- validation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> tuple[dict[str, float], torch.Tensor]:
+        g = _unwrap(self.generator).eval()
+        outputs = []
+        for start in range(0, len(self.val_lr), 16):
+            lr = self.val_lr[start : start + 16].to(self.device).contiguous(memory_format=self.memory_format)
+            with runtime.autocast(self.device, self.dtype):
+                outputs.append(g(lr).float().cpu())
+        sr = degrade.to_unit(torch.cat(outputs))
+        hr = degrade.to_unit(self.val_hr)
+        bicubic = degrade.upscale_baseline(degrade.to_unit(self.val_lr), self.cfg.scale).clamp(0, 1)
+        border = self.cfg.scale
+        scores = {
+            "val/psnr": metrics.psnr(sr, hr, border).mean().item(),
+            "val/ssim": metrics.ssim(sr, hr, border).mean().item(),
+            "val/psnr_bicubic": metrics.psnr(bicubic, hr, border).mean().item(),
+            "val/sr_mean": sr.mean().item(),
+        }
+        return scores, sr
+
+    def save_grid(self, sr: torch.Tensor, epoch: int) -> Path:
+        """HR / LR (nearest-upsampled) / SR rows, as in the paper's figures."""
+        from PIL import Image
+
+        n = min(self.cfg.grid_images, len(sr))
+        hr = degrade.to_unit(self.val_hr[:n])
+        lr = degrade.upscale_baseline(degrade.to_unit(self.val_lr[:n]), self.cfg.scale, "nearest")
+        rows = [torch.cat(list(batch[:, 0]), dim=1) for batch in (hr, lr, sr[:n])]
+        grid = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        path = self.run_dir / "grids" / f"epoch-{epoch:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.png")
+        Image.fromarray(grid).save(tmp)
+        tmp.replace(path)
+        return path
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def save_checkpoint(self) -> Path:
+        final = self.ckpt_dir / f"step-{self.step_count:08d}"
+        tmp = self.ckpt_dir / f"{final.name}.tmp"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        state = {
+            "step": self.step_count,
+            "config": dataclasses.asdict(self.cfg),
+            "world_size": self.world,
+            "sampler": self.sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.rank == 0:
+            state["opt_g"] = self.opt_g.state_dict()
+            state["opt_d"] = self.opt_d.state_dict() if self.opt_d else None
+        torch.save(state, tmp / f"state-rank{self.rank}.pt")
+        self._barrier()
+        if self.rank == 0:
+            tensors = {f"generator.{k}": v for k, v in _unwrap(self.generator).state_dict().items()}
+            if self.discriminator is not None:
+                tensors.update({f"discriminator.{k}": v for k, v in _unwrap(self.discriminator).state_dict().items()})
+            zoo.save_model(tmp / "model.safetensors", tensors, self.cfg.model, _unwrap(self.generator).config,
+                           {"medsr_step": str(self.step_count)})
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for old in sorted(self.ckpt_dir.glob("step-*[0-9]"))[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        done = [p for p in sorted(self.ckpt_dir.glob("step-*[0-9]")) if (p / "model.safetensors").is_file() and (p / "state-rank0.pt").is_file()]
+        return done[-1] if done else None
+
+    def load_checkpoint(self, path: Path) -> None:
+        tensors = load_file(str(path / "model.safetensors"))
+        for prefix, model in (("generator.", self.generator), ("discriminator.", self.discriminator)):
+            if model is not None:
+                part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                try:
+                    model.load_state_dict(part)
+                except RuntimeError:
+                    raise MedsrError(f"{path}: checkpoint does not match this recipe's model; resume with the recipe that wrote it") from None
+        main = torch.load(path / "state-rank0.pt", weights_only=False)
+        self.opt_g.load_state_dict(main["opt_g"])
+        if self.opt_d is not None and main["opt_d"] is not None:
+            self.opt_d.load_state_dict(main["opt_d"])
+        own_file = path / f"state-rank{self.rank}.pt"
+        own = torch.load(own_file, weights_only=False) if own_file.is_file() else None
+        self.step_count = main["step"]
+        if own is not None and main.get("world_size") == self.world:
+            self.sampler.load_state_dict(own["sampler"])
+            torch.set_rng_state(own["rng"]["torch"])
+            np.random.set_state(own["rng"]["numpy"])
+            random.setstate(own["rng"]["python"])
+            if "cuda" in own["rng"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(own["rng"]["cuda"], self.device)
+        else:  # resumed on another number of processes: same weights, fresh data order
+            torch.manual_seed(self.cfg.seed + self.rank + self.step_count)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> Path:
+        """Train to the end of the schedule; returns the final model file.
+        `stop_after` ends this invocation after that many steps in total (for tests and debugging)."""
+        cfg = self.cfg
+        if resume:
+            latest = self.latest_checkpoint()
+            if latest is None:
+                raise MedsrError(f"{self.ckpt_dir}: no checkpoint to resume from; run without --resume to start")
+            self.load_checkpoint(latest)
+        elif self.rank == 0 and self.latest_checkpoint() is not None:
+            raise MedsrError(f"{self.run_dir}: this run already has checkpoints; add --resume to continue it, or set another name (--set name=...)")
+        if self.distributed:
+            ddp = torch.nn.parallel.DistributedDataParallel
+            self.generator = ddp(self.generator)
+            if self.discriminator is not None:
+                self.discriminator = ddp(self.discriminator)
+
+        writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+            writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step_count or None)
+            precision = "bf16" if self.dtype else "fp32"
+            tqdm.write(f"medsr train: {cfg.model} x{cfg.scale}, {len(self.sampler)} training images, {self.total_steps} steps "
+                       f"({cfg.epochs} epochs x {self.steps_per_epoch}), {precision}, {self.device}, {self.world} process(es) -> {self.run_dir}")
+        end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
+        bar = tqdm(total=self.total_steps, initial=self.step_count, disable=self.rank != 0, unit="step", dynamic_ncols=True)
+        log_file = (self.run_dir / "log.jsonl").open("a") if self.rank == 0 else None
+        try:
+            while self.step_count < end:
+                logs = self.step()
+                bar.update(1)
+                if self.rank == 0:
+                    log_file.write(json.dumps({"step": self.step_count, **logs}) + "\n")
+                    if self.step_count % cfg.log_every == 0:
+                        for key, value in logs.items():
+                            writer.add_scalar(key, value, self.step_count)
+                        bar.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in logs.items() if k.startswith("loss")})
+                if self.step_count % self.steps_per_epoch == 0 and self.rank == 0:
+                    self._end_of_epoch(writer, self.step_count // self.steps_per_epoch)
+                if self.step_count % cfg.checkpoint_every == 0 or self.step_count == end:
+                    log_file and log_file.flush()
+                    self.save_checkpoint()
+            final = self.run_dir / "model.safetensors"
+            if self.rank == 0 and self.step_count == self.total_steps:
+                g = _unwrap(self.generator)
+                zoo.save_model(final, g.state_dict(), cfg.model, g.config, {"medsr_step": str(self.step_count)})
+                tqdm.write(f"done: {final}")
+        finally:
+            bar.close()
+            if writer:
+                writer.close()
+            if log_file:
+                log_file.close()
+            self._teardown()
+        return final
+
+    def _end_of_epoch(self, writer, epoch: int) -> None:
+        scores, sr = self.validate()
+        for key, value in scores.items():
+            writer.add_scalar(key, value, self.step_count)
+        grid = self.save_grid(sr, epoch)
+        tqdm.write(f"epoch {epoch}/{self.cfg.epochs}: val PSNR {scores['val/psnr']:.2f} dB "
+                   f"(bicubic {scores['val/psnr_bicubic']:.2f}), SSIM {scores['val/ssim']:.4f}; grid {grid}")
+
+    def _teardown(self) -> None:
+        if self.distributed and dist.is_initialized():
+            # This exact order avoided rank 0 aborting at exit with gloo (seen on this machine).
+            self.generator = self.discriminator = None
+            gc.collect()
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> Path:
+    return Trainer(cfg).fit(resume=resume, stop_after=stop_after)

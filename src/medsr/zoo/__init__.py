@@ -1,0 +1,89 @@
+"""Model files: generator weights as .safetensors with a JSON record of how to rebuild them.
+
+A model file's metadata holds `medsr_arch` (a name in medsr.models.GENERATORS),
+`medsr_config` (the generator's constructor arguments as JSON) and `medsr_scale`. Training
+checkpoints use the same format with extra "discriminator." tensors, so a checkpoint can be
+given wherever a model is expected.
+
+`load(name_or_path)` accepts a shipped model's name, a .safetensors file, or a training run
+folder (its final model.safetensors, or else its newest checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from medsr.errors import MedsrError
+from medsr.models import create_generator
+
+ZOO_DIR = Path(__file__).parent
+GENERATOR_PREFIX = "generator."
+
+
+def shipped_models() -> dict[str, Path]:
+    """Shipped model names -> files (the .safetensors files inside this folder)."""
+    return {p.stem: p for p in sorted(ZOO_DIR.glob("*.safetensors"))}
+
+
+def save_model(path: Path, tensors: dict[str, torch.Tensor], arch: str, config: dict, extra: dict | None = None) -> None:
+    """Write tensors + rebuild record to `path` atomically (temp file + rename)."""
+    metadata = {"medsr_arch": arch, "medsr_config": json.dumps(config), "medsr_scale": str(config.get("scale", ""))}
+    metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """The model file a --model value refers to."""
+    text = str(name_or_path)
+    shipped = shipped_models()
+    if text in shipped:
+        return shipped[text]
+    path = Path(text)
+    if path.is_dir():
+        final = path / "model.safetensors"
+        if final.is_file():
+            return final
+        checkpoints = sorted((path / "checkpoints").glob("step-*[0-9]/model.safetensors"))
+        if checkpoints:
+            return checkpoints[-1]
+        raise MedsrError(f"{path}: no model.safetensors or checkpoints/ found in this folder; pass a model file or a finished run folder")
+    if path.is_file():
+        return path
+    known = ", ".join(shipped) or "none shipped in this version"
+    raise MedsrError(f"{text}: no such model file or shipped model (shipped: {known}); pass a .safetensors path or train one with 'medsr train'")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise MedsrError(f"{path}: not a readable .safetensors model file ({err}); re-export or re-download it") from None
+
+
+def load(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the generator stored in a model file; returns (model in eval mode, metadata)."""
+    path = resolve(name_or_path)
+    meta = read_metadata(path)
+    if "medsr_arch" not in meta:
+        raise MedsrError(f"{path}: not a medsr model file (no medsr_arch metadata); use a file written by 'medsr train'")
+    config = json.loads(meta["medsr_config"])
+    model = create_generator(meta["medsr_arch"], **config)
+    tensors = load_file(str(path))
+    if any(k.startswith(GENERATOR_PREFIX) for k in tensors):
+        tensors = {k[len(GENERATOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(GENERATOR_PREFIX)}
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise MedsrError(f"{path}: weights do not match the '{meta['medsr_arch']}' architecture ({first}); the file is damaged or from another version") from None
+    meta["path"] = str(path)
+    return model.to(device).eval(), meta

@@ -1,0 +1,151 @@
+"""The command line, run through the installed console script as a user would."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DATA, needs_data
+
+TINY = ["--set", "hr_size=48", "--set", "generator={channels: 8, num_blocks: 1}", "--set", "discriminator={channels: 4, dense: 16}",
+        "--set", "batch_size=4", "--set", "max_val_images=4", "--set", "precision=fp32"]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("medsr: error:"), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, image_folder, medsr_cli):
+    out = tmp_path_factory.mktemp("runs")
+    result = run(medsr_cli + ["train", "configs/paper.yaml", "--set", f"data=[{image_folder}]", "--set", f"out_dir={out}",
+                              "--set", "epochs=1", "--set", "steps_per_epoch=2", *TINY], cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out / "paper"
+
+
+def test_help_lists_commands(medsr_cli):
+    out = run(medsr_cli + ["--help"]).stdout
+    for command in ("train", "upscale", "evaluate"):
+        assert command in out
+
+
+def test_upscale_mirrors_folders_and_reports_bad_files(tmp_path, trained_run, image_folder, medsr_cli):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((20, 30), 128, np.uint8)).save(src / "sub" / "a.png")
+    Image.fromarray(np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 100).save(src / "b16.png")
+    (src / "broken.png").write_bytes(b"not a png")
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    result = run(medsr_cli + ["upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(trained_run)])
+    assert result.returncode == 1  # one file failed, the rest went on
+    assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+    a = Image.open(tmp_path / "out" / "sub" / "a.png")
+    assert a.size == (90, 60) and a.mode == "L"
+    b = Image.open(tmp_path / "out" / "b16.png")
+    assert b.size == (72, 60) and b.mode in ("I;16", "I")  # 16-bit in, 16-bit out
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # inputs untouched
+
+
+def test_upscale_refuses_to_overwrite_inputs(tmp_path, trained_run, medsr_cli):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    original = (tmp_path / "x.png").read_bytes()
+    result = run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path), "--model", str(trained_run)])
+    assert result.returncode == 1 and "overwrite" in result.stderr
+    assert (tmp_path / "x.png").read_bytes() == original
+
+
+def test_user_errors_are_one_line(tmp_path, trained_run, medsr_cli):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    assert_one_line_error(run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none.safetensors")]), "none.safetensors")
+    assert_one_line_error(run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", str(trained_run), "--scale", "4"]), "x3", "--scale")
+    assert_one_line_error(run(medsr_cli + ["upscale", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o"), "--model", str(trained_run)]), "nope.png")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    assert_one_line_error(run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "junk.safetensors")]), "junk.safetensors")
+    assert_one_line_error(run(medsr_cli + ["train", str(tmp_path / "missing.yaml")]), "missing.yaml")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run(medsr_cli + ["evaluate", "--data", str(tmp_path / "empty")]), "empty")
+
+
+def test_evaluate_prints_table_and_writes_files(tmp_path, trained_run, image_folder, medsr_cli):
+    result = run(medsr_cli + ["evaluate", "--data", str(image_folder), "--model", str(trained_run), "--split", "all",
+                              "--limit", "4", "--out", str(tmp_path / "ev")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    for method in ("nearest", "bicubic", "lanczos", str(trained_run)):
+        assert f"| {method} |" in result.stdout
+    summary = json.loads((tmp_path / "ev" / "results.json").read_text())["summary"]
+    assert [s["images"] for s in summary] == [4, 4, 4, 4]
+    bicubic = next(s for s in summary if s["method"] == "bicubic")
+    nearest = next(s for s in summary if s["method"] == "nearest")
+    assert bicubic["psnr"] > nearest["psnr"] > 10
+    assert (tmp_path / "ev" / "per_image.csv").read_text().count("\n") == 1 + 16
+
+
+def test_sigkill_then_resume_finishes(tmp_path, image_folder, medsr_cli):
+    cmd = medsr_cli + ["train", "configs/paper.yaml", "--set", f"data=[{image_folder}]", "--set", f"out_dir={tmp_path}",
+                       "--set", "epochs=40", "--set", "steps_per_epoch=2", "--set", "checkpoint_every=2", "--set", "keep_checkpoints=2", *TINY]
+    root = Path(__file__).parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "paper" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(ckpts.glob("step-*[0-9]"))) < 1:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "paper" / "model.safetensors").exists()
+    result = run(cmd + ["--resume"], cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "paper" / "model.safetensors").is_file()
+    assert (ckpts / "step-00000080").is_dir()
+    assert not list(ckpts.glob("*.tmp"))
+
+
+def test_torchrun_two_cpu_processes(tmp_path, image_folder):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "medsr", "train",
+           "configs/paper.yaml", "--set", f"data=[{image_folder}]", "--set", f"out_dir={tmp_path}", "--set", "epochs=1",
+           "--set", "steps_per_epoch=3", "--set", "checkpoint_every=3", *TINY]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = run(cmd, cwd=Path(__file__).parents[1], env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "paper" / "checkpoints" / "step-00000003"
+    assert (ckpt / "state-rank0.pt").is_file() and (ckpt / "state-rank1.pt").is_file()
+    assert (tmp_path / "paper" / "model.safetensors").is_file()
+
+
+@needs_data
+def test_paper_recipe_on_brain_mri_then_upscale_a_real_dicom(tmp_path, medsr_cli):
+    """The issue's acceptance path, shortened: train on real MRI, upscale a real CR DICOM."""
+    import pydicom
+
+    root = Path(__file__).parents[1]
+    result = run(medsr_cli + ["train", "configs/paper.yaml", "--set", f"data=[{DATA / 'brain-mri'}]", "--set", f"out_dir={tmp_path}",
+                              "--set", "epochs=1", "--set", "steps_per_epoch=2", "--set", "max_train_images=16",
+                              "--set", "generator={channels: 8, num_blocks: 1}", "--set", "discriminator={channels: 4, dense: 16}",
+                              "--set", "max_val_images=4"], cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "paper" / "grids" / "epoch-0001.png").is_file()
+    src = DATA / "dicom" / "chest-cr-siim.dcm"
+    result = run(medsr_cli + ["upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "paper")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = pydicom.dcmread(src), pydicom.dcmread(tmp_path / "out" / src.name)
+    assert (after.Rows, after.Columns) == (3 * before.Rows, 3 * before.Columns)
+    assert after.SOPInstanceUID != before.SOPInstanceUID and after.ImageType[0] == "DERIVED"
+    assert after.pixel_array.shape == (3 * before.Rows, 3 * before.Columns)

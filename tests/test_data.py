@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import torch
+
+from medsr.data import PairSampler, degrade, load_arrays, scan, select, split_of
+from medsr.errors import MedsrError
+
+from conftest import DATA, needs_data
+
+
+def test_paper_pair_shapes_and_range():
+    images = torch.rand(3, 1, 97, 97)
+    hr, lr = degrade.paper_pair(images)
+    assert hr.shape == (3, 1, 150, 150) and lr.shape == (3, 1, 50, 50)
+    for t in (hr, lr):
+        assert t.min() >= -1 and t.max() <= 1
+
+
+def test_center_square_takes_the_middle():
+    a = np.arange(6 * 10).reshape(6, 10)
+    sq = degrade.center_square(a)
+    assert sq.shape == (6, 6)
+    assert sq[0, 0] == a[0, 2]
+
+
+def test_downscale_of_constant_is_constant_and_sizes_must_divide():
+    hr = torch.full((1, 1, 30, 36), 0.25)
+    lr = degrade.downscale(hr, 3)
+    assert lr.shape == (1, 1, 10, 12)
+    assert torch.allclose(lr, torch.full_like(lr, 0.25), atol=1e-5)
+    with pytest.raises(ValueError):
+        degrade.downscale(torch.zeros(1, 1, 31, 30), 3)
+
+
+@pytest.mark.parametrize("method", ["nearest", "bicubic", "lanczos"])
+def test_baselines_upscale_by_scale(method):
+    lr = torch.rand(1, 1, 10, 12)
+    assert degrade.upscale_baseline(lr, 3, method).shape == (1, 1, 30, 36)
+
+
+def test_native_hr_caps_and_divides():
+    assert degrade.native_hr(np.zeros((2001, 1603), np.float32), 3).shape == (1500, 1500)
+    assert degrade.native_hr(np.zeros((1000, 803), np.float32), 3).shape == (999, 801)
+
+
+def test_split_is_deterministic_and_proportional():
+    keys = [f"cls/img_{i}.png" for i in range(4000)]
+    splits = [split_of(k) for k in keys]
+    assert splits == [split_of(k) for k in keys]
+    frac = {s: splits.count(s) / len(keys) for s in ("train", "val", "test")}
+    assert 0.77 < frac["train"] < 0.83 and 0.08 < frac["val"] < 0.12 and 0.08 < frac["test"] < 0.12
+
+
+def test_scan_labels_and_split_independent_of_root(image_folder):
+    items = scan(image_folder)
+    assert len(items) == 48
+    assert {it.label for it in items} == {"alpha", "beta"}
+    sub = scan(image_folder / "alpha")
+    by_key = {it.key: split_of(it.key) for it in items}
+    assert all(by_key[it.key] == split_of(it.key) for it in sub)
+    parts = [select(items, s) for s in ("train", "val", "test")]
+    assert sum(map(len, parts)) == 48 and not set(map(id, parts[0])) & set(map(id, parts[2]))
+
+
+def test_scan_errors_name_the_folder(tmp_path):
+    with pytest.raises(MedsrError, match="not found"):
+        scan(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedsrError, match="no image files"):
+        scan(tmp_path / "empty")
+
+
+def test_load_arrays_skips_bad_files(tmp_path, image_folder):
+    items = scan(image_folder)[:3]
+    bad = tmp_path / "cls" / "broken.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    arrays, kept = load_arrays(items + scan(tmp_path))
+    assert len(arrays) == 3 and all(a.dtype == np.uint8 for a in arrays)
+
+
+def test_paper_sampler_precomputes_pairs(image_folder):
+    arrays, _ = load_arrays(scan(image_folder))
+    sampler = PairSampler(arrays, "paper", scale=3, hr_size=150, seed=1)
+    lr, hr = sampler.next_batch(5)
+    assert lr.shape == (5, 1, 50, 50) and hr.shape == (5, 1, 150, 150)
+    assert hr.min() >= -1 and hr.max() <= 1
+    # a fresh epoch draws every image exactly once
+    fresh = PairSampler(arrays, "paper", scale=3, hr_size=150, seed=2)
+    assert sorted(fresh._next_indices(48).tolist()) == list(range(48))
+
+
+def test_patch_sampler_is_resumable(image_folder):
+    arrays, _ = load_arrays(scan(image_folder))
+    a = PairSampler(arrays, "patch", scale=3, hr_size=48, seed=7)
+    a.next_batch(4)
+    state = a.state_dict()
+    expected = a.next_batch(4)
+    b = PairSampler(arrays, "patch", scale=3, hr_size=48, seed=123)
+    b.load_state_dict(state)
+    got = b.next_batch(4)
+    assert got[0].shape == (4, 1, 16, 16) and got[1].shape == (4, 1, 48, 48)
+    assert torch.equal(expected[1], got[1]) and torch.equal(expected[0], got[0])
+
+
+def test_sampler_rejects_bad_sizes(image_folder):
+    arrays, _ = load_arrays(scan(image_folder))
+    with pytest.raises(MedsrError, match="divisible"):
+        PairSampler(arrays, "patch", scale=3, hr_size=50)
+    with pytest.raises(MedsrError, match="smaller"):
+        PairSampler(arrays, "patch", scale=3, hr_size=300)
+
+
+@needs_data
+def test_kaggle_layouts_work_as_they_are():
+    items = scan([DATA / "brain-mri", DATA / "chest-xray"])
+    labels = {it.label for it in items}
+    assert {"glioma", "meningioma", "notumor", "pituitary", "NORMAL", "PNEUMONIA"} <= labels
+    test = select(items, "test")
+    assert 0.07 < len(test) / len(items) < 0.13

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from medsr import zoo
+from medsr.errors import MedsrError
+from medsr.train import Trainer, load_config, train
+
+
+def tiny_config(image_folder, tmp_path, **overrides):
+    values = [
+        f"data=[{image_folder}]", f"out_dir={tmp_path}", "name=tiny", "protocol=paper", "hr_size=48",
+        "generator={channels: 8, num_blocks: 1}", "discriminator={channels: 4, dense: 16}",
+        "epochs=2", "steps_per_epoch=2", "warmup_epochs=1", "batch_size=4", "checkpoint_every=2",
+        "max_val_images=4", "grid_images=3", "precision=fp32", "log_every=1",
+    ]
+    values += [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(None, values)
+
+
+def read_log(run_dir):
+    return {row["step"]: row for row in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())}
+
+
+def test_training_writes_checkpoints_grids_logs(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path)
+    final = train(cfg)
+    run = tmp_path / "tiny"
+    assert final == run / "model.safetensors" and final.is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in (run / "grids").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
+    assert list((run / "tensorboard").iterdir())
+    log = read_log(run)
+    assert "loss/d" not in log[2] and "loss/d" in log[3]  # warm-up epoch, then adversarial
+    with safe_open(str(run / "checkpoints/step-00000004/model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert f.metadata()["medsr_arch"] == "paper"
+    assert any(k.startswith("discriminator.") for k in keys)
+    model, meta = zoo.load(run)
+    assert meta["medsr_scale"] == "3"
+    assert model(torch.zeros(1, 1, 10, 10)).shape == (1, 1, 30, 30)
+
+
+def test_resume_gives_the_same_next_step_loss(image_folder, tmp_path):
+    full = tiny_config(image_folder, tmp_path / "a")
+    train(full)
+    expected = read_log(tmp_path / "a" / "tiny")
+
+    part = tiny_config(image_folder, tmp_path / "b")
+    train(part, stop_after=2)
+    assert not (tmp_path / "b" / "tiny" / "model.safetensors").exists()
+    Trainer(part).fit(resume=True)
+    got = read_log(tmp_path / "b" / "tiny")
+    for step in (3, 4):
+        assert got[step]["loss/g"] == pytest.approx(expected[step]["loss/g"], rel=1e-6, abs=1e-7)
+        assert got[step]["loss/d"] == pytest.approx(expected[step]["loss/d"], rel=1e-6, abs=1e-7)
+
+
+def test_resume_and_restart_guards(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path)
+    with pytest.raises(MedsrError, match="no checkpoint"):
+        train(cfg, resume=True)
+    train(cfg, stop_after=2)
+    with pytest.raises(MedsrError, match="--resume"):
+        train(cfg)
+
+
+def test_a_half_written_checkpoint_is_ignored(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path)
+    train(cfg, stop_after=2)
+    broken = tmp_path / "tiny" / "checkpoints" / "step-00000004.tmp"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"partial")
+    assert Trainer(cfg).latest_checkpoint().name == "step-00000002"
+
+
+def test_config_overrides_and_errors(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 3\ngenerator: {channels: 16}\n")
+    cfg = load_config(recipe, ["generator.num_blocks=2", "lr_generator=0.01"])
+    assert cfg.epochs == 3 and cfg.generator == {"channels": 16, "num_blocks": 2} and cfg.lr_generator == 0.01
+    with pytest.raises(MedsrError, match="unknown key"):
+        load_config(recipe, ["epoks=3"])
+    with pytest.raises(MedsrError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(MedsrError, match="key=value"):
+        load_config(recipe, ["epochs"])
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paper = load_config(root / "paper.yaml")
+    assert (paper.model, paper.scale, paper.hr_size, paper.pixel_loss, paper.protocol) == ("paper", 3, 150, "mse", "paper")
+    mnist = load_config(root / "mnist-baseline.yaml")
+    assert (mnist.model, mnist.hr_size, mnist.protocol) == ("dcgan", 28, "mnist")
