@@ -1,0 +1,254 @@
+"""DICOM via pydicom (compressed syntaxes decode through the pylibjpeg plugins).
+
+Pixels are normalised with a range fixed by the file's declared stored bits (not by the image
+content), so reading and writing back round-trips the stored integers exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import DSfloat
+
+from medsr.errors import MedsrError
+from medsr.io.image import Image, ImageMeta, to_uint
+
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+_GRAY = ("MONOCHROME1", "MONOCHROME2")
+_COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+# Elements that describe the old pixels and would be wrong for the new ones.
+_STALE = (
+    "SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries", "IconImageSequence", "PlanarConfiguration",
+    "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "PixelDataProviderURL",
+)
+
+
+def _stored_range(ds: Dataset) -> tuple[int, int]:
+    """Integer range the declared BitsStored / PixelRepresentation can hold."""
+    bits = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def _rescale(ds: Dataset) -> tuple[float, float]:
+    """Linear modality rescale (slope, intercept); a missing or zero slope means identity."""
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return slope, intercept
+
+
+def _spacing_pair(value) -> tuple[float, float] | None:
+    try:
+        row, col = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None  # 0 is written by some modalities for "unknown"
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in ds:
+            return _spacing_pair(ds.get(keyword))
+    # Enhanced multi-frame objects keep it inside the functional group sequences.
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            return _spacing_pair(ds[groups][0].PixelMeasuresSequence[0].PixelSpacing)
+        except (KeyError, IndexError, AttributeError):
+            continue
+    return None
+
+
+def _read_dataset(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        pass
+    except Exception as err:  # pydicom raises many types on damaged files
+        raise MedsrError(f"{path}: not a readable DICOM file (truncated or corrupt: {type(err).__name__}); check the file or re-export it")
+    # Some older files lack the 128-byte preamble; try once more without requiring it.
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception:
+        ds = None
+    if ds is None or "PixelData" not in ds or "Rows" not in ds:
+        raise MedsrError(f"{path}: not a DICOM file (no DICM header); check the file or export it as DICOM")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        # Without file meta pydicom cannot pick a decoder; use the encoding it detected while reading.
+        implicit, _little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    return ds
+
+
+def read_dicom(path: Path) -> Image:
+    ds = _read_dataset(path)
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        raise MedsrError(f"{path}: DICOM float pixel data is not supported; export it with integer pixel data")
+    if "PixelData" not in ds:
+        raise MedsrError(f"{path}: DICOM file has no pixel data (not an image, e.g. a report or DICOMDIR, or truncated); pick an image file or re-export it")
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated", "BitsStored") if k not in ds]
+    if missing:
+        raise MedsrError(f"{path}: DICOM image lacks required element(s) {', '.join(missing)}; re-export the file")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric not in _GRAY + _COLOR:
+        raise MedsrError(f"{path}: DICOM PhotometricInterpretation {photometric} is not supported; convert it to grayscale first")
+    syntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    try:
+        stored = ds.pixel_array
+    except Exception as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        if syntax.is_compressed:
+            raise MedsrError(
+                f"{path}: cannot decode pixel data with transfer syntax {syntax.name} ({syntax}): {reason}; "
+                "install the pylibjpeg plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg) or re-export uncompressed"
+            )
+        raise MedsrError(f"{path}: not a readable DICOM file (pixel data truncated or corrupt: {reason}); check the file or re-export it")
+
+    lo, hi = _stored_range(ds)
+    if photometric in _COLOR:
+        # pydicom already converted YBR to RGB; colour carries no modality rescale.
+        stored = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        slope, intercept = 1.0, 0.0
+    else:
+        slope, intercept = _rescale(ds)
+    stored = np.clip(stored.astype(np.float64), lo, hi)  # stray bits above BitsStored
+    # Normalise through the modality rescale so value_range is in real units (e.g. HU);
+    # a negative slope reverses the ends, which the min/max ordering handles.
+    ends = sorted((slope * lo + intercept, slope * hi + intercept))
+    pixels = (slope * stored + intercept - ends[0]) / (ends[1] - ends[0])
+    if photometric == "MONOCHROME1":
+        pixels = 1.0 - pixels  # always bright = high signal, like MONOCHROME2
+
+    spacing = _pixel_spacing(ds)
+    del ds.PixelData  # meta.source only needs the header; don't keep the compressed bytes alive
+    meta = ImageMeta(
+        path=str(path),
+        format="dicom",
+        bit_depth=int(ds.BitsStored),
+        value_range=(float(ends[0]), float(ends[1])),
+        pixel_spacing=spacing,
+        photometric=photometric,
+        source=ds,
+        extra={"transfer_syntax": str(syntax), "modality": str(ds.get("Modality", ""))},
+    )
+    return Image(pixels.astype(np.float32), meta)
+
+
+def _to_stored(pixels: np.ndarray, ds: Dataset, meta: ImageMeta) -> np.ndarray:
+    """Inverse of read_dicom's normalisation: [0,1] -> stored integers of the source file."""
+    if meta.photometric == "MONOCHROME1":
+        pixels = 1.0 - pixels  # back to the file's inverted convention
+    lo, hi = _stored_range(ds)
+    slope, intercept = (1.0, 0.0) if meta.photometric in _COLOR else _rescale(ds)
+    vlo, vhi = meta.value_range
+    values = vlo + np.clip(pixels.astype(np.float64), 0.0, 1.0) * (vhi - vlo)
+    stored = np.clip(np.rint((values - intercept) / slope), lo, hi)
+    signed = lo < 0
+    dtype = {8: np.int8 if signed else np.uint8, 16: np.int16 if signed else np.uint16}.get(
+        int(ds.BitsAllocated), np.int32 if signed else np.uint32
+    )
+    return stored.astype(dtype)
+
+
+def _secondary_capture(meta: ImageMeta) -> Dataset:
+    """Minimal Secondary Capture dataset for pixels that did not come from a DICOM file."""
+    bits = 8 if meta.bit_depth <= 8 else 16
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.ConversionType = "WSD"  # workstation: produced by software, not a scanner
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                    "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+                    "SeriesNumber", "InstanceNumber", "PatientOrientation"):
+        setattr(ds, keyword, None)  # type-2 elements: present, may be empty
+    ds.SeriesDescription = Path(meta.path).name[:64] if meta.path else ""
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    if meta.pixel_spacing:
+        ds.PixelSpacing = list(meta.pixel_spacing)
+    return ds
+
+
+def _divide_spacing(ds: Dataset, scale: float) -> None:
+    """PixelSpacing / ImagerPixelSpacing divided by scale everywhere, sequences included."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _divide_spacing(item, scale)
+        elif elem.keyword in ("PixelSpacing", "ImagerPixelSpacing") and elem.value:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            elem.value = [DSfloat(float(v) / scale, auto_format=True) for v in values]
+
+
+def write_dicom(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:
+    """Write a derived DICOM (uncompressed Explicit VR Little Endian) to `path`."""
+    name = target or path
+    meta = image.meta
+    pixels = image.pixels
+    if pixels.shape[-1] > 65535 or pixels.shape[-2] > 65535:
+        raise MedsrError(f"{name}: image {pixels.shape[-2]}x{pixels.shape[-1]} exceeds DICOM's 65535 rows/columns; use a smaller scale")
+    if meta.format == "dicom" and isinstance(meta.source, Dataset):
+        ds = copy.deepcopy(meta.source)
+        if "PixelData" in ds:
+            del ds.PixelData
+        if int(ds.BitsAllocated) not in (8, 16, 32):
+            raise MedsrError(f"{name}: cannot write BitsAllocated {ds.BitsAllocated} DICOM; use --format png or tiff")
+        stored = _to_stored(pixels, ds, meta)
+        if "SOPClassUID" in ds and "SOPInstanceUID" in ds:
+            ref = Dataset()  # point back at the image this one derives from
+            ref.ReferencedSOPClassUID = ds.SOPClassUID
+            ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+            ds.SourceImageSequence = [ref]
+        if meta.photometric not in _GRAY:
+            ds.PhotometricInterpretation = "MONOCHROME2"  # colour reduced to luminance on read
+        ds.SeriesInstanceUID = generate_uid()
+        ds.SOPInstanceUID = generate_uid()
+        _divide_spacing(ds, scale)
+        kept = list(ds.get("ImageType", []))
+        kept = [kept] if isinstance(kept, str) else kept
+        ds.ImageType = ["DERIVED", "SECONDARY", *kept[2:]]
+    else:
+        ds = _secondary_capture(meta)
+        stored = to_uint(pixels, int(ds.BitsStored))
+        if "PixelSpacing" in ds:
+            _divide_spacing(ds, scale)
+
+    for keyword in _STALE:
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SamplesPerPixel = 1
+    ds.Rows, ds.Columns = (int(n) for n in stored.shape[-2:])
+    if stored.ndim == 3:
+        ds.NumberOfFrames = stored.shape[0]
+    elif "NumberOfFrames" in ds:
+        ds.NumberOfFrames = 1
+    what = f"medsr super-resolution x{scale:g}" + (f" ({model_name})" if model_name else "")
+    ds.DerivationDescription = what[:1024]
+    ds.SeriesDescription = f"{ds.get('SeriesDescription', '') or ''} medsr x{scale:g}".strip()[-64:]
+
+    data = stored.astype(stored.dtype.newbyteorder("<")).tobytes()
+    data += b"\0" * (len(data) % 2)  # DICOM values have even length
+    ds.add_new(0x7FE00010, "OB" if int(ds.BitsAllocated) == 8 else "OW", data)
+
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    if "ImplementationVersionName" in ds.file_meta:
+        del ds.file_meta.ImplementationVersionName
+    ds.save_as(path, enforce_file_format=True)

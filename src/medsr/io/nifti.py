@@ -1,0 +1,126 @@
+"""NIfTI volumes via nibabel, presented as a stack of 2-D slices (N, H, W)."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+
+from medsr.errors import MedsrError
+from medsr.io.image import Image, ImageMeta
+
+
+def _in_plane_axes(ndim: int, slice_axis: int | None) -> list[int]:
+    return [0, 1] if ndim == 2 else [a for a in range(3) if a != slice_axis]
+
+
+def read_nifti(path: Path, *, slice_axis: int | None = None) -> Image:
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)  # applies scl_slope/scl_inter; ints stay ints if unscaled
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as err:
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise MedsrError(f"{path}: not a readable NIfTI file (truncated or corrupt: {reason}); check the file or re-export it")
+
+    # Trailing singleton dimensions (e.g. X*Y*Z*1 exported as 4-D) carry no data.
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim > 3:
+        raise MedsrError(f"{path}: {data.ndim}-D NIfTI {data.shape} is not supported; extract a 3-D volume first (e.g. fslroi)")
+    if data.ndim < 2 or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise MedsrError(f"{path}: NIfTI data of shape {data.shape} and type {data.dtype} is not a grayscale image or volume; convert it first")
+
+    zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
+    if data.ndim == 3:
+        if slice_axis is None:
+            # Slices across the coarsest axis; ties go to the last axis (the usual slice axis).
+            slice_axis = max(range(3), key=lambda a: (zooms[a], a))
+        elif slice_axis not in (-3, -2, -1, 0, 1, 2):
+            raise MedsrError(f"{path}: slice_axis must be 0, 1 or 2, got {slice_axis}; pick a volume axis")
+        slice_axis %= 3
+    else:
+        slice_axis = None
+
+    values = data.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise MedsrError(f"{path}: NIfTI volume has no finite values; check the file")
+    lo, hi = float(values[finite].min()), float(values[finite].max())
+    if hi == lo:
+        hi = lo + 1.0  # constant volume: any non-empty range keeps the mapping invertible
+    values[~finite] = lo  # NaN masks (common in statistics maps) become background
+    pixels = (values - lo) / (hi - lo)
+    if slice_axis is not None:
+        pixels = np.moveaxis(pixels, slice_axis, 0)
+
+    rows, cols = _in_plane_axes(data.ndim, slice_axis)
+    spacing = (zooms[rows], zooms[cols])
+    meta = ImageMeta(
+        path=str(path),
+        format="nifti",
+        bit_depth=32 if np.issubdtype(data.dtype, np.floating) else data.dtype.itemsize * 8,
+        value_range=(lo, hi),
+        pixel_spacing=spacing if all(z > 0 for z in spacing) else None,
+        slice_axis=slice_axis,
+        source=img,
+        extra={"dtype": str(data.dtype)},
+    )
+    return Image(np.ascontiguousarray(pixels, dtype=np.float32), meta)
+
+
+def scaled_affine(affine: np.ndarray, axes: list[int], scale: float) -> np.ndarray:
+    """Affine for a grid `scale` times finer along `axes`, covering the same field of view.
+
+    New index j along an axis sits at old index (j + 0.5) / scale - 0.5 (voxel corners at -0.5
+    line up), so the column shrinks by `scale` and the origin moves by column * (1/scale - 1) / 2.
+    """
+    new = np.array(affine, dtype=np.float64)
+    for a in axes:
+        new[:3, 3] += new[:3, a] * (1.0 / scale - 1.0) / 2.0
+        new[:3, a] /= scale
+    return new
+
+
+def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:
+    meta = image.meta
+    pixels = image.pixels.astype(np.float64)
+    lo, hi = meta.value_range
+    values = lo + np.clip(pixels, 0.0, 1.0) * (hi - lo)
+    source = meta.source if meta.format == "nifti" and isinstance(meta.source, nib.Nifti1Image) else None
+
+    if source is not None:
+        slice_axis = meta.slice_axis if pixels.ndim == 3 else None
+        if pixels.ndim == 3 and slice_axis is None:
+            slice_axis = 2  # a stack from a 2-D source: slices become the third axis
+        data = np.moveaxis(values, 0, slice_axis) if slice_axis is not None else values
+        dtype = np.dtype(meta.extra.get("dtype", "float32"))
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            data = np.clip(np.rint(data), info.min, info.max)
+        data = data.astype(dtype)
+        header = source.header.copy()
+        affine = source.affine
+        zooms = [float(z) for z in header.get_zooms()] + [1.0, 1.0, 1.0]  # padded for a 2-D source
+    else:
+        # From a raster or DICOM: keep real units as float32, slices along the third axis.
+        slice_axis = 2 if pixels.ndim == 3 else None
+        data = (np.moveaxis(values, 0, 2) if slice_axis is not None else values).astype(np.float32)
+        header = nib.Nifti1Header()
+        row, col = meta.pixel_spacing or (1.0, 1.0)
+        affine = np.diag([row, col, 1.0, 1.0])
+        zooms = [row, col, 1.0]
+
+    axes = _in_plane_axes(data.ndim, slice_axis)
+    new_affine = scaled_affine(affine, axes, scale)
+    out = type(source)(data, new_affine, header) if source is not None else nib.Nifti1Image(data, new_affine, header)
+    new_zooms = [z / scale if a in axes else z for a, z in enumerate(zooms[: data.ndim])]
+    out.header.set_zooms(new_zooms)
+    sform_code = int(header["sform_code"]) or 2  # 2 = aligned to another scan; used if unset
+    qform_code = int(header["qform_code"]) or 2
+    out.set_sform(new_affine, code=sform_code)
+    out.set_qform(new_affine, code=qform_code)
+    out.header["descrip"] = (f"medsr x{scale:g} {model_name}".strip())[:79].encode()
+    nib.save(out, path)

@@ -1,0 +1,115 @@
+"""PNG / JPEG / TIFF / BMP via Pillow, always as one grayscale channel."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageSequence
+
+from medsr.errors import MedsrError
+from medsr.io.image import Image, ImageMeta, from_uint, to_uint
+
+# Refuse images above this many pixels (all pages together): a small file can declare a huge
+# canvas (decompression bomb) and exhaust memory while decoding.
+MAX_PIXELS = 100_000_000
+
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Everything Pillow can raise on a malformed file; the decoders are not consistent about it.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
+                  IndexError, TypeError, PILImage.DecompressionBombError)
+
+
+def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int]:
+    """One Pillow page -> (grayscale integer array, bit depth 8 or 16)."""
+    mode = page.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return np.array(page).astype(np.uint16), 16
+    if mode == "I":
+        # 32-bit integer mode: also how some Pillow versions hand over 16-bit PNGs.
+        arr = np.array(page)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise MedsrError(f"{path}: unsupported bit depth (32-bit integer values beyond 0..65535); convert to 8- or 16-bit")
+        return arr.astype(np.uint16), 16
+    if mode == "F" or mode.startswith("I;"):
+        raise MedsrError(f"{path}: unsupported bit depth (Pillow mode {mode}, float or signed samples); convert to 8- or 16-bit")
+    if mode in ("P", "PA"):
+        page = page.convert("RGB")  # palette indices mean nothing as intensities
+    if page.mode != "L":
+        page = page.convert("L")  # RGB by luminance; alpha channels dropped
+    return np.array(page), 8
+
+
+def read_raster(path: Path) -> Image:
+    """Read a raster file; a multi-page TIFF whose pages all match in size and depth becomes a stack."""
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own MAX_PIXELS bound below, before any pixels are decoded.
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(path) as im:
+                # Multi-picture JPEGs open as 'MPO'; rarer formats (GIF...) are treated like PNG.
+                fmt = {"mpo": "jpeg"}.get((im.format or "").lower(), (im.format or "").lower())
+                pages = []
+                total = 0
+                for page in ImageSequence.Iterator(im):
+                    total += page.size[0] * page.size[1]
+                    if total > MAX_PIXELS:
+                        raise MedsrError(
+                            f"{path}: image too large ({page.size[0]}x{page.size[1]}, limit {MAX_PIXELS} pixels); "
+                            "downscale or crop it first"
+                        )
+                    page.load()  # decode now, inside the try, so truncation is caught here
+                    pages.append(_page_to_gray(page, path))
+                    if getattr(im, "n_frames", 1) > 1 and fmt != "tiff":
+                        break  # animated GIF/PNG-style sequences: the first frame is the image
+    except MedsrError:
+        raise
+    except PILImage.DecompressionBombError:
+        raise MedsrError(f"{path}: image too large (declared size exceeds Pillow's limit); downscale or crop it first")
+    except _DECODE_ERRORS as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise MedsrError(f"{path}: not a readable image file (truncated, corrupt or wrong extension: {reason}); check the file or re-export it")
+
+    arr, bits = pages[0]
+    # Pages of a different size or depth are thumbnails or unrelated images: keep the first only.
+    same = all(a.shape == arr.shape and b == bits for a, b in pages[1:])
+    if len(pages) > 1 and same:
+        arr = np.stack([a for a, _ in pages])
+    pixels = from_uint(arr, bits)
+    meta = ImageMeta(
+        path=str(path),
+        format=fmt if fmt in _PIL_FORMATS else "png",
+        bit_depth=bits,
+        value_range=(0.0, float(2**bits - 1)),
+        pixel_spacing=None,
+    )
+    return Image(pixels, meta)
+
+
+def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = None) -> None:
+    """Write to `path` as 8-bit, or 16-bit where the input had more than 8 bits and the format can hold it.
+
+    `target` is the final file name, used in messages (path may be a temp file).
+    """
+    name = target or path
+    pixels = image.pixels
+    if pixels.ndim == 3 and pixels.shape[0] == 1:
+        pixels = pixels[0]
+    if pixels.ndim == 3 and fmt != "tiff":
+        raise MedsrError(
+            f"{name}: cannot write a stack of {pixels.shape[0]} slices as {fmt.upper()}; "
+            "use --format tiff, dcm or nii"
+        )
+    # JPEG and BMP cannot hold 16-bit grayscale, so they always get 8 bits.
+    bits = 16 if image.meta.bit_depth > 8 and fmt in ("png", "tiff") else 8
+    frames = [pixels] if pixels.ndim == 2 else list(pixels)
+    pages = [PILImage.fromarray(to_uint(f, bits)) for f in frames]
+    options = {"quality": 95} if fmt == "jpeg" else {}
+    if len(pages) > 1:
+        options.update(save_all=True, append_images=pages[1:])
+    pages[0].save(path, format=_PIL_FORMATS[fmt], **options)

@@ -1,0 +1,521 @@
+"""Unit tests for medsr.io on small synthetic files made in tmp_path (no shared data needed)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image as PILImage
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medsr.errors import MedsrError
+from medsr.io import (
+    SUPPORTED_EXTENSIONS,
+    Image,
+    from_uint,
+    is_supported,
+    read_image,
+    read_mnist,
+    to_uint,
+    write_image,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def upscale(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of the last two axes (what a perfect SR of flat pixels gives)."""
+    return np.repeat(np.repeat(pixels, factor, axis=-2), factor, axis=-1)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def test_to_uint_from_uint_round_trip_and_clip():
+    for bits, dtype in ((8, np.uint8), (12, np.uint16), (16, np.uint16)):
+        stored = RNG.integers(0, 2**bits, size=(5, 7))
+        back = to_uint(from_uint(stored, bits), bits)
+        assert back.dtype == dtype
+        np.testing.assert_array_equal(back, stored)
+    np.testing.assert_array_equal(to_uint(np.array([-0.5, 0.5, 1.7]), 8), [0, 128, 255])
+
+
+def test_supported_extensions_and_sniffing(tmp_path):
+    assert {".png", ".jpg", ".tif", ".dcm", ".nii", ".nii.gz"} <= set(SUPPORTED_EXTENSIONS)
+    assert is_supported("a/b/scan.NII.GZ") and is_supported("x.Png")
+    assert not is_supported(tmp_path / "notes.txt")
+    bare = tmp_path / "1.2.840.1234"  # PACS-style name: suffix '.1234' is not an extension
+    bare.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    assert is_supported(bare)
+
+
+# ---------------------------------------------------------------- raster
+
+
+def test_png_8bit_round_trip(tmp_path):
+    arr = RNG.integers(0, 256, size=(20, 30), dtype=np.uint8)
+    src = tmp_path / "in.png"
+    PILImage.fromarray(arr).save(src)
+    img = read_image(src)
+    assert img.pixels.dtype == np.float32 and img.pixels.shape == (20, 30)
+    assert img.meta.format == "png" and img.meta.bit_depth == 8 and img.meta.value_range == (0.0, 255.0)
+    np.testing.assert_array_equal(to_uint(img.pixels, 8), arr)
+    out = write_image(tmp_path / "out.png", img)
+    with PILImage.open(out) as im:
+        assert im.format == "PNG" and im.mode == "L"
+        np.testing.assert_array_equal(np.array(im), arr)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_round_trip_stays_16bit(tmp_path, suffix):
+    arr = RNG.integers(0, 65536, size=(16, 12)).astype(np.uint16)
+    arr[0, 0], arr[0, 1] = 0, 65535
+    src = tmp_path / f"in{suffix}"
+    PILImage.fromarray(arr).save(src)
+    img = read_image(src)
+    assert img.meta.bit_depth == 16 and img.meta.value_range == (0.0, 65535.0)
+    assert img.pixels.min() == 0.0 and img.pixels.max() == 1.0
+    out = write_image(tmp_path / f"out{suffix}", img)
+    with PILImage.open(out) as im:
+        assert im.mode in ("I;16", "I;16B", "I")  # 16-bit in the file, not squeezed to 8
+        np.testing.assert_array_equal(np.array(im).astype(np.uint16), arr)
+
+
+def test_16bit_input_written_as_jpeg_is_8bit(tmp_path):
+    arr = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    PILImage.fromarray(arr).save(tmp_path / "in.png")
+    out = write_image(tmp_path / "out.jpg", read_image(tmp_path / "in.png"))
+    with PILImage.open(out) as im:
+        assert im.format == "JPEG" and im.mode == "L"
+        assert abs(int(np.array(im)[-1, -1]) - 255) <= 3
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA", "1"])
+def test_colour_and_odd_modes_become_grayscale(tmp_path, mode):
+    rgb = np.zeros((10, 12, 3), dtype=np.uint8)
+    rgb[:, :6] = (255, 0, 0)  # left half pure red
+    rgb[:, 6:] = (255, 255, 255)  # right half white
+    src = tmp_path / f"in_{mode}.png"
+    PILImage.fromarray(rgb).convert(mode).save(src)
+    img = read_image(src)
+    assert img.pixels.shape == (10, 12) and img.pixels.dtype == np.float32
+    assert 0.0 <= img.pixels.min() and img.pixels.max() <= 1.0
+    assert img.meta.bit_depth == 8
+    assert img.pixels[0, -1] == pytest.approx(1.0)
+    if mode != "1":  # 1-bit dithers red to black or white
+        assert img.pixels[0, 0] == pytest.approx(0.299, abs=0.01)  # luminance of pure red
+
+
+def test_multipage_tiff_stack_round_trip_and_png_stack_refused(tmp_path):
+    stack = RNG.random((3, 8, 9)).astype(np.float32)
+    img = Image(stack, read_image(_png(tmp_path)).meta)
+    out = write_image(tmp_path / "stack.tif", img)
+    back = read_image(out)
+    assert back.pixels.shape == (3, 8, 9)
+    np.testing.assert_array_equal(to_uint(back.pixels, 8), to_uint(stack, 8))
+    with pytest.raises(MedsrError, match=r"stack\.png.*--format tiff"):
+        write_image(tmp_path / "stack.png", img)
+
+
+def test_target_extension_picks_format(tmp_path):
+    img = read_image(_png(tmp_path))
+    out = write_image(tmp_path / "out.tif", img)
+    with PILImage.open(out) as im:
+        assert im.format == "TIFF"
+    out = write_image(tmp_path / "noext", img, format="jpeg")
+    with PILImage.open(out) as im:
+        assert im.format == "JPEG"
+    with pytest.raises(MedsrError, match="out.gif.*unknown output format"):
+        write_image(tmp_path / "out.gif", img, format="gif")
+
+
+def _png(folder, name="small.png", size=(24, 32)):
+    path = folder / name
+    PILImage.fromarray(RNG.integers(0, 256, size=size, dtype=np.uint8)).save(path)
+    return path
+
+
+def _jpeg(folder):
+    path = folder / "photo.jpg"
+    PILImage.fromarray(RNG.integers(0, 256, size=(64, 64), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
+def test_truncated_png_and_jpeg(tmp_path):
+    for make in (_png, _jpeg):
+        good = make(tmp_path)
+        data = good.read_bytes()
+        bad = good.with_name("cut_" + good.name)
+        bad.write_bytes(data[: len(data) // 2])
+        with pytest.raises(MedsrError, match=bad.name):
+            read_image(bad)
+
+
+def test_unreadable_raster_files(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "readme.png"
+    text.write_text("this is not a picture\n")
+    for path in (empty, text):
+        with pytest.raises(MedsrError, match=path.name):
+            read_image(path)
+    unknown = tmp_path / "scan.xyz"
+    unknown.write_text("x")
+    with pytest.raises(MedsrError, match=r"scan\.xyz.*\.png"):
+        read_image(unknown)
+    with pytest.raises(MedsrError, match="missing.png.*not found"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_float_and_32bit_tiff_refused(tmp_path):
+    PILImage.fromarray(RNG.random((8, 8)).astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(MedsrError, match=r"float\.tif.*8- or 16-bit"):
+        read_image(tmp_path / "float.tif")
+    PILImage.fromarray(np.full((8, 8), 70000, dtype=np.int32)).save(tmp_path / "big.tif")
+    with pytest.raises(MedsrError, match=r"big\.tif.*8- or 16-bit"):
+        read_image(tmp_path / "big.tif")
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path):
+    data = bytearray(_png(tmp_path, size=(4, 4)).read_bytes())
+    # Patch the IHDR width/height to 30000x30000 and fix its CRC: a tiny file declaring 900 MP.
+    data[16:24] = struct.pack(">II", 30000, 30000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(MedsrError, match=r"bomb\.png.*too large"):
+        read_image(bomb)
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def make_dicom(path, stored, *, bits_stored=12, signed=False, photometric="MONOCHROME2",
+               spacing=(0.5, 0.5), **elements):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SeriesDescription = "t1 axial"
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    if stored.ndim == 3:
+        ds.NumberOfFrames = stored.shape[0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    if spacing is not None:
+        ds.PixelSpacing = list(spacing)
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = stored.astype("<i2" if signed else "<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_12bit_read(tmp_path):
+    stored = RNG.integers(0, 4096, size=(6, 8))
+    stored[0, 0], stored[0, 1] = 0, 4095
+    img = read_image(make_dicom(tmp_path / "mr.dcm", stored))
+    assert img.meta.format == "dicom" and img.meta.bit_depth == 12
+    assert img.meta.value_range == (0.0, 4095.0)
+    assert img.meta.pixel_spacing == (0.5, 0.5)
+    assert img.meta.photometric == "MONOCHROME2"
+    np.testing.assert_allclose(img.pixels, stored / 4095, atol=1e-7)
+
+
+def test_dicom_derived_x3(tmp_path):
+    stored = RNG.integers(0, 4096, size=(6, 8))
+    src = make_dicom(tmp_path / "mr.dcm", stored, LargestImagePixelValue=4095, LossyImageCompression="01")
+    img = read_image(src)
+    out = write_image(tmp_path / "out" / "mr_x3.dcm", Image(upscale(img.pixels, 3), img.meta),
+                      scale=3, model_name="esrgan-test")
+    orig, new = pydicom.dcmread(src), pydicom.dcmread(out)
+    assert new.SOPInstanceUID != orig.SOPInstanceUID
+    assert new.SeriesInstanceUID != orig.SeriesInstanceUID
+    assert new.StudyInstanceUID == orig.StudyInstanceUID
+    assert new.file_meta.MediaStorageSOPInstanceUID == new.SOPInstanceUID
+    assert new.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (new.Rows, new.Columns) == (18, 24)
+    assert [float(v) for v in new.PixelSpacing] == pytest.approx([0.5 / 3, 0.5 / 3])
+    assert list(new.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+    assert "medsr" in new.DerivationDescription and "x3" in new.DerivationDescription
+    assert "esrgan-test" in new.DerivationDescription
+    assert new.SeriesDescription.endswith("medsr x3")
+    assert new.BitsStored == 12 and new.BitsAllocated == 16 and new.HighBit == 11
+    assert new.SourceImageSequence[0].ReferencedSOPInstanceUID == orig.SOPInstanceUID
+    assert "LargestImagePixelValue" not in new  # no longer true of the new pixels
+    assert new.LossyImageCompression == "01"  # the history stays lossy
+    np.testing.assert_array_equal(new.pixel_array, upscale(stored, 3))
+
+
+def test_dicom_signed_ct_round_trip_exact(tmp_path):
+    stored = RNG.integers(-2048, 2048, size=(5, 7))
+    stored[0, 0] = -2048
+    src = make_dicom(tmp_path / "ct.dcm", stored, signed=True, RescaleIntercept=-1024, RescaleSlope=1)
+    img = read_image(src)
+    assert img.meta.value_range == (-3072.0, 1023.0)  # stored range passed through the rescale, in HU
+    assert img.pixels[0, 0] == 0.0
+    out = write_image(tmp_path / "ct_x1.dcm", img, scale=1)
+    np.testing.assert_array_equal(pydicom.dcmread(out).pixel_array, stored)
+    # Reading the written file gives the same mapping, not one re-fitted to the content.
+    np.testing.assert_array_equal(read_image(out).pixels, img.pixels)
+
+
+def test_dicom_monochrome1_inverted_and_kept(tmp_path):
+    stored = RNG.integers(0, 1024, size=(4, 6))
+    src = make_dicom(tmp_path / "cr.dcm", stored, bits_stored=10, photometric="MONOCHROME1")
+    img = read_image(src)
+    assert img.meta.photometric == "MONOCHROME1"
+    np.testing.assert_allclose(img.pixels, 1 - stored / 1023, atol=1e-6)
+    out = write_image(tmp_path / "cr_x1.dcm", img, scale=1)
+    new = pydicom.dcmread(out)
+    assert new.PhotometricInterpretation == "MONOCHROME1"
+    np.testing.assert_array_equal(new.pixel_array, stored)
+
+
+def test_dicom_multiframe_and_functional_group_spacing(tmp_path):
+    stored = RNG.integers(0, 256, size=(3, 4, 5))
+    measures = Dataset()
+    measures.PixelSpacing = [0.8, 0.6]
+    group = Dataset()
+    group.PixelMeasuresSequence = [measures]
+    src = make_dicom(tmp_path / "mf.dcm", stored, bits_stored=8, spacing=None,
+                     SharedFunctionalGroupsSequence=[group])
+    img = read_image(src)
+    assert img.pixels.shape == (3, 4, 5) and img.meta.pixel_spacing == (0.8, 0.6)
+    out = write_image(tmp_path / "mf_x2.dcm", Image(upscale(img.pixels, 2), img.meta), scale=2)
+    new = pydicom.dcmread(out)
+    assert new.NumberOfFrames == 3 and (new.Rows, new.Columns) == (8, 10)
+    nested = new.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in nested] == pytest.approx([0.4, 0.3])
+    assert read_image(out).meta.pixel_spacing == pytest.approx((0.4, 0.3))
+
+
+def test_dicom_rgb_becomes_gray_and_writes_monochrome2(tmp_path):
+    rgb = np.zeros((4, 6, 3), dtype=np.uint8)
+    rgb[:, :3] = (255, 0, 0)
+    rgb[:, 3:] = (255, 255, 255)
+    path = make_dicom(tmp_path / "rgb.dcm", np.zeros((4, 6)), bits_stored=8, photometric="RGB")
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.BitsAllocated = 3, 0, 8
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    img = read_image(path)
+    assert img.pixels.shape == (4, 6) and img.meta.photometric == "RGB"
+    assert img.pixels[0, 0] == pytest.approx(0.299, abs=0.01) and img.pixels[0, -1] == pytest.approx(1.0)
+    new = pydicom.dcmread(write_image(tmp_path / "gray.dcm", img))
+    assert new.PhotometricInterpretation == "MONOCHROME2" and new.SamplesPerPixel == 1
+    assert "PlanarConfiguration" not in new
+    np.testing.assert_array_equal(new.pixel_array, to_uint(img.pixels, 8))
+
+
+def test_dicom_zero_spacing_is_unknown(tmp_path):
+    img = read_image(make_dicom(tmp_path / "z.dcm", np.ones((4, 4)), spacing=(0, 0)))
+    assert img.meta.pixel_spacing is None
+
+
+def test_dicom_without_extension_is_read(tmp_path):
+    stored = RNG.integers(0, 4096, size=(4, 4))
+    path = make_dicom(tmp_path / "IM0001", stored)
+    np.testing.assert_allclose(read_image(path).pixels, stored / 4095, atol=1e-7)
+
+
+def test_dicom_without_pixel_data(tmp_path):
+    path = make_dicom(tmp_path / "nopix.dcm", np.ones((4, 4)))
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(MedsrError, match=r"nopix\.dcm.*no pixel data"):
+        read_image(path)
+
+
+def test_dicom_truncated(tmp_path):
+    path = make_dicom(tmp_path / "cut.dcm", RNG.integers(0, 4096, size=(64, 64)))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 3000])
+    with pytest.raises(MedsrError, match=r"cut\.dcm"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_raster_to_dicom_secondary_capture(tmp_path, bits):
+    arr = RNG.integers(0, 2**bits, size=(10, 12)).astype(np.uint8 if bits == 8 else np.uint16)
+    PILImage.fromarray(arr).save(tmp_path / "in.png")
+    img = read_image(tmp_path / "in.png")
+    out = write_image(tmp_path / "in.dcm", img, format="dcm", model_name="m")
+    ds = pydicom.dcmread(out)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert ds.PhotometricInterpretation == "MONOCHROME2"
+    assert ds.BitsAllocated == bits and ds.BitsStored == bits
+    np.testing.assert_array_equal(ds.pixel_array, arr)
+
+
+# ---------------------------------------------------------------- NIfTI
+
+
+def make_nifti(path, shape=(4, 5, 6), zooms=(1.0, 1.0, 3.0), dtype=np.int16):
+    data = RNG.integers(-100, 1000, size=shape).astype(dtype)
+    angle = np.deg2rad(30)  # a rotated affine, so the column arithmetic is really tested
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag(zooms)
+    affine[:3, 3] = (10.0, -20.0, 5.0)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path, data, affine
+
+
+def test_nifti_read_default_slice_axis(tmp_path):
+    path, data, _ = make_nifti(tmp_path / "vol.nii.gz")
+    img = read_image(path)
+    assert img.meta.format == "nifti" and img.meta.slice_axis == 2
+    assert img.pixels.shape == (6, 4, 5)
+    assert img.meta.value_range == (float(data.min()), float(data.max()))
+    assert img.meta.bit_depth == 16 and img.meta.pixel_spacing == pytest.approx((1.0, 1.0))
+    lo, hi = img.meta.value_range
+    np.testing.assert_allclose(img.pixels[3], (data[:, :, 3] - lo) / (hi - lo), atol=1e-6)
+
+
+def test_nifti_slice_axis_choice(tmp_path):
+    path, data, _ = make_nifti(tmp_path / "vol.nii", zooms=(3.0, 1.0, 1.0))
+    assert read_image(path).meta.slice_axis == 0  # the coarse axis
+    img = read_image(path, slice_axis=1)
+    assert img.pixels.shape == (5, 4, 6) and img.meta.pixel_spacing == pytest.approx((3.0, 1.0))
+    tie, _, _ = make_nifti(tmp_path / "iso.nii", zooms=(1.0, 1.0, 1.0))
+    assert read_image(tie).meta.slice_axis == 2
+    with pytest.raises(MedsrError, match=r"vol\.nii.*slice_axis"):
+        read_image(path, slice_axis=3)
+
+
+def test_nifti_write_x2_affine_and_alignment(tmp_path):
+    path, data, affine = make_nifti(tmp_path / "vol.nii.gz")
+    img = read_image(path)
+    out = write_image(tmp_path / "vol_x2.nii.gz", Image(upscale(img.pixels, 2), img.meta), scale=2)
+    new = nib.load(out)
+    assert new.shape == (8, 10, 6)
+    assert new.get_data_dtype() == np.int16
+    np.testing.assert_allclose(new.affine[:3, :2], affine[:3, :2] / 2, atol=1e-5)
+    np.testing.assert_allclose(new.affine[:3, 2], affine[:3, 2], atol=1e-5)
+    for k in (0, 5):  # the outer corner of voxel (0, 0, k) stays where it was
+        corner = np.array([-0.5, -0.5, k, 1.0])
+        np.testing.assert_allclose(new.affine @ corner, affine @ corner, atol=1e-4)
+    assert new.header.get_zooms() == pytest.approx((0.5, 0.5, 3.0))
+    np.testing.assert_array_equal(np.asanyarray(new.dataobj)[::2, ::2, :], data)
+
+
+def test_nifti_round_trip_scale1_exact_ints(tmp_path):
+    path, data, affine = make_nifti(tmp_path / "vol.nii")
+    out = write_image(tmp_path / "same.nii", read_image(path))
+    new = nib.load(out)
+    np.testing.assert_array_equal(np.asanyarray(new.dataobj), data)
+    np.testing.assert_allclose(new.affine, affine, atol=1e-5)
+
+
+def test_nifti_4d_refused_and_trailing_singleton_ok(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((3, 4, 5, 2), np.float32), np.eye(4)), tmp_path / "fmri.nii")
+    with pytest.raises(MedsrError, match=r"fmri\.nii.*4-D.*3-D"):
+        read_image(tmp_path / "fmri.nii")
+    vol = RNG.random((3, 4, 5, 1)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "one.nii")
+    assert read_image(tmp_path / "one.nii").pixels.shape == (5, 3, 4)
+
+
+def test_nifti_corrupt(tmp_path):
+    path, _, _ = make_nifti(tmp_path / "bad.nii.gz", shape=(20, 20, 20))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MedsrError, match=r"bad\.nii\.gz"):
+        read_image(path)
+
+
+# ---------------------------------------------------------------- MNIST
+
+
+def write_idx(path, magic, array, compress=True):
+    payload = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+    return path
+
+
+def test_mnist_read_gzip_and_plain(tmp_path):
+    images = RNG.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    for compress in (True, False):
+        ip = write_idx(tmp_path / f"img{compress}", 0x803, images, compress)
+        lp = write_idx(tmp_path / f"lab{compress}", 0x801, labels, compress)
+        got_images, got_labels = read_mnist(ip, lp)
+        assert got_images.dtype == np.uint8 and got_images.shape == (5, 28, 28)
+        np.testing.assert_array_equal(got_images, images)
+        np.testing.assert_array_equal(got_labels, labels)
+    assert read_mnist(ip)[1] is None
+
+
+def test_mnist_bad_files(tmp_path):
+    images = RNG.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    labels = write_idx(tmp_path / "labels.gz", 0x801, np.arange(5, dtype=np.uint8))
+    with pytest.raises(MedsrError, match=r"labels\.gz.*magic"):
+        read_mnist(labels)  # labels passed as images
+    short = tmp_path / "short.idx"
+    write_idx(short, 0x803, images, compress=False)
+    short.write_bytes(short.read_bytes()[:-10])
+    with pytest.raises(MedsrError, match=r"short\.idx.*truncated"):
+        read_mnist(short)
+    good = write_idx(tmp_path / "images.gz", 0x803, images)
+    four = write_idx(tmp_path / "four.gz", 0x801, np.arange(4, dtype=np.uint8))
+    with pytest.raises(MedsrError, match=r"four\.gz.*4 labels for 5 images"):
+        read_mnist(good, four)
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.tif", "out.dcm", "out.nii.gz"])
+def test_write_leaves_only_the_target(tmp_path, name):
+    img = read_image(_png(tmp_path))
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / name).write_bytes(b"old contents")
+    out = write_image(folder / name, img)
+    assert sorted(p.name for p in folder.iterdir()) == [name]
+    assert out.read_bytes() != b"old contents"
+    assert read_image(out).pixels.shape == (24, 32)
+
+
+def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
+    import medsr.io.raster as raster
+
+    def broken(path, image, fmt, target=None):
+        path.write_bytes(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    img = read_image(_png(tmp_path))
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "out.png").write_bytes(b"old contents")
+    monkeypatch.setattr(raster, "write_raster", broken)
+    with pytest.raises(MedsrError, match=r"out\.png.*No space left"):
+        write_image(folder / "out.png", img)
+    assert sorted(p.name for p in folder.iterdir()) == ["out.png"]
+    assert (folder / "out.png").read_bytes() == b"old contents"
+
+
+def test_write_rejects_bad_pixels(tmp_path):
+    img = read_image(_png(tmp_path))
+    bad = img.pixels.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(MedsrError, match=r"nan\.png.*NaN"):
+        write_image(tmp_path / "nan.png", Image(bad, img.meta))
+    assert not (tmp_path / "nan.png").exists()
