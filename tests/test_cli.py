@@ -148,4 +148,6 @@ def test_paper_recipe_on_brain_mri_then_upscale_a_real_dicom(tmp_path, medsr_cli
     before, after = pydicom.dcmread(src), pydicom.dcmread(tmp_path / "out" / src.name)
     assert (after.Rows, after.Columns) == (3 * before.Rows, 3 * before.Columns)
     assert after.SOPInstanceUID != before.SOPInstanceUID and after.ImageType[0] == "DERIVED"
+    assert "medsr" in after.DerivationDescription and "paper model" in after.DerivationDescription
+    assert [float(v) for v in after.PixelSpacing] == pytest.approx([float(v) / 3 for v in before.PixelSpacing])
     assert after.pixel_array.shape == (3 * before.Rows, 3 * before.Columns)

@@ -68,13 +68,14 @@ def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
 def _upscale(args) -> int:
     from tqdm import tqdm
 
+    from medsr import zoo
     from medsr.io import read_image, write_image
 
     pairs = _collect_inputs(args.inputs)
     out_dir = Path(args.output)
     inputs = {p.resolve() for p, _ in pairs}
     upscaler, meta = _load_upscaler(args, args.model)
-    name = Path(meta["path"]).stem if args.model.endswith(".safetensors") else args.model
+    name = f"{meta['medsr_arch']} model {args.model}" if args.model in zoo.shipped_models() else f"{meta['medsr_arch']} model {Path(meta['path']).name}"
     failed = []
     for path, rel in tqdm(pairs, desc="upscale", unit="file", dynamic_ncols=True, disable=len(pairs) < 2):
         target = _output_path(rel, out_dir, args.format)
