@@ -151,3 +151,24 @@ def test_paper_recipe_on_brain_mri_then_upscale_a_real_dicom(tmp_path, medsr_cli
     assert "medsr" in after.DerivationDescription and "paper model" in after.DerivationDescription
     assert [float(v) for v in after.PixelSpacing] == pytest.approx([float(v) / 3 for v in before.PixelSpacing])
     assert after.pixel_array.shape == (3 * before.Rows, 3 * before.Columns)
+
+
+def test_demo_writes_figures(tmp_path, trained_run, medsr_cli):
+    pytest.importorskip("nilearn", reason="demo images not installed; pip install -e '.[demo]'")
+    pytest.importorskip("data_store", reason="pydicom-data not installed; pip install -e '.[demo]'")
+    result = run(medsr_cli + ["demo", "-o", str(tmp_path), "--model", str(trained_run)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("chest-cr", "brain-mri"):
+        assert f"{name}:" in result.stdout and "bicubic" in result.stdout
+        figure = Image.open(tmp_path / f"{name}-comparison.png")
+        sr = Image.open(tmp_path / f"{name}-x3.png")
+        assert figure.width > 3 * 500 and sr.width > 150
+
+
+def test_models_lists_shipped(medsr_cli):
+    from medsr import zoo
+
+    result = run(medsr_cli + ["models"])
+    assert result.returncode == 0
+    for name in zoo.shipped_models():
+        assert f"| {name} |" in result.stdout

@@ -10,8 +10,9 @@ from medsr.models import DISCRIMINATORS, GENERATORS, create_discriminator, creat
 torch.set_num_threads(2)
 
 # tiny widths keep the whole file fast on 2 CPU cores
-TINY_G = {"paper": dict(channels=8, num_blocks=2), "srgan": dict(channels=8, num_blocks=2), "dcgan": dict(channels=8)}
-GEN_SCALES = [("paper", s) for s in (2, 3, 4, 8)] + [("srgan", s) for s in (2, 3, 4, 8)] + [("dcgan", s) for s in (2, 3, 4)]
+TINY_G = {"paper": dict(channels=8, num_blocks=2), "srgan": dict(channels=8, num_blocks=2), "dcgan": dict(channels=8),
+          "edsr": dict(channels=8, num_blocks=2)}
+GEN_SCALES = [(n, s) for n in ("paper", "srgan", "edsr") for s in (2, 3, 4, 8)] + [("dcgan", s) for s in (2, 3, 4)]
 DISC_SIZES = {"paper": 150, "srgan": 96, "dcgan": 28}
 
 
@@ -31,11 +32,23 @@ def test_generator_shape_range_grads(name, scale):
     x = torch.rand(2, 1, 7, 9) * 2 - 1
     y = g(x)
     assert y.shape == (2, 1, 7 * scale, 9 * scale)
-    assert y.min() >= -1 and y.max() <= 1
+    if name != "edsr":  # edsr's output is linear (clamped at inference), the others end in tanh
+        assert y.min() >= -1 and y.max() <= 1
     y.square().mean().backward()
     for pname, p in g.named_parameters():
         assert p.grad is not None, f"no grad for {pname}"
         assert torch.isfinite(p.grad).all(), f"non-finite grad for {pname}"
+
+
+def test_edsr_starts_at_bicubic_and_learns_a_residual():
+    import torch.nn.functional as F
+
+    g = create_generator("edsr", scale=3, **TINY_G["edsr"])
+    x = torch.rand(1, 1, 6, 8)
+    assert torch.allclose(g(x), F.interpolate(x, scale_factor=3, mode="bicubic", align_corners=False), atol=1e-6)
+    with torch.no_grad():
+        g.tail.bias.fill_(0.1)
+    assert not torch.allclose(g(x), F.interpolate(x, scale_factor=3, mode="bicubic", align_corners=False), atol=1e-3)
 
 
 def test_registry_errors():

@@ -97,3 +97,20 @@ def test_shipped_recipes_load():
     assert (paper.model, paper.scale, paper.hr_size, paper.pixel_loss, paper.protocol) == ("paper", 3, 150, "mse", "paper")
     mnist = load_config(root / "mnist-baseline.yaml")
     assert (mnist.model, mnist.hr_size, mnist.protocol) == ("dcgan", 28, "mnist")
+
+
+def test_ema_cosine_and_named_discriminator(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path, model="edsr", discriminator_model="srgan", ema_decay=0.5, lr_schedule="cosine",
+                      generator="{channels: 8, num_blocks: 1}", discriminator="{channels: 4}")
+    trainer = Trainer(cfg)
+    final = trainer.fit()
+    log = read_log(tmp_path / "tiny")
+    assert log[1]["lr_factor"] == pytest.approx(1.0) and log[4]["lr_factor"] < log[2]["lr_factor"] < 1.0
+    with safe_open(str(tmp_path / "tiny/checkpoints/step-00000004/model.safetensors"), "pt") as f:
+        ema = {k[4:]: f.get_tensor(k) for k in f.keys() if k.startswith("ema.")}
+        raw = {k[10:]: f.get_tensor(k) for k in f.keys() if k.startswith("generator.")}
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in ema)
+    shipped, _ = zoo.load(final)  # the final model is the EMA generator
+    assert all(torch.equal(v, ema[k]) for k, v in shipped.state_dict().items())
+    from_ckpt, _ = zoo.load(tmp_path / "tiny/checkpoints/step-00000004/model.safetensors")
+    assert all(torch.equal(v, ema[k]) for k, v in from_ckpt.state_dict().items())

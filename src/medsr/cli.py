@@ -117,6 +117,31 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from medsr.demo import run_demo
+
+    upscaler, meta = _load_upscaler(args, args.model)
+    paths = run_demo(upscaler, Path(args.output), args.model)
+    print("wrote:\n  " + "\n  ".join(map(str, paths)))
+    return 0
+
+
+def _models(args) -> int:
+    from medsr import zoo
+
+    shipped = zoo.shipped_models()
+    if not shipped:
+        print("no models are shipped in this version; train one with 'medsr train configs/default.yaml'")
+        return 0
+    print("| name | architecture | scale | parameters | file |\n|---|---|---:|---:|---|")
+    for name, path in shipped.items():
+        model, meta = zoo.load(path)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"| {name} | {meta['medsr_arch']} | x{meta['medsr_scale']} | {params:,} | {path} |")
+    print(f"\nmodel cards: {zoo.ZOO_DIR}/<name>.md; default for 'medsr upscale': {zoo.DEFAULT_MODEL}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medsr", description="Super-resolution of medical images (X-ray, MRI; PNG/JPEG/TIFF, DICOM, NIfTI).")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
@@ -152,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate at most this many images")
     p.add_argument("--out", default="evaluation", help="folder for per_image.csv, summary.csv, results.json")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="upscale real scans shipped in pip packages and write comparison figures")
+    p.add_argument("-o", "--output", default="medsr-demo", help="output folder")
+    model_options(p, "default")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("models", help="list the shipped models")
+    p.set_defaults(func=_models)
     return parser
 
 

@@ -17,6 +17,7 @@ from the newest complete one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gc
 import json
@@ -24,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,9 @@ class TrainConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     pixel_loss: str = "mse"
     adversarial_weight: float = 1e-3  # 0 turns the discriminator off entirely
+    discriminator_model: str | None = None  # default: the discriminator named like `model`
+    lr_schedule: str = "constant"  # constant | cosine (to 1% of the start over the whole run)
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the generator, used for validation and export
     # machinery
     precision: str = "auto"  # auto | bf16 | fp32
     channels_last: bool = True
@@ -166,18 +171,43 @@ class Trainer:
         self.generator = create_generator(cfg.model, scale=cfg.scale, **cfg.generator).to(self.device, memory_format=self.memory_format)
         betas = tuple(cfg.betas)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=betas)
+        if cfg.lr_schedule not in ("constant", "cosine"):
+            raise MedsrError(f"unknown lr_schedule '{cfg.lr_schedule}'; use constant or cosine")
+        self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
         self.adversarial = cfg.adversarial_weight > 0 and cfg.epochs > cfg.warmup_epochs
         self.discriminator = self.opt_d = None
         if self.adversarial:
-            self.discriminator = create_discriminator(cfg.model, input_size=cfg.hr_size, **cfg.discriminator)
+            name = cfg.discriminator_model or cfg.model
+            self.discriminator = create_discriminator(name, input_size=cfg.hr_size, **cfg.discriminator)
             self.discriminator.to(self.device, memory_format=self.memory_format)
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_discriminator, betas=betas)
         self.pixel_loss = losses.pixel_loss(cfg.pixel_loss)
         self.step_count = 0
+        self.train_seconds = 0.0  # wall time spent in training steps, summed over resumes
+        self._clock = time.monotonic()
 
     # ---- one training step -------------------------------------------------------------
+    def _set_learning_rates(self) -> float:
+        """The schedule is a pure function of the step, so resuming needs no scheduler state."""
+        factor = 1.0
+        if self.cfg.lr_schedule == "cosine":
+            factor = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * self.step_count / max(1, self.total_steps)))
+        for opt, base in ((self.opt_g, self.cfg.lr_generator), (self.opt_d, self.cfg.lr_discriminator)):
+            for group in opt.param_groups if opt else []:
+                group["lr"] = base * factor
+        return factor
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.ema_decay
+        for ema_p, p in zip(self.ema.parameters(), _unwrap(self.generator).parameters()):
+            ema_p.lerp_(p, 1 - decay)
+        for ema_b, b in zip(self.ema.buffers(), _unwrap(self.generator).buffers()):
+            ema_b.copy_(b)
+
     def step(self) -> dict[str, float]:
         cfg = self.cfg
+        lr_factor = self._set_learning_rates()
         lr, hr = self.sampler.next_batch(cfg.batch_size)
         lr = lr.to(self.device).contiguous(memory_format=self.memory_format)
         hr = hr.to(self.device).contiguous(memory_format=self.memory_format)
@@ -212,7 +242,10 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
+        if self.ema is not None:
+            self._update_ema()
         self.step_count += 1
+        logs["lr_factor"] = lr_factor
         logs["loss/g_pixel"] = pixel.item()
         logs["loss/g"] = g_loss.item()
         if not math.isfinite(logs["loss/g"]):
@@ -220,9 +253,13 @@ class Trainer:
         return logs
 
     # ---- validation ----------------------------------------------------------------------
+    def export_generator(self) -> torch.nn.Module:
+        """The generator to validate and ship: the EMA copy when there is one."""
+        return self.ema if self.ema is not None else _unwrap(self.generator)
+
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], torch.Tensor]:
-        g = _unwrap(self.generator).eval()
+        g = self.export_generator().eval()
         outputs = []
         for start in range(0, len(self.val_lr), 16):
             lr = self.val_lr[start : start + 16].to(self.device).contiguous(memory_format=self.memory_format)
@@ -270,6 +307,7 @@ class Trainer:
         self._barrier()
         state = {
             "step": self.step_count,
+            "train_seconds": self.elapsed(),
             "config": dataclasses.asdict(self.cfg),
             "world_size": self.world,
             "sampler": self.sampler.state_dict(),
@@ -286,8 +324,9 @@ class Trainer:
             tensors = {f"generator.{k}": v for k, v in _unwrap(self.generator).state_dict().items()}
             if self.discriminator is not None:
                 tensors.update({f"discriminator.{k}": v for k, v in _unwrap(self.discriminator).state_dict().items()})
-            zoo.save_model(tmp / "model.safetensors", tensors, self.cfg.model, _unwrap(self.generator).config,
-                           {"medsr_step": str(self.step_count)})
+            if self.ema is not None:
+                tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+            zoo.save_model(tmp / "model.safetensors", tensors, self.cfg.model, _unwrap(self.generator).config, self.record())
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -296,13 +335,21 @@ class Trainer:
         self._barrier()
         return final
 
+    def elapsed(self) -> float:
+        return self.train_seconds + time.monotonic() - self._clock
+
+    def record(self) -> dict:
+        """What a model file says about its training (read by `medsr models` and the model cards)."""
+        return {"medsr_step": str(self.step_count), "medsr_train_seconds": f"{self.elapsed():.0f}",
+                "medsr_recipe": json.dumps(dataclasses.asdict(self.cfg))}
+
     def latest_checkpoint(self) -> Path | None:
         done = [p for p in sorted(self.ckpt_dir.glob("step-*[0-9]")) if (p / "model.safetensors").is_file() and (p / "state-rank0.pt").is_file()]
         return done[-1] if done else None
 
     def load_checkpoint(self, path: Path) -> None:
         tensors = load_file(str(path / "model.safetensors"))
-        for prefix, model in (("generator.", self.generator), ("discriminator.", self.discriminator)):
+        for prefix, model in (("generator.", self.generator), ("discriminator.", self.discriminator), ("ema.", self.ema)):
             if model is not None:
                 part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
                 try:
@@ -316,6 +363,8 @@ class Trainer:
         own_file = path / f"state-rank{self.rank}.pt"
         own = torch.load(own_file, weights_only=False) if own_file.is_file() else None
         self.step_count = main["step"]
+        self.train_seconds = main.get("train_seconds", 0.0)
+        self._clock = time.monotonic()
         if own is not None and main.get("world_size") == self.world:
             self.sampler.load_state_dict(own["sampler"])
             torch.set_rng_state(own["rng"]["torch"])
@@ -374,8 +423,8 @@ class Trainer:
                     self.save_checkpoint()
             final = self.run_dir / "model.safetensors"
             if self.rank == 0 and self.step_count == self.total_steps:
-                g = _unwrap(self.generator)
-                zoo.save_model(final, g.state_dict(), cfg.model, g.config, {"medsr_step": str(self.step_count)})
+                g = self.export_generator()
+                zoo.save_model(final, g.state_dict(), cfg.model, g.config, self.record())
                 tqdm.write(f"done: {final}")
         finally:
             bar.close()

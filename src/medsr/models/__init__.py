@@ -4,10 +4,12 @@ import inspect
 
 from medsr.errors import MedsrError
 from medsr.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from medsr.models.edsr import EDSR
 from medsr.models.paper_gan import PaperDiscriminator, PaperGenerator
 from medsr.models.srresnet import SRResNet, VGGDiscriminator
 
-GENERATORS = {"paper": PaperGenerator, "srgan": SRResNet, "dcgan": DCGANGenerator}
+GENERATORS = {"paper": PaperGenerator, "srgan": SRResNet, "dcgan": DCGANGenerator, "edsr": EDSR}
+# edsr has no discriminator of its own: a GAN recipe for it names one (discriminator_model: srgan).
 DISCRIMINATORS = {"paper": PaperDiscriminator, "srgan": VGGDiscriminator, "dcgan": DCGANDiscriminator}
 
 
@@ -24,7 +26,7 @@ def _lookup(kind: str, registry: dict, name: str, overrides: dict):
 
 
 def create_generator(name: str, **overrides):
-    """Build generator `name` ("paper", "srgan", "dcgan") with its defaults, replaced by `overrides`."""
+    """Build generator `name` ("paper", "srgan", "dcgan", "edsr") with its defaults, replaced by `overrides`."""
     cls = _lookup("generator", GENERATORS, name, overrides)
     scale = overrides.get("scale", inspect.signature(cls.__init__).parameters["scale"].default)
     if isinstance(scale, bool) or scale not in cls.SUPPORTED_SCALES:
@@ -33,10 +35,10 @@ def create_generator(name: str, **overrides):
 
 
 def create_discriminator(name: str, **overrides):
-    """Build discriminator `name` ("paper", "srgan", "dcgan") with its defaults, replaced by `overrides`."""
+    """Build discriminator `name` ("paper", "srgan", "dcgan", "edsr") with its defaults, replaced by `overrides`."""
     return _lookup("discriminator", DISCRIMINATORS, name, overrides)(**overrides)
 
 
 __all__ = ["GENERATORS", "DISCRIMINATORS", "create_generator", "create_discriminator",
            "PaperGenerator", "PaperDiscriminator", "SRResNet", "VGGDiscriminator",
-           "DCGANGenerator", "DCGANDiscriminator"]
+           "DCGANGenerator", "DCGANDiscriminator", "EDSR"]

@@ -23,6 +23,7 @@ from medsr.models import create_generator
 
 ZOO_DIR = Path(__file__).parent
 GENERATOR_PREFIX = "generator."
+DEFAULT_MODEL = "default"
 
 
 def shipped_models() -> dict[str, Path]:
@@ -78,8 +79,11 @@ def load(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[
     config = json.loads(meta["medsr_config"])
     model = create_generator(meta["medsr_arch"], **config)
     tensors = load_file(str(path))
-    if any(k.startswith(GENERATOR_PREFIX) for k in tensors):
-        tensors = {k[len(GENERATOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(GENERATOR_PREFIX)}
+    # A training checkpoint: take its EMA generator when it has one, else the generator.
+    for prefix in ("ema.", GENERATOR_PREFIX):
+        if any(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            break
     try:
         model.load_state_dict(tensors)
     except RuntimeError as err:

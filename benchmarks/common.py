@@ -1,0 +1,17 @@
+"""Shared bits of the benchmark scripts: timing and where the data is."""
+
+import os
+import time
+from pathlib import Path
+
+DATA = Path(os.environ.get("MEDSR_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def timed(fn, repeats: int, warmup: int = 2) -> float:
+    """Mean seconds per call of fn() after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
