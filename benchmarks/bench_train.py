@@ -13,7 +13,7 @@ import random
 
 import torch
 
-from common import DATA, timed
+from common import DATA, ROOT, timed
 from medsr import losses
 from medsr.data import degrade, scan, select
 from medsr.io import read_image
@@ -57,7 +57,7 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch of 16, {args.steps} timed steps each\n")
     print("| recipe | naive (img/s) | medsr (img/s) | speed-up |\n|---|---:|---:|---:|")
     for recipe in ("configs/paper.yaml", "configs/default.yaml"):
-        cfg = load_config(recipe, [f"data={data}", "max_train_images=64", "max_val_images=4", "out_dir=/tmp/medsr-bench"])
+        cfg = load_config(ROOT / recipe, [f"data={data}", "max_train_images=64", "max_val_images=4", "out_dir=/tmp/medsr-bench"])
         naive = timed(naive_step_fn(cfg, files), args.steps)
         trainer = Trainer(cfg)
         fast = timed(trainer.step, args.steps)

@@ -4,7 +4,8 @@ import os
 import time
 from pathlib import Path
 
-DATA = Path(os.environ.get("MEDSR_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDSR_DATA", ROOT.parent / "shared" / "data"))
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> float:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import torch
 
-from common import DATA
+from common import DATA, ROOT
 from medsr import evaluate as ev, runtime, zoo
 from medsr.infer import Upscaler
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():

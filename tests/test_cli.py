@@ -172,3 +172,14 @@ def test_models_lists_shipped(medsr_cli):
     assert result.returncode == 0
     for name in zoo.shipped_models():
         assert f"| {name} |" in result.stdout
+
+
+def test_upscale_uses_the_shipped_default(tmp_path, medsr_cli):
+    from medsr import zoo
+
+    if "default" not in zoo.shipped_models():
+        pytest.skip("no default model shipped")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)).save(tmp_path / "x.png")
+    result = run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(tmp_path / "out" / "x.png").size == (150, 120)

@@ -118,3 +118,12 @@ def test_kaggle_layouts_work_as_they_are():
     assert {"glioma", "meningioma", "notumor", "pituitary", "NORMAL", "PNEUMONIA"} <= labels
     test = select(items, "test")
     assert 0.07 < len(test) / len(items) < 0.13
+
+
+@pytest.mark.parametrize("side", [30, 100, 144, 161, 170, 176, 300])
+def test_ms_ssim_works_at_every_size(side):
+    from medsr import metrics
+
+    hr = torch.rand(1, 1, side, side)
+    assert 0 < metrics.ms_ssim(hr.clamp(0, 0.8), hr).item() < 1
+    assert metrics.ms_ssim(hr, hr).item() == pytest.approx(1.0, abs=1e-4)

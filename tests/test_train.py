@@ -114,3 +114,15 @@ def test_ema_cosine_and_named_discriminator(image_folder, tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in shipped.state_dict().items())
     from_ckpt, _ = zoo.load(tmp_path / "tiny/checkpoints/step-00000004/model.safetensors")
     assert all(torch.equal(v, ema[k]) for k, v in from_ckpt.state_dict().items())
+
+
+def test_init_from_must_match_the_recipe(image_folder, tmp_path):
+    first = tiny_config(image_folder, tmp_path / "a", adversarial_weight=0, epochs=1)
+    start = train(first)
+    same = tiny_config(image_folder, tmp_path / "b", init_from=str(start), adversarial_weight=0, epochs=1)
+    trainer = Trainer(same)
+    loaded, _ = zoo.load(start)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in trainer.generator.state_dict().items())
+    other = tiny_config(image_folder, tmp_path / "c", init_from=str(start), generator="{channels: 16, num_blocks: 1}")
+    with pytest.raises(MedsrError, match="init_from"):
+        Trainer(other)

@@ -6,8 +6,8 @@ Conventions, the same everywhere in medsr:
 - a border of `scale` pixels is cropped before measuring (the usual SR convention: borders
   depend on padding, not on the method);
 - MS-SSIM uses the standard five scale weights, truncated to the scales the image size allows
-  (each scale halves the image; the 11-px Gaussian window needs a side > 10 * 2**(n-1)),
-  so 150 px images (the paper protocol) use 4 scales.
+  (torchmetrics accepts n scales when side // (n-1)**2 > 10), so the paper protocol's 150 px
+  images (144 px after the border crop) use 4 scales, and images of 176 px or more use all 5.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ def ms_ssim(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor
     """Per-image MS-SSIM, shape (B,); NaN when the image is too small for two scales."""
     sr, hr = _prepare(sr, hr, border)
     side = min(sr.shape[-2:])
-    scales = 0
-    while scales < len(MS_SSIM_WEIGHTS) and side > 10 * 2**scales:
-        scales += 1
+    # the most scales torchmetrics accepts for this size (its rule: side // (n - 1)**2 > 10)
+    scales = max((n for n in range(1, len(MS_SSIM_WEIGHTS) + 1) if side // max(1, n - 1) ** 2 > 10 and side >= 2**n), default=0)
     if scales < 2:
         return torch.full((sr.shape[0],), float("nan"))
     weights = MS_SSIM_WEIGHTS[:scales]

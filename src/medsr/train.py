@@ -60,6 +60,7 @@ class TrainConfig:
     test_fraction: float = 0.1
     # model
     model: str = "paper"
+    init_from: str | None = None  # start the generator from this model file / run folder / shipped name
     generator: dict = field(default_factory=dict)  # constructor overrides, e.g. {channels: 32}
     discriminator: dict = field(default_factory=dict)
     # schedule
@@ -169,6 +170,12 @@ class Trainer:
         self.warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
 
         self.generator = create_generator(cfg.model, scale=cfg.scale, **cfg.generator).to(self.device, memory_format=self.memory_format)
+        if cfg.init_from:
+            start, meta = zoo.load(cfg.init_from)
+            if meta["medsr_arch"] != cfg.model or start.config != self.generator.config:
+                raise MedsrError(f"{meta['path']}: init_from holds a {meta['medsr_arch']} {start.config}, not this recipe's {cfg.model} "
+                                 f"{self.generator.config}; match model/generator/scale to it")
+            self.generator.load_state_dict(start.state_dict())
         betas = tuple(cfg.betas)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=betas)
         if cfg.lr_schedule not in ("constant", "cosine"):
@@ -183,7 +190,7 @@ class Trainer:
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_discriminator, betas=betas)
         self.pixel_loss = losses.pixel_loss(cfg.pixel_loss)
         self.step_count = 0
-        self.train_seconds = 0.0  # wall time spent in training steps, summed over resumes
+        self.train_seconds = 0.0  # wall time of the run (data loading and validation included), summed over resumes
         self._clock = time.monotonic()
 
     # ---- one training step -------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""Copy a finished run's model into the package (src/medsr/zoo/NAME.safetensors) and write its
+model card (NAME.md) from the run's record and the figures in docs/results/.
+
+    python benchmarks/ship_model.py --run runs/default --name default --command "medsr train configs/default.yaml"
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from medsr import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", required=True, type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--command", required=True, help="the exact command that trained it")
+    args = parser.parse_args()
+    source = args.run / "model.safetensors"
+    meta = zoo.read_metadata(source)
+    seconds = meta.get("medsr_train_seconds")
+    if seconds is None:  # runs from before the trainer recorded it: config written at start, model at the end
+        seconds = f"{source.stat().st_mtime - (args.run / 'config.yaml').stat().st_mtime:.0f}"
+    target = zoo.ZOO_DIR / f"{args.name}.safetensors"
+    shutil.copyfile(source, target)
+    model, _ = zoo.load(target)
+    recipe = (args.run / "config.yaml").read_text()
+    lines = [f"# Model card: {args.name}", "",
+             f"- architecture: `{meta['medsr_arch']}` {json.loads(meta['medsr_config'])}, "
+             f"{sum(p.numel() for p in model.parameters()):,} parameters, x{meta['medsr_scale']}, 1 channel, input/output in [-1, 1]",
+             "- data: `../shared/data/brain-mri` (Kaggle Brain Tumor MRI, CC0) and `../shared/data/chest-xray` (Kaggle Chest X-Ray "
+             "Pneumonia, CC BY 4.0), train split only (80 % by a hash of `<class>/<file>`; val 10 % for monitoring; test 10 % never used)",
+             f"- trained with: `{args.command}`",
+             f"- steps: {meta['medsr_step']}; wall time on the 2-core development CPU (bf16): {int(seconds) / 60:.0f} min",
+             "", "## Test-split figures (from docs/RESULTS.md)", ""]
+    for result in sorted((ROOT / "docs" / "results").glob("*/results.json")):
+        data = json.loads(result.read_text())
+        by_name = {s["method"]: s for s in data["summary"]}
+        if args.name in by_name:
+            mine, bicubic = by_name[args.name], by_name["bicubic"]
+            lines.append(f"- {data['data']}, {data['protocol']} protocol ({mine['images']} images): PSNR {mine['psnr']:.2f} dB "
+                         f"({mine['psnr'] - bicubic['psnr']:+.2f} vs bicubic), SSIM {mine['ssim']:.4f} (bicubic {bicubic['ssim']:.4f})")
+    lines += ["", "## Recipe", "", "```yaml", recipe.strip(), "```", ""]
+    (zoo.ZOO_DIR / f"{args.name}.md").write_text("\n".join(lines))
+    print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB) and {args.name}.md")
+
+
+if __name__ == "__main__":
+    main()
