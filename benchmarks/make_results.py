@@ -6,7 +6,6 @@ modality, under the paper and native protocols.
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 

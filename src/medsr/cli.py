@@ -9,8 +9,6 @@ from pathlib import Path
 
 from medsr.errors import MedsrError
 
-log = logging.getLogger("medsr")
-
 
 def _train(args) -> int:
     from medsr.train import load_config, train

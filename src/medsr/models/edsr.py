@@ -7,7 +7,6 @@ Differences from the paper generator, each for quality per CPU-second:
 - no tanh: a linear output, clamped to the valid range at inference.
 """
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
