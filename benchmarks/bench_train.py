@@ -1,9 +1,10 @@
 """Training throughput (images/s) of the paper and default recipes, each beside a naive baseline.
 
-naive = fp32, contiguous tensors, images decoded from disk and degraded every step, and the
-discriminator's weight gradients computed during the generator step (a plain GAN loop).
+naive = fp32, contiguous tensors, images decoded from disk and degraded every step, stock
+torch.nn.Dropout, and the discriminator's weight gradients computed during the generator step
+(a plain GAN loop).
 medsr = the Trainer as shipped: bf16 autocast where native, channels_last, pairs decoded once,
-the discriminator frozen while it judges the generator.
+the discriminator frozen while it judges the generator, dropout masks from uint8 random numbers.
 
     python benchmarks/bench_train.py [--steps 10]
 """
@@ -25,6 +26,9 @@ def naive_step_fn(cfg, files):
     g = create_generator(cfg.model, scale=cfg.scale, **cfg.generator)
     adversarial = cfg.adversarial_weight > 0
     d = create_discriminator(cfg.discriminator_model or cfg.model, input_size=cfg.hr_size) if adversarial else None
+    for module in d.modules() if d else []:  # stock dropout, as plain PyTorch code would have
+        if isinstance(module, torch.nn.Dropout):
+            module.forward = torch.nn.Dropout.forward.__get__(module)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_generator)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_discriminator) if adversarial else None
     pixel = losses.pixel_loss(cfg.pixel_loss)

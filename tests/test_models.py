@@ -168,3 +168,17 @@ def test_discriminator_bf16_channels_last(name):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = d(x)
     assert y.shape == (2, 1) and torch.isfinite(y.float()).all()
+
+
+def test_fast_dropout_keeps_half_and_rescales():
+    from medsr.models.layers import Dropout
+
+    torch.manual_seed(0)
+    d = Dropout(0.5)
+    x = torch.ones(200_000)
+    y = d(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.5) < 0.01 and set(y.unique().tolist()) == {0.0, 2.0}
+    assert abs(y.mean().item() - 1.0) < 0.02  # expectation preserved
+    assert torch.equal(d.eval()(x), x)
+    assert isinstance(d, nn.Dropout)

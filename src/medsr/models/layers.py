@@ -1,5 +1,6 @@
 """Small pieces shared by the model files: activations, sub-pixel upsampling, size arithmetic."""
 
+import torch
 import torch.nn as nn
 
 from medsr.errors import MedsrError
@@ -54,3 +55,19 @@ def check_input_size(name: str, x, input_size: int) -> None:
             f"{name} expects {input_size}x{input_size} inputs (input_size={input_size}), got {h}x{w}; "
             f"crop the images to {input_size}x{input_size} or build the discriminator with a matching input_size"
         )
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask: random bytes compared with a threshold.
+
+    Drawing the mask with torch's float bernoulli_ was a third of the paper GAN's training step
+    on the CPU; uint8 random numbers are about 4x cheaper. Same behaviour and the same global RNG
+    (so resuming stays exact); p is rounded to a multiple of 1/256 (0.5 is exact).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        drop = round(self.p * 256)
+        keep = torch.randint(0, 256, x.shape, dtype=torch.uint8, device=x.device) >= drop
+        return x * keep.to(x.dtype) * (256 / (256 - drop))

@@ -3,7 +3,7 @@
 import torch
 import torch.nn as nn
 
-from medsr.models.layers import LEAKY_SLOPE, check_input_size, conv_out_size, scale_factors, upsampler
+from medsr.models.layers import LEAKY_SLOPE, Dropout, check_input_size, conv_out_size, scale_factors, upsampler
 
 
 def _lrelu() -> nn.LeakyReLU:
@@ -80,17 +80,17 @@ class PaperDiscriminator(nn.Module):
         self.config = dict(in_channels=in_channels, input_size=input_size, channels=channels, dropout=dropout,
                            dense=dense)
         ch = channels
-        layers = [nn.Conv2d(in_channels, ch, 3, padding=1), nn.Dropout(dropout), _lrelu()]
+        layers = [nn.Conv2d(in_channels, ch, 3, padding=1), Dropout(dropout), _lrelu()]
         size = input_size
         prev = ch
         # the paper literally has no activation in these three blocks; kept as described
         for width in (ch, 2 * ch, 2 * ch):
-            layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.Dropout(dropout)]
+            layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), Dropout(dropout)]
             size, prev = conv_out_size(size, 3, 2, 1), width
         for i, width in enumerate((4 * ch, 4 * ch, 8 * ch)):
             layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1)]
             layers += [nn.BatchNorm2d(width)] if i == 0 else []  # only the first of these has BN
-            layers += [nn.Dropout(dropout), _lrelu()]
+            layers += [Dropout(dropout), _lrelu()]
             size, prev = conv_out_size(size, 3, 2, 1), width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(prev * size * size, dense), _lrelu(), nn.Linear(dense, 1))
