@@ -34,9 +34,8 @@ def naive_step_fn(cfg, files):
     pixel = losses.pixel_loss(cfg.pixel_loss)
 
     def step():
-        batch = [torch.from_numpy(degrade.center_square(read_image(p).pixels).copy())[None, None] for p in random.sample(files, cfg.batch_size)]
-        hr, lr = zip(*(degrade.paper_pair(b, cfg.hr_size, cfg.scale) for b in batch))
-        hr, lr = torch.cat(hr), torch.cat(lr)
+        lr, hr = zip(*(degrade.paper_pair(read_image(p).pixels, cfg.hr_size, cfg.scale) for p in random.sample(files, cfg.batch_size)))
+        lr, hr = degrade.to_signed(torch.cat(lr)), degrade.to_signed(torch.cat(hr))
         sr = g(lr)
         loss = pixel(sr, hr)
         if adversarial:

@@ -36,16 +36,13 @@ def _load_upscaler(args, model_name: str, tile: int | None = None):
 
 def _collect_inputs(paths: list[str]) -> list[tuple[Path, Path]]:
     """(file, path relative to the output folder) for each input file; folders are walked."""
-    from medsr.io import is_supported
+    from medsr.data import scan
 
     pairs = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_supported(p))
-            if not found:
-                raise MedsrError(f"{path}: no supported images in this folder (PNG, JPEG, TIFF, DICOM, NIfTI)")
-            pairs += [(p, p.relative_to(path)) for p in found]
+            pairs += [(item.path, item.path.relative_to(path)) for item in scan(path)]
         elif path.is_file():
             pairs.append((path, Path(path.name)))
         else:

@@ -43,13 +43,12 @@ class Method:
 def make_pair(array01: np.ndarray, protocol: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(lr, hr) float32 [0, 1] arrays for one image under an evaluation protocol."""
     if protocol == "paper":
-        hr = degrade.resize(torch.from_numpy(degrade.center_square(array01).copy())[None, None],
-                            (degrade.PAPER_HR_SIZE, degrade.PAPER_HR_SIZE)).clamp(0, 1)
+        lr, hr = degrade.paper_pair(array01, degrade.PAPER_HR_SIZE, scale)
     elif protocol == "native":
         hr = torch.from_numpy(degrade.native_hr(array01, scale).copy())[None, None]
+        lr = degrade.downscale(hr, scale).clamp(0, 1)
     else:
         raise MedsrError(f"unknown protocol '{protocol}'; use paper or native")
-    lr = degrade.downscale(hr, scale).clamp(0, 1)
     return lr[0, 0].numpy(), hr[0, 0].numpy()
 
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from medsr import losses, metrics, runtime, zoo
 from medsr.data import build_sampler, degrade
 from medsr.errors import MedsrError
+from medsr.io.image import atomic_write
 from medsr.models import create_discriminator, create_generator
 
 
@@ -165,6 +166,8 @@ class Trainer:
         if self.rank == 0:
             val = build_sampler(data, "val", cfg.protocol, cfg.scale, cfg.hr_size, limit=cfg.max_val_images, **split)
             self.val_lr, self.val_hr = val.fixed_pairs(cfg.max_val_images)
+            bicubic = degrade.upscale_baseline(degrade.to_unit(self.val_lr), cfg.scale).clamp(0, 1)
+            self.val_psnr_bicubic = metrics.psnr(bicubic, degrade.to_unit(self.val_hr), cfg.scale).mean().item()
         self.steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(self.sampler) / (cfg.batch_size * self.world)))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
@@ -274,12 +277,11 @@ class Trainer:
                 outputs.append(g(lr).float().cpu())
         sr = degrade.to_unit(torch.cat(outputs))
         hr = degrade.to_unit(self.val_hr)
-        bicubic = degrade.upscale_baseline(degrade.to_unit(self.val_lr), self.cfg.scale).clamp(0, 1)
         border = self.cfg.scale
         scores = {
             "val/psnr": metrics.psnr(sr, hr, border).mean().item(),
             "val/ssim": metrics.ssim(sr, hr, border).mean().item(),
-            "val/psnr_bicubic": metrics.psnr(bicubic, hr, border).mean().item(),
+            "val/psnr_bicubic": self.val_psnr_bicubic,
             "val/sr_mean": sr.mean().item(),
         }
         return scores, sr
@@ -293,12 +295,7 @@ class Trainer:
         lr = degrade.upscale_baseline(degrade.to_unit(self.val_lr[:n]), self.cfg.scale, "nearest")
         rows = [torch.cat(list(batch[:, 0]), dim=1) for batch in (hr, lr, sr[:n])]
         grid = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-        path = self.run_dir / "grids" / f"epoch-{epoch:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.png")
-        Image.fromarray(grid).save(tmp)
-        tmp.replace(path)
-        return path
+        return atomic_write(self.run_dir / "grids" / f"epoch-{epoch:04d}.png", lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
 
     # ---- checkpoints -----------------------------------------------------------------------
     def _barrier(self) -> None:

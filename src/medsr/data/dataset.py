@@ -18,7 +18,7 @@ import torch
 
 from medsr.data import degrade
 from medsr.errors import MedsrError
-from medsr.io import is_supported, read_image, read_mnist
+from medsr.io import from_uint, is_supported, read_image, read_mnist, to_uint
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,10 @@ def load_arrays(items: list[Item], limit: int | None = None) -> tuple[list[np.nd
         except MedsrError as err:
             log.warning("skipped: %s", err)
             continue
-        dtype, top = (np.uint8, 255) if image.meta.bit_depth <= 8 else (np.uint16, 65535)
+        bits = 8 if image.meta.bit_depth <= 8 else 16
         frames = image.pixels if image.pixels.ndim == 3 else image.pixels[None]
         for frame in frames:
-            arrays.append(np.round(frame * top).astype(dtype))
+            arrays.append(to_uint(frame, bits))
             kept.append(item)
     if not arrays:
         raise MedsrError("no readable images in the selected data; check the folders and --split")
@@ -89,7 +89,7 @@ def load_arrays(items: list[Item], limit: int | None = None) -> tuple[list[np.nd
 
 def as_unit_float(array: np.ndarray) -> np.ndarray:
     """uint8/uint16 cache array -> float32 in [0, 1]."""
-    return array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 65535.0)
+    return from_uint(array, 8 if array.dtype == np.uint8 else 16)
 
 
 class PairSampler:
@@ -119,10 +119,8 @@ class PairSampler:
             self.arrays = [a for a in arrays if min(a.shape) >= hr_size]
             self.hr = self.lr = None
         else:
-            crops = [degrade.center_square(as_unit_float(a)) for a in arrays]
-            hr = torch.stack([degrade.resize(torch.from_numpy(c)[None, None], (hr_size, hr_size))[0] for c in crops]).clamp(0, 1)
-            self.hr = degrade.to_signed(hr)
-            self.lr = degrade.to_signed(degrade.downscale(hr, scale).clamp(0, 1))
+            lr, hr = zip(*(degrade.paper_pair(as_unit_float(a), hr_size, scale) for a in arrays))
+            self.lr, self.hr = degrade.to_signed(torch.cat(lr)), degrade.to_signed(torch.cat(hr))
             self.arrays = None
 
     def __len__(self) -> int:

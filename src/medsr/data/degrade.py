@@ -68,15 +68,14 @@ def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return array[..., top : top + height, left : left + width]
 
 
-def paper_pair(images01: torch.Tensor, hr_size: int = PAPER_HR_SIZE, scale: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed paper's protocol on already centre-square-cropped [0, 1] images.
+def paper_pair(image01: np.ndarray, hr_size: int = PAPER_HR_SIZE, scale: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed paper's protocol for one 2-D [0, 1] image: (lr, hr), each (1, 1, h, w) in [0, 1].
 
-    HR = the crop resized to hr_size x hr_size (150), LR = HR downscaled by `scale` (50x50),
-    both mapped to [-1, 1] as the paper does.
+    HR = the centre square (side min(W, H)) resized to hr_size x hr_size (150),
+    LR = HR downscaled by `scale` (50x50). Training maps both to [-1, 1] as the paper does.
     """
-    hr = resize(images01, (hr_size, hr_size)).clamp(0, 1)
-    lr = downscale(hr, scale).clamp(0, 1)
-    return to_signed(hr), to_signed(lr)
+    hr = resize(torch.from_numpy(center_square(image01).copy())[None, None], (hr_size, hr_size)).clamp(0, 1)
+    return downscale(hr, scale).clamp(0, 1), hr
 
 
 def native_hr(array01: np.ndarray, scale: int, cap: int = 1500) -> np.ndarray:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from medsr.errors import MedsrError
+from medsr.io.image import atomic_write
 from medsr.models import create_generator
 
 ZOO_DIR = Path(__file__).parent
@@ -35,10 +36,8 @@ def save_model(path: Path, tensors: dict[str, torch.Tensor], arch: str, config: 
     """Write tensors + rebuild record to `path` atomically (temp file + rename)."""
     metadata = {"medsr_arch": arch, "medsr_config": json.dumps(config), "medsr_scale": str(config.get("scale", ""))}
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def resolve(name_or_path: str | Path) -> Path:
