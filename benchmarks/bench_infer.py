@@ -1,7 +1,7 @@
 """Inference latency: a 512x512 image upscaled x3 (to 1536x1536), fp32 vs bf16, per model.
 Also the PSNR cost of bf16: mean test-split PSNR (paper protocol) in bf16 minus fp32.
 
-    python benchmarks/bench_infer.py [--models default,paper] [--images 40]
+    python benchmarks/bench_infer.py [--models default,default-gan,paper] [--images 40]
 """
 
 import argparse
@@ -31,7 +31,7 @@ def test_psnr(upscaler, pairs):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="default,paper")
+    parser.add_argument("--models", default="default,default-gan,paper")
     parser.add_argument("--images", type=int, default=40)
     args = parser.parse_args()
     cpu = torch.device("cpu")

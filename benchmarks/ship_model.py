@@ -1,7 +1,9 @@
 """Copy a finished run's model into the package (src/medsr/zoo/NAME.safetensors) and write its
 model card (NAME.md) from the run's record and the figures in docs/results/.
 
-    python benchmarks/ship_model.py --run runs/default --name default --command "medsr train configs/default.yaml"
+    python benchmarks/ship_model.py --run runs/default --name default --command "medsr train configs/default.yaml" [--note TEXT]
+
+Run it again after benchmarks/make_results.py to put the new figures into the card.
 """
 
 import argparse
@@ -19,6 +21,7 @@ def main():
     parser.add_argument("--run", required=True, type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--command", required=True, help="the exact command that trained it")
+    parser.add_argument("--note", default="", help="a line for the card, e.g. how the budget differs from the recipe's")
     args = parser.parse_args()
     source = args.run / "model.safetensors"
     meta = zoo.read_metadata(source)
@@ -36,6 +39,7 @@ def main():
              "Pneumonia, CC BY 4.0), train split only (80 % by a hash of `<class>/<file>`; val 10 % for monitoring; test 10 % never used)",
              f"- trained with: `{args.command}`",
              f"- steps: {meta['medsr_step']}; wall time on the 2-core development CPU (bf16): {int(seconds) / 60:.0f} min",
+             *([f"- note: {args.note}"] if args.note else []),
              "", "## Test-split figures (from docs/RESULTS.md)", ""]
     for result in sorted((ROOT / "docs" / "results").glob("*/results.json")):
         data = json.loads(result.read_text())

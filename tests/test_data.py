@@ -127,3 +127,18 @@ def test_ms_ssim_works_at_every_size(side):
     hr = torch.rand(1, 1, side, side)
     assert 0 < metrics.ms_ssim(hr.clamp(0, 0.8), hr).item() < 1
     assert metrics.ms_ssim(hr, hr).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_hf_energy_ratio_separates_blur_from_detail():
+    from medsr import metrics
+    from medsr.data import degrade
+
+    g = torch.Generator().manual_seed(0)
+    hr = (degrade.resize(torch.rand(4, 1, 40, 40, generator=g), (120, 120)) + 0.2 * torch.rand(4, 1, 120, 120, generator=g)).clamp(0, 1)
+    lr = degrade.downscale(hr, 3)
+    bicubic = degrade.upscale_baseline(lr, 3, "bicubic").clamp(0, 1)
+    noisy = (hr + 0.1 * torch.randn(hr.shape, generator=g)).clamp(0, 1)
+    assert torch.allclose(metrics.hf_energy_ratio(hr, hr, 3), torch.ones(4))
+    assert (metrics.hf_energy_ratio(bicubic, hr, 3) < 0.5).all()
+    assert (metrics.hf_energy_ratio(noisy, hr, 3) > 1.5).all()
+    assert metrics.hf_energy_ratio(bicubic, hr, 3, border=3).shape == (4,)

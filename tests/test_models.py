@@ -182,3 +182,40 @@ def test_fast_dropout_keeps_half_and_rescales():
     assert abs(y.mean().item() - 1.0) < 0.02  # expectation preserved
     assert torch.equal(d.eval()(x), x)
     assert isinstance(d, nn.Dropout)
+
+
+def test_fast_dropout_layouts_rates_gradients_and_seeds():
+    from medsr.models.layers import Dropout
+
+    x = torch.ones(3, 5, 7, 11, requires_grad=True)  # 1155 elements: not a multiple of 8
+    last = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    d = Dropout(0.25)
+    torch.manual_seed(1)
+    y = d(last)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert y.unique().tolist() == pytest.approx([0.0, 4 / 3]) and abs((y == 0).float().mean().item() - 0.25) < 0.05
+    y.sum().backward()
+    assert torch.equal(last.grad, y.detach())  # d(x * mask)/dx = mask
+    torch.manual_seed(1)
+    assert torch.equal(d(last), y)  # same seed, same mask (resuming a run depends on it)
+    assert d(x).is_contiguous()
+    big = d(torch.ones(64, 64, 64))
+    # neighbours along every axis are independent (a layout bug would repeat or correlate them)
+    for dim in range(3):
+        a, b = big.narrow(dim, 0, 63) != 0, big.narrow(dim, 1, 63) != 0
+        assert abs((a & b).float().mean().item() - 0.75 ** 2) < 0.01
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("size", [(9, 40), (21, 26)])
+def test_edsr_fused_for_inference_is_the_same_function(scale, size):
+    torch.manual_seed(0)
+    model = create_generator("edsr", scale=scale, channels=8, num_blocks=1).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)  # the tail starts at zero; make every layer matter
+    fused = model.fused_for_inference()
+    assert not isinstance(fused.tail, torch.nn.Conv2d)  # it really is a different computation
+    x = torch.rand(2, 1, *size) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=2e-5, rtol=0)

@@ -126,3 +126,26 @@ def test_init_from_must_match_the_recipe(image_folder, tmp_path):
     other = tiny_config(image_folder, tmp_path / "c", init_from=str(start), generator="{channels: 16, num_blocks: 1}")
     with pytest.raises(MedsrError, match="init_from"):
         Trainer(other)
+
+
+def test_same_recipe_same_weights(image_folder, tmp_path):
+    """The reproducibility that lets `medsr train configs/X.yaml` re-make a shipped model."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for run in ("a", "b"):
+        cfg = tiny_config(image_folder, tmp_path / run, model="edsr", adversarial_weight=0, ema_decay=0.9,
+                          lr_schedule="cosine", warmup_epochs=0, precision="auto")
+        weights.append(load_file(str(train(cfg))))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(weights[0]["tail.weight"], torch.zeros_like(weights[0]["tail.weight"]))  # it did train
+
+
+def test_discriminator_judges_real_and_fake_together_in_both_steps(image_folder, tmp_path):
+    # batch norm must see the same real + fake mix when it judges the generator as when it learns
+    trainer = Trainer(tiny_config(image_folder, tmp_path, warmup_epochs=0))
+    batches = []
+    trainer.discriminator.register_forward_hook(lambda mod, inp, out: batches.append(len(inp[0])))
+    trainer.step()
+    assert batches == [8, 8]  # batch_size 4: 4 real + 4 fake, in the discriminator's step and the generator's

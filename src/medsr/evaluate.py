@@ -25,7 +25,7 @@ from medsr.errors import MedsrError
 from medsr.infer import Upscaler
 
 BASELINES = ("nearest", "bicubic", "lanczos")
-METRICS = ("psnr", "ssim", "ms_ssim")
+METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio")
 
 
 @dataclass
@@ -54,7 +54,7 @@ def make_pair(array01: np.ndarray, protocol: str, scale: int) -> tuple[np.ndarra
 
 def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: str = "paper", split: str = "test",
              limit: int | None = None) -> list[dict]:
-    """Per-image rows {file, label, method, psnr, ssim, ms_ssim}."""
+    """Per-image rows {file, label, method, psnr, ssim, ms_ssim, hf_ratio}."""
     items = select(scan(data_dirs), split)
     if not items:
         raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
@@ -69,6 +69,7 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
                 "psnr": metrics.psnr(sr_t, hr_t, scale).item(),
                 "ssim": metrics.ssim(sr_t, hr_t, scale).item(),
                 "ms_ssim": metrics.ms_ssim(sr_t, hr_t, scale).item(),
+                "hf_ratio": metrics.hf_energy_ratio(sr_t, hr_t, scale, scale).item(),
             }
             rows.append({"file": str(item.path), "label": item.label, "method": method.name, **scores})
     return rows
@@ -90,10 +91,11 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown_table(summary: list[dict], reference: str = "bicubic") -> str:
     ref = next((s for s in summary if s["method"] == reference), None)
-    lines = ["| method | images | PSNR (dB) | vs bicubic (dB) | SSIM | MS-SSIM |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| method | images | PSNR (dB) | vs bicubic (dB) | SSIM | MS-SSIM | fine detail (HF ratio, 1 = HR) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         delta = f"{s['psnr'] - ref['psnr']:+.2f}" if ref else ""
-        lines.append(f"| {s['method']} | {s['images']} | {s['psnr']:.2f} | {delta} | {s['ssim']:.4f} | {s['ms_ssim']:.4f} |")
+        lines.append(f"| {s['method']} | {s['images']} | {s['psnr']:.2f} | {delta} | {s['ssim']:.4f} | {s['ms_ssim']:.4f} | {s['hf_ratio']:.3f} |")
     return "\n".join(lines)
 
 

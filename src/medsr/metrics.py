@@ -8,6 +8,9 @@ Conventions, the same everywhere in medsr:
 - MS-SSIM uses the standard five scale weights, truncated to the scales the image size allows
   (torchmetrics accepts n scales when side // (n-1)**2 > 10), so the paper protocol's 150 px
   images (144 px after the border crop) use 4 scales, and images of 176 px or more use all 5.
+
+PSNR and SSIM reward the average of all plausible details, which is a blur: they cannot tell
+whether a method restores texture. `hf_energy_ratio` measures that (see docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -56,3 +59,26 @@ def ms_ssim(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor
     weights = MS_SSIM_WEIGHTS[:scales]
     weights = tuple(w / sum(weights) for w in weights)
     return _ms_ssim(sr, hr, data_range=1.0, betas=weights, reduction="none", normalize="relu")
+
+
+def hf_energy_ratio(sr: torch.Tensor, hr: torch.Tensor, scale: int, border: int = 0) -> torch.Tensor:
+    """Per-image share of the HR image's fine detail that the SR image has, shape (B,).
+
+    The power of each image above the LR image's Nyquist frequency (radial frequency above
+    0.5 / scale cycles per HR pixel: detail the LR image cannot hold, so the method had to
+    restore it), over the HR image's power in that band. A Hann window stops the image edges
+    from leaking into the band. 1.0: as much fine detail as the original; below 1: blurrier
+    (bicubic is far below); above 1: more than the original (noise or invented texture).
+    It measures amount, not correctness: read it next to PSNR/SSIM.
+    """
+    sr, hr = _prepare(sr, hr, border)
+    h, w = sr.shape[-2:]
+    window = torch.outer(torch.hann_window(h, periodic=False), torch.hann_window(w, periodic=False))
+    radius = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.fftfreq(w)[None, :] ** 2)
+    band = radius > 0.5 / scale
+
+    def band_power(x: torch.Tensor) -> torch.Tensor:
+        x = (x - x.mean(dim=(-2, -1), keepdim=True)) * window
+        return (torch.fft.fft2(x).abs() ** 2 * band).sum(dim=(-3, -2, -1))
+
+    return band_power(sr) / band_power(hr).clamp_min(1e-12)

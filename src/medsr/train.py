@@ -241,11 +241,14 @@ class Trainer:
         g_loss = pixel = self.pixel_loss(sr.float(), hr.float())
         if adversarial:
             # The discriminator is only a judge here: no gradients for its weights (saves a third
-            # of its backward pass), and no DDP hooks (it is called unwrapped).
+            # of its backward pass), and no DDP hooks (it is called unwrapped). It judges the same
+            # real + fake batch as in its own step: batch norm on a fakes-only batch would see
+            # other statistics, and a discriminator that wins its own step could then still call
+            # every fake real here, which leaves the generator no adversarial signal.
             judge = _unwrap(self.discriminator)
             _set_requires_grad(judge, False)
             with runtime.autocast(self.device, self.dtype):
-                adv = losses.generator_bce(judge(sr).float())
+                adv = losses.generator_bce(judge(torch.cat([hr, sr]))[len(hr):].float())
             _set_requires_grad(judge, True)
             g_loss = pixel + cfg.adversarial_weight * adv
             logs["loss/g_adv"] = adv.item()
