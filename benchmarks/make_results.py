@@ -81,6 +81,9 @@ def main():
             tables += [f"## {modality}, {protocol} protocol", "", ev.markdown_table(summary), ""]
             print(tables[-3], tables[-2], sep="\n")
     lines += bar_lines(results) + tables
+    fidelity = ROOT / "docs" / "results" / "fidelity.md"  # made by benchmarks/make_fidelity.py
+    if fidelity.is_file():
+        lines += [fidelity.read_text()]
     (ROOT / "docs" / "RESULTS.md").write_text("\n".join(lines))
     print(f"wrote {ROOT / 'docs' / 'RESULTS.md'}")
 

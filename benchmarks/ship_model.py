@@ -1,15 +1,18 @@
 """Copy a finished run's model into the package (src/medsr/zoo/NAME.safetensors) and write its
 model card (NAME.md) from the run's record and the figures in docs/results/.
 
-    python benchmarks/ship_model.py --run runs/default --name default --command "medsr train configs/default.yaml" [--note TEXT]
+    python benchmarks/ship_model.py --run runs/default --name default --command "medsr train configs/default.yaml" [--note TEXT] [--half]
 
-Run it again after benchmarks/make_results.py to put the new figures into the card.
+Run it again after benchmarks/make_results.py (or make_comparison.py) to put the new figures into the card.
+--half stores the weights as float16 (half the size; the comparison models are shipped so).
 """
 
 import argparse
 import json
 import shutil
 from pathlib import Path
+
+from safetensors.torch import load_file, save_file
 
 from medsr import zoo
 
@@ -22,6 +25,7 @@ def main():
     parser.add_argument("--name", required=True)
     parser.add_argument("--command", required=True, help="the exact command that trained it")
     parser.add_argument("--note", default="", help="a line for the card, e.g. how the budget differs from the recipe's")
+    parser.add_argument("--half", action="store_true", help="store float16 weights")
     args = parser.parse_args()
     source = args.run / "model.safetensors"
     meta = zoo.read_metadata(source)
@@ -29,7 +33,11 @@ def main():
     if seconds is None:  # runs from before the trainer recorded it: config written at start, model at the end
         seconds = f"{source.stat().st_mtime - (args.run / 'config.yaml').stat().st_mtime:.0f}"
     target = zoo.ZOO_DIR / f"{args.name}.safetensors"
-    shutil.copyfile(source, target)
+    if args.half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(source)).items()}
+        save_file(tensors, str(target), metadata=meta)
+    else:
+        shutil.copyfile(source, target)
     model, _ = zoo.load(target)
     recipe = (args.run / "config.yaml").read_text()
     lines = [f"# Model card: {args.name}", "",
@@ -40,13 +48,15 @@ def main():
              f"- trained with: `{args.command}`",
              f"- steps: {meta['medsr_step']}; wall time on the 2-core development CPU (bf16): {int(seconds) / 60:.0f} min",
              *([f"- note: {args.note}"] if args.note else []),
-             "", "## Test-split figures (from docs/RESULTS.md)", ""]
-    for result in sorted((ROOT / "docs" / "results").glob("*/results.json")):
+             "", "## Test-split figures (from docs/RESULTS.md or docs/COMPARISON.md)", ""]
+    results = sorted((ROOT / "docs" / "results").glob("*/results.json")) + sorted((ROOT / "runs" / "comparison").glob("*/results.json"))
+    for result in results:
         data = json.loads(result.read_text())
         by_name = {s["method"]: s for s in data["summary"]}
         if args.name in by_name:
             mine, bicubic = by_name[args.name], by_name["bicubic"]
-            lines.append(f"- {data['data']}, {data['protocol']} protocol ({mine['images']} images): PSNR {mine['psnr']:.2f} dB "
+            where = ", ".join(Path(d).name for d in data["data"]) if isinstance(data["data"], list) else data["data"]
+            lines.append(f"- {where}, {data['protocol']} protocol ({mine['images']} images): PSNR {mine['psnr']:.2f} dB "
                          f"({mine['psnr'] - bicubic['psnr']:+.2f} vs bicubic), SSIM {mine['ssim']:.4f} (bicubic {bicubic['ssim']:.4f})")
     lines += ["", "## Recipe", "", "```yaml", recipe.strip(), "```", ""]
     (zoo.ZOO_DIR / f"{args.name}.md").write_text("\n".join(lines))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import DATA, needs_data
@@ -97,27 +98,6 @@ def test_evaluate_prints_table_and_writes_files(tmp_path, trained_run, image_fol
     assert (tmp_path / "ev" / "per_image.csv").read_text().count("\n") == 1 + 16
 
 
-def test_sigkill_then_resume_finishes(tmp_path, image_folder, medsr_cli):
-    cmd = medsr_cli + ["train", "configs/paper.yaml", "--set", f"data=[{image_folder}]", "--set", f"out_dir={tmp_path}",
-                       "--set", "epochs=40", "--set", "steps_per_epoch=2", "--set", "checkpoint_every=2", "--set", "keep_checkpoints=2", *TINY]
-    root = Path(__file__).parents[1]
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = tmp_path / "paper" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(ckpts.glob("step-*[0-9]"))) < 1:
-        time.sleep(0.2)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "paper" / "model.safetensors").exists()
-    result = run(cmd + ["--resume"], cwd=root)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "paper" / "model.safetensors").is_file()
-    assert (ckpts / "step-00000080").is_dir()
-    assert not list(ckpts.glob("*.tmp"))
-
-
 def test_torchrun_two_cpu_processes(tmp_path, image_folder):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "medsr", "train",
            "configs/paper.yaml", "--set", f"data=[{image_folder}]", "--set", f"out_dir={tmp_path}", "--set", "epochs=1",
@@ -183,3 +163,39 @@ def test_upscale_uses_the_shipped_default(tmp_path, medsr_cli):
     result = run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "out")])
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(tmp_path / "out" / "x.png").size == (150, 120)
+
+
+def test_every_shipped_model_has_a_card_and_they_stay_small():
+    from medsr import zoo
+
+    shipped = zoo.shipped_models()
+    assert {"default", "default-gan", "paper"} <= set(shipped)
+    assert sum(path.stat().st_size for path in shipped.values()) <= 20e6  # the package's weight budget
+    for name, path in shipped.items():
+        card = path.with_suffix(".md").read_text()
+        assert "trained with: `medsr train configs/" in card and "Test-split figures" in card, name
+        model, meta = zoo.load(name)
+        assert model(torch.zeros(1, 1, 6, 6)).shape == (1, 1, 18, 18), name
+
+
+def test_upscale_with_uncertainty_writes_an_overlay_and_a_float_map(tmp_path, trained_run, medsr_cli):
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40), dtype=np.uint8)).save(tmp_path / "scan.png")
+    result = run(medsr_cli + ["upscale", str(tmp_path / "scan.png"), "-o", str(tmp_path / "out"), "--model", str(trained_run),
+                              "--uncertainty"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    overlay = Image.open(tmp_path / "out" / "scan.uncertainty.png")
+    values = np.asarray(Image.open(tmp_path / "out" / "scan.uncertainty.tif"), dtype=np.float32)
+    assert overlay.size == (120, 90) and overlay.mode == "RGB"
+    assert values.shape == (90, 120) and np.isfinite(values).all() and values.max() > 0
+
+
+def test_evaluate_classify_trains_a_classifier_and_reports_accuracy(tmp_path, trained_run, image_folder, medsr_cli):
+    out = tmp_path / "fidelity"
+    result = run(medsr_cli + ["evaluate", "--task", "classify", "--data", str(image_folder), "--model", str(trained_run),
+                              "--classifier-epochs", "1", "--split", "all", "--limit", "6", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| HR |" in result.stdout and "| bicubic |" in result.stdout and "accuracy" in result.stdout
+    assert (out / "classifier.safetensors").is_file() and (out / "fidelity_summary.csv").is_file()
+    again = run(medsr_cli + ["evaluate", "--task", "classify", "--data", str(image_folder), "--classifier", str(out / "nope.safetensors"),
+                             "--out", str(out)])
+    assert_one_line_error(again, "nope.safetensors")

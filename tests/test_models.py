@@ -11,9 +11,15 @@ torch.set_num_threads(2)
 
 # tiny widths keep the whole file fast on 2 CPU cores
 TINY_G = {"paper": dict(channels=8, num_blocks=2), "srgan": dict(channels=8, num_blocks=2), "dcgan": dict(channels=8),
-          "edsr": dict(channels=8, num_blocks=2)}
-GEN_SCALES = [(n, s) for n in ("paper", "srgan", "edsr") for s in (2, 3, 4, 8)] + [("dcgan", s) for s in (2, 3, 4)]
-DISC_SIZES = {"paper": 150, "srgan": 96, "dcgan": 28}
+          "edsr": dict(channels=8, num_blocks=2), "esrgan": dict(channels=8, num_blocks=1, growth=4),
+          "real-esrgan": dict(channels=8, num_blocks=1, growth=4),
+          "swinir": dict(embed_dim=8, depths=[1], num_heads=[2], window_size=4),
+          "resshift": dict(channels=8, channel_mult=[1, 2], steps=2)}
+GEN_SCALES = [(n, s) for n in ("paper", "srgan", "edsr") for s in (2, 3, 4, 8)] + \
+    [(n, s) for n in ("dcgan", "esrgan", "real-esrgan", "swinir", "resshift") for s in (2, 3, 4)]
+TANH_OUTPUT = ("paper", "srgan", "dcgan")  # the others are linear (clamped at inference)
+DISC_SIZES = {"paper": 150, "srgan": 96, "dcgan": 28, "esrgan": 96, "real-esrgan": 128}
+PER_PIXEL_DISCRIMINATORS = ("real-esrgan",)  # a U-Net: one logit per pixel
 
 
 def n_params(m: nn.Module) -> int:
@@ -32,8 +38,10 @@ def test_generator_shape_range_grads(name, scale):
     x = torch.rand(2, 1, 7, 9) * 2 - 1
     y = g(x)
     assert y.shape == (2, 1, 7 * scale, 9 * scale)
-    if name != "edsr":  # edsr's output is linear (clamped at inference), the others end in tanh
+    if name in TANH_OUTPUT:
         assert y.min() >= -1 and y.max() <= 1
+    if hasattr(g, "training_loss"):  # diffusion: trained through its own objective, not through the sampler
+        y = g.training_loss(x, torch.rand(2, 1, 7 * scale, 9 * scale) * 2 - 1)[1]
     y.square().mean().backward()
     for pname, p in g.named_parameters():
         assert p.grad is not None, f"no grad for {pname}"
@@ -70,7 +78,7 @@ def test_discriminator_logits(name):
     d = create_discriminator(name, channels=8)
     assert d.input_size == size
     y = d(torch.rand(3, 1, size, size) * 2 - 1)
-    assert y.shape == (3, 1)
+    assert y.shape == ((3, 1, size, size) if name in PER_PIXEL_DISCRIMINATORS else (3, 1))
     assert torch.isfinite(y).all()
 
 
@@ -167,7 +175,7 @@ def test_discriminator_bf16_channels_last(name):
     x = (torch.rand(2, 1, size, size) * 2 - 1).to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = d(x)
-    assert y.shape == (2, 1) and torch.isfinite(y.float()).all()
+    assert y.shape[:2] == (2, 1) and torch.isfinite(y.float()).all()
 
 
 def test_fast_dropout_keeps_half_and_rescales():

@@ -29,7 +29,7 @@ def test_training_writes_checkpoints_grids_logs(image_folder, tmp_path):
     final = train(cfg)
     run = tmp_path / "tiny"
     assert final == run / "model.safetensors" and final.is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000000", "step-00000002", "step-00000004"]
     assert sorted(p.name for p in (run / "grids").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
     assert list((run / "tensorboard").iterdir())
     log = read_log(run)
@@ -149,3 +149,39 @@ def test_discriminator_judges_real_and_fake_together_in_both_steps(image_folder,
     trainer.discriminator.register_forward_hook(lambda mod, inp, out: batches.append(len(inp[0])))
     trainer.step()
     assert batches == [8, 8]  # batch_size 4: 4 real + 4 fake, in the discriminator's step and the generator's
+
+
+def test_cutblur_and_flips_train_and_resume_exactly(image_folder, tmp_path):
+    options = dict(model="edsr", generator="{channels: 8, num_blocks: 1, hr_input: true}", adversarial_weight=0,
+                   augment="{hflip: 0.5, vflip: 0.5, rot90: 0.5, cutblur: 0.5}", warmup_epochs=0)
+    train(tiny_config(image_folder, tmp_path / "a", **options))
+    part = tiny_config(image_folder, tmp_path / "b", **options)
+    train(part, stop_after=2)
+    Trainer(part).fit(resume=True)
+    expected, got = read_log(tmp_path / "a" / "tiny"), read_log(tmp_path / "b" / "tiny")
+    assert got[4]["loss/g"] == pytest.approx(expected[4]["loss/g"], rel=1e-6)
+    with pytest.raises(MedsrError, match="hr_input"):
+        Trainer(tiny_config(image_folder, tmp_path / "c", model="edsr", augment="{cutblur: 0.5}"))
+
+
+def test_time_budget_ends_the_run_with_a_final_model(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path, epochs=100, time_budget_minutes=0.05)
+    final = train(cfg)
+    assert final.is_file()
+    _, meta = zoo.load(final)
+    assert 0 < int(meta["medsr_step"]) < 200  # far fewer than the 200 steps the schedule asked for
+
+
+def test_ragan_with_the_weight_free_perceptual_loss(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path, model="edsr", discriminator_model="esrgan", gan_loss="ragan",
+                      perceptual_loss="ssim-grad", perceptual_weight=0.5, pixel_weight=0.1, warmup_epochs=0,
+                      discriminator="{channels: 4}")
+    train(cfg)
+    log = read_log(tmp_path / "tiny")
+    assert all(k in log[1] for k in ("loss/d", "loss/g_adv", "loss/g_perceptual"))
+    row = log[4]
+    assert row["loss/g"] == pytest.approx(0.1 * row["loss/g_pixel"] + 0.5 * row["loss/g_perceptual"] + 1e-3 * row["loss/g_adv"], rel=1e-4)
+    with pytest.raises(MedsrError, match="gan_loss"):
+        Trainer(tiny_config(image_folder, tmp_path / "x", gan_loss="wgan"))
+    with pytest.raises(MedsrError, match="vgg_weights"):
+        Trainer(tiny_config(image_folder, tmp_path / "y", perceptual_loss="vgg19"))

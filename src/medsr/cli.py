@@ -11,16 +11,14 @@ from medsr.errors import MedsrError
 
 
 def _train(args) -> int:
-    from medsr.train import load_config, train
+    from medsr.train import Trainer, load_config
 
-    cfg = load_config(args.config, args.set or [])
-    train(cfg, resume=args.resume)
-    return 0
+    trainer = Trainer(load_config(args.config, args.set or []))
+    trainer.fit(resume=args.resume)
+    return 130 if trainer.interrupted else 0  # 130: the shell's code for a run stopped by Ctrl-C
 
 
 def _load_upscaler(args, model_name: str, tile: int | None = None):
-    import torch
-
     from medsr import runtime, zoo
     from medsr.infer import Upscaler
 
@@ -29,7 +27,6 @@ def _load_upscaler(args, model_name: str, tile: int | None = None):
     scale = int(meta["medsr_scale"])
     if args.scale is not None and args.scale != scale:
         raise MedsrError(f"{meta['path']}: this model upscales x{scale}, not x{args.scale}; omit --scale or pick a x{args.scale} model")
-    torch.set_grad_enabled(False)
     upscaler = Upscaler(model, scale, device, args.precision, args.tile if tile is None else tile, args.tile_overlap)
     return upscaler, meta
 
@@ -68,23 +65,42 @@ def _upscale(args) -> int:
 
     pairs = _collect_inputs(args.inputs)
     out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedsrError(f"{out_dir}: -o must name a folder, and this is a file; choose another -o")
     inputs = {p.resolve() for p, _ in pairs}
     upscaler, meta = _load_upscaler(args, args.model)
+    reference = None
+    if args.uncertainty:
+        from medsr import trust
+
+        reference, _ = _load_upscaler(args, args.reference_model or trust.reference_model_name(args.model))
     name = f"{meta['medsr_arch']} model {args.model}" if args.model in zoo.shipped_models() else f"{meta['medsr_arch']} model {Path(meta['path']).name}"
-    failed = []
-    for path, rel in tqdm(pairs, desc="upscale", unit="file", dynamic_ncols=True, disable=len(pairs) < 2):
+    failed, claimed = [], {}  # claimed: output file -> the input it was written from
+    bar_off = len(pairs) < 2 or not sys.stderr.isatty()
+    for path, rel in tqdm(pairs, desc="upscale", unit="file", dynamic_ncols=True, disable=bar_off):
         target = _output_path(rel, out_dir, args.format)
         try:
             if target.resolve() in inputs:
                 raise MedsrError(f"{path}: the output would overwrite this input; choose another -o folder")
+            if target.resolve() in claimed:
+                raise MedsrError(f"{path}: its output {target} was already written from {claimed[target.resolve()]}; "
+                                 "rename one of them or drop --format")
+            claimed[target.resolve()] = path
             image = read_image(path)
-            image.pixels = upscaler.upscale(image.pixels)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            lr = image.pixels
+            image.pixels = upscaler.upscale(lr)
             written = write_image(target, image, scale=upscaler.scale, model_name=name, format=args.format)
             tqdm.write(f"{path} -> {written}")
-        except MedsrError as err:
-            failed.append(str(err))
-            tqdm.write(f"medsr: skipped: {err}", file=sys.stderr)
+            if reference is not None:
+                maps = trust.hallucination_maps(lr, upscaler, reference, sr01=image.pixels)
+                for map_path in trust.write_maps(trust.stem_for(written), maps, protect=inputs):
+                    tqdm.write(f"{path} -> {map_path}")
+        except (MedsrError, MemoryError) as err:
+            if isinstance(err, MemoryError):
+                err = MedsrError(f"{path}: not enough memory to upscale this image; lower --tile or use a machine with more memory")
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"
+            failed.append(message)
+            tqdm.write(f"medsr: skipped: {message}", file=sys.stderr)
     done = len(pairs) - len(failed)
     print(f"upscaled {done} of {len(pairs)} file(s) x{upscaler.scale} into {out_dir}" + (f"; {len(failed)} failed (listed above)" if failed else ""))
     return 1 if failed else 0
@@ -102,6 +118,15 @@ def _evaluate(args) -> int:
         scale = upscaler.scale
         methods.append(ev.Method(model, upscaler))
     scale = scale or 3
+    if args.task == "classify":
+        from medsr import fidelity
+
+        if args.protocol != "paper":
+            raise MedsrError("--task classify uses the paper protocol (150x150 HR); drop --protocol native")
+        fidelity.run_classify(args.data, methods, scale, Path(args.out), classifier=args.classifier,
+                              classifier_epochs=args.classifier_epochs, split=args.split, limit=args.limit,
+                              device=args.device, precision=args.precision)
+        return 0
     rows = ev.evaluate(args.data, methods, scale, args.protocol, args.split, args.limit)
     summary = ev.summarize(rows)
     print(f"\n{args.protocol} protocol, x{scale}, split '{args.split}', {', '.join(args.data)}\n")
@@ -109,6 +134,17 @@ def _evaluate(args) -> int:
     context = {"data": args.data, "protocol": args.protocol, "split": args.split, "scale": scale}
     paths = ev.write_reports(rows, summary, Path(args.out), context)
     print(f"\nwrote {', '.join(map(str, paths))}")
+    return 0
+
+
+def _compare(args) -> int:
+    from medsr.compare import compare
+
+    names = [m for m in args.models.split(",") if m]
+    result = compare(args.data, names, Path(args.out), args.protocol, args.split, args.limit, args.figures,
+                     args.scale, args.device, args.precision, timing=not args.no_timing)
+    print(f"\n{args.protocol} protocol, split '{args.split}', {', '.join(args.data)}\n\n{result['table']}")
+    print(f"\nwrote {args.out}/: table.md, summary.csv, per_image.csv, results.json, summary.png, figures/ ({len(result['figures'])} images)")
     return 0
 
 
@@ -161,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder (never the same file as an input)")
     model_options(p, "default")
     p.add_argument("--format", choices=sorted(EXTENSIONS), help="output format; default: the input's")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")
+    p.add_argument("--reference-model", help="the model --uncertainty compares with; default: 'default', or 'default-gan' when --model is default")
     p.set_defaults(func=_upscale)
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM/MS-SSIM of models and baselines on a data split")
@@ -171,7 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="evaluate at most this many images")
     p.add_argument("--out", default="evaluation", help="folder for per_image.csv, summary.csv, results.json")
+    p.add_argument("--task", default="quality", choices=["quality", "classify"],
+                   help="quality: PSNR/SSIM/MS-SSIM; classify: does a classifier trained on HR images still get the "
+                        "diagnosis right on the upscaled images (accuracy, AUC)")
+    p.add_argument("--classifier", help="classifier .safetensors from an earlier --task classify run (default: train one)")
+    p.add_argument("--classifier-epochs", type=int, default=15, help="epochs when training the classifier")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("compare", help="models and interpolation side by side: metrics table, per-image and summary figures")
+    p.add_argument("--data", nargs="+", required=True, help="data folder(s)")
+    p.add_argument("--models", default="bicubic,paper,default", help="comma-separated: interpolations (nearest, bicubic, lanczos), "
+                   "shipped model names, .safetensors/.pth files or run folders; LABEL=PATH names one in the table")
+    p.add_argument("--out", default="comparison", help="output folder")
+    p.add_argument("--protocol", default="paper", choices=["paper", "native"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--limit", type=int, help="at most this many images")
+    p.add_argument("--figures", type=int, default=4, help="per-image figures to draw")
+    p.add_argument("--scale", type=int, help="expected scale; must match the models")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-timing", action="store_true", help="skip the ms-per-512x512 measurement")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("demo", help="upscale real scans shipped in pip packages and write comparison figures")
     p.add_argument("-o", "--output", default="medsr-demo", help="output folder")

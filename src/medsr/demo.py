@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image as PILImage, ImageDraw
 
-from medsr import metrics
+from medsr import figures, metrics
 from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.infer import Upscaler
@@ -50,25 +49,6 @@ def demo_images() -> dict[str, np.ndarray]:
     return images
 
 
-def _panel(array01: np.ndarray, label: str, width: int) -> PILImage.Image:
-    img = PILImage.fromarray((np.clip(array01, 0, 1) * 255).round().astype(np.uint8))
-    img = img.resize((width, round(img.height * width / img.width)), PILImage.Resampling.LANCZOS)
-    canvas = PILImage.new("L", (img.width, img.height + 22), 0)
-    canvas.paste(img, (0, 22))
-    ImageDraw.Draw(canvas).text((6, 5), label, fill=255)
-    return canvas
-
-
-def side_by_side(panels: list[tuple[np.ndarray, str]], width: int = 512) -> PILImage.Image:
-    tiles = [_panel(a, label, width) for a, label in panels]
-    figure = PILImage.new("L", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), max(t.height for t in tiles)), 255)
-    x = 0
-    for tile in tiles:
-        figure.paste(tile, (x, 0))
-        x += tile.width + 4
-    return figure
-
-
 def run_demo(upscaler: Upscaler, out_dir: Path, model_name: str) -> list[Path]:
     """Upscale every demo image; write the SR PNG and a bicubic | medsr | original figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,11 +63,11 @@ def run_demo(upscaler: Upscaler, out_dir: Path, model_name: str) -> list[Path]:
         scores = {k: metrics.psnr(v, hr, s).item() for k, v in (("bicubic", bicubic), ("sr", sr))}
         meta = ImageMeta(path="", format="png", bit_depth=16, value_range=(0.0, 1.0), pixel_spacing=None)
         sr_path = write_image(out_dir / f"{name}-x{s}.png", Image(sr[0, 0].numpy(), meta), scale=s, model_name=model_name)
-        figure = side_by_side([
-            (bicubic[0, 0].numpy(), f"bicubic x{s}: {scores['bicubic']:.2f} dB"),
-            (sr[0, 0].numpy(), f"medsr {model_name} x{s}: {scores['sr']:.2f} dB"),
-            (hr[0, 0].numpy(), "original"),
-        ])
+        figure = figures.grid([[
+            figures.tile(bicubic[0, 0].numpy(), f"bicubic x{s}: {scores['bicubic']:.2f} dB", 512),
+            figures.tile(sr[0, 0].numpy(), f"medsr {model_name} x{s}: {scores['sr']:.2f} dB", 512),
+            figures.tile(hr[0, 0].numpy(), "original", 512),
+        ]])
         fig_path = out_dir / f"{name}-comparison.png"
         figure.save(fig_path)
         print(f"{name}: {w // s}x{h // s} -> {w}x{h}; PSNR vs original: bicubic {scores['bicubic']:.2f} dB, medsr {scores['sr']:.2f} dB")

@@ -1,7 +1,8 @@
 """Evaluation: PSNR / SSIM / MS-SSIM of models against classical baselines on a data split.
 
 Protocols (the LR is always made from the HR by antialiased bicubic downscale):
-- paper:  HR = the centre square crop resized to 150x150, LR 50x50 (the seed paper's protocol);
+- paper:  HR = the centre square crop resized to 150x150, LR 50x50 (the seed paper's protocol;
+          at x4 the HR is 148x148, the nearest size the scale divides);
 - native: HR = the image at its own resolution, centre-cropped to at most 1500 px per side
           (and to a multiple of the scale), LR = HR / scale.
 """
@@ -43,7 +44,8 @@ class Method:
 def make_pair(array01: np.ndarray, protocol: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(lr, hr) float32 [0, 1] arrays for one image under an evaluation protocol."""
     if protocol == "paper":
-        lr, hr = degrade.paper_pair(array01, degrade.PAPER_HR_SIZE, scale)
+        # HR 150 px at x3 (the paper); at other scales the nearest side the scale divides (x2: 150, x4: 148)
+        lr, hr = degrade.paper_pair(array01, degrade.PAPER_HR_SIZE // scale * scale, scale)
     elif protocol == "native":
         hr = torch.from_numpy(degrade.native_hr(array01, scale).copy())[None, None]
         lr = degrade.downscale(hr, scale).clamp(0, 1)

@@ -25,6 +25,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,9 @@ from tqdm import tqdm
 
 from medsr import losses, metrics, runtime, zoo
 from medsr.data import build_sampler, degrade
+from medsr.data.augment import Augment
 from medsr.errors import MedsrError
+from medsr.guard import CollapseGuard
 from medsr.io.image import atomic_write
 from medsr.models import create_discriminator, create_generator
 
@@ -59,6 +63,8 @@ class TrainConfig:
     max_val_images: int = 64
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+    degradation: str = "bicubic"  # how training LR images are made: bicubic | realesrgan (val/test stay bicubic)
+    augment: dict = field(default_factory=dict)  # probabilities: {hflip, vflip, rot90, cutblur, cutblur_alpha}
     # model
     model: str = "paper"
     init_from: str | None = None  # start the generator from this model file / run folder / shipped name
@@ -74,7 +80,13 @@ class TrainConfig:
     lr_discriminator: float = 1e-4
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     pixel_loss: str = "mse"
+    pixel_weight: float = 1.0
+    perceptual_loss: str | None = None  # vgg19 (needs vgg_weights, a local file) | ssim-grad (no weights)
+    perceptual_weight: float = 1.0
+    vgg_weights: str | None = None  # torchvision's vgg19 state dict (.pth or .safetensors)
+    vgg_layers: list = field(default_factory=lambda: ["conv5_4"])
     adversarial_weight: float = 1e-3  # 0 turns the discriminator off entirely
+    gan_loss: str = "bce"  # bce (the paper, SRGAN) | ragan (relativistic average, ESRGAN)
     discriminator_model: str | None = None  # default: the discriminator named like `model`
     lr_schedule: str = "constant"  # constant | cosine (to 1% of the start over the whole run)
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the generator, used for validation and export
@@ -82,6 +94,10 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp32
     channels_last: bool = True
     device: str = "auto"
+    time_budget_minutes: float | None = None  # end the run (with its final model) after this much training wall time
+    collapse_retries: int = 3  # roll-backs after a collapse (medsr.guard) before giving up
+    collapse_lr_factor: float = 0.5  # learning rates are multiplied by this at each roll-back
+    collapse_patience: int = 200  # steps of a discriminator winning outright that count as a collapse
     checkpoint_every: int = 500  # steps; also one at the end
     keep_checkpoints: int = 3
     grid_images: int = 6
@@ -160,8 +176,9 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.rank)
         data = [expand_data_path(d) for d in cfg.data]
         split = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+        augment = Augment.from_dict(cfg.augment)
         self.sampler = build_sampler(data, "train", cfg.protocol, cfg.scale, cfg.hr_size, seed=cfg.seed + self.rank,
-                                     limit=cfg.max_train_images, **split)
+                                     limit=cfg.max_train_images, augment=augment, degradation=cfg.degradation, **split)
         self.val_lr, self.val_hr = None, None
         if self.rank == 0:
             val = build_sampler(data, "val", cfg.protocol, cfg.scale, cfg.hr_size, limit=cfg.max_val_images, **split)
@@ -179,6 +196,12 @@ class Trainer:
                 raise MedsrError(f"{meta['path']}: init_from holds a {meta['medsr_arch']} {start.config}, not this recipe's {cfg.model} "
                                  f"{self.generator.config}; match model/generator/scale to it")
             self.generator.load_state_dict(start.state_dict())
+        if augment.cutblur and not getattr(self.generator, "hr_input", False):
+            raise MedsrError(f"augment.cutblur needs a generator that takes CutBlur's HR-sized input; use model: edsr with "
+                             f"generator.hr_input: true (the {cfg.model} generator does not have it)")
+        self.own_loss = hasattr(self.generator, "training_loss")  # e.g. diffusion: its own objective replaces the pixel loss
+        if self.own_loss and self.distributed:
+            raise MedsrError(f"{cfg.model} trains with its own objective, which medsr runs on one process only; run without torchrun")
         betas = tuple(cfg.betas)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=betas)
         if cfg.lr_schedule not in ("constant", "cosine"):
@@ -191,17 +214,27 @@ class Trainer:
             self.discriminator = create_discriminator(name, input_size=cfg.hr_size, **cfg.discriminator)
             self.discriminator.to(self.device, memory_format=self.memory_format)
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_discriminator, betas=betas)
+        if cfg.gan_loss not in losses.GAN_LOSSES:
+            raise MedsrError(f"unknown gan_loss '{cfg.gan_loss}'; use {' or '.join(losses.GAN_LOSSES)}")
         self.pixel_loss = losses.pixel_loss(cfg.pixel_loss)
+        self.perceptual = None
+        if cfg.perceptual_loss:
+            self.perceptual = losses.perceptual_loss(cfg.perceptual_loss, cfg.vgg_weights, cfg.vgg_layers).to(self.device)
         self.step_count = 0
+        self.guard = CollapseGuard(patience=cfg.collapse_patience)
+        self.lr_scale = 1.0  # lowered at each roll-back after a collapse
+        self.collapses = 0
+        self.interrupted = False  # set when SIGINT ended fit() early (after a checkpoint)
+        self._stop_requested = False
         self.train_seconds = 0.0  # wall time of the run (data loading and validation included), summed over resumes
         self._clock = time.monotonic()
 
     # ---- one training step -------------------------------------------------------------
     def _set_learning_rates(self) -> float:
         """The schedule is a pure function of the step, so resuming needs no scheduler state."""
-        factor = 1.0
+        factor = self.lr_scale
         if self.cfg.lr_schedule == "cosine":
-            factor = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * self.step_count / max(1, self.total_steps)))
+            factor *= 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * self.step_count / max(1, self.total_steps)))
         for opt, base in ((self.opt_g, self.cfg.lr_generator), (self.opt_d, self.cfg.lr_discriminator)):
             for group in opt.param_groups if opt else []:
                 group["lr"] = base * factor
@@ -209,7 +242,9 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        decay = self.cfg.ema_decay
+        # warm-up: early on, average over the steps so far, so the EMA does not hold on to the
+        # initial weights for ~1 / (1 - decay) steps (short and time-budgeted runs would suffer)
+        decay = min(self.cfg.ema_decay, (1 + self.step_count) / (10 + self.step_count))
         for ema_p, p in zip(self.ema.parameters(), _unwrap(self.generator).parameters()):
             ema_p.lerp_(p, 1 - decay)
         for ema_b, b in zip(self.ema.buffers(), _unwrap(self.generator).buffers()):
@@ -224,21 +259,31 @@ class Trainer:
         adversarial = self.adversarial and self.step_count >= self.warmup_steps
         self.generator.train()
         with runtime.autocast(self.device, self.dtype):
-            sr = self.generator(lr)
+            if self.own_loss:
+                own, sr = self.generator.training_loss(lr, hr)
+            else:
+                sr = self.generator(lr)
         logs = {}
 
         if adversarial:
             self.discriminator.train()
             with runtime.autocast(self.device, self.dtype):
                 logits = self.discriminator(torch.cat([hr, sr.detach()])).float()
-            d_loss = losses.discriminator_bce(logits[: len(hr)], logits[len(hr) :])
+            d_loss = losses.discriminator_gan(cfg.gan_loss, logits[: len(hr)], logits[len(hr) :])
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
             logs["loss/d"] = d_loss.item()
             logs["d/real_prob"] = torch.sigmoid(logits[: len(hr)]).mean().item()
+            logs["d/fake_prob"] = torch.sigmoid(logits[len(hr) :]).mean().item()
 
-        g_loss = pixel = self.pixel_loss(sr.float(), hr.float())
+        pixel = own.float() if self.own_loss else self.pixel_loss(sr.float(), hr.float())
+        g_loss = cfg.pixel_weight * pixel
+        if self.perceptual is not None:
+            with runtime.autocast(self.device, self.dtype):
+                perceptual = self.perceptual(sr, hr)
+            g_loss = g_loss + cfg.perceptual_weight * perceptual
+            logs["loss/g_perceptual"] = perceptual.item()
         if adversarial:
             # The discriminator is only a judge here: no gradients for its weights (saves a third
             # of its backward pass), and no DDP hooks (it is called unwrapped). It judges the same
@@ -248,9 +293,10 @@ class Trainer:
             judge = _unwrap(self.discriminator)
             _set_requires_grad(judge, False)
             with runtime.autocast(self.device, self.dtype):
-                adv = losses.generator_bce(judge(torch.cat([hr, sr]))[len(hr):].float())
+                logits = judge(torch.cat([hr, sr])).float()
+            adv = losses.generator_gan(cfg.gan_loss, logits[: len(hr)], logits[len(hr) :])
             _set_requires_grad(judge, True)
-            g_loss = pixel + cfg.adversarial_weight * adv
+            g_loss = g_loss + cfg.adversarial_weight * adv
             logs["loss/g_adv"] = adv.item()
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -261,8 +307,7 @@ class Trainer:
         logs["lr_factor"] = lr_factor
         logs["loss/g_pixel"] = pixel.item()
         logs["loss/g"] = g_loss.item()
-        if not math.isfinite(logs["loss/g"]):
-            raise MedsrError(f"step {self.step_count}: the generator loss is {logs['loss/g']}; lower lr_generator or use precision: fp32")
+        logs["sr/std"], logs["sr/mean"] = (v.item() for v in torch.std_mean(sr.detach().float()))
         return logs
 
     # ---- validation ----------------------------------------------------------------------
@@ -315,6 +360,8 @@ class Trainer:
         state = {
             "step": self.step_count,
             "train_seconds": self.elapsed(),
+            "lr_scale": self.lr_scale,
+            "collapses": self.collapses,
             "config": dataclasses.asdict(self.cfg),
             "world_size": self.world,
             "sampler": self.sampler.state_dict(),
@@ -360,7 +407,7 @@ class Trainer:
             if model is not None:
                 part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
                 try:
-                    model.load_state_dict(part)
+                    _unwrap(model).load_state_dict(part)
                 except RuntimeError:
                     raise MedsrError(f"{path}: checkpoint does not match this recipe's model; resume with the recipe that wrote it") from None
         main = torch.load(path / "state-rank0.pt", weights_only=False)
@@ -371,6 +418,7 @@ class Trainer:
         own = torch.load(own_file, weights_only=False) if own_file.is_file() else None
         self.step_count = main["step"]
         self.train_seconds = main.get("train_seconds", 0.0)
+        self.lr_scale, self.collapses = main.get("lr_scale", 1.0), main.get("collapses", 0)
         self._clock = time.monotonic()
         if own is not None and main.get("world_size") == self.world:
             self.sampler.load_state_dict(own["sampler"])
@@ -411,11 +459,29 @@ class Trainer:
             tqdm.write(f"medsr train: {cfg.model} x{cfg.scale}, {len(self.sampler)} training images, {self.total_steps} steps "
                        f"({cfg.epochs} epochs x {self.steps_per_epoch}), {precision}, {self.device}, {self.world} process(es) -> {self.run_dir}")
         end = self.total_steps if stop_after is None else min(self.total_steps, stop_after)
+        budget = cfg.time_budget_minutes * 60 if cfg.time_budget_minutes else math.inf
+        if not resume:
+            self.save_checkpoint()  # step 0: something to roll back to if the first steps collapse
         bar = tqdm(total=self.total_steps, initial=self.step_count, disable=self.rank != 0, unit="step", dynamic_ncols=True)
         log_file = (self.run_dir / "log.jsonl").open("a") if self.rank == 0 else None
+        previous_handler = self._catch_sigint()
         try:
             while self.step_count < end:
+                if self.elapsed() >= budget:  # the budget ends the schedule here: this is the run's last step
+                    self.total_steps = end = self.step_count
+                    tqdm.write(f"time budget of {cfg.time_budget_minutes} min reached after {self.step_count} steps")
+                    self.save_checkpoint()
+                    break
+                if self._any_rank(self._stop_requested):
+                    tqdm.write(f"interrupted: checkpoint {self.save_checkpoint()}; continue with --resume")
+                    self.interrupted = True
+                    break
                 logs = self.step()
+                reason = self.guard.check(logs)
+                if self._any_rank(reason is not None):
+                    self._roll_back(reason or "collapse seen by another process", log_file)
+                    bar.n = self.step_count
+                    continue
                 bar.update(1)
                 if self.rank == 0:
                     log_file.write(json.dumps({"step": self.step_count, **logs}) + "\n")
@@ -429,11 +495,13 @@ class Trainer:
                     log_file and log_file.flush()
                     self.save_checkpoint()
             final = self.run_dir / "model.safetensors"
-            if self.rank == 0 and self.step_count == self.total_steps:
+            if self.rank == 0 and self.step_count == self.total_steps and not self.interrupted:
                 g = self.export_generator()
                 zoo.save_model(final, g.state_dict(), cfg.model, g.config, self.record())
                 tqdm.write(f"done: {final}")
         finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
             bar.close()
             if writer:
                 writer.close()
@@ -441,6 +509,45 @@ class Trainer:
                 log_file.close()
             self._teardown()
         return final
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on any (all must take the same branch: checkpoints sync)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def _catch_sigint(self):
+        """The first Ctrl-C asks the loop to checkpoint and stop after the current step; a second one aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            tqdm.write("medsr: stopping after this step to write a checkpoint (Ctrl-C again to abort without one)")
+
+        return signal.signal(signal.SIGINT, request_stop)
+
+    def _roll_back(self, reason: str, log_file) -> None:
+        """After a collapse: back to the newest checkpoint, learning rates lowered; or give up."""
+        latest = self.latest_checkpoint()
+        collapses, lr_scale = self.collapses + 1, self.lr_scale * self.cfg.collapse_lr_factor
+        if collapses > self.cfg.collapse_retries or latest is None:
+            raise MedsrError(f"{self.run_dir}: training collapsed at step {self.step_count} ({reason}) after {collapses - 1} "
+                             f"roll-back(s); lower lr_generator / adversarial_weight in the recipe, then --resume from {latest}")
+        failed_at = self.step_count
+        self.load_checkpoint(latest)
+        self.collapses, self.lr_scale = collapses, lr_scale
+        self.guard.reset()
+        event = {"step": failed_at, "event": "collapse", "reason": reason, "rolled_back_to": self.step_count, "lr_scale": lr_scale}
+        if self.rank == 0:
+            log_file.write(json.dumps(event) + "\n")
+            log_file.flush()
+        tqdm.write(f"collapse at step {failed_at}: {reason}; rolled back to step {self.step_count}, learning rates x{lr_scale:g} "
+                   f"(roll-back {collapses} of at most {self.cfg.collapse_retries})")
 
     def _end_of_epoch(self, writer, epoch: int) -> None:
         scores, sr = self.validate()

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr.data import degrade
+from medsr.data import augment as aug_lib, degrade
 from medsr.errors import MedsrError
 from medsr.io import from_uint, is_supported, read_image, read_mnist, to_uint
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+DEGRADATIONS = ("bicubic", "realesrgan")
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,19 @@ class PairSampler:
       - "patch": random HR crops of hr_size from the full-resolution images (kept in memory as
         uint8/uint16), LR by antialiased bicubic downscale, random flips.
       - "mnist": 28x28 digits from an IDX file, LR = HR / scale.
+    degradation "realesrgan" replaces each batch's LR with Real-ESRGAN's second-order degradation
+    of its HR (medsr.data.realistic); `augment` adds flips, quarter turns and CutBlur (whose
+    LR input is then the folded HR-sized image, see medsr.data.augment).
     The sampler's own torch.Generator makes the stream reproducible and resumable (state_dict).
     """
 
-    def __init__(self, arrays: list[np.ndarray], protocol: str, scale: int, hr_size: int, seed: int = 0, flips: bool = True):
+    def __init__(self, arrays: list[np.ndarray], protocol: str, scale: int, hr_size: int, seed: int = 0, flips: bool = True,
+                 augment: aug_lib.Augment | None = None, degradation: str = "bicubic"):
         if protocol not in ("paper", "patch", "mnist"):
             raise MedsrError(f"unknown protocol '{protocol}'; use paper, patch or mnist")
+        if degradation not in DEGRADATIONS:
+            raise MedsrError(f"unknown degradation '{degradation}'; use {' or '.join(DEGRADATIONS)}")
+        self.augment, self.degradation = augment or aug_lib.Augment(), degradation
         if hr_size % scale:
             raise MedsrError(f"hr_size {hr_size} is not divisible by scale {scale}; choose a multiple of the scale")
         self.protocol, self.scale, self.hr_size, self.flips = protocol, scale, hr_size, flips
@@ -137,7 +145,19 @@ class PairSampler:
         return torch.tensor(out)
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self._next_indices(batch_size)
+        lr, hr = self._pairs(self._next_indices(batch_size))
+        if self.degradation == "realesrgan":
+            from medsr.data import realistic
+
+            lr = degrade.to_signed(realistic.degrade(degrade.to_unit(hr), self.scale, self.generator))
+        if self.augment.hflip or self.augment.vflip or self.augment.rot90:
+            lr, hr = aug_lib.geometric(lr, hr, self.augment, self.generator)
+        if self.augment.cutblur:
+            mixed = aug_lib.cutblur(lr, hr, self.scale, self.augment.cutblur, self.augment.cutblur_alpha, self.generator)
+            lr = aug_lib.fold(mixed, self.scale)
+        return lr, hr
+
+    def _pairs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.arrays is None:
             return self.lr[idx], self.hr[idx]
         p = self.hr_size
@@ -184,10 +204,11 @@ def mnist_arrays(folder: str | Path, split: str | None, val_fraction: float = 0.
 
 
 def build_sampler(data_dirs: list[str], split: str, protocol: str, scale: int, hr_size: int, seed: int = 0,
-                  limit: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1) -> PairSampler:
+                  limit: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                  augment: aug_lib.Augment | None = None, degradation: str = "bicubic") -> PairSampler:
     """Scan, split, decode once, and wrap in a PairSampler: the whole data path in one call."""
     if protocol == "mnist":
         arrays = mnist_arrays(data_dirs[0], split, val_fraction, test_fraction)[:limit]
     else:
         arrays, _ = load_arrays(select(scan(data_dirs), split, val_fraction, test_fraction), limit)
-    return PairSampler(arrays, protocol, scale, hr_size, seed=seed)
+    return PairSampler(arrays, protocol, scale, hr_size, seed=seed, augment=augment, degradation=degradation)

@@ -7,6 +7,7 @@ content), so reading and writing back round-trips the stored integers exactly.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, Impl
 from pydicom.valuerep import DSfloat
 
 from medsr.errors import MedsrError
-from medsr.io.image import Image, ImageMeta, to_uint
+from medsr.io.image import MAX_PIXELS, Image, ImageMeta, printable, quiet_libraries, to_uint
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
@@ -38,11 +39,28 @@ def _stored_range(ds: Dataset) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def _rescale(ds: Dataset) -> tuple[float, float]:
+def _rescale(ds: Dataset, path: Path | None = None) -> tuple[float, float]:
     """Linear modality rescale (slope, intercept); a missing or zero slope means identity."""
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    try:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError):  # multi-valued or non-numeric in a damaged header
+        slope = intercept = math.nan
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise MedsrError(
+            f"{path}: DICOM RescaleSlope/RescaleIntercept ({printable(ds.get('RescaleSlope'))}, "
+            f"{printable(ds.get('RescaleIntercept'))}) are not finite numbers; fix or remove them and re-export"
+        )
     return slope, intercept
+
+
+def _declared_pixels(ds: Dataset, path: Path) -> int:
+    """Rows x Columns x frames x samples, from the header alone (nothing is decoded)."""
+    try:
+        dims = [int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)]
+    except (TypeError, ValueError):
+        raise MedsrError(f"{path}: DICOM Rows/Columns/NumberOfFrames/SamplesPerPixel are not whole numbers; the header is damaged, re-export the file")
+    return math.prod(dims)
 
 
 def _spacing_pair(value) -> tuple[float, float] | None:
@@ -66,16 +84,27 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
+def _parse(path: Path, force: bool = False) -> Dataset:
+    """dcmread, then convert every element now: pydicom parses values lazily, so a damaged
+    element would otherwise raise (of any type) wherever it is first touched."""
+    ds = pydicom.dcmread(path, force=force)
+    for _ in ds.iterall():
+        pass
+    for _ in ds.file_meta:
+        pass
+    return ds
+
+
 def _read_dataset(path: Path) -> Dataset:
     try:
-        return pydicom.dcmread(path)
+        return _parse(path)
     except InvalidDicomError:
         pass
     except Exception as err:  # pydicom raises many types on damaged files
         raise MedsrError(f"{path}: not a readable DICOM file (truncated or corrupt: {type(err).__name__}); check the file or re-export it")
     # Some older files lack the 128-byte preamble; try once more without requiring it.
     try:
-        ds = pydicom.dcmread(path, force=True)
+        ds = _parse(path, force=True)
     except Exception:
         ds = None
     if ds is None or "PixelData" not in ds or "Rows" not in ds:
@@ -88,6 +117,11 @@ def _read_dataset(path: Path) -> Dataset:
 
 
 def read_dicom(path: Path) -> Image:
+    with quiet_libraries():
+        return _read_dicom(path)
+
+
+def _read_dicom(path: Path) -> Image:
     ds = _read_dataset(path)
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise MedsrError(f"{path}: DICOM float pixel data is not supported; export it with integer pixel data")
@@ -98,13 +132,23 @@ def read_dicom(path: Path) -> Image:
         raise MedsrError(f"{path}: DICOM image lacks required element(s) {', '.join(missing)}; re-export the file")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric not in _GRAY + _COLOR:
-        raise MedsrError(f"{path}: DICOM PhotometricInterpretation {photometric} is not supported; convert it to grayscale first")
+        raise MedsrError(f"{path}: DICOM PhotometricInterpretation '{printable(photometric)}' is not supported; convert it to grayscale first")
+    declared = _declared_pixels(ds, path)
+    if declared > MAX_PIXELS:
+        raise MedsrError(
+            f"{path}: image too large ({ds.Rows}x{ds.Columns}, {declared} pixels with frames and samples, "
+            f"limit {MAX_PIXELS} pixels); downscale or crop it first"
+        )
     syntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    try:
+        compressed = syntax.is_compressed
+    except ValueError:  # pydicom raises it for UIDs that are not a transfer syntax
+        raise MedsrError(f"{path}: DICOM transfer syntax '{printable(syntax)}' is not a known transfer syntax; the header is damaged, re-export the file")
     try:
         stored = ds.pixel_array
     except Exception as err:
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        if syntax.is_compressed:
+        if compressed:
             raise MedsrError(
                 f"{path}: cannot decode pixel data with transfer syntax {syntax.name} ({syntax}): {reason}; "
                 "install the pylibjpeg plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg) or re-export uncompressed"
@@ -117,11 +161,13 @@ def read_dicom(path: Path) -> Image:
         stored = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         slope, intercept = 1.0, 0.0
     else:
-        slope, intercept = _rescale(ds)
+        slope, intercept = _rescale(ds, path)
     stored = np.clip(stored.astype(np.float64), lo, hi)  # stray bits above BitsStored
     # Normalise through the modality rescale so value_range is in real units (e.g. HU);
     # a negative slope reverses the ends, which the min/max ordering handles.
     ends = sorted((slope * lo + intercept, slope * hi + intercept))
+    if not (math.isfinite(ends[1] - ends[0]) and ends[1] > ends[0]):
+        raise MedsrError(f"{path}: DICOM RescaleSlope {slope:g} and RescaleIntercept {intercept:g} give an empty or infinite value range; fix them and re-export")
     pixels = (slope * stored + intercept - ends[0]) / (ends[1] - ends[0])
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels  # always bright = high signal, like MONOCHROME2
@@ -186,18 +232,39 @@ def _secondary_capture(meta: ImageMeta) -> Dataset:
 
 def _divide_spacing(ds: Dataset, scale: float) -> None:
     """PixelSpacing / ImagerPixelSpacing divided by scale everywhere, sequences included."""
+    damaged = []
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value:
                 _divide_spacing(item, scale)
         elif elem.keyword in ("PixelSpacing", "ImagerPixelSpacing") and elem.value:
             values = elem.value if elem.VM > 1 else [elem.value]
-            elem.value = [DSfloat(float(v) / scale, auto_format=True) for v in values]
+            try:
+                elem.value = [DSfloat(float(v) / scale, auto_format=True) for v in values]
+            except (TypeError, ValueError, OverflowError):
+                damaged.append(elem.tag)
+    for tag in damaged:
+        del ds[tag]  # a spacing that cannot be read cannot be scaled, and the old one would be wrong
 
 
 def write_dicom(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:
     """Write a derived DICOM (uncompressed Explicit VR Little Endian) to `path`."""
     name = target or path
+    try:
+        with quiet_libraries():
+            _write_dicom(path, image, scale, model_name, name)
+    except (MedsrError, OSError):
+        raise  # atomic_write turns OSError into a MedsrError naming the target
+    except Exception as err:
+        # The derived header is a copy of the source's, and a damaged source header (a file that
+        # still read) can fail here in as many ways as pydicom has exceptions.
+        raise MedsrError(
+            f"{name}: cannot write a derived DICOM from this source header ({type(err).__name__}: "
+            f"{printable(err, 120)}); the source is damaged, use --format png, tiff or nii"
+        ) from err
+
+
+def _write_dicom(path: Path, image: Image, scale: float, model_name: str, name: Path) -> None:
     meta = image.meta
     pixels = image.pixels
     if pixels.shape[-1] > 65535 or pixels.shape[-2] > 65535:
@@ -214,6 +281,8 @@ def write_dicom(path: Path, image: Image, *, scale: float, model_name: str, targ
             ref.ReferencedSOPClassUID = ds.SOPClassUID
             ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
             ds.SourceImageSequence = [ref]
+        if "SOPClassUID" not in ds:
+            ds.SOPClassUID = SECONDARY_CAPTURE  # the file meta needs one; software-made is honest
         if meta.photometric not in _GRAY:
             ds.PhotometricInterpretation = "MONOCHROME2"  # colour reduced to luminance on read
         ds.SeriesInstanceUID = generate_uid()

@@ -7,8 +7,11 @@ input's own format, bit depth and units.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,12 @@ RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 SUPPORTED_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS
+
+# Every reader refuses files declaring more pixels than this (all frames, pages or slices
+# together), checked from the header before any pixel is decoded: a small file can declare a huge
+# canvas (a decompression bomb). 100 M pixels is 6x a 256^3 brain volume and several times the
+# largest radiographs; reading costs 14-23 bytes per pixel at peak (1.4-2.3 GB at the bound).
+MAX_PIXELS = 100_000_000
 
 # Output format names accepted by write_image(format=...), mapped to one canonical name.
 _FORMAT_ALIASES = {
@@ -68,6 +77,30 @@ def from_uint(arr: np.ndarray, bit_depth: int) -> np.ndarray:
     return (np.asarray(arr, dtype=np.float64) / top).astype(np.float32)
 
 
+@contextlib.contextmanager
+def quiet_libraries():
+    """Silence pydicom, nibabel and Pillow warnings and log lines while a file is read: a damaged
+    file must give one clear line (a MedsrError, or nothing when it still reads), not library chatter."""
+    loggers = [logging.getLogger(name) for name in ("pydicom", "nibabel.global", "PIL")]
+    levels = [logger.level for logger in loggers]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for logger in loggers:
+                logger.setLevel(logging.CRITICAL + 1)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def printable(value: Any, limit: int = 64) -> str:
+    """A header value made safe for a one-line message: cut short, control characters as '?'."""
+    text = str(value)
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _extension(path: Path) -> str:
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
@@ -108,6 +141,10 @@ def read_image(path: str | os.PathLike, *, slice_axis: int | None = None) -> Ima
         raise MedsrError(f"{path}: is a folder, not an image file; pass a file path")
     if path.stat().st_size == 0:
         raise MedsrError(f"{path}: file is empty (0 bytes); copy or export it again")
+    try:
+        open(path, "rb").close()
+    except PermissionError:
+        raise MedsrError(f"{path}: permission denied; make the file readable (chmod u+r) or run as a user who can read it")
     kind = _kind(path)
     # Imported lazily so `import medsr.io` stays cheap and pydicom/nibabel load only when needed.
     if kind == "raster":

@@ -2,34 +2,59 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from medsr.errors import MedsrError
-from medsr.io.image import Image, ImageMeta
+from medsr.io.image import MAX_PIXELS, Image, ImageMeta, quiet_libraries
 
 
 def _in_plane_axes(ndim: int, slice_axis: int | None) -> list[int]:
     return [0, 1] if ndim == 2 else [a for a in range(3) if a != slice_axis]
 
 
-def read_nifti(path: Path, *, slice_axis: int | None = None) -> Image:
+# What nibabel raises on damaged files (HeaderDataError: impossible header fields; OverflowError:
+# negative dimensions reaching mmap).
+_DECODE_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, OverflowError, zlib.error)
+
+
+def _not_readable(path: Path, err: Exception) -> MedsrError:
+    reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    return MedsrError(f"{path}: not a readable NIfTI file (truncated or corrupt: {reason}); check the file or re-export it")
+
+
+def _load(path: Path):
+    """(image, data) with the shape checked from the header before any voxel is read."""
     try:
         img = nib.load(path)
-        data = np.asanyarray(img.dataobj)  # applies scl_slope/scl_inter; ints stay ints if unscaled
-    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as err:
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise MedsrError(f"{path}: not a readable NIfTI file (truncated or corrupt: {reason}); check the file or re-export it")
-
+        shape = tuple(int(n) for n in img.shape)
+    except _DECODE_ERRORS as err:
+        raise _not_readable(path, err)
     # Trailing singleton dimensions (e.g. X*Y*Z*1 exported as 4-D) carry no data.
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim > 3:
-        raise MedsrError(f"{path}: {data.ndim}-D NIfTI {data.shape} is not supported; extract a 3-D volume first (e.g. fslroi)")
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 3:
+        raise MedsrError(f"{path}: {len(shape)}-D NIfTI {shape} is not supported; extract a 3-D volume first (e.g. fslroi)")
+    if math.prod(shape) > MAX_PIXELS:
+        raise MedsrError(f"{path}: volume too large ({'x'.join(map(str, shape))} voxels, limit {MAX_PIXELS} voxels); crop or downsample it first")
+    try:
+        data = np.asanyarray(img.dataobj)  # applies scl_slope/scl_inter; ints stay ints if unscaled
+    except _DECODE_ERRORS as err:
+        raise _not_readable(path, err)
+    return img, data.reshape(shape)
+
+
+def read_nifti(path: Path, *, slice_axis: int | None = None) -> Image:
+    with quiet_libraries():
+        img, data = _load(path)
+    if data.size == 0:
+        raise MedsrError(f"{path}: NIfTI image has no voxels (shape {data.shape}); check the file or re-export it")
     if data.ndim < 2 or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise MedsrError(f"{path}: NIfTI data of shape {data.shape} and type {data.dtype} is not a grayscale image or volume; convert it first")
 
@@ -49,10 +74,14 @@ def read_nifti(path: Path, *, slice_axis: int | None = None) -> Image:
     if not finite.any():
         raise MedsrError(f"{path}: NIfTI volume has no finite values; check the file")
     lo, hi = float(values[finite].min()), float(values[finite].max())
-    if hi == lo:
-        hi = lo + 1.0  # constant volume: any non-empty range keeps the mapping invertible
+    if not math.isfinite(hi - lo):
+        raise MedsrError(f"{path}: NIfTI values span {lo:g} to {hi:g}, too wide to scale; check scl_slope/scl_inter in the header")
+    span = hi - lo
+    if span == 0:
+        span = 1.0  # constant volume: any non-empty range keeps the mapping invertible
+        hi = lo + span
     values[~finite] = lo  # NaN masks (common in statistics maps) become background
-    pixels = (values - lo) / (hi - lo)
+    pixels = (values - lo) / span
     if slice_axis is not None:
         pixels = np.moveaxis(pixels, slice_axis, 0)
 
@@ -123,4 +152,5 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
     out.set_sform(new_affine, code=sform_code)
     out.set_qform(new_affine, code=qform_code)
     out.header["descrip"] = (f"medsr x{scale:g} {model_name}".strip())[:79].encode()
-    nib.save(out, path)
+    with quiet_libraries():  # header fixes nibabel logs for a damaged source header
+        nib.save(out, path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import warnings
 import zlib
 from pathlib import Path
 
@@ -12,11 +11,7 @@ from PIL import Image as PILImage
 from PIL import ImageSequence
 
 from medsr.errors import MedsrError
-from medsr.io.image import Image, ImageMeta, from_uint, to_uint
-
-# Refuse images above this many pixels (all pages together): a small file can declare a huge
-# canvas (decompression bomb) and exhaust memory while decoding.
-MAX_PIXELS = 100_000_000
+from medsr.io.image import MAX_PIXELS, Image, ImageMeta, from_uint, quiet_libraries, to_uint
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -25,9 +20,29 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
                   IndexError, TypeError, PILImage.DecompressionBombError)
 
 
+def _sample_bits(page: PILImage.Image, path: Path) -> int:
+    """Bits per sample the file itself declares (8 when it does not say)."""
+    if page.format == "TIFF":
+        bits = page.tag_v2.get(258, 8)  # BitsPerSample, one value per channel
+        return max(bits) if isinstance(bits, tuple) else int(bits)
+    if page.format == "PNG":
+        with open(path, "rb") as fh:
+            head = fh.read(26)  # signature + IHDR, which the PNG spec puts first
+        return head[24] if len(head) == 26 else 8
+    return 8
+
+
 def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int]:
     """One Pillow page -> (grayscale integer array, bit depth 8 or 16)."""
     mode = page.mode
+    if mode not in ("1", "L", "P", "I", "F") and not mode.startswith("I;"):
+        bits = _sample_bits(page, path)
+        if bits > 8:
+            # Pillow decodes colour and gray+alpha images to 8 bits per sample, silently.
+            raise MedsrError(
+                f"{path}: {bits}-bit colour or gray+alpha samples would be cut to 8 bits; "
+                "save it as 16-bit grayscale (one channel, no alpha) first"
+            )
     if mode in _SIXTEEN_BIT_MODES:
         return np.array(page).astype(np.uint16), 16
     if mode == "I":
@@ -48,9 +63,9 @@ def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int]:
 def read_raster(path: Path) -> Image:
     """Read a raster file; a multi-page TIFF whose pages all match in size and depth becomes a stack."""
     try:
-        with warnings.catch_warnings():
-            # We enforce our own MAX_PIXELS bound below, before any pixels are decoded.
-            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+        # quiet_libraries also mutes DecompressionBombWarning: MAX_PIXELS is enforced below,
+        # before any pixels are decoded.
+        with quiet_libraries():
             with PILImage.open(path) as im:
                 # Multi-picture JPEGs open as 'MPO'; rarer formats (GIF...) are treated like PNG.
                 fmt = {"mpo": "jpeg"}.get((im.format or "").lower(), (im.format or "").lower())
@@ -70,7 +85,8 @@ def read_raster(path: Path) -> Image:
     except MedsrError:
         raise
     except PILImage.DecompressionBombError:
-        raise MedsrError(f"{path}: image too large (declared size exceeds Pillow's limit); downscale or crop it first")
+        # Pillow's own check, in open(), fires only above 2x its MAX_IMAGE_PIXELS, beyond ours.
+        raise MedsrError(f"{path}: image too large (declares over {2 * (PILImage.MAX_IMAGE_PIXELS or 0)} pixels, limit {MAX_PIXELS} pixels); downscale or crop it first")
     except _DECODE_ERRORS as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MedsrError(f"{path}: not a readable image file (truncated, corrupt or wrong extension: {reason}); check the file or re-export it")
@@ -105,6 +121,8 @@ def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = No
             f"{name}: cannot write a stack of {pixels.shape[0]} slices as {fmt.upper()}; "
             "use --format tiff, dcm or nii"
         )
+    if fmt == "jpeg" and max(pixels.shape[-2:]) > 65500:  # libjpeg's limit; it fails mid-write otherwise
+        raise MedsrError(f"{name}: JPEG cannot hold an image of {pixels.shape[-2]}x{pixels.shape[-1]} (limit 65500 a side); use --format png or tiff")
     # JPEG and BMP cannot hold 16-bit grayscale, so they always get 8 bits.
     bits = 16 if image.meta.bit_depth > 8 and fmt in ("png", "tiff") else 8
     frames = [pixels] if pixels.ndim == 2 else list(pixels)

@@ -6,11 +6,21 @@ from medsr.errors import MedsrError
 from medsr.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from medsr.models.edsr import EDSR
 from medsr.models.paper_gan import PaperDiscriminator, PaperGenerator
+from medsr.models.resshift import ResShift
+from medsr.models.rrdb import RRDBNet, convert_official as rrdb_from_official
 from medsr.models.srresnet import SRResNet, VGGDiscriminator
+from medsr.models.swinir import SwinIR, convert_official as swinir_from_official
+from medsr.models.unet_discriminator import UNetDiscriminatorSN
 
-GENERATORS = {"paper": PaperGenerator, "srgan": SRResNet, "dcgan": DCGANGenerator, "edsr": EDSR}
-# edsr has no discriminator of its own: a GAN recipe for it names one (discriminator_model: srgan).
-DISCRIMINATORS = {"paper": PaperDiscriminator, "srgan": VGGDiscriminator, "dcgan": DCGANDiscriminator}
+# Names are what a recipe's `model:` says; ESRGAN and Real-ESRGAN share the RRDBNet generator and
+# differ in their discriminators, losses and training degradations (configs/esrgan.yaml, real-esrgan.yaml).
+GENERATORS = {"paper": PaperGenerator, "srgan": SRResNet, "dcgan": DCGANGenerator, "edsr": EDSR,
+              "esrgan": RRDBNet, "real-esrgan": RRDBNet, "swinir": SwinIR, "resshift": ResShift}
+# edsr, swinir and resshift have no discriminator of their own: a GAN recipe names one (discriminator_model).
+DISCRIMINATORS = {"paper": PaperDiscriminator, "srgan": VGGDiscriminator, "dcgan": DCGANDiscriminator,
+                  "esrgan": VGGDiscriminator, "real-esrgan": UNetDiscriminatorSN}
+# Released checkpoints of other projects that medsr can adapt to gray: name -> convert(state) -> (config, state) | None
+OFFICIAL_CONVERTERS = {"esrgan": rrdb_from_official, "swinir": swinir_from_official}
 
 
 def _lookup(kind: str, registry: dict, name: str, overrides: dict):
@@ -26,7 +36,7 @@ def _lookup(kind: str, registry: dict, name: str, overrides: dict):
 
 
 def create_generator(name: str, **overrides):
-    """Build generator `name` ("paper", "srgan", "dcgan", "edsr") with its defaults, replaced by `overrides`."""
+    """Build generator `name` (a key of GENERATORS) with its defaults, replaced by `overrides`."""
     cls = _lookup("generator", GENERATORS, name, overrides)
     scale = overrides.get("scale", inspect.signature(cls.__init__).parameters["scale"].default)
     if isinstance(scale, bool) or scale not in cls.SUPPORTED_SCALES:
@@ -35,10 +45,10 @@ def create_generator(name: str, **overrides):
 
 
 def create_discriminator(name: str, **overrides):
-    """Build discriminator `name` ("paper", "srgan", "dcgan", "edsr") with its defaults, replaced by `overrides`."""
+    """Build discriminator `name` (a key of DISCRIMINATORS) with its defaults, replaced by `overrides`."""
     return _lookup("discriminator", DISCRIMINATORS, name, overrides)(**overrides)
 
 
-__all__ = ["GENERATORS", "DISCRIMINATORS", "create_generator", "create_discriminator",
-           "PaperGenerator", "PaperDiscriminator", "SRResNet", "VGGDiscriminator",
-           "DCGANGenerator", "DCGANDiscriminator", "EDSR"]
+__all__ = ["GENERATORS", "DISCRIMINATORS", "OFFICIAL_CONVERTERS", "create_generator", "create_discriminator",
+           "PaperGenerator", "PaperDiscriminator", "SRResNet", "VGGDiscriminator", "DCGANGenerator", "DCGANDiscriminator",
+           "EDSR", "RRDBNet", "SwinIR", "ResShift", "UNetDiscriminatorSN"]

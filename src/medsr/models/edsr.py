@@ -6,6 +6,10 @@ Differences from the paper generator, each for quality per CPU-second:
   at bicubic quality and trains much faster;
 - no tanh: a linear output, clamped to the valid range at inference.
 
+`hr_input=True` makes the first conv take the HR-sized CutBlur input folded onto the LR grid
+(s*s channels per image channel, see medsr.data.augment); a plain LR input still works: it is
+repeated into those channels, which is exactly the fold of its nearest-neighbour upsampling.
+
 There is no activation between the upsampling convs and the tail conv, so together they are one
 linear map, which `fused_for_inference` folds into a single small conv on the LR grid followed by
 a pixel shuffle (x3 on a 512x512 input: 50 GMAC -> 3 GMAC, a third of the whole model's work).
@@ -33,12 +37,15 @@ class ResBlock(nn.Module):
 class EDSR(nn.Module):
     SUPPORTED_SCALES = (2, 3, 4, 8)
 
-    def __init__(self, scale: int = 3, in_channels: int = 1, channels: int = 48, num_blocks: int = 8, res_scale: float = 1.0):
+    def __init__(self, scale: int = 3, in_channels: int = 1, channels: int = 48, num_blocks: int = 8, res_scale: float = 1.0,
+                 hr_input: bool = False):
         super().__init__()
         factors = scale_factors(scale)
         self.scale = scale
-        self.config = dict(scale=scale, in_channels=in_channels, channels=channels, num_blocks=num_blocks, res_scale=res_scale)
-        self.head = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.in_channels, self.hr_input = in_channels, hr_input
+        self.config = dict(scale=scale, in_channels=in_channels, channels=channels, num_blocks=num_blocks, res_scale=res_scale,
+                           hr_input=hr_input)
+        self.head = nn.Conv2d(in_channels * (scale * scale if hr_input else 1), channels, 3, padding=1)
         self.body = nn.Sequential(*[ResBlock(channels, res_scale) for _ in range(num_blocks)], nn.Conv2d(channels, channels, 3, padding=1))
         up = []
         for f in factors:
@@ -49,8 +56,15 @@ class EDSR(nn.Module):
         nn.init.zeros_(self.tail.bias)
 
     def forward(self, lr):
+        x = lr
+        if self.hr_input:
+            b, c, h, w = lr.shape
+            if c == self.in_channels:  # a plain LR image
+                x = lr.repeat_interleave(self.scale**2, dim=1)
+            else:  # a folded HR-sized input: its LR view is the mean of each s x s block
+                lr = lr.view(b, self.in_channels, self.scale**2, h, w).mean(2)
         base = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        feat = self.head(lr)
+        feat = self.head(x)
         feat = feat + self.body(feat)
         return base + self.tail(self.upsample(feat))
 

@@ -5,8 +5,10 @@ A model file's metadata holds `medsr_arch` (a name in medsr.models.GENERATORS),
 checkpoints use the same format with extra "discriminator." tensors, so a checkpoint can be
 given wherever a model is expected.
 
-`load(name_or_path)` accepts a shipped model's name, a .safetensors file, or a training run
-folder (its final model.safetensors, or else its newest checkpoint).
+`load(name_or_path)` accepts a shipped model's name, a .safetensors file, a training run folder
+(its final model.safetensors, or else its newest checkpoint), or an official checkpoint of
+another project (ESRGAN / Real-ESRGAN RRDBNet, SwinIR; .pth or .safetensors), whose 3-channel
+weights are adapted to gray (see each architecture's `convert_official`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from medsr.errors import MedsrError
 from medsr.io.image import atomic_write
-from medsr.models import create_generator
+from medsr.models import OFFICIAL_CONVERTERS, create_generator
 
 ZOO_DIR = Path(__file__).parent
 GENERATOR_PREFIX = "generator."
@@ -69,12 +71,46 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise MedsrError(f"{path}: not a readable .safetensors model file ({err}); re-export or re-download it") from None
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors or PyTorch (.pth/.pt, loaded without running code) file."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same one-line advice
+        raise MedsrError(f"{path}: not a readable weights file ({type(err).__name__}); check that it is a complete "
+                         ".safetensors or .pth download") from None
+    if not isinstance(state, dict):
+        raise MedsrError(f"{path}: holds a {type(state).__name__}, not a state dict of weights; save model.state_dict()")
+    return state
+
+
+def load_official(path: Path) -> tuple[torch.nn.Module, dict]:
+    """A generator from another project's released checkpoint, adapted to one channel."""
+    state = read_weights(path)
+    for arch, convert in OFFICIAL_CONVERTERS.items():
+        found = convert(state)
+        if found is not None:
+            config, tensors = found
+            model = create_generator(arch, **config)
+            try:
+                model.load_state_dict(tensors)
+            except RuntimeError as err:
+                raise MedsrError(f"{path}: looks like an official {arch} checkpoint but does not fit ({str(err).splitlines()[0]})") from None
+            meta = {"medsr_arch": arch, "medsr_config": json.dumps(model.config), "medsr_scale": str(model.scale),
+                    "medsr_source": f"official {arch} checkpoint, adapted to 1 channel", "path": str(path)}
+            return model.eval(), meta
+    raise MedsrError(f"{path}: neither a medsr model file nor an official checkpoint medsr can adapt "
+                     f"({', '.join(OFFICIAL_CONVERTERS)}); pass a file from 'medsr train' or an official release")
+
+
 def load(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the generator stored in a model file; returns (model in eval mode, metadata)."""
     path = resolve(name_or_path)
-    meta = read_metadata(path)
+    meta = read_metadata(path) if path.suffix == ".safetensors" else {}
     if "medsr_arch" not in meta:
-        raise MedsrError(f"{path}: not a medsr model file (no medsr_arch metadata); use a file written by 'medsr train'")
+        model, meta = load_official(path)
+        return model.to(device), meta
     config = json.loads(meta["medsr_config"])
     model = create_generator(meta["medsr_arch"], **config)
     tensors = load_file(str(path))

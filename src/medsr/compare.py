@@ -1,0 +1,164 @@
+"""`medsr compare`: models and interpolation side by side on one data split, with numbers.
+
+The seed paper compared its GAN with SRGAN, ESRGAN, Real-ESRGAN, SwinIR and ResShift by eye
+only (its Figure 7). Here every method upscales the same LR images (same split, same
+degradation: the evaluation protocol's antialiased bicubic downscale) and gets:
+- a metrics table (PSNR, SSIM, MS-SSIM, fine-detail ratio, parameters, training time recorded in
+  the model file, and ms per 512x512 input on this machine), as Markdown and CSV;
+- per image, a figure: a row of full images (HR, bicubic, each model), a row of zoomed insets of
+  the same region (the window with the most detail, boxed in red on the HR image), and a row of
+  |method - HR| maps (black = exact, white = an error of a quarter of the range or more);
+- one summary figure in the spirit of the paper's Figure 7: a few images as rows, LR / methods / HR as columns.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsr import evaluate as ev, figures, runtime, zoo
+from medsr.data import load_arrays, scan, select
+from medsr.data.dataset import as_unit_float
+from medsr.errors import MedsrError
+from medsr.infer import Upscaler
+
+TIMING_SIDE = 512
+DIFF_RANGE = 0.25  # |error| shown as white in the difference maps
+
+
+@dataclass
+class Entry:
+    method: ev.Method
+    params: int | None = None
+    train_minutes: float | None = None
+    ms_per_512: float | None = None
+
+
+def build_entries(names: list[str], device: torch.device, precision: str, scale: int | None) -> tuple[list[Entry], int]:
+    """Interpolation names stay classical methods; anything else is loaded as a model. `label=model`
+    names a model file or run folder in the table and figures."""
+    entries = []
+    for item in names:
+        name, _, ref = item.partition("=")
+        ref = ref or name
+        if ref in ev.BASELINES or ref == "bilinear":
+            entries.append(Entry(ev.Method(ref)))
+            continue
+        model, meta = zoo.load(ref, device)
+        model_scale = int(meta["medsr_scale"])
+        if scale is not None and model_scale != scale:
+            raise MedsrError(f"{meta['path']}: model {name} is x{model_scale} but the comparison is x{scale}; compare models of one scale")
+        scale = model_scale
+        seconds = meta.get("medsr_train_seconds")
+        entries.append(Entry(ev.Method(name, Upscaler(model, scale, device, precision, tile=0)),
+                             params=sum(p.numel() for p in model.parameters()),
+                             train_minutes=float(seconds) / 60 if seconds else None))
+    if not entries:
+        raise MedsrError("--models is empty; name at least one model or interpolation, e.g. --models bicubic,default")
+    return entries, scale or 3
+
+
+def time_per_image(entry: Entry, scale: int, repeats: int = 1) -> float:
+    """Milliseconds to upscale a 512x512 image, as `medsr upscale` does it (256 px tiles)."""
+    lr = np.random.default_rng(0).random((TIMING_SIDE, TIMING_SIDE), dtype=np.float32)
+    upscaler = entry.method.upscaler
+    if upscaler is None:
+        run = lambda: entry.method.run(lr, scale)  # noqa: E731
+    else:
+        tiled = copy.copy(upscaler)  # the same (already prepared) model, with upscale's default tiling
+        tiled.tile, tiled.overlap = 256, 16
+        run = lambda: tiled.upscale_plane(lr)  # noqa: E731
+        tiled.upscale_plane(lr[:64, :64])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def nearest_to(lr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The LR image blown up to `shape` with square pixels, as it really looks."""
+    return np.kron(lr, np.ones((shape[0] // lr.shape[0], shape[1] // lr.shape[1])))
+
+
+def image_figure(lr: np.ndarray, hr: np.ndarray, outputs: dict[str, np.ndarray], scores: dict[str, float],
+                 width: int = 220) -> "figures.Image.Image":
+    """Full images, zoomed insets and |error| maps, one column per method (HR first)."""
+    box = figures.busiest_box(hr, max(8, min(hr.shape) // 4))
+    top, left, h, w = box
+    columns = [("HR", hr, "")] + [(m, out, f" {scores[m]:.2f} dB") for m, out in outputs.items()]
+    full = [figures.tile(figures.with_box(hr, box) if label == "HR" else image, label + psnr, width)
+            for label, image, psnr in columns]
+    zoom = [figures.tile(image[top : top + h, left : left + w], f"zoom {label}", width, figures.Image.Resampling.NEAREST)
+            for label, image, _ in columns]
+    error = [figures.tile(figures.hot(np.abs(image - hr), DIFF_RANGE), f"|{label} - HR|", width)
+             for label, image, _ in columns]
+    error[0] = figures.tile(nearest_to(lr, hr.shape), "LR input", width)
+    return figures.grid([full, zoom, error])
+
+
+def summary_figure(samples: list[tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray]]], width: int = 160) -> "figures.Image.Image":
+    """Rows of images, columns LR / each method / HR, like the paper's Figure 7."""
+    rows = []
+    for _, lr, hr, outputs in samples:
+        row = [figures.tile(nearest_to(lr, hr.shape), "LR", width)] + [figures.tile(out, name, width) for name, out in outputs.items()]
+        rows.append(row + [figures.tile(hr, "HR", width)])
+    return figures.grid(rows)
+
+
+def markdown_table(summary: list[dict], entries: list[Entry]) -> str:
+    info = {e.method.name: e for e in entries}
+    ref = next((s for s in summary if s["method"] == "bicubic"), None)
+    lines = ["| method | parameters | training (min) | PSNR (dB) | vs bicubic (dB) | SSIM | MS-SSIM | fine detail (HF ratio) | ms per 512x512 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        e = info[s["method"]]
+        params = f"{e.params / 1e6:.2f} M" if e.params else "-"
+        train = f"{e.train_minutes:.0f}" if e.train_minutes else "-"
+        delta = f"{s['psnr'] - ref['psnr']:+.2f}" if ref else ""
+        lines.append(f"| {s['method']} | {params} | {train} | {s['psnr']:.2f} | {delta} | {s['ssim']:.4f} | {s['ms_ssim']:.4f} "
+                     f"| {s['hf_ratio']:.3f} | {e.ms_per_512:.0f} |")
+    return "\n".join(lines)
+
+
+def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str = "paper", split: str = "test",
+            limit: int | None = None, n_figures: int = 4, scale: int | None = None, device: str = "auto",
+            precision: str = "auto", timing: bool = True) -> dict:
+    """Run the comparison; write table.md, summary.csv, per_image.csv, results.json, figures/ and summary.png into out_dir."""
+    entries, scale = build_entries(names, runtime.resolve_device(device), precision, scale)
+    methods = [e.method for e in entries]
+    rows = ev.evaluate(data_dirs, methods, scale, protocol, split, limit)
+    summary = ev.summarize(rows)
+    for e in entries:
+        e.ms_per_512 = time_per_image(e, scale) if timing else float("nan")
+    for s in summary:
+        e = next(e for e in entries if e.method.name == s["method"])
+        s.update(parameters=e.params or 0, train_minutes=e.train_minutes, ms_per_512=e.ms_per_512)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    context = {"data": data_dirs, "protocol": protocol, "split": split, "scale": scale, "models": names}
+    ev.write_reports(rows, summary, out_dir, context)
+    table = markdown_table(summary, entries)
+    (out_dir / "table.md").write_text(table + "\n")
+
+    # figures: images spread evenly over the split, so every data folder shows up
+    arrays, kept = load_arrays(select(scan(data_dirs), split), limit)
+    picks = np.unique(np.linspace(0, len(arrays) - 1, max(1, n_figures)).round().astype(int))
+    (out_dir / "figures").mkdir(exist_ok=True)
+    samples, figure_paths = [], []
+    for i in picks:
+        lr, hr = ev.make_pair(as_unit_float(arrays[i]), protocol, scale)
+        outputs = {m.name: m.run(lr, scale) for m in methods}
+        image_rows = [r for r in rows if r["file"] == str(kept[i].path)]
+        scores = {r["method"]: r["psnr"] for r in image_rows}
+        stem = f"{kept[i].label.replace('/', '-') or 'image'}-{kept[i].path.stem}"
+        path = out_dir / "figures" / f"{stem}.png"
+        image_figure(lr, hr, outputs, scores).save(path)
+        figure_paths.append(path)
+        samples.append((stem, lr, hr, outputs))
+    summary_figure(samples).save(out_dir / "summary.png")
+    return {"table": table, "summary": summary, "figures": figure_paths, "out_dir": out_dir}

@@ -1,0 +1,201 @@
+"""Hallucination maps: where a super-resolved image is not supported by its low-resolution input.
+
+A radiologist's first question about a GAN output is "what did it invent?". No map can answer
+that exactly (the true high-resolution image is unknown), but two cheap measures bound it:
+
+- consistency: the SR image, degraded back onto the LR grid exactly the way medsr makes LR
+  images (antialiased bicubic), should reproduce the input. |downscale(SR) - LR| is the part of
+  the output that the input contradicts: a brightened blob or a moved edge lights up. Its blind
+  spot: texture whose local average is zero (fine stripes, speckle, a checkerboard) averages away
+  in the downscale, so an invented texture can be perfectly "consistent".
+- disagreement: |SR - reference|, where the reference is another model's output for the same
+  input (the PSNR-oriented `default` for a GAN, `default-gan` for `default`). Two models trained
+  differently rarely invent the same fine detail, so this catches the texture the residual misses;
+  where they agree it says nothing (both may be wrong in the same way).
+
+`combined` puts both on one scale relative to the image's own intensity range, and `overlay` and
+`write_maps` turn it into a picture and a float TIFF next to the output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from medsr.data import degrade
+from medsr.errors import MedsrError
+from medsr.figures import hot, to_uint8
+from medsr.io.image import atomic_write
+
+# combined = 1.0 means a difference of 10 % of the LR image's own intensity range (max - min).
+COMBINED_UNIT = 0.1
+# Overlay defaults, in units of `combined`: colour starts at 2 % of the range and is yellow from 5 %
+# (on held-out brain MRI / chest X-ray, default vs default-gan, about 36 % / 2 % of pixels exceed 0.2).
+OVERLAY_THRESHOLD = 0.2
+OVERLAY_VMAX = 0.5
+OVERLAY_ALPHA = 0.6
+DISAGREEMENT_SMOOTH = 1.0  # Gaussian sigma in HR pixels: turns speckle-like differences into regions
+
+PNG_SUFFIX = ".uncertainty.png"
+TIFF_SUFFIX = ".uncertainty.tif"
+
+
+def _check_pair(sr01: np.ndarray, lr01: np.ndarray, scale: int) -> None:
+    if lr01.ndim != 2 or sr01.ndim != 2:
+        raise MedsrError(f"maps need 2-D images, got SR {sr01.shape} and LR {lr01.shape}; pass one plane at a time")
+    if sr01.shape != (lr01.shape[0] * scale, lr01.shape[1] * scale):
+        raise MedsrError(f"SR image {sr01.shape} is not x{scale} of the LR image {lr01.shape}; pass the matching pair and scale")
+
+
+def consistency_residual(sr01: np.ndarray, lr01: np.ndarray, scale: int) -> np.ndarray:
+    """|downscale(SR) - LR| brought back to the HR grid by nearest neighbour, float32, SR's shape.
+
+    The downscale is medsr's own degradation (antialiased bicubic, `degrade.resize`), so an SR
+    image whose degradation is exactly the input scores 0. Nearest neighbour (each LR pixel's
+    residual copied to its s x s block) is used to go back because the residual is only known at
+    LR resolution: it neither invents a smooth shape nor overshoots below 0 the way bicubic would.
+    """
+    sr01, lr01 = np.asarray(sr01, dtype=np.float32), np.asarray(lr01, dtype=np.float32)
+    _check_pair(sr01, lr01, scale)
+    down = degrade.resize(torch.from_numpy(sr01)[None, None], lr01.shape)[0, 0].numpy()
+    residual = np.abs(down - lr01)
+    return residual.repeat(scale, axis=0).repeat(scale, axis=1).astype(np.float32)
+
+
+def _gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with edge replication (edges would otherwise fade towards 0)."""
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None, None]
+    t = F.conv2d(F.pad(t, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    t = F.conv2d(F.pad(t, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return t[0, 0].numpy()
+
+
+def disagreement(sr01: np.ndarray, reference01: np.ndarray, smooth: float = DISAGREEMENT_SMOOTH) -> np.ndarray:
+    """|SR - reference| per HR pixel, float32, blurred by a Gaussian of sigma `smooth` HR pixels (0: not)."""
+    sr01, reference01 = np.asarray(sr01, dtype=np.float32), np.asarray(reference01, dtype=np.float32)
+    if sr01.shape != reference01.shape:
+        raise MedsrError(f"SR image {sr01.shape} and reference {reference01.shape} differ in shape; "
+                         "use a reference model of the same scale")
+    diff = np.abs(sr01 - reference01)
+    return _gaussian_blur(diff, smooth) if smooth > 0 else diff
+
+
+def ensemble_spread(outputs: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel standard deviation (population, ddof=0) of several outputs of one input, float32."""
+    if len(outputs) < 2:
+        raise MedsrError(f"ensemble spread needs at least 2 outputs, got {len(outputs)}; pass more models' results")
+    shapes = {np.shape(o) for o in outputs}
+    if len(shapes) > 1:
+        raise MedsrError(f"ensemble outputs differ in shape {sorted(shapes)}; use models of one scale")
+    return np.std(np.stack(outputs).astype(np.float32), axis=0).astype(np.float32)
+
+
+def combine(consistency: np.ndarray, lr01: np.ndarray, disagreement_map: np.ndarray | None = None) -> np.ndarray:
+    """max(consistency, disagreement) / (COMBINED_UNIT x the LR image's own range): 1.0 = 10 % of the range.
+
+    The image's own range (not the container's) because medsr stretches each image to it before
+    the model, so a 12-bit scan in a 16-bit file is judged like an 8-bit one.
+    """
+    lo, hi = float(np.min(lr01)), float(np.max(lr01))
+    span = hi - lo if hi > lo else 1.0
+    worst = consistency if disagreement_map is None else np.maximum(consistency, disagreement_map)
+    return (worst / (COMBINED_UNIT * span)).astype(np.float32)
+
+
+def _plane_maps(lr01: np.ndarray, sr01: np.ndarray, reference01: np.ndarray | None, scale: int) -> dict[str, np.ndarray]:
+    maps = {"sr": sr01.astype(np.float32), "consistency": consistency_residual(sr01, lr01, scale)}
+    dis = None if reference01 is None else disagreement(sr01, reference01)
+    if dis is not None:
+        maps["disagreement"] = dis
+    maps["combined"] = combine(maps["consistency"], lr01, dis)
+    return maps
+
+
+def hallucination_maps(lr01: np.ndarray, upscaler, reference_upscaler=None, *,
+                       sr01: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Maps of where `upscaler`'s result for `lr01` ([0, 1], (H, W) or a stack (N, H, W)) lacks support.
+
+    Returns float32 arrays of the SR image's shape:
+    - "sr": the upscaled image (`sr01` if given, so a caller that already has it pays nothing twice);
+    - "consistency": |downscale(SR) - LR| on the HR grid, in [0, 1] pixel units (see consistency_residual);
+    - "disagreement" (only with a reference): |SR - reference SR|, lightly blurred, in [0, 1] pixel units;
+    - "combined": max of the two divided by 10 % of the LR image's own range (see `combine`):
+      0 = fully supported, 1.0 = the output departs from the input or the reference by a tenth of the range.
+    Upscalers need `.scale` and `.upscale(array)` (medsr.infer.Upscaler).
+    """
+    lr01 = np.asarray(lr01, dtype=np.float32)
+    scale = int(upscaler.scale)
+    if reference_upscaler is not None and int(reference_upscaler.scale) != scale:
+        raise MedsrError(f"reference model is x{reference_upscaler.scale} but the model is x{scale}; "
+                         "pick a reference of the same scale")
+    if lr01.ndim not in (2, 3):
+        raise MedsrError(f"maps need an (H, W) image or an (N, H, W) stack, got shape {lr01.shape}")
+    sr = upscaler.upscale(lr01) if sr01 is None else np.asarray(sr01, dtype=np.float32)
+    ref = None if reference_upscaler is None else reference_upscaler.upscale(lr01)
+    if lr01.ndim == 2:
+        return _plane_maps(lr01, sr, ref, scale)
+    planes = [_plane_maps(lr01[i], sr[i], None if ref is None else ref[i], scale) for i in range(len(lr01))]
+    return {key: np.stack([p[key] for p in planes]) for key in planes[0]}
+
+
+def overlay(sr01: np.ndarray, combined: np.ndarray, threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX) -> np.ndarray:
+    """(H, W, 3) uint8: the gray SR image, tinted red (just above `threshold`) to yellow (at `vmax`
+    and above) where `combined` exceeds `threshold`; elsewhere the gray pixels are left exactly as they are."""
+    if np.shape(sr01) != np.shape(combined) or np.ndim(sr01) != 2:
+        raise MedsrError(f"overlay needs a 2-D SR image and a map of the same shape, got {np.shape(sr01)} and {np.shape(combined)}")
+    gray = np.repeat(to_uint8(sr01)[..., None], 3, axis=-1).astype(np.float32)
+    strength = np.clip((combined - threshold) / max(vmax - threshold, 1e-12), 0, 1)
+    # hot() is red at 1/3 and yellow at 2/3; white (its top) would vanish on bright bone and lung.
+    colour = hot(1 / 3 + strength / 3, 1.0).astype(np.float32)
+    alpha = np.where(combined > threshold, OVERLAY_ALPHA, 0.0)[..., None]
+    return np.rint(gray * (1 - alpha) + colour * alpha).astype(np.uint8)
+
+
+def stem_for(output_path: Path) -> Path:
+    """The stem the maps of an output file are named after: out/scan.dcm -> out/scan (also .nii.gz)."""
+    path = Path(output_path)
+    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+    return path.with_name(name)
+
+
+def reference_model_name(model_name: str) -> str:
+    """The default reference for `model_name`: `default` for every model except `default` itself."""
+    return "default-gan" if model_name == "default" else "default"
+
+
+def _save_float_tiff(path: Path, planes: np.ndarray) -> None:
+    images = [Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)) for p in planes]
+    images[0].save(path, format="TIFF", save_all=len(images) > 1, append_images=images[1:])
+
+
+def write_maps(stem_path: Path, maps: dict[str, np.ndarray], *, protect: Iterable[Path] = (),
+               threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX) -> list[Path]:
+    """Write `<stem>.uncertainty.png` (the overlay) and `<stem>.uncertainty.tif` (the float32
+    combined map; one page per plane of a stack), atomically. Returns the two paths.
+
+    For a stack the PNG shows the plane with the highest mean `combined` (the most suspicious one).
+    A target that is one of the `protect` paths (the inputs) is refused, so inputs are never overwritten.
+    """
+    stem_path = Path(stem_path)
+    png, tif = stem_path.with_name(stem_path.name + PNG_SUFFIX), stem_path.with_name(stem_path.name + TIFF_SUFFIX)
+    protected = {Path(p).resolve() for p in protect}
+    for target in (png, tif):
+        if target.resolve() in protected:
+            raise MedsrError(f"{target}: the uncertainty map would overwrite this input; choose another -o folder")
+    sr, combined = maps["sr"], maps["combined"]
+    planes = combined[None] if combined.ndim == 2 else combined
+    pick = int(np.argmax(planes.reshape(len(planes), -1).mean(1)))
+    picture = overlay(sr if sr.ndim == 2 else sr[pick], planes[pick], threshold, vmax)
+    atomic_write(png, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
+    atomic_write(tif, lambda tmp: _save_float_tiff(tmp, planes))
+    return [png, tif]
