@@ -31,7 +31,7 @@ def main():
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     runs = ROOT / "runs" / "ablation"
-    methods = [ev.Method("bicubic")]
+    methods, steps = [ev.Method("bicubic")], []
     for i, (label, overrides) in enumerate(VARIANTS.items()):
         name = f"variant-{i}"
         if not (runs / name / "model.safetensors").is_file():
@@ -40,12 +40,13 @@ def main():
             train(cfg)
         model, meta = zoo.load(runs / name)
         methods.append(ev.Method(label, Upscaler(model, 3, torch.device("cpu"), "auto", tile=0)))
-        print(f"{label}: {meta['medsr_step']} steps")
+        steps.append(f"| {label} | {meta['medsr_step']} |")
     command = f"python benchmarks/ablation.py --minutes {args.minutes:g}" + (f" --limit {args.limit}" if args.limit else "")
     lines = ["# Ablation: the weight-free perceptual loss and CutBlur", "",
              f"Produced by `{command}` ({time.strftime('%Y-%m-%d')}): the default recipe (EDSR-style, L1, EMA,",
              f"constant learning rate) trained three times for {args.minutes:g} min each on the 2-core CPU, then tested",
-             "on the test split (paper protocol, x3). Same seed; only the named change differs.", ""]
+             "on the test split (paper protocol, x3). Same seed; only the named change differs.", "",
+             "| variant | steps in the budget |", "|---|---:|", *steps, ""]
     for modality in ("brain-mri", "chest-xray"):
         summary = ev.summarize(ev.evaluate([str(DATA / modality)], methods, 3, "paper", "test", args.limit))
         lines += [f"## {modality}", "", ev.markdown_table(summary), ""]

@@ -5,7 +5,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MEDSR_DATA", ROOT.parent / "shared" / "data"))
+DATA = Path(os.environ.get("MEDSR_DATA", ROOT.parent / "shared" / "data")).resolve()
+os.environ["MEDSR_DATA"] = str(DATA)  # recipes say ${MEDSR_DATA}/...; right from whatever folder a script runs in
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> float:

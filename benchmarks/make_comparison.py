@@ -25,6 +25,7 @@ from medsr.infer import Upscaler
 RUNS = ROOT / "runs" / "compare"
 TRAINED = ["paper", "default", "srgan", "esrgan", "real-esrgan", "swinir", "resshift"]
 DOCS = ROOT / "docs" / "comparison"
+READING = "## Reading of these numbers"  # written by hand below the generated part; kept when it is regenerated
 
 
 def run_info(name: str) -> str:
@@ -94,7 +95,9 @@ def main():
             shutil.copy(path, DOCS / f"{modality}-{path.name}")
             lines += [f"![{path.stem}](comparison/{modality}-{path.name})", ""]
     lines += mnist_section()
-    (ROOT / "docs" / "COMPARISON.md").write_text("\n".join(lines))
+    doc = ROOT / "docs" / "COMPARISON.md"
+    reading = doc.read_text().partition(READING)[2] if doc.is_file() else ""  # the hand-written reading is kept
+    doc.write_text("\n".join(lines) + (f"\n{READING}{reading}" if reading else ""))
     print(f"wrote {ROOT / 'docs' / 'COMPARISON.md'}")
 
 

@@ -36,6 +36,7 @@ def main():
     if args.half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(source)).items()}
         save_file(tensors, str(target), metadata=meta)
+        target.chmod(0o644)  # safetensors writes owner-only files; a package file must be readable by all
     else:
         shutil.copyfile(source, target)
     model, _ = zoo.load(target)
