@@ -4,7 +4,7 @@ Every model is trained on the train split of both data sets with the same wall-t
 this CPU, then `medsr compare` runs on each modality's test split (paper protocol). Then the
 paper's MNIST baseline (28x28, x2) is evaluated and drawn.
 
-    bash benchmarks/train_comparison.sh       # trains every model into runs/compare/ (about 1 h on 2 cores)
+    bash benchmarks/train_comparison.sh       # trains every model into runs/compare/ (about 1 h on 2 cores), then runs:
     python benchmarks/make_comparison.py [--limit N]
 """
 
@@ -67,7 +67,8 @@ def main():
     models = ["bicubic", "lanczos"] + [f"{name}={RUNS / name}" for name in TRAINED]
     command = "python benchmarks/make_comparison.py" + (f" --limit {args.limit}" if args.limit else "")
     lines = ["# The paper's comparison, with numbers", "",
-             f"Produced by `bash benchmarks/train_comparison.sh` then `{command}` ({time.strftime('%Y-%m-%d')}).", "",
+             f"Produced by `bash benchmarks/train_comparison.sh`, which trains what is missing in runs/compare/ and then runs "
+             f"`{command}` ({time.strftime('%Y-%m-%d')}).", "",
              "The seed paper compared its GAN with SRGAN, ESRGAN, Real-ESRGAN, SwinIR and ResShift by eye (its Figure 7).",
              "Here each is trained by medsr on the same data (train split of both data sets, paper protocol: HR 150x150,",
              "LR 50x50, x3), with the same wall-time budget on the same 2-core CPU, and all are tested on the same",

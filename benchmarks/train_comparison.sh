@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train every model of docs/COMPARISON.md, one after the other, with the same wall-time budget
-# (minutes; default 8) into runs/compare/, then the paper's MNIST baseline. Rerunning it resumes
+# (minutes; default 8) into runs/compare/, then the paper's MNIST baseline, then writes docs/COMPARISON.md
+# (benchmarks/make_comparison.py). Rerunning it resumes
 # unfinished runs and leaves finished ones as they are.
 #     bash benchmarks/train_comparison.sh [BUDGET_MINUTES]
 set -euo pipefail
@@ -13,3 +14,4 @@ for recipe in paper default srgan esrgan real-esrgan swinir resshift mnist-basel
     limit=$([ "$recipe" = mnist-baseline ] || echo "--set time_budget_minutes=$budget")
     medsr train "configs/$recipe.yaml" --set out_dir=runs/compare $limit $resume
 done
+python benchmarks/make_comparison.py  # then write docs/COMPARISON.md from the runs
