@@ -24,6 +24,7 @@ from medsr.data import degrade, load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
 from medsr.infer import Upscaler
+from medsr.io.image import atomic_write
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio")
@@ -101,14 +102,18 @@ def markdown_table(summary: list[dict], reference: str = "bicubic") -> str:
     return "\n".join(lines)
 
 
-def write_reports(rows: list[dict], summary: list[dict], out_dir: Path, context: dict) -> list[Path]:
-    """per-image CSV, summary CSV, and a JSON with context + summary + rows."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "per_image.csv", out_dir / "summary.csv", out_dir / "results.json"]
+def write_reports(rows: list[dict], summary: list[dict], out_dir: Path, context: dict,
+                  names: tuple[str, str, str] = ("per_image.csv", "summary.csv", "results.json")) -> list[Path]:
+    """per-image CSV, summary CSV, and a JSON with context + summary + rows, each written atomically;
+    `names` lets another report (medsr.fidelity) sit beside these in the same folder."""
+    paths = [Path(out_dir) / name for name in names]
     for path, table in zip(paths[:2], (rows, summary)):
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table[0]))
-            writer.writeheader()
-            writer.writerows(table)
-    paths[2].write_text(json.dumps({**context, "summary": summary, "per_image": rows}, indent=1))
+        def write_csv(tmp: Path, table=table) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(table[0]))
+                writer.writeheader()
+                writer.writerows(table)
+        atomic_write(path, write_csv)
+    text = json.dumps({**context, "summary": summary, "per_image": rows}, indent=1)
+    atomic_write(paths[2], lambda tmp: tmp.write_text(text))
     return paths

@@ -22,7 +22,6 @@ the metadata, so it can be loaded instead of retrained.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -41,7 +40,7 @@ from medsr import runtime
 from medsr.data import degrade, load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
-from medsr.evaluate import Method, make_pair
+from medsr.evaluate import Method, make_pair, write_reports
 from medsr.io.image import atomic_write
 
 KIND = "medsr-fidelity-classifier"  # metadata marker: tells a classifier file from a generator file
@@ -307,22 +306,6 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_reports(rows: list[dict], summary: list[dict], out_dir: Path, context: dict) -> list[Path]:
-    """fidelity_per_image.csv, fidelity_summary.csv and fidelity.json (context + summary + rows);
-    own names, so they sit beside `medsr evaluate`'s image-quality reports in the same folder."""
-    paths = [Path(out_dir) / name for name in REPORT_FILES]
-    for path, table in zip(paths[:2], (rows, summary)):
-        def write_csv(tmp: Path, table=table) -> None:
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(table[0]))
-                writer.writeheader()
-                writer.writerows(table)
-        atomic_write(path, write_csv)
-    text = json.dumps({**context, "summary": summary, "per_image": rows}, indent=1)
-    atomic_write(paths[2], lambda tmp: tmp.write_text(text))
-    return paths
-
-
 def run_classify(data_dirs: list[str], methods: list[Method], scale: int, out_dir: str | Path,
                  classifier: str | Path | None = None, classifier_epochs: int = DEFAULT_EPOCHS, split: str = "test",
                  limit: int | None = None, device: str = "auto", precision: str = "auto", seed: int = 0,
@@ -349,6 +332,6 @@ def run_classify(data_dirs: list[str], methods: list[Method], scale: int, out_di
     print("\nHR: the classifier on the original images (the ceiling); changed vs HR: images whose predicted class differs from HR's")
     context = {"task": "classify", "data": [str(d) for d in data_dirs], "protocol": "paper", "split": split, "scale": scale,
                "classifier": {"path": str(path), "classes": model.classes, "input_size": model.input_size, **model.record}}
-    paths = write_reports(rows, summary, out_dir, context)
+    paths = write_reports(rows, summary, out_dir, context, REPORT_FILES)
     print(f"\nwrote {', '.join(map(str, paths))}")
     return {"rows": rows, "summary": summary, "table": table, "paths": paths, "classifier": path}
