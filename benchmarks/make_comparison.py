@@ -69,6 +69,8 @@ def main():
     lines = ["# The paper's comparison, with numbers", "",
              f"Produced by `bash benchmarks/train_comparison.sh`, which trains what is missing in runs/compare/ and then runs "
              f"`{command}` ({time.strftime('%Y-%m-%d')}).", "",
+             'The figures below are written into docs/comparison/ by the command above and are not committed: they show'
+             ' images of ../shared/data, whose rules forbid committing crops or re-encodings of its files. Run the command (or `medsr compare`) to see them.', "",
              "The seed paper compared its GAN with SRGAN, ESRGAN, Real-ESRGAN, SwinIR and ResShift by eye (its Figure 7).",
              "Here each is trained by medsr on the same data (train split of both data sets, paper protocol: HR 150x150,",
              "LR 50x50, x3), with the same wall-time budget on the same 2-core CPU, and all are tested on the same",
