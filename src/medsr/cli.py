@@ -19,16 +19,10 @@ def _train(args) -> int:
 
 
 def _load_upscaler(args, model_name: str, tile: int | None = None):
-    from medsr import runtime, zoo
-    from medsr.infer import Upscaler
+    from medsr.infer import load_upscaler
 
-    device = runtime.resolve_device(args.device)
-    model, meta = zoo.load(model_name, device)
-    scale = int(meta["medsr_scale"])
-    if args.scale is not None and args.scale != scale:
-        raise MedsrError(f"{meta['path']}: this model upscales x{scale}, not x{args.scale}; omit --scale or pick a x{args.scale} model")
-    upscaler = Upscaler(model, scale, device, args.precision, args.tile if tile is None else tile, args.tile_overlap)
-    return upscaler, meta
+    return load_upscaler(model_name, scale=args.scale, device=args.device, precision=args.precision,
+                         tile=args.tile if tile is None else tile, tile_overlap=args.tile_overlap)
 
 
 def _collect_inputs(paths: list[str]) -> list[tuple[Path, Path]]:

@@ -7,11 +7,14 @@ model's receptive field, tiled and untiled results are the same up to float roun
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from medsr import runtime
 from medsr.data import degrade
+from medsr.errors import MedsrError
 
 
 class Upscaler:
@@ -66,3 +69,19 @@ class Upscaler:
         if pixels01.ndim == 2:
             return self.upscale_plane(pixels01)
         return np.stack([self.upscale_plane(plane) for plane in pixels01])
+
+
+def load_upscaler(model: str | Path = "default", *, scale: int | None = None, device: str = "auto",
+                  precision: str = "auto", tile: int = 256, tile_overlap: int = 16) -> tuple[Upscaler, dict[str, str]]:
+    """An Upscaler for a shipped model name, model file or run folder, and the model file's metadata.
+
+    `scale`, when given, must be the model's own scale (a x3 model cannot make x2 images).
+    """
+    from medsr import zoo
+
+    torch_device = runtime.resolve_device(device)
+    generator, meta = zoo.load(model, torch_device)
+    model_scale = int(meta["medsr_scale"])
+    if scale is not None and scale != model_scale:
+        raise MedsrError(f"{meta['path']}: this model upscales x{model_scale}, not x{scale}; drop --scale (scale= in Python) or pick a x{scale} model")
+    return Upscaler(generator, model_scale, torch_device, precision, tile, tile_overlap), meta
