@@ -1,0 +1,137 @@
+"""The Python API: upscale arrays and files from a script or a notebook in one call.
+
+    import medsr
+    sr = medsr.upscale(lr_array, model="default", scale=3)        # numpy in, numpy out
+    medsr.upscale_file("scan.dcm", "scan-x3.dcm")                  # derived DICOM, spacing / 3
+
+Models are loaded once per (model, device, precision, tile, runtime) and kept, so calling these in
+a loop costs only the upscaling. Everything a user can get wrong raises `medsr.MedsrError` with a
+message that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medsr.errors import MedsrError
+
+ArrayOrPath = np.ndarray | str | os.PathLike
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(model: str | os.PathLike = "default", *, scale: int | None = None, device: str = "auto",
+               precision: str = "auto", tile: int = 256, tile_overlap: int = 16, runtime: str = "torch"):
+    """A ready upscaler (`.scale`, `.upscale(pixels01)`) for a shipped model name, model file or run folder.
+
+    Cached: the same arguments return the same object. `scale`, when given, must be the model's own.
+    """
+    from medsr.infer import load_upscaler
+
+    options = {"runtime": runtime} if runtime != "torch" else {}  # the torch path needs no runtime argument
+    upscaler, _ = load_upscaler(str(model), scale=scale, device=device, precision=precision, tile=tile,
+                                tile_overlap=tile_overlap, **options)
+    return upscaler
+
+
+def models() -> dict[str, int]:
+    """Shipped model names and the scale each upscales by."""
+    from medsr import zoo
+
+    return {name: int(zoo.read_metadata(path)["medsr_scale"]) for name, path in zoo.shipped_models().items()}
+
+
+def _as_unit(array: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """[0, 1] float32 pixels and the (low, high) values they map back to."""
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise MedsrError(f"cannot upscale an array of dtype {array.dtype}; pass integer or float pixels")
+    if array.ndim not in (2, 3) or min(array.shape) == 0:
+        raise MedsrError(f"cannot upscale an array of shape {array.shape}; pass (H, W) or a stack (N, H, W) of gray images")
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        low, high = float(info.min), float(info.max)
+    else:
+        if not np.all(np.isfinite(array)):
+            raise MedsrError("the array holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+        low, high = float(array.min()), float(array.max())
+        low, high = (min(low, 0.0), max(high, 1.0)) if low >= 0.0 and high <= 1.0 else (low, high)
+    span = high - low if high > low else 1.0
+    return ((array.astype(np.float64) - low) / span).astype(np.float32), (low, high)
+
+
+def upscale(image: ArrayOrPath, model: str | os.PathLike = "default", scale: int | None = None, *,
+            device: str = "auto", precision: str = "auto", tile: int = 256, runtime: str = "torch") -> np.ndarray:
+    """Upscale one gray image (or a stack of them) and return the result as a numpy array.
+
+    Args:
+        image: an (H, W) or (N, H, W) array, or the path of any file medsr reads (PNG, JPEG, TIFF,
+            DICOM, NIfTI). Integer arrays keep their dtype and range (uint8 in, uint8 out); float
+            arrays in [0, 1] come back in [0, 1]; other float arrays (e.g. Hounsfield units) come
+            back in their own range. A file gives float32 in [0, 1] (use `upscale_file` to keep
+            its format and metadata).
+        model: shipped model name (see `models()`), .safetensors file, run folder, or, with
+            runtime="onnx", an .onnx file.
+        scale: the expected factor; must be the model's own (None: whatever the model does).
+        device: "auto", "cpu" or "cuda". precision: "auto" (bf16 where native), "fp32" or "bf16".
+        tile: tile size in input pixels (0 = whole image at once); bounds memory on big images.
+        runtime: "torch", or "onnx" (onnxruntime, fp32).
+
+    Returns:
+        The upscaled array, shape (H*s, W*s) or (N, H*s, W*s).
+    """
+    upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime)
+    if not isinstance(image, np.ndarray):
+        from medsr.io import read_image
+
+        return upscaler.upscale(read_image(image).pixels)
+    pixels01, (low, high) = _as_unit(image)
+    sr01 = upscaler.upscale(pixels01)
+    if not np.issubdtype(image.dtype, np.integer):
+        return (sr01 * (high - low) + low).astype(image.dtype if image.dtype.itemsize >= 4 else np.float32)
+    return np.rint(sr01.astype(np.float64) * (high - low) + low).astype(image.dtype)
+
+
+def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: str | os.PathLike = "default",
+                 scale: int | None = None, *, format: str | None = None, device: str = "auto",
+                 precision: str = "auto", tile: int = 256, runtime: str = "torch") -> Path:
+    """Upscale one file into another, keeping its format, bit depth and metadata.
+
+    A DICOM becomes a derived DICOM (new UIDs, Rows/Columns x scale, PixelSpacing / scale); a NIfTI
+    keeps its affine with voxel sizes divided in-plane. `format` ("png", "tiff", "jpeg", "dcm", "nii")
+    overrides the target's extension. The target is written atomically and may not be the source.
+    Returns the path written.
+    """
+    from medsr.io import read_image, write_image
+
+    source, target = Path(source), Path(target)
+    if target.exists() and target.resolve() == source.resolve():
+        raise MedsrError(f"{target}: the output would overwrite the input; choose another target path")
+    upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime)
+    image = read_image(source)
+    image.pixels = upscaler.upscale(image.pixels)
+    return write_image(target, image, scale=upscaler.scale, model_name=f"medsr {Path(str(model)).name}", format=format)
+
+
+def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike = "default", reference_model: str | None = None, *,
+                    device: str = "auto", precision: str = "auto") -> dict[str, np.ndarray]:
+    """Where the upscaled image is not supported by its input (see medsr.trust.hallucination_maps).
+
+    Returns {"sr", "consistency", "disagreement", "combined"} as float32 arrays of the output's shape;
+    "combined" is 0 where the output is supported and >= 1 where it departs from the input (or from
+    `reference_model`, by default `default-gan` for `default` and `default` for every other model) by a
+    tenth of the image's range.
+    """
+    from medsr import trust
+
+    upscaler = load_model(model, device=device, precision=precision)
+    reference = load_model(reference_model or trust.reference_model_name(str(model)), device=device, precision=precision)
+    if isinstance(image, np.ndarray):
+        pixels01 = _as_unit(image)[0]
+    else:
+        from medsr.io import read_image
+
+        pixels01 = read_image(image).pixels
+    return trust.hallucination_maps(pixels01, upscaler, reference)

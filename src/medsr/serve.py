@@ -1,0 +1,353 @@
+"""`medsr serve`: a local web page to upscale one scan at a time, for people who don't use a terminal.
+
+The page (web/index.html) sends the file's bytes to POST /api/upscale; the server streams them into
+its own temporary folder (refusing more than `max_upload_mb`), upscales, and keeps for each job:
+the input, a bicubic and an SR picture for the browser (8-bit PNG, the same display window on
+both), the result in the input's own format (a derived DICOM for a DICOM), and on request the
+hallucination-map overlay. Only the newest KEEP_JOBS jobs stay on disk; the whole folder is removed
+when the server stops. Errors a user can cause come back as {"error": "..."} in plain words, and
+the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from PIL import Image as PILImage
+
+from medsr import api, metrics, trust
+from medsr.data import degrade
+from medsr.errors import MedsrError
+from medsr.figures import to_uint8
+from medsr.io import Image, ImageMeta, read_image, write_image
+from medsr.io.image import SUPPORTED_EXTENSIONS
+
+log = logging.getLogger("medsr.serve")
+
+KEEP_JOBS = 8  # older jobs' files are deleted, so a long session cannot fill the disk
+MAX_INPUT_PIXELS = 16_000_000  # about 4000x4000: larger scans take minutes on a CPU; use `medsr upscale`
+CHUNK = 1 << 20
+
+
+@dataclass
+class Job:
+    id: str
+    folder: Path
+    name: str  # the user's file name, for messages and the download's name
+    model: str
+    frame: int = 0  # the frame / slice shown for a stack
+    lr01: np.ndarray | None = None
+    sr01: np.ndarray | None = None
+    window: tuple[float, float] = (0.0, 1.0)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class UserError(Exception):
+    """A request the page should answer with a plain message and an HTTP status."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def _safe_name(name: str) -> str:
+    """The uploaded file's base name, reduced to characters that are safe in a path and a header."""
+    base = re.sub(r"[^A-Za-z0-9._ -]", "_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
+    return base[:120]
+
+
+def _suffix(name: str) -> str:
+    lower = name.lower()
+    return next((ext for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True) if lower.endswith(ext)), "")
+
+
+def _display_window(pixels01: np.ndarray) -> tuple[float, float]:
+    """The 0.5-99.5 percentile range: a 12-bit scan in a 16-bit range would otherwise look black."""
+    low, high = np.percentile(pixels01, [0.5, 99.5])
+    return (float(low), float(high)) if high > low else (0.0, 1.0)
+
+
+def _save_png(path: Path, pixels01: np.ndarray, window: tuple[float, float]) -> Path:
+    low, high = window
+    PILImage.fromarray(to_uint8((pixels01 - low) / (high - low))).save(path, format="PNG", compress_level=1)
+    return path
+
+
+class Server:
+    """The state behind the page: model choices, the temporary folder and its jobs."""
+
+    def __init__(self, model_names: list[str], max_upload_mb: float, device: str, precision: str):
+        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
+        self.device, self.precision = device, precision
+        self.models = self._model_scales(model_names)
+        self.folder = Path(tempfile.mkdtemp(prefix="medsr-serve-"))
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.lock = threading.Lock()  # one model run at a time: bounded memory, fair order
+
+    @staticmethod
+    def _model_scales(model_names: list[str]) -> dict[str, int]:
+        from medsr import zoo
+
+        shipped = api.models()
+        scales = {}
+        for name in model_names:
+            scales[name] = shipped[name] if name in shipped else int(zoo.read_metadata(zoo.resolve(name))["medsr_scale"])
+        return scales
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def demos(self) -> list[str]:
+        from medsr import demo
+
+        try:
+            return sorted(demo.demo_images())
+        except MedsrError:
+            return []
+
+    def info(self) -> dict:
+        return {
+            "models": [{"name": n, "scale": s} for n, s in self.models.items()],
+            "demos": self.demos(),
+            "max_upload_mb": self.max_upload_bytes / 1024 / 1024,
+            "max_input_pixels": MAX_INPUT_PIXELS,
+            "uncertainty": True,
+            "extensions": list(SUPPORTED_EXTENSIONS),
+        }
+
+    def _upscaler(self, model: str):
+        if model not in self.models:
+            raise UserError(f"unknown model '{model}'; pick one of {', '.join(self.models)}")
+        return api.load_model(model, device=self.device, precision=self.precision)
+
+    def _new_job(self, name: str, model: str) -> Job:
+        job_id = uuid.uuid4().hex
+        folder = self.folder / job_id
+        folder.mkdir()
+        job = Job(job_id, folder, name, model)
+        self.jobs[job_id] = job
+        while len(self.jobs) > KEEP_JOBS:
+            _, old = self.jobs.popitem(last=False)
+            shutil.rmtree(old.folder, ignore_errors=True)
+        return job
+
+    async def receive(self, request: Request, name: str, model: str) -> tuple[Job, Path]:
+        """Stream the request body into a new job's folder, refusing it past the size limit."""
+        limit_mb = self.max_upload_bytes / 1024 / 1024
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_upload_bytes:
+            raise UserError(f"{name} is {int(declared) / 1024 / 1024:.1f} MB; this server accepts files up to {limit_mb:g} MB "
+                            "(start it with a larger --max-upload-mb, or use 'medsr upscale')", 413)
+        self._upscaler(model)  # unknown model: refuse before storing anything
+        job = self._new_job(name, model)
+        path = job.folder / ("input" + _suffix(name))
+        size = 0
+        with path.open("wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_upload_bytes:
+                    out.close()
+                    self.forget(job)
+                    raise UserError(f"{name} is larger than {limit_mb:g} MB, the limit of this server "
+                                    "(start it with a larger --max-upload-mb, or use 'medsr upscale')", 413)
+                out.write(chunk)
+        if size == 0:
+            self.forget(job)
+            raise UserError(f"{name} is empty (0 bytes); pick the file again")
+        return job, path
+
+    def forget(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def upscale_upload(self, job: Job, path: Path, model: str) -> dict:
+        try:
+            image = read_image(path)
+        except MedsrError as err:
+            raise UserError(str(err).replace(str(path), job.name)) from None
+        if image.pixels.size > MAX_INPUT_PIXELS:
+            raise UserError(f"{job.name} has {image.pixels.size:,} pixels; this page upscales up to {MAX_INPUT_PIXELS:,} "
+                            f"(about 4000x4000); use 'medsr upscale' for larger scans", 413)
+        return self._upscale(job, image, model, truth=None)
+
+    def upscale_demo(self, job: Job, demo_name: str, model: str) -> dict:
+        """A demo scan, downscaled by the model's scale first, so the result can be scored against it."""
+        from medsr import demo
+
+        images = demo.demo_images()
+        if demo_name not in images:
+            raise UserError(f"unknown demo image '{demo_name}'; pick one of {', '.join(images)}")
+        scale = self.models[model]
+        original = images[demo_name]
+        h, w = (original.shape[0] // scale) * scale, (original.shape[1] // scale) * scale
+        hr = torch.from_numpy(np.ascontiguousarray(original[:h, :w]))[None, None]
+        lr = degrade.downscale(hr, scale).clamp(0, 1)[0, 0].numpy()
+        meta = ImageMeta(path=f"{demo_name}.png", format="png", bit_depth=16, value_range=(0.0, 1.0), pixel_spacing=None)
+        return self._upscale(job, Image(lr, meta), model, truth=hr[0, 0].numpy())
+
+    def _upscale(self, job: Job, image: Image, model: str, truth: np.ndarray | None) -> dict:
+        upscaler = self._upscaler(model)
+        lr = image.pixels
+        started = time.perf_counter()
+        with self.lock:
+            sr = upscaler.upscale(lr)
+        seconds = time.perf_counter() - started
+        job.frame = lr.shape[0] // 2 if lr.ndim == 3 else 0
+        job.lr01 = lr[job.frame] if lr.ndim == 3 else lr
+        job.sr01 = sr[job.frame] if sr.ndim == 3 else sr
+        s = upscaler.scale
+        bicubic = degrade.upscale_baseline(torch.from_numpy(np.ascontiguousarray(job.lr01))[None, None], s).clamp(0, 1)[0, 0].numpy()
+        job.window = _display_window(job.lr01)
+        job.files["before"] = _save_png(job.folder / "before.png", bicubic, job.window)
+        job.files["after"] = _save_png(job.folder / "after.png", job.sr01, job.window)
+        stem = Path(job.name).name
+        stem = stem[: -len(_suffix(stem))] if _suffix(stem) else stem
+        download_name = f"{stem}-medsr-{model}-x{s}{_suffix(job.name) or self._default_suffix(image)}"
+        result = Image(sr, image.meta)
+        job.files["download"] = write_image(job.folder / download_name, result, scale=s, model_name=f"medsr {model}")
+        answer = {
+            "name": job.name,
+            "model": model,
+            "scale": s,
+            "seconds": round(seconds, 3),
+            "input": {"width": int(lr.shape[-1]), "height": int(lr.shape[-2]), "format": image.meta.format,
+                      "frames": int(lr.shape[0]) if lr.ndim == 3 else 1},
+            "output": {"width": int(sr.shape[-1]), "height": int(sr.shape[-2])},
+            "download_name": download_name,
+        }
+        if truth is not None:
+            score = {k: metrics.psnr(torch.from_numpy(v)[None, None], torch.from_numpy(truth)[None, None], s).item()
+                     for k, v in (("bicubic", bicubic), ("medsr", job.sr01))}
+            answer["psnr"] = {k: round(v, 2) for k, v in score.items()}
+        return answer
+
+    @staticmethod
+    def _default_suffix(image: Image) -> str:
+        return {"dicom": ".dcm", "nifti": ".nii.gz", "tiff": ".tif", "jpeg": ".jpg"}.get(image.meta.format, ".png")
+
+    def overlay(self, job: Job) -> Path:
+        """The hallucination-map overlay of the shown frame, made on first request."""
+        if "overlay" not in job.files:
+            upscaler = self._upscaler(job.model)
+            reference_name = trust.reference_model_name(job.model)
+            reference = api.load_model(reference_name, device=self.device, precision=self.precision)
+            if reference.scale != upscaler.scale:
+                raise UserError(f"the hallucination map needs a x{upscaler.scale} reference model; '{reference_name}' is x{reference.scale}")
+            with self.lock:
+                maps = trust.hallucination_maps(job.lr01, upscaler, reference, sr01=job.sr01)
+            low, high = job.window
+            picture = trust.overlay(np.clip((maps["sr"] - low) / (high - low), 0, 1), maps["combined"])
+            path = job.folder / "overlay.png"
+            PILImage.fromarray(picture).save(path, format="PNG", compress_level=1)
+            job.files["overlay"] = path
+        return job.files["overlay"]
+
+
+def create_app(models: list[str] | None = None, max_upload_mb: float = 50, device: str = "auto",
+               precision: str = "auto") -> FastAPI:
+    """The web app; `models` are shipped names or model files (default: every shipped model)."""
+    server = Server(models or list(api.models()), max_upload_mb, device, precision)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        server.close()
+
+    app = FastAPI(title="medsr", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+    page = (files("medsr") / "web" / "index.html").read_text(encoding="utf-8")
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, err: UserError):
+        return JSONResponse({"error": str(err)}, status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"error": f"medsr hit an unexpected error ({type(err).__name__}); the server is still running, "
+                                      "try again or another file, and report it if it repeats"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/api/info")
+    def info() -> dict:
+        return server.info()
+
+    @app.post("/api/upscale")
+    async def upscale(request: Request, model: str = "default", name: str = "upload", demo: str | None = None) -> dict:
+        name = _safe_name(demo or name)
+        if demo:
+            server._upscaler(model)
+            job = server._new_job(name + ".png", model)
+            work = server.upscale_demo, job, demo, model
+        else:
+            job, path = await server.receive(request, name, model)
+            work = server.upscale_upload, job, path, model
+        try:
+            answer = await _in_thread(*work)
+        except (UserError, MedsrError) as err:
+            server.forget(job)
+            raise err if isinstance(err, UserError) else UserError(str(err).replace(f"{job.folder}/", "")) from None
+        base = f"/api/jobs/{job.id}"
+        answer.update(id=job.id, before=f"{base}/before", after=f"{base}/after", overlay=f"{base}/overlay",
+                      download=f"{base}/download")
+        return answer
+
+    @app.get("/api/jobs/{job_id}/{kind}")
+    async def job_file(job_id: str, kind: str):
+        job = server.jobs.get(job_id)
+        if job is None:
+            raise UserError("this result is no longer kept (the server keeps the newest few); upscale the file again", 404)
+        if kind == "overlay":
+            return FileResponse(await _in_thread(server.overlay, job), media_type="image/png")
+        if kind not in ("before", "after", "download"):
+            raise UserError(f"unknown result file '{kind}'", 404)
+        path = job.files[kind]
+        if kind == "download":
+            return FileResponse(path, filename=path.name, media_type="application/octet-stream")
+        return FileResponse(path, media_type="image/png")
+
+    return app
+
+
+async def _in_thread(function, *args):
+    """Run model work off the event loop, so the page's other requests are still answered."""
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        return await run_in_threadpool(function, *args)
+    except MemoryError:
+        raise UserError("not enough memory to upscale this image here; try a smaller image or 'medsr upscale --tile 128'", 507) from None
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = None, max_upload_mb: float = 50,
+          device: str = "auto", precision: str = "auto") -> None:
+    """Start the page at http://host:port/ and serve until Ctrl-C; the temporary folder goes with it."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"medsr: warning: listening on {host}: anyone who can reach this machine can upload files and use its CPU")
+    app = create_app(models, max_upload_mb, device, precision)
+    print(f"medsr serve: open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/ "
+          f"(uploads up to {max_upload_mb:g} MB, kept in {app.state.server.folder} until the server stops); Ctrl-C stops", flush=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        app.state.server.close()

@@ -1,0 +1,229 @@
+"""`medsr serve`: the web app's API (in process) and the page end to end in headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from conftest import DATA, ROOT, needs_data
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from medsr.serve import KEEP_JOBS, create_app  # noqa: E402
+
+DICOM = DATA / "dicom" / "head-mr-flair-implicit.dcm"  # 256x256, 16-bit MR
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOT = ROOT / "docs" / "serve.png"
+
+
+def png_bytes(height: int, width: int) -> bytes:
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random((height, width)) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def client():
+    app = create_app(models=["default"], max_upload_mb=0.5, precision="fp32")
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_png_upload_gives_a_3x_result_in_the_input_format(client):
+    answer = client.post("/api/upscale?model=default&name=scan.png", content=png_bytes(40, 30)).json()
+    assert answer["input"] == {"width": 30, "height": 40, "format": "png", "frames": 1}
+    assert answer["output"] == {"width": 90, "height": 120}
+    for kind in ("before", "after", "overlay"):
+        picture = client.get(answer[kind])
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(picture.content)).size == (90, 120)
+    download = client.get(answer["download"])
+    assert answer["download_name"] == "scan-medsr-default-x3.png"
+    assert Image.open(io.BytesIO(download.content)).size == (90, 120)
+
+
+@needs_data
+def test_dicom_upload_downloads_a_derived_dicom(client):
+    answer = client.post("/api/upscale?model=default&name=head.dcm", content=DICOM.read_bytes()).json()
+    assert answer["output"] == {"width": 768, "height": 768}
+    derived = pydicom.dcmread(io.BytesIO(client.get(answer["download"]).content))
+    source = pydicom.dcmread(DICOM, stop_before_pixels=True)
+    assert (derived.Rows, derived.Columns) == (768, 768)
+    assert "DERIVED" in derived.ImageType and derived.SOPInstanceUID != source.SOPInstanceUID
+
+
+def test_bad_inputs_get_plain_errors_and_the_server_goes_on(client):
+    corrupt = client.post("/api/upscale?model=default&name=broken.dcm", content=b"not a scan at all")
+    assert corrupt.status_code == 400 and corrupt.json()["error"].startswith("broken.dcm: ")
+    assert "/tmp" not in corrupt.json()["error"] and "medsr-serve" not in corrupt.json()["error"]
+    too_big = client.post("/api/upscale?model=default&name=huge.png", content=b"\0" * (600 * 1024))
+    assert too_big.status_code == 413 and "0.5 MB" in too_big.json()["error"]
+    assert client.post("/api/upscale?model=nope&name=a.png", content=png_bytes(8, 8)).status_code == 400
+    assert "empty" in client.post("/api/upscale?model=default&name=a.png").json()["error"]
+    assert client.get("/api/jobs/unknown/after").status_code == 404
+    assert client.post("/api/upscale?model=default&name=ok.png", content=png_bytes(16, 16)).status_code == 200
+
+
+def test_uploads_stay_in_its_temporary_folder_which_is_bounded_and_removed():
+    app = create_app(models=["default"], precision="fp32")
+    folder = app.state.server.folder
+    with TestClient(app) as test_client:
+        for i in range(KEEP_JOBS + 3):
+            name = "../../escape.png" if i == 0 else f"scan{i}.png"
+            assert test_client.post(f"/api/upscale?model=default&name={name}", content=png_bytes(12, 12)).status_code == 200
+        jobs = [p for p in folder.iterdir()]
+        assert len(jobs) == KEEP_JOBS  # older jobs' files are gone
+        assert not (folder.parent / "escape.png").exists() and not any(folder.parent.parent.glob("escape.png"))
+    assert not folder.exists()
+
+
+def test_demo_images_are_scored_against_their_original(client):
+    demos = client.get("/api/info").json()["demos"]
+    if "brain-mri" not in demos:
+        pytest.skip("nilearn's MNI template is not installed (pip install -e '.[demo]')")
+    answer = client.post("/api/upscale?model=default&demo=brain-mri").json()
+    assert answer["psnr"]["medsr"] > answer["psnr"]["bicubic"]
+
+
+# ---- the page in a real browser ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path, medsr_cli):
+    """`medsr serve` as a user starts it, with its temporary folder inside tmp_path."""
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    process = subprocess.Popen(medsr_cli + ["serve", "--port", str(port), "--model", "default", "--model", "default-gan",
+                                            "--max-upload-mb", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"medsr serve did not start: {process.stdout.read()}")
+            time.sleep(0.3)
+    yield url, tmp_path
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt install chromium); .ci/run installs it")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        browser.close()
+
+
+def upscale_in_page(page, expect_error: bool = False) -> None:
+    page.click("#go")
+    page.wait_for_function("!document.getElementById('go').disabled", timeout=120_000)
+    assert page.is_visible("#error") == expect_error, page.text_content("#error")
+
+
+@needs_data
+@pytest.mark.slow
+def test_page_upscales_a_real_dicom_in_chromium(served, page, tmp_path):
+    url, temp_root = served
+    page.goto(url)
+    page.wait_for_function("document.getElementById('model').options.length > 0")
+
+    page.set_input_files("#file", str(DICOM))
+    upscale_in_page(page)
+    assert page.is_visible("#overlay-toggle")
+    assert page.evaluate("[document.getElementById('after').naturalWidth, document.getElementById('after').naturalHeight]") == [768, 768]
+    assert "256x256 dicom" in page.text_content("#facts") and "768x768" in page.text_content("#facts")
+
+    # Drag the before/after divider from the middle to a quarter of the width.
+    box = page.locator("#stage").bounding_box()
+    middle_y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] / 2, middle_y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.25, middle_y, steps=5)
+    page.mouse.up()
+    assert abs(float(page.input_value("#slider")) - 25) < 2
+    assert page.evaluate("document.getElementById('after').style.clipPath").startswith("inset(0px 0px 0px 2")
+
+    page.fill("#zoom", "3")
+    page.dispatch_event("#zoom", "input")
+    assert page.locator("#stage").bounding_box()["width"] == pytest.approx(box["width"] * 3, rel=0.02)
+
+    page.check("#overlay")
+    page.wait_for_function("document.getElementById('after').src.endsWith('/overlay') && document.getElementById('after').complete "
+                           "&& document.getElementById('after').naturalWidth === 768", timeout=120_000)
+
+    with page.expect_download() as download_info:
+        page.click("#download")
+    saved = tmp_path / "downloaded.dcm"
+    download_info.value.save_as(saved)
+    derived = pydicom.dcmread(saved)
+    assert (derived.Rows, derived.Columns) == (768, 768)
+
+    # A broken file: a plain message on the page, and the server still answers the next upload.
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(DICOM.read_bytes()[:2000])
+    page.set_input_files("#file", str(broken))
+    upscale_in_page(page, expect_error=True)
+    assert page.text_content("#error").startswith("broken.dcm: ")
+    page.set_input_files("#file", str(DICOM))
+    upscale_in_page(page)
+
+    uploads = list(temp_root.glob("medsr-serve-*/*/input.dcm"))
+    assert uploads, "uploads are kept in the server's own temporary folder"
+
+
+@pytest.mark.slow
+def test_page_screenshot_of_the_demo_for_the_readme(served, page):
+    """Writes docs/serve.png (the README's picture) from the MNI152 demo image, not from ../shared/data."""
+    url, _ = served
+    page.goto(url)
+    page.wait_for_function("document.getElementById('model').options.length > 0")
+    if "brain-mri" not in page.eval_on_selector_all("#demo option", "options => options.map(o => o.value)"):
+        pytest.skip("nilearn's MNI template is not installed (pip install -e '.[demo]')")
+    page.select_option("#demo", "brain-mri")
+    upscale_in_page(page)
+    assert "PSNR against the original" in page.text_content("#facts")
+    page.check("#overlay")
+    page.wait_for_function("document.getElementById('after').src.endsWith('/overlay') && document.getElementById('after').complete")
+    page.uncheck("#overlay")
+    page.wait_for_function("document.getElementById('after').src.endsWith('/after') && document.getElementById('after').complete")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+    assert Image.open(SCREENSHOT).size == (1280, 900)
+
+
+def test_serve_without_fastapi_says_what_to_install(tmp_path):
+    """The command names the extra to install instead of printing an ImportError traceback."""
+    blocker = tmp_path / "fastapi.py"
+    blocker.write_text("raise ImportError('blocked for this test', name='fastapi')\n")
+    result = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from medsr.cli import main; "
+                             "sys.exit(main(['serve']))", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and ".[serve]" in result.stderr and "Traceback" not in result.stderr
