@@ -55,3 +55,10 @@ def test_upscale_file_never_overwrites_its_source(tmp_path):
     with pytest.raises(medsr.MedsrError, match="overwrite"):
         medsr.upscale_file(path, path)
     assert path.read_bytes() == before
+
+
+def test_list_models_survives_importing_the_models_package():
+    """`medsr.models` is also the architectures' subpackage; the API's function must not be shadowed by it."""
+    import medsr.models  # noqa: F401
+
+    assert medsr.list_models()["default"] == 3

@@ -302,7 +302,9 @@ def stderr_lines(result) -> list[str]:
 
 
 def snapshot(folder: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file below `folder` but upscale's own records (its resume ledger and summary CSV)."""
+    records = ("medsr-ledger.jsonl", "medsr-summary.csv")
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in records}
 
 
 GOOD = {  # name -> (bytes, (height, width) of the image read)

@@ -31,13 +31,12 @@ def load_model(model: str | os.PathLike = "default", *, scale: int | None = None
     """
     from medsr.infer import load_upscaler
 
-    options = {"runtime": runtime} if runtime != "torch" else {}  # the torch path needs no runtime argument
     upscaler, _ = load_upscaler(str(model), scale=scale, device=device, precision=precision, tile=tile,
-                                tile_overlap=tile_overlap, **options)
+                                tile_overlap=tile_overlap, runtime=runtime)
     return upscaler
 
 
-def models() -> dict[str, int]:
+def list_models() -> dict[str, int]:
     """Shipped model names and the scale each upscales by."""
     from medsr import zoo
 
@@ -72,7 +71,7 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike = "default", scale: int
             arrays in [0, 1] come back in [0, 1]; other float arrays (e.g. Hounsfield units) come
             back in their own range. A file gives float32 in [0, 1] (use `upscale_file` to keep
             its format and metadata).
-        model: shipped model name (see `models()`), .safetensors file, run folder, or, with
+        model: shipped model name (see `list_models()`), .safetensors file, run folder, or, with
             runtime="onnx", an .onnx file.
         scale: the expected factor; must be the model's own (None: whatever the model does).
         device: "auto", "cpu" or "cuda". precision: "auto" (bf16 where native), "fp32" or "bf16".

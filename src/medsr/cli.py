@@ -22,7 +22,8 @@ def _load_upscaler(args, model_name: str, tile: int | None = None):
     from medsr.infer import load_upscaler
 
     return load_upscaler(model_name, scale=args.scale, device=args.device, precision=args.precision,
-                         tile=args.tile if tile is None else tile, tile_overlap=args.tile_overlap)
+                         tile=args.tile if tile is None else tile, tile_overlap=args.tile_overlap,
+                         runtime=getattr(args, "runtime", "torch"))
 
 
 def _collect_inputs(paths: list[str]) -> list[tuple[Path, Path]]:
@@ -52,52 +53,37 @@ def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
 
 
 def _upscale(args) -> int:
-    from tqdm import tqdm
-
-    from medsr import zoo
-    from medsr.io import read_image, write_image
+    from medsr import batch, zoo
 
     pairs = _collect_inputs(args.inputs)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise MedsrError(f"{out_dir}: -o must name a folder, and this is a file; choose another -o")
-    inputs = {p.resolve() for p, _ in pairs}
+    summary_path = Path(args.summary) if args.summary else out_dir / batch.SUMMARY_NAME
+    if summary_path.resolve() in {p.resolve() for p, _ in pairs}:
+        raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
     upscaler, meta = _load_upscaler(args, args.model)
-    reference = None
+    reference = reference_meta = None
     if args.uncertainty:
         from medsr import trust
 
-        reference, _ = _load_upscaler(args, args.reference_model or trust.reference_model_name(args.model))
+        reference, reference_meta = _load_upscaler(args, args.reference_model or trust.reference_model_name(args.model))
     name = f"{meta['medsr_arch']} model {args.model}" if args.model in zoo.shipped_models() else f"{meta['medsr_arch']} model {Path(meta['path']).name}"
-    failed, claimed = [], {}  # claimed: output file -> the input it was written from
-    bar_off = len(pairs) < 2 or not sys.stderr.isatty()
-    for path, rel in tqdm(pairs, desc="upscale", unit="file", dynamic_ncols=True, disable=bar_off):
-        target = _output_path(rel, out_dir, args.format)
-        try:
-            if target.resolve() in inputs:
-                raise MedsrError(f"{path}: the output would overwrite this input; choose another -o folder")
-            if target.resolve() in claimed:
-                raise MedsrError(f"{path}: its output {target} was already written from {claimed[target.resolve()]}; "
-                                 "rename one of them or drop --format")
-            claimed[target.resolve()] = path
-            image = read_image(path)
-            lr = image.pixels
-            image.pixels = upscaler.upscale(lr)
-            written = write_image(target, image, scale=upscaler.scale, model_name=name, format=args.format)
-            tqdm.write(f"{path} -> {written}")
-            if reference is not None:
-                maps = trust.hallucination_maps(lr, upscaler, reference, sr01=image.pixels)
-                for map_path in trust.write_maps(trust.stem_for(written), maps, protect=inputs):
-                    tqdm.write(f"{path} -> {map_path}")
-        except (MedsrError, MemoryError) as err:
-            if isinstance(err, MemoryError):
-                err = MedsrError(f"{path}: not enough memory to upscale this image; lower --tile or use a machine with more memory")
-            message = str(err) if str(path) in str(err) else f"{path}: {err}"
-            failed.append(message)
-            tqdm.write(f"medsr: skipped: {message}", file=sys.stderr)
-    done = len(pairs) - len(failed)
-    print(f"upscaled {done} of {len(pairs)} file(s) x{upscaler.scale} into {out_dir}" + (f"; {len(failed)} failed (listed above)" if failed else ""))
-    return 1 if failed else 0
+    # What makes an earlier output reusable on --resume: same weights, same way of running them.
+    settings = {"model": batch.model_identity(args.model, meta), "precision": args.precision, "tile": args.tile,
+                "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
+                "reference": reference_meta and batch.model_identity(args.reference_model, reference_meta)}
+    jobs = [batch.Job(path, _output_path(rel, out_dir, args.format)) for path, rel in pairs]
+    progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
+    try:
+        summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, reference=reference,
+                                  workers=args.workers, settings=settings, ledger=out_dir / batch.LEDGER_NAME,
+                                  force=args.force, on_result=progress)
+    finally:
+        progress.close()
+    summary.write_csv(summary_path)
+    print(f"{summary.describe(out_dir, upscaler.scale)}\nsummary: {summary_path}")
+    return 1 if summary.failed else 0
 
 
 def _evaluate(args) -> int:
@@ -151,6 +137,24 @@ def _demo(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    try:
+        from medsr.serve import serve
+    except ImportError as err:
+        raise MedsrError(f"medsr serve needs {err.name}: pip install -e \".[serve]\"") from None
+
+    serve(args.host, args.port, args.model, args.max_upload_mb, args.device, args.precision)
+    return 0
+
+
+def _export(args) -> int:
+    from medsr.export import export_onnx
+
+    path = export_onnx(args.model, Path(args.output), args.opset)
+    print(f"wrote {path} (ONNX opset {args.opset}, fp32, input 'lr' (1, 1, H, W) in [-1, 1], any H and W)")
+    return 0
+
+
 def _models(args) -> int:
     from medsr import zoo
 
@@ -185,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
         p.add_argument("--tile", type=int, default=256, help="LR tile size in pixels; 0 = whole image at once")
         p.add_argument("--tile-overlap", type=int, default=16, help="context pixels around each tile")
+        p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
+                       help="onnx: onnxruntime, fp32 only (pip install -e \".[onnx]\"); --model may then be an .onnx file")
 
     p = sub.add_parser("upscale", help="upscale image files or folders")
     p.add_argument("inputs", nargs="+", help="files or folders (walked recursively; structure mirrored)")
@@ -194,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")
     p.add_argument("--reference-model", help="the model --uncertainty compares with; default: 'default', or 'default-gan' when --model is default")
+    p.add_argument("--workers", type=int, default=2, help="threads that decode and write files around the model (0: none)")
+    p.add_argument("--force", action="store_true", help="redo every file, also those a previous run completed")
+    p.add_argument("--summary", help="CSV of every file's status and reason; default: OUTPUT/medsr-summary.csv")
     p.set_defaults(func=_upscale)
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM/MS-SSIM of models and baselines on a data split")
@@ -230,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="medsr-demo", help="output folder")
     model_options(p, "default")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("serve", help="a local web page: upload a scan, compare before/after, download the result")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", action="append", help="offer this model (repeatable; default: every shipped model)")
+    p.add_argument("--max-upload-mb", type=float, default=50, help="refuse uploads larger than this")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("export", help="export a model to ONNX (fp32, any image size) for onnxruntime")
+    p.add_argument("--model", default="default", help="shipped model name, .safetensors file, or training run folder")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="file format")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("models", help="list the shipped models")
     p.set_defaults(func=_models)

@@ -3,6 +3,7 @@
 Memory stays bounded because the model only ever sees one tile (plus its overlap margin) at a
 time; only the input and output arrays are whole. With an overlap at least as wide as the
 model's receptive field, tiled and untiled results are the same up to float rounding.
+Two runtimes share that tiling: PyTorch (`Upscaler`) and onnxruntime (`OnnxUpscaler`, fp32).
 """
 
 from __future__ import annotations
@@ -17,28 +18,15 @@ from medsr.data import degrade
 from medsr.errors import MedsrError
 
 
-class Upscaler:
-    """A generator ready to upscale [0, 1] float arrays, shaped (H, W) or (N, H, W)."""
+class TiledUpscaler:
+    """Tiling and the per-image range stretch, shared by the runtimes. A subclass supplies `_run`,
+    which upscales one tile ([0, 1] in, [0, 1] out); arrays are (H, W) or (N, H, W) in [0, 1]."""
 
-    def __init__(self, model: torch.nn.Module, scale: int, device: torch.device, precision: str = "auto",
-                 tile: int = 256, tile_overlap: int = 16, normalize: bool = True):
-        self.device = device
-        self.dtype = runtime.resolve_precision(precision, device)
-        model = model.to(device).eval()
-        if hasattr(model, "fused_for_inference"):
-            model = model.fused_for_inference()  # same function, fewer operations
-        self.model = model
-        if self.dtype is not None or device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+    def __init__(self, scale: int, tile: int = 256, tile_overlap: int = 16, normalize: bool = True):
         self.scale, self.tile, self.overlap, self.normalize = scale, tile, tile_overlap, normalize
 
-    @torch.inference_mode()
     def _run(self, lr01: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(lr01, dtype=np.float32))[None, None].to(self.device)
-        x = degrade.to_signed(x).contiguous(memory_format=torch.channels_last)
-        with runtime.autocast(self.device, self.dtype):
-            y = self.model(x)
-        return degrade.to_unit(y.float())[0, 0].cpu().numpy()
+        raise NotImplementedError
 
     def upscale_plane(self, lr01: np.ndarray) -> np.ndarray:
         """One 2-D [0, 1] array -> its upscaled [0, 1] array, tile by tile."""
@@ -71,17 +59,119 @@ class Upscaler:
         return np.stack([self.upscale_plane(plane) for plane in pixels01])
 
 
-def load_upscaler(model: str | Path = "default", *, scale: int | None = None, device: str = "auto",
-                  precision: str = "auto", tile: int = 256, tile_overlap: int = 16) -> tuple[Upscaler, dict[str, str]]:
-    """An Upscaler for a shipped model name, model file or run folder, and the model file's metadata.
+class Upscaler(TiledUpscaler):
+    """A PyTorch generator ready to upscale [0, 1] float arrays, shaped (H, W) or (N, H, W)."""
 
-    `scale`, when given, must be the model's own scale (a x3 model cannot make x2 images).
+    def __init__(self, model: torch.nn.Module, scale: int, device: torch.device, precision: str = "auto",
+                 tile: int = 256, tile_overlap: int = 16, normalize: bool = True):
+        super().__init__(scale, tile, tile_overlap, normalize)
+        self.device = device
+        self.dtype = runtime.resolve_precision(precision, device)
+        model = model.to(device).eval()
+        if hasattr(model, "fused_for_inference"):
+            model = model.fused_for_inference()  # same function, fewer operations
+        self.model = model
+        if self.dtype is not None or device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def _run(self, lr01: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(lr01, dtype=np.float32))[None, None].to(self.device)
+        x = degrade.to_signed(x).contiguous(memory_format=torch.channels_last)
+        with runtime.autocast(self.device, self.dtype):
+            y = self.model(x)
+        return degrade.to_unit(y.float())[0, 0].cpu().numpy()
+
+
+class OnnxUpscaler(TiledUpscaler):
+    """An exported ONNX model (medsr.export) run by onnxruntime, with Upscaler's interface. fp32 only.
+
+    `model` is an .onnx file or its bytes; `scale` defaults to the model's medsr_scale metadata.
     """
-    from medsr import zoo
 
-    torch_device = runtime.resolve_device(device)
-    generator, meta = zoo.load(model, torch_device)
+    def __init__(self, model: str | Path | bytes, scale: int | None = None, device: str = "cpu", tile: int = 256,
+                 tile_overlap: int = 16, normalize: bool = True):
+        from medsr.export import INPUT_NAME, OUTPUT_NAME, require
+
+        ort = require("onnxruntime")
+        name = "the exported model" if isinstance(model, bytes) else str(model)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as the torch runtime
+        options.log_severity_level = 3  # errors only: onnxruntime's own warnings would interleave with medsr's output
+        try:
+            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                                providers=_onnx_providers(ort, device))
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types, with multi-line messages
+            raise MedsrError(f"{name}: not a readable ONNX model ({type(err).__name__}); check the file is complete "
+                             "or export it again with 'medsr export'") from None
+        self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        inputs = [i.name for i in self.session.get_inputs()]
+        if (scale is None and "medsr_scale" not in self.meta) or inputs != [INPUT_NAME]:
+            raise MedsrError(f"{name}: not an ONNX model exported by medsr (no medsr_scale metadata or no '{INPUT_NAME}' input); "
+                             "export it with 'medsr export --format onnx'")
+        super().__init__(int(self.meta["medsr_scale"]) if scale is None else scale, tile, tile_overlap, normalize)
+        self.input_name, self.output_name = INPUT_NAME, OUTPUT_NAME
+
+    def _run(self, lr01: np.ndarray) -> np.ndarray:
+        lr = np.ascontiguousarray(lr01, dtype=np.float32)[None, None] * 2 - 1
+        sr = self.session.run([self.output_name], {self.input_name: lr})[0]
+        return np.clip((sr[0, 0] + 1) / 2, 0.0, 1.0)
+
+
+def _onnx_providers(ort, device: str) -> list[str]:
+    """onnxruntime's CUDA provider for --device cuda (auto: when installed), else its CPU provider."""
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device.startswith("cuda") and not has_cuda:
+        raise MedsrError(f"--device {device}: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu or use --device cpu")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise MedsrError(f"unknown device '{device}'; use auto, cpu or cuda")
+    use_cuda = has_cuda and device != "cpu"
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+
+
+RUNTIMES = ("torch", "onnx")
+
+
+def _model_scale(meta: dict[str, str], scale: int | None) -> int:
+    """The model's scale, after checking that `scale`, when given, is that scale."""
     model_scale = int(meta["medsr_scale"])
     if scale is not None and scale != model_scale:
         raise MedsrError(f"{meta['path']}: this model upscales x{model_scale}, not x{scale}; drop --scale (scale= in Python) or pick a x{scale} model")
-    return Upscaler(generator, model_scale, torch_device, precision, tile, tile_overlap), meta
+    return model_scale
+
+
+def load_upscaler(model: str | Path = "default", *, scale: int | None = None, device: str = "auto",
+                  precision: str = "auto", tile: int = 256, tile_overlap: int = 16,
+                  runtime: str = "torch") -> tuple[TiledUpscaler, dict[str, str]]:
+    """An upscaler for a shipped model name, model file or run folder, and the model file's metadata.
+
+    `scale`, when given, must be the model's own scale (a x3 model cannot make x2 images).
+    runtime="onnx" runs onnxruntime (fp32; precision "auto" means fp32 there): `model` may then also be
+    an .onnx file from `medsr export`; anything else is exported in memory first.
+    """
+    from medsr import zoo
+    from medsr.runtime import resolve_device  # the module name `runtime` is this function's argument here
+
+    if runtime not in RUNTIMES:
+        raise MedsrError(f"unknown runtime '{runtime}'; use {' or '.join(RUNTIMES)}")
+    is_onnx_file = Path(str(model)).suffix.lower() == ".onnx"
+    if runtime == "torch":
+        if is_onnx_file:
+            raise MedsrError(f"{model}: an ONNX model runs with --runtime onnx (runtime='onnx' in Python); add it")
+        torch_device = resolve_device(device)
+        generator, meta = zoo.load(model, torch_device)
+        upscaler = Upscaler(generator, _model_scale(meta, scale), torch_device, precision, tile, tile_overlap)
+    elif precision not in ("auto", "fp32"):
+        raise MedsrError(f"--precision {precision}: the ONNX runtime runs fp32 only; use --precision fp32 or --runtime torch")
+    elif is_onnx_file:
+        if not Path(model).is_file():
+            raise MedsrError(f"{model}: no such ONNX model file; check the path or export one with 'medsr export'")
+        upscaler = OnnxUpscaler(Path(model), None, device, tile, tile_overlap)
+        meta = dict(upscaler.meta, path=str(model))
+        _model_scale(meta, scale)
+    else:
+        from medsr.export import onnx_bytes
+
+        generator, meta = zoo.load(model)
+        upscaler = OnnxUpscaler(onnx_bytes(generator, meta, str(model)), _model_scale(meta, scale), device, tile, tile_overlap)
+    return upscaler, meta

@@ -103,7 +103,7 @@ class Server:
     def _model_scales(model_names: list[str]) -> dict[str, int]:
         from medsr import zoo
 
-        shipped = api.models()
+        shipped = api.list_models()
         scales = {}
         for name in model_names:
             scales[name] = shipped[name] if name in shipped else int(zoo.read_metadata(zoo.resolve(name))["medsr_scale"])
@@ -261,7 +261,7 @@ class Server:
 def create_app(models: list[str] | None = None, max_upload_mb: float = 50, device: str = "auto",
                precision: str = "auto") -> FastAPI:
     """The web app; `models` are shipped names or model files (default: every shipped model)."""
-    server = Server(models or list(api.models()), max_upload_mb, device, precision)
+    server = Server(models or list(api.list_models()), max_upload_mb, device, precision)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,0 +1,393 @@
+"""Batch runs over whole archives: a read-ahead / write-behind thread pool around one model,
+a resume ledger, progress reporting and a CSV summary.
+
+The model runs on the calling thread, one image at a time; a small pool of threads decodes the
+next files ahead of it (bounded, so memory stays bounded for any number of files) and writes the
+finished ones behind it. Only I/O moves to threads, so the outputs are the same bytes as a serial
+run (`workers=0`).
+
+Resume: every finished output is recorded in a JSON-lines ledger in the output folder (appended
+and flushed at once). A rerun skips a job only when its record matches the input (path, size,
+mtime), the settings (model and its hash, scale, format, ...) and every file it wrote still has
+the recorded size and sha256. Anything else is redone, and temp files a killed run left behind
+are removed first.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medsr.errors import MedsrError
+from medsr.io.image import Image, atomic_write, quiet_libraries, read_image, write_image
+
+LEDGER_NAME = "medsr-ledger.jsonl"
+SUMMARY_NAME = "medsr-summary.csv"
+# atomic_write's temp files: ".<name>.<8 hex>.tmp[suffix]" next to the target.
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
+
+
+@dataclass
+class Job:
+    """One input file and the output file it becomes."""
+
+    input: Path
+    output: Path
+
+
+@dataclass
+class JobResult:
+    """What happened to one job: status is "done", "skipped" (already complete) or "failed"."""
+
+    job: Job
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+    files: list[dict[str, Any]] = field(default_factory=list)  # {"path", "size", "sha256"} of each file written
+    record: dict[str, Any] | None = None  # the ledger record of a "done" job
+
+
+@dataclass
+class BatchSummary:
+    """The results of a batch, in job order."""
+
+    results: list[JobResult]
+    temp_files_removed: int = 0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def done(self) -> int:
+        return self.count("done")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def describe(self, out_dir: Path, scale: int, show_failures: int = 10) -> str:
+        """The end-of-run summary: counts on one line, then the first failures with their reasons."""
+        failed = self.failed
+        text = f"upscaled {self.done} of {len(self.results)} file(s) x{scale} into {out_dir}"
+        if self.skipped:
+            text += f"; {self.skipped} skipped (complete)"
+        if failed:
+            text += f"; {len(failed)} failed"
+        for result in failed[:show_failures]:
+            text += f"\n  failed: {result.reason}"
+        if len(failed) > show_failures:
+            text += f"\n  ... and {len(failed) - show_failures} more failed (all are in the summary CSV)"
+        return text
+
+    def write_csv(self, path: Path) -> Path:
+        """One row per job (input, output, status, reason, seconds), written atomically."""
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                rows = csv.writer(fh)
+                rows.writerow(["input", "output", "status", "reason", "seconds"])
+                for r in self.results:
+                    rows.writerow([r.job.input, r.job.output, r.status, r.reason, f"{r.seconds:.3f}"])
+
+        return atomic_write(Path(path), write)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_identity(name: str | Path | None, meta: dict[str, str]) -> dict[str, str]:
+    """What identifies a loaded model in the ledger: its file's sha256 (the same weights under
+    another name or path still match), or its name when there is no file."""
+    path = Path(meta.get("path", ""))
+    return {"sha256": sha256_file(path)} if meta.get("path") and path.is_file() else {"name": str(name)}
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"path": str(path), "size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+class Ledger:
+    """The JSON-lines record of finished outputs in one output folder, keyed by output path."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.records: dict[str, dict[str, Any]] = {}
+        self._file = None
+        lines = 0
+        if self.path.is_file():
+            for line in self.path.read_text(errors="replace").splitlines():
+                lines += 1
+                try:
+                    record = json.loads(line)
+                    self.records[record["output"]] = record
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a killed run, or junk: that output is redone
+        if lines > len(self.records):  # rewrite without stale or broken lines so reruns stay small
+            text = "".join(json.dumps(r) + "\n" for r in self.records.values())
+            atomic_write(self.path, lambda tmp: tmp.write_text(text))
+
+    def key(self, output: Path) -> str:
+        """The output's path relative to the ledger's folder (moving the whole folder keeps it valid)."""
+        try:
+            return Path(os.path.relpath(Path(output).resolve(), self.path.parent.resolve())).as_posix()
+        except ValueError:  # another drive on Windows
+            return str(Path(output).resolve())
+
+    def get(self, output: Path) -> dict[str, Any] | None:
+        return self.records.get(self.key(output))
+
+    def is_complete(self, job: Job, settings: dict[str, Any]) -> bool:
+        """True when the record of `job`'s output says it was finished with these settings from this
+        very input (path, size, mtime), and every file it wrote still has its recorded size and sha256."""
+        record = self.get(job.output)
+        if record is None or record.get("settings") != settings:
+            return False
+        try:
+            if any(record.get(k) != v for k, v in _input_state(job.input).items()):
+                return False
+            for item in record["files"]:
+                path = self.path.parent / item["path"]
+                if path.stat().st_size != item["size"] or sha256_file(path) != item["sha256"]:
+                    return False
+        except (OSError, KeyError, TypeError):
+            return False
+        return True
+
+    def record(self, job: Job, input_state: dict[str, Any], settings: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
+        """The record of a finished job; paths relative to the ledger's folder."""
+        files = [dict(item, path=self.key(Path(item["path"]))) for item in files]
+        return {"output": self.key(job.output), **input_state, "settings": settings, "files": files}
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add a record and flush it to disk at once, so a killed run keeps every finished output."""
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        self.records[record["output"]] = record
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _input_state(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"input": str(path.resolve()), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns}
+
+
+def _map_names(output: Path) -> list[str]:
+    from medsr import trust
+
+    stem = trust.stem_for(output).name
+    return [stem + trust.PNG_SUFFIX, stem + trust.TIFF_SUFFIX]
+
+
+def remove_temp_files(jobs: Iterable[Job]) -> int:
+    """Remove temp files that a killed run left next to these jobs' outputs (theirs only); returns how many."""
+    names: dict[Path, set[str]] = {}
+    for job in jobs:
+        names.setdefault(job.output.parent, set()).update([job.output.name, *_map_names(job.output)])
+    removed = 0
+    for folder, wanted in names.items():
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            match = _TEMP_FILE.match(entry.name)
+            if match and match["name"] in wanted and entry.is_file():
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def _failure(job: Job, err: Exception, seconds: float) -> JobResult:
+    if isinstance(err, MemoryError):
+        err = MedsrError(f"{job.input}: not enough memory to upscale this image; lower --tile or use a machine with more memory")
+    message = str(err) if str(job.input) in str(err) else f"{job.input}: {err}"
+    return JobResult(job, "failed", message, seconds)
+
+
+def _finished(result: JobResult) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future
+
+
+def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | None = None, reference=None,
+              workers: int = 2, settings: dict[str, Any] | None = None, ledger: Path | None = None,
+              force: bool = False, on_result: Callable[[JobResult], None] | None = None) -> BatchSummary:
+    """Upscale every job's input into its output; returns the results in job order.
+
+    `upscaler` needs `.scale` and `.upscale(pixels01)` (medsr.infer.Upscaler or any runtime with
+    that interface); `reference`, when given, adds hallucination maps (medsr.trust) next to each
+    output. `workers` threads decode ahead and write behind (0: everything on this thread). With a
+    `ledger` path, finished outputs are recorded there and jobs already complete with the same
+    `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
+    order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
+    """
+    from medsr import trust
+
+    if workers < 0:
+        raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
+    settings = dict(settings or {}, scale=int(upscaler.scale), format=format, uncertainty=reference is not None)
+    inputs = {job.input.resolve() for job in jobs}
+    if ledger is not None and Path(ledger).resolve() in inputs:
+        raise MedsrError(f"{ledger}: the resume ledger would overwrite this input; choose another -o folder")
+    # Jobs that must not run at all, found before any work: their lines still come in job order.
+    refused, claimed = {}, {}
+    for index, job in enumerate(jobs):
+        target = job.output.resolve()
+        if target in inputs:
+            refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
+        elif target in claimed:
+            refused[index] = (f"{job.input}: its output {job.output} was already written from {claimed[target]}; "
+                              "rename one of them or drop --format")
+        else:
+            claimed[target] = job.input
+    temp_removed = remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
+    book = Ledger(ledger) if ledger is not None else None
+
+    def prepare(index: int, job: Job) -> JobResult | tuple[Image, dict, float]:
+        """Off the model's thread: skip a complete job, or decode its input."""
+        started = time.perf_counter()
+        if index in refused:
+            return JobResult(job, "failed", refused[index])
+        try:
+            if book is not None and not force and book.is_complete(job, settings):
+                return JobResult(job, "skipped", "already complete", time.perf_counter() - started)
+            state = _input_state(job.input) if job.input.is_file() else {}
+            return read_image(job.input), state, time.perf_counter() - started
+        except (MedsrError, MemoryError, OSError) as err:
+            return _failure(job, err, time.perf_counter() - started)
+
+    def write(job: Job, image: Image, maps: dict | None, state: dict, spent: float) -> JobResult:
+        """Off the model's thread: write the output (and maps), then hash what was written."""
+        started = time.perf_counter() - spent  # seconds = reading + model + writing, not time queued
+        try:
+            written = [write_image(job.output, image, scale=upscaler.scale, model_name=model_name, format=format)]
+            if maps is not None:
+                written += trust.write_maps(trust.stem_for(written[0]), maps, protect=inputs)
+            files = [_file_record(path) for path in written]
+        except (MedsrError, MemoryError, OSError) as err:
+            return _failure(job, err, time.perf_counter() - started)
+        record = None if book is None else book.record(job, state, settings, files)
+        return JobResult(job, "done", "", time.perf_counter() - started, files, record)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="medsr-io") if workers else None
+
+    def submit(fn, *args) -> Future:
+        return pool.submit(fn, *args) if pool else _finished(fn(*args))
+
+    results: list[JobResult] = []
+    reading: deque[tuple[Job, Future]] = deque()  # inputs being decoded ahead of the model, in job order
+    writing: deque[Future] = deque()  # results in job order; those still writing hold an SR image
+    pending = iter(enumerate(jobs))
+    read_ahead, write_behind = 2 * workers, workers + 1
+
+    def read_next() -> None:
+        if (nxt := next(pending, None)) is not None:
+            reading.append((nxt[1], submit(prepare, *nxt)))
+
+    def drain(keep: int) -> None:
+        """Report finished results from the front, in job order, waiting until at most `keep` are unreported."""
+        while writing and (writing[0].done() or len(writing) > keep):
+            result = writing.popleft().result()
+            if result.record is not None:
+                book.append(result.record)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+
+    try:
+        with quiet_libraries():  # entered once here: the readers' own per-file enter/exit is not thread-safe
+            for _ in range(read_ahead + 1):
+                read_next()
+            while reading:
+                job, future = reading.popleft()
+                prepared = future.result()
+                read_next()
+                if isinstance(prepared, JobResult):
+                    writing.append(_finished(prepared))
+                else:
+                    image, state, spent = prepared
+                    started = time.perf_counter() - spent
+                    try:
+                        sr = upscaler.upscale(image.pixels)
+                        maps = None if reference is None else trust.hallucination_maps(image.pixels, upscaler, reference, sr01=sr)
+                        writing.append(submit(write, job, Image(sr, image.meta), maps, state, time.perf_counter() - started))
+                    except (MedsrError, MemoryError) as err:
+                        writing.append(_finished(_failure(job, err, time.perf_counter() - started)))
+                drain(keep=write_behind)
+            drain(keep=0)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if book is not None:
+            book.close()
+    return BatchSummary(results, temp_removed)
+
+
+class Progress:
+    """Reports a batch as it goes (pass it as `on_result`): a line per output on stdout, one per
+    failure on stderr, and progress on stderr: a tqdm bar with files/s and ETA on a terminal, or,
+    in logs, a plain "upscale: ..." line every `every` files or `seconds` seconds."""
+
+    def __init__(self, total: int, *, enabled: bool = True, stream=None, every: int | None = None, seconds: float = 10.0):
+        from tqdm import tqdm
+
+        self.total, self.stream, self.seconds = total, stream or sys.stderr, seconds
+        self.every = every or max(10, total // 20)
+        tty = self.stream.isatty()
+        self.bar = tqdm(total=total, desc="upscale", unit="file", dynamic_ncols=True, file=self.stream,
+                        disable=not (enabled and tty))
+        self.plain = enabled and not tty
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, result: JobResult) -> None:
+        from tqdm import tqdm
+
+        if result.status == "failed":
+            tqdm.write(f"medsr: skipped: {result.reason}", file=sys.stderr)
+        for item in result.files:
+            tqdm.write(f"{result.job.input} -> {item['path']}")
+        self.counts[result.status] += 1
+        self.bar.update(1)
+        now, finished = time.perf_counter(), sum(self.counts.values())
+        if self.plain and finished < self.total and (finished % self.every == 0 or now - self.last >= self.seconds):
+            self.last = now
+            print(self.line(finished, now), file=self.stream, flush=True)
+
+    def line(self, finished: int, now: float) -> str:
+        """'upscale: 20/40 files (18 done, 1 skipped, 1 failed), 2.10 files/s, ETA 00:09'."""
+        from tqdm import tqdm
+
+        rate = finished / max(now - self.start, 1e-9)
+        eta = tqdm.format_interval((self.total - finished) / rate) if rate > 0 else "?"
+        counts = ", ".join(f"{n} {status}" for status, n in self.counts.items())
+        return f"upscale: {finished}/{self.total} files ({counts}), {rate:.2f} files/s, ETA {eta}"
+
+    def close(self) -> None:
+        self.bar.close()

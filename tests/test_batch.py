@@ -1,0 +1,195 @@
+"""Batch runs (medsr.batch): parallel == serial, resume from the ledger, summary CSV, progress, kill -9."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medsr import batch, zoo
+from medsr.infer import load_upscaler
+from medsr.models import create_generator
+
+
+def save_tiny_model(path: Path, seed: int = 0, channels: int = 4, num_blocks: int = 1) -> Path:
+    torch.manual_seed(seed)
+    model = create_generator("edsr", scale=3, channels=channels, num_blocks=num_blocks)
+    zoo.save_model(path, model.state_dict(), "edsr", model.config)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def make_inputs(folder: Path, count: int = 16, size: tuple[int, int] = (30, 40), seed: int = 0) -> Path:
+    """`count` random 8-bit PNGs, every third in a subfolder (the structure is mirrored)."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        path = folder / ("sub" if i % 3 == 0 else "") / f"img_{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(path)
+    return folder
+
+
+def jobs_for(src: Path, out: Path) -> list[batch.Job]:
+    return [batch.Job(p, out / p.relative_to(src)) for p in sorted(src.rglob("*.png"))]
+
+
+def run(src: Path, out: Path, model: Path, **kw) -> batch.BatchSummary:
+    upscaler, _ = load_upscaler(model, precision="fp32")
+    settings = {"model": str(model)}
+    return batch.run_batch(jobs_for(src, out), upscaler, settings=settings, ledger=out / batch.LEDGER_NAME, **kw)
+
+
+def outputs(out: Path) -> dict[Path, bytes]:
+    """The image files under `out` (not the ledger or summary), by path relative to `out`."""
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and not p.name.startswith("medsr-")}
+
+
+def test_parallel_equals_serial_bit_for_bit(tmp_path, tiny_model):
+    src = make_inputs(tmp_path / "in", 20)
+    serial = run(src, tmp_path / "serial", tiny_model, workers=0)
+    parallel = run(src, tmp_path / "parallel", tiny_model, workers=3)
+    assert serial.done == parallel.done == 20
+    assert [r.job.input for r in parallel.results] == [j.input for j in jobs_for(src, tmp_path)]  # job order kept
+    assert outputs(tmp_path / "serial") == outputs(tmp_path / "parallel")
+    assert len(outputs(tmp_path / "serial")) == 20
+
+
+def test_rerun_skips_complete_outputs_without_rewriting_them(tmp_path, tiny_model):
+    src, out = make_inputs(tmp_path / "in", 12), tmp_path / "out"
+    assert run(src, out, tiny_model).done == 12
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    again = run(src, out, tiny_model)
+    assert (again.done, again.skipped, len(again.failed)) == (0, 12, 0)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == mtimes
+    forced = run(src, out, tiny_model, force=True)
+    assert forced.done == 12
+    assert len((out / batch.LEDGER_NAME).read_text().splitlines()) == 24  # appended; compacted on the next run
+    with open(out / batch.LEDGER_NAME, "a") as fh:
+        fh.write('{"output": "img_01.png", "inp')  # a line cut short by kill -9
+    assert run(src, out, tiny_model).skipped == 12
+    assert len((out / batch.LEDGER_NAME).read_text().splitlines()) == 12
+
+
+def test_damaged_outputs_changed_inputs_and_temp_files_are_redone(tmp_path, tiny_model):
+    src, out = make_inputs(tmp_path / "in", 12), tmp_path / "out"
+    run(src, out, tiny_model)
+    whole = outputs(out)
+    names = sorted(whole)
+    truncated, modified, deleted, changed_input = (out / n for n in names[:4])
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    data = bytearray(modified.read_bytes())
+    data[-20] ^= 0xFF  # same size, other bytes: only the sha256 can tell
+    modified.write_bytes(bytes(data))
+    deleted.unlink()
+    stray = deleted.with_name(f".{deleted.name}.0123abcd.tmp")  # what a write killed mid-way leaves
+    stray.write_bytes(b"partial")
+    other_stray = out / ".unrelated.png.0123abcd.tmp"  # not ours: left alone
+    other_stray.write_bytes(b"x")
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(src / names[3])
+
+    again = run(src, out, tiny_model)
+    redone = {r.job.output for r in again.results if r.status == "done"}
+    assert redone == {truncated, modified, deleted, changed_input}
+    assert again.skipped == 8 and again.temp_files_removed == 1
+    assert not stray.exists() and other_stray.exists()
+    now = outputs(out)
+    assert {n: now[n] for n in names[:3]} == {n: whole[n] for n in names[:3]}  # the same bytes as before
+    assert now[names[3]] != whole[names[3]]  # from the new input
+
+    other_model = save_tiny_model(tmp_path / "other.safetensors", seed=1)
+    assert run(src, out, other_model).done == 12  # another model: all redone
+
+
+def test_model_identity_is_the_weights_not_the_name(tmp_path, tiny_model):
+    copy = tmp_path / "renamed.safetensors"
+    copy.write_bytes(tiny_model.read_bytes())
+    other = save_tiny_model(tmp_path / "other.safetensors", seed=1)
+    same = [batch.model_identity(p.name, {"path": str(p)}) for p in (tiny_model, copy)]
+    assert same[0] == same[1] != batch.model_identity("other", {"path": str(other)})
+
+
+def test_uncertainty_maps_are_part_of_complete(tmp_path, tiny_model):
+    src, out = make_inputs(tmp_path / "in", 4), tmp_path / "out"
+    reference, _ = load_upscaler(save_tiny_model(tmp_path / "ref.safetensors", seed=2), precision="fp32")
+    assert run(src, out, tiny_model).done == 4
+    with_maps = run(src, out, tiny_model, reference=reference)
+    assert with_maps.done == 4  # outputs without maps are not complete for --uncertainty
+    assert len(list(out.rglob("*.uncertainty.tif"))) == 4
+    next(out.rglob("*.uncertainty.tif")).unlink()
+    again = run(src, out, tiny_model, reference=reference)
+    assert (again.done, again.skipped) == (1, 3)
+
+
+def test_library_reports_bad_files_and_goes_on(tmp_path, tiny_model):
+    src, out = make_inputs(tmp_path / "in", 6), tmp_path / "out"
+    (src / "broken.png").write_bytes(b"not a png")
+    summary = run(src, out, tiny_model)
+    assert summary.done == 6 and [r.job.input.name for r in summary.failed] == ["broken.png"]
+    assert "broken.png" in summary.failed[0].reason
+    assert "1 failed" in summary.describe(out, 3) and "broken.png" in summary.describe(out, 3)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_cli_summary_csv_progress_and_exit_code(tmp_path, tiny_model, medsr_cli):
+    src, out = make_inputs(tmp_path / "in", 12), tmp_path / "out"
+    (src / "broken.png").write_bytes(b"not a png")
+    result = subprocess.run(medsr_cli + ["upscale", str(src), "-o", str(out), "--model", str(tiny_model)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("upscale:")]
+    assert progress and "files/s" in progress[0] and "ETA" in progress[0], result.stderr  # not a tty: plain lines
+    rows = read_csv(out / batch.SUMMARY_NAME)
+    assert len(rows) == 13 and set(rows[0]) == {"input", "output", "status", "reason", "seconds"}
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["input"].endswith("broken.png") and "not a readable image" in failed[0]["reason"]
+    assert sum(r["status"] == "done" for r in rows) == 12
+    assert "upscaled 12 of 13" in result.stdout and "1 failed" in result.stdout
+
+    (src / "broken.png").unlink()
+    result = subprocess.run(medsr_cli + ["upscale", str(src), "-o", str(out), "--model", str(tiny_model),
+                                         "--summary", str(tmp_path / "again.csv")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "12 skipped (complete)" in result.stdout
+    assert {r["status"] for r in read_csv(tmp_path / "again.csv")} == {"skipped"}
+
+
+def test_sigkill_mid_batch_then_rerun_matches_an_uninterrupted_run(tmp_path, medsr_cli):
+    # A model big enough that 30 images take a second or more, so the kill lands mid-run.
+    model = save_tiny_model(tmp_path / "slow.safetensors", channels=32, num_blocks=4)
+    src, out = make_inputs(tmp_path / "in", 30, size=(64, 64)), tmp_path / "out"
+    cmd = medsr_cli + ["upscale", str(src), "-o", str(out), "--model", str(model), "--precision", "fp32"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(out.rglob("img_*.png"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed; make it slower"
+    before = len(list(out.rglob("img_*.png")))
+    assert 3 <= before < 30
+
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_csv(out / batch.SUMMARY_NAME)
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    assert 1 <= skipped <= before  # outputs written but not yet in the ledger when killed are redone
+    assert skipped + sum(r["status"] == "done" for r in rows) == 30
+    assert not [p for p in out.rglob(".*") if ".tmp" in p.name]  # no temp files left behind
+    reference = run(src, tmp_path / "whole", model, workers=0)
+    assert reference.done == 30
+    assert outputs(out) == outputs(tmp_path / "whole")
