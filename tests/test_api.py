@@ -62,3 +62,14 @@ def test_list_models_survives_importing_the_models_package():
     import medsr.models  # noqa: F401
 
     assert medsr.list_models()["default"] == 3
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_a_shipped_model_at_each_scale(scale):
+    name = {2: "default-x2", 3: "default", 4: "default-x4"}[scale]
+    assert medsr.list_models()[name] == scale
+    lr = np.random.default_rng(scale).random((20, 18)).astype(np.float32)
+    assert medsr.upscale(lr, model=name, scale=scale, precision="fp32").shape == (20 * scale, 18 * scale)
+    maps = medsr.uncertainty_map(lr, model=name, precision="fp32")
+    assert maps["combined"].shape == (20 * scale, 18 * scale)
+    assert ("disagreement" in maps) == (scale == 3)  # no second shipped model at x2 and x4

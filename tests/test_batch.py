@@ -124,11 +124,11 @@ def test_uncertainty_maps_are_part_of_complete(tmp_path, tiny_model):
     src, out = make_inputs(tmp_path / "in", 4), tmp_path / "out"
     reference, _ = load_upscaler(save_tiny_model(tmp_path / "ref.safetensors", seed=2), precision="fp32")
     assert run(src, out, tiny_model).done == 4
-    with_maps = run(src, out, tiny_model, reference=reference)
+    with_maps = run(src, out, tiny_model, uncertainty=True, reference=reference)
     assert with_maps.done == 4  # outputs without maps are not complete for --uncertainty
     assert len(list(out.rglob("*.uncertainty.tif"))) == 4
     next(out.rglob("*.uncertainty.tif")).unlink()
-    again = run(src, out, tiny_model, reference=reference)
+    again = run(src, out, tiny_model, uncertainty=True, reference=reference)
     assert (again.done, again.skipped) == (1, 3)
 
 

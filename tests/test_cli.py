@@ -189,6 +189,16 @@ def test_upscale_with_uncertainty_writes_an_overlay_and_a_float_map(tmp_path, tr
     assert values.shape == (90, 120) and np.isfinite(values).all() and values.max() > 0
 
 
+def test_uncertainty_at_x4_uses_the_consistency_residual_alone(tmp_path, medsr_cli):
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (20, 24), dtype=np.uint8)).save(tmp_path / "scan.png")
+    result = run(medsr_cli + ["upscale", str(tmp_path / "scan.png"), "-o", str(tmp_path / "out"), "--model", "default-x4",
+                              "--uncertainty"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no shipped x4 reference model" in result.stderr
+    assert Image.open(tmp_path / "out" / "scan.png").size == (96, 80)
+    assert Image.open(tmp_path / "out" / "scan.uncertainty.png").size == (96, 80)
+
+
 def test_evaluate_classify_trains_a_classifier_and_reports_accuracy(tmp_path, trained_run, image_folder, medsr_cli):
     out = tmp_path / "fidelity"
     result = run(medsr_cli + ["evaluate", "--task", "classify", "--data", str(image_folder), "--model", str(trained_run),

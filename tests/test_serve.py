@@ -90,6 +90,17 @@ def test_uploads_stay_in_its_temporary_folder_which_is_bounded_and_removed():
     assert not folder.exists()
 
 
+def test_models_of_every_scale_are_offered_and_their_maps_made():
+    app = create_app(models=["default-x2", "default", "default-x4"], precision="fp32")
+    with TestClient(app) as test_client:
+        assert {m["scale"] for m in test_client.get("/api/info").json()["models"]} == {2, 3, 4}
+        for model, scale in (("default-x2", 2), ("default-x4", 4)):
+            answer = test_client.post(f"/api/upscale?model={model}&name=scan.png", content=png_bytes(20, 16)).json()
+            assert answer["output"] == {"width": 16 * scale, "height": 20 * scale}
+            overlay = test_client.get(answer["overlay"])
+            assert Image.open(io.BytesIO(overlay.content)).size == (16 * scale, 20 * scale)
+
+
 def test_demo_images_are_scored_against_their_original(client):
     demos = client.get("/api/info").json()["demos"]
     if "brain-mri" not in demos:

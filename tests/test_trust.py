@@ -181,3 +181,4 @@ def test_names():
     assert trust.reference_model_name("default") == "default-gan"
     assert trust.reference_model_name("default-gan") == "default"
     assert trust.reference_model_name("paper") == "default"
+    assert trust.reference_model_name("default-x2", 2) is None and trust.reference_model_name("default-x4", 4) is None

@@ -120,13 +120,15 @@ def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike = "default", re
 
     Returns {"sr", "consistency", "disagreement", "combined"} as float32 arrays of the output's shape;
     "combined" is 0 where the output is supported and >= 1 where it departs from the input (or from
-    `reference_model`, by default `default-gan` for `default` and `default` for every other model) by a
-    tenth of the image's range.
+    `reference_model`, by default `default-gan` for `default` and `default` for every other x3 model) by
+    a tenth of the image's range. At x2 and x4 no second model is shipped: without `reference_model`
+    there is no "disagreement" and "combined" is the consistency residual alone.
     """
     from medsr import trust
 
     upscaler = load_model(model, device=device, precision=precision)
-    reference = load_model(reference_model or trust.reference_model_name(str(model)), device=device, precision=precision)
+    reference_name = reference_model or trust.reference_model_name(str(model), upscaler.scale)
+    reference = None if reference_name is None else load_model(reference_name, device=device, precision=precision)
     if isinstance(image, np.ndarray):
         pixels01 = _as_unit(image)[0]
     else:

@@ -235,14 +235,15 @@ def _finished(result: JobResult) -> Future:
     return future
 
 
-def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | None = None, reference=None,
+def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | None = None,
+              uncertainty: bool = False, reference=None,
               workers: int = 2, settings: dict[str, Any] | None = None, ledger: Path | None = None,
               force: bool = False, on_result: Callable[[JobResult], None] | None = None) -> BatchSummary:
     """Upscale every job's input into its output; returns the results in job order.
 
     `upscaler` needs `.scale` and `.upscale(pixels01)` (medsr.infer.Upscaler or any runtime with
-    that interface); `reference`, when given, adds hallucination maps (medsr.trust) next to each
-    output. `workers` threads decode ahead and write behind (0: everything on this thread). With a
+    that interface); `uncertainty` adds hallucination maps (medsr.trust) next to each output, with the
+    disagreement with `reference` when one is given (medsr.trust.hallucination_maps). `workers` threads decode ahead and write behind (0: everything on this thread). With a
     `ledger` path, finished outputs are recorded there and jobs already complete with the same
     `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
@@ -251,7 +252,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
 
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
-    settings = dict(settings or {}, scale=int(upscaler.scale), format=format, uncertainty=reference is not None)
+    settings = dict(settings or {}, scale=int(upscaler.scale), format=format, uncertainty=uncertainty)
     inputs = {job.input.resolve() for job in jobs}
     if ledger is not None and Path(ledger).resolve() in inputs:
         raise MedsrError(f"{ledger}: the resume ledger would overwrite this input; choose another -o folder")
@@ -335,7 +336,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                     started = time.perf_counter() - spent
                     try:
                         sr = upscaler.upscale(image.pixels)
-                        maps = None if reference is None else trust.hallucination_maps(image.pixels, upscaler, reference, sr01=sr)
+                        maps = None if not uncertainty else trust.hallucination_maps(image.pixels, upscaler, reference, sr01=sr)
                         writing.append(submit(write, job, Image(sr, image.meta), maps, state, time.perf_counter() - started))
                     except (MedsrError, MemoryError) as err:
                         writing.append(_finished(_failure(job, err, time.perf_counter() - started)))

@@ -67,7 +67,12 @@ def _upscale(args) -> int:
     if args.uncertainty:
         from medsr import trust
 
-        reference, reference_meta = _load_upscaler(args, args.reference_model or trust.reference_model_name(args.model))
+        reference_name = args.reference_model or trust.reference_model_name(args.model, upscaler.scale)
+        if reference_name is None:
+            print(f"medsr: note: no shipped x{upscaler.scale} reference model; the uncertainty maps show the consistency "
+                  "residual only (--reference-model adds the disagreement with a model of yours)", file=sys.stderr)
+        else:
+            reference, reference_meta = _load_upscaler(args, reference_name)
     name = f"{meta['medsr_arch']} model {args.model}" if args.model in zoo.shipped_models() else f"{meta['medsr_arch']} model {Path(meta['path']).name}"
     # What makes an earlier output reusable on --resume: same weights, same way of running them.
     settings = {"model": batch.model_identity(args.model, meta), "precision": args.precision, "tile": args.tile,
@@ -76,7 +81,7 @@ def _upscale(args) -> int:
     jobs = [batch.Job(path, _output_path(rel, out_dir, args.format)) for path, rel in pairs]
     progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
     try:
-        summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, reference=reference,
+        summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, uncertainty=args.uncertainty, reference=reference,
                                   workers=args.workers, settings=settings, ledger=out_dir / batch.LEDGER_NAME,
                                   force=args.force, on_result=progress)
     finally:
@@ -199,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(EXTENSIONS), help="output format; default: the input's")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")
-    p.add_argument("--reference-model", help="the model --uncertainty compares with; default: 'default', or 'default-gan' when --model is default")
+    p.add_argument("--reference-model", help="the model --uncertainty compares with; default: 'default', or 'default-gan' when --model is default "
+                        "(at x2 and x4 none: the map is the consistency residual alone)")
     p.add_argument("--workers", type=int, default=2, help="threads that decode and write files around the model (0: none)")
     p.add_argument("--force", action="store_true", help="redo every file, also those a previous run completed")
     p.add_argument("--summary", help="CSV of every file's status and reason; default: OUTPUT/medsr-summary.csv")

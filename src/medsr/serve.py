@@ -244,10 +244,8 @@ class Server:
         """The hallucination-map overlay of the shown frame, made on first request."""
         if "overlay" not in job.files:
             upscaler = self._upscaler(job.model)
-            reference_name = trust.reference_model_name(job.model)
-            reference = api.load_model(reference_name, device=self.device, precision=self.precision)
-            if reference.scale != upscaler.scale:
-                raise UserError(f"the hallucination map needs a x{upscaler.scale} reference model; '{reference_name}' is x{reference.scale}")
+            reference_name = trust.reference_model_name(job.model, upscaler.scale)
+            reference = None if reference_name is None else api.load_model(reference_name, device=self.device, precision=self.precision)
             with self.lock:
                 maps = trust.hallucination_maps(job.lr01, upscaler, reference, sr01=job.sr01)
             low, high = job.window

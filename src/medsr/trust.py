@@ -168,8 +168,11 @@ def stem_for(output_path: Path) -> Path:
     return path.with_name(name)
 
 
-def reference_model_name(model_name: str) -> str:
-    """The default reference for `model_name`: `default` for every model except `default` itself."""
+def reference_model_name(model_name: str, scale: int = 3) -> str | None:
+    """The default reference for `model_name`: `default-gan` for `default`, `default` for every other
+    x3 model, and None at other scales (no second shipped model there: the map is the consistency residual alone)."""
+    if scale != 3:
+        return None
     return "default-gan" if model_name == "default" else "default"
 
 
