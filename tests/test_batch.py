@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -193,3 +194,22 @@ def test_sigkill_mid_batch_then_rerun_matches_an_uninterrupted_run(tmp_path, med
     reference = run(src, tmp_path / "whole", model, workers=0)
     assert reference.done == 30
     assert outputs(out) == outputs(tmp_path / "whole")
+
+
+def test_ctrl_c_mid_batch_writes_the_summary_and_exits_130(tmp_path, medsr_cli):
+    model = save_tiny_model(tmp_path / "slow.safetensors", channels=32, num_blocks=4)
+    src, out = make_inputs(tmp_path / "in", 200, size=(64, 64)), tmp_path / "out"  # several seconds of work
+    proc = subprocess.Popen(medsr_cli + ["upscale", str(src), "-o", str(out), "--model", str(model), "--precision", "fp32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.rglob("img_*.png"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    rows = read_csv(out / batch.SUMMARY_NAME)
+    statuses = [r["status"] for r in rows]
+    assert len(rows) == 200 and "not started" in statuses and statuses.count("done") >= 3
+    assert "interrupted" in stdout and "Traceback" not in stderr
+    ledger = [json.loads(line) for line in (out / batch.LEDGER_NAME).read_text().splitlines()]
+    assert len(ledger) == statuses.count("done")  # every finished output was recorded, so a rerun resumes

@@ -48,7 +48,7 @@ class Job:
 
 @dataclass
 class JobResult:
-    """What happened to one job: status is "done", "skipped" (already complete) or "failed"."""
+    """What happened to one job: status is "done", "skipped" (already complete), "failed" or "not started" (Ctrl-C)."""
 
     job: Job
     status: str
@@ -64,6 +64,7 @@ class BatchSummary:
 
     results: list[JobResult]
     temp_files_removed: int = 0
+    interrupted: bool = False  # stopped by Ctrl-C; the jobs it did not reach have status "not started"
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -88,6 +89,8 @@ class BatchSummary:
             text += f"; {self.skipped} skipped (complete)"
         if failed:
             text += f"; {len(failed)} failed"
+        if self.interrupted:
+            text += f"; interrupted, {self.count('not started')} not started (rerun the same command to resume)"
         for result in failed[:show_failures]:
             text += f"\n  failed: {result.reason}"
         if len(failed) > show_failures:
@@ -302,6 +305,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         return pool.submit(fn, *args) if pool else _finished(fn(*args))
 
     results: list[JobResult] = []
+    interrupted = False
     reading: deque[tuple[Job, Future]] = deque()  # inputs being decoded ahead of the model, in job order
     writing: deque[Future] = deque()  # results in job order; those still writing hold an SR image
     pending = iter(enumerate(jobs))
@@ -342,12 +346,20 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                         writing.append(_finished(_failure(job, err, time.perf_counter() - started)))
                 drain(keep=write_behind)
             drain(keep=0)
+    except KeyboardInterrupt:
+        # Ctrl-C: finish the writes under way (so they are recorded), list the rest as not started.
+        interrupted = True
+        for _, future in reading:
+            future.cancel()
+        drain(keep=0)
+        done = {id(r.job) for r in results}
+        results += [JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs if id(job) not in done]
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         if book is not None:
             book.close()
-    return BatchSummary(results, temp_removed)
+    return BatchSummary(results, temp_removed, interrupted)
 
 
 class Progress:

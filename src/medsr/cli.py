@@ -88,7 +88,7 @@ def _upscale(args) -> int:
         progress.close()
     summary.write_csv(summary_path)
     print(f"{summary.describe(out_dir, upscaler.scale)}\nsummary: {summary_path}")
-    return 1 if summary.failed else 0
+    return 130 if summary.interrupted else 1 if summary.failed else 0
 
 
 def _evaluate(args) -> int:

@@ -130,7 +130,7 @@ class Server:
             "extensions": list(SUPPORTED_EXTENSIONS),
         }
 
-    def _upscaler(self, model: str):
+    def upscaler_for(self, model: str):
         if model not in self.models:
             raise UserError(f"unknown model '{model}'; pick one of {', '.join(self.models)}")
         return api.load_model(model, device=self.device, precision=self.precision)
@@ -153,7 +153,7 @@ class Server:
         if declared and declared.isdigit() and int(declared) > self.max_upload_bytes:
             raise UserError(f"{name} is {int(declared) / 1024 / 1024:.1f} MB; this server accepts files up to {limit_mb:g} MB "
                             "(start it with a larger --max-upload-mb, or use 'medsr upscale')", 413)
-        self._upscaler(model)  # unknown model: refuse before storing anything
+        self.upscaler_for(model)  # unknown model: refuse before storing anything
         job = self._new_job(name, model)
         path = job.folder / ("input" + _suffix(name))
         size = 0
@@ -201,7 +201,7 @@ class Server:
         return self._upscale(job, Image(lr, meta), model, truth=hr[0, 0].numpy())
 
     def _upscale(self, job: Job, image: Image, model: str, truth: np.ndarray | None) -> dict:
-        upscaler = self._upscaler(model)
+        upscaler = self.upscaler_for(model)
         lr = image.pixels
         started = time.perf_counter()
         with self.lock:
@@ -243,7 +243,7 @@ class Server:
     def overlay(self, job: Job) -> Path:
         """The hallucination-map overlay of the shown frame, made on first request."""
         if "overlay" not in job.files:
-            upscaler = self._upscaler(job.model)
+            upscaler = self.upscaler_for(job.model)
             reference_name = trust.reference_model_name(job.model, upscaler.scale)
             reference = None if reference_name is None else api.load_model(reference_name, device=self.device, precision=self.precision)
             with self.lock:
@@ -274,6 +274,11 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
     async def user_error(request: Request, err: UserError):
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
+    @app.exception_handler(MedsrError)
+    async def medsr_error(request: Request, err: MedsrError):
+        # Messages name files by path; the page's user knows them by their own file names.
+        return JSONResponse({"error": re.sub(re.escape(str(server.folder)) + r"/[0-9a-f]+/", "", str(err))}, status_code=400)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception):
         log.exception("unexpected error on %s", request.url.path)
@@ -292,7 +297,7 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
     async def upscale(request: Request, model: str = "default", name: str = "upload", demo: str | None = None) -> dict:
         name = _safe_name(demo or name)
         if demo:
-            server._upscaler(model)
+            server.upscaler_for(model)
             job = server._new_job(name + ".png", model)
             work = server.upscale_demo, job, demo, model
         else:
@@ -300,9 +305,9 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
             work = server.upscale_upload, job, path, model
         try:
             answer = await _in_thread(*work)
-        except (UserError, MedsrError) as err:
-            server.forget(job)
-            raise err if isinstance(err, UserError) else UserError(str(err).replace(f"{job.folder}/", "")) from None
+        except Exception:
+            server.forget(job)  # nothing of a failed upload stays on disk
+            raise
         base = f"/api/jobs/{job.id}"
         answer.update(id=job.id, before=f"{base}/before", after=f"{base}/after", overlay=f"{base}/overlay",
                       download=f"{base}/download")
