@@ -204,8 +204,7 @@ def _input_state(path: Path) -> dict[str, Any]:
 def _map_names(output: Path) -> list[str]:
     from medsr import trust
 
-    stem = trust.stem_for(output).name
-    return [stem + trust.PNG_SUFFIX, stem + trust.TIFF_SUFFIX]
+    return [path.name for path in trust.map_paths(trust.stem_for(output))]
 
 
 def remove_temp_files(jobs: Iterable[Job]) -> int:

@@ -49,15 +49,22 @@ def demo_images() -> dict[str, np.ndarray]:
     return images
 
 
+def degraded_pair(original: np.ndarray, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR, HR) as (1, 1, h, w) tensors: HR is `original` cropped to a multiple of `scale`, LR its
+    antialiased bicubic downscale, so an upscaled LR can be scored against HR."""
+    h, w = (original.shape[0] // scale) * scale, (original.shape[1] // scale) * scale
+    hr = torch.from_numpy(np.ascontiguousarray(original[:h, :w]))[None, None]
+    return degrade.downscale(hr, scale).clamp(0, 1), hr
+
+
 def run_demo(upscaler: Upscaler, out_dir: Path, model_name: str) -> list[Path]:
     """Upscale every demo image; write the SR PNG and a bicubic | medsr | original figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     s = upscaler.scale
     written = []
     for name, original in demo_images().items():
-        h, w = (original.shape[0] // s) * s, (original.shape[1] // s) * s
-        hr = torch.from_numpy(original[:h, :w].copy())[None, None]
-        lr = degrade.downscale(hr, s).clamp(0, 1)
+        lr, hr = degraded_pair(original, s)
+        h, w = hr.shape[-2:]
         bicubic = degrade.upscale_baseline(lr, s).clamp(0, 1)
         sr = torch.from_numpy(upscaler.upscale(lr[0, 0].numpy()))[None, None]
         scores = {k: metrics.psnr(v, hr, s).item() for k, v in (("bicubic", bicubic), ("sr", sr))}

@@ -11,6 +11,7 @@ the server goes on serving.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import shutil
@@ -35,7 +36,7 @@ from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import to_uint8
 from medsr.io import Image, ImageMeta, read_image, write_image
-from medsr.io.image import SUPPORTED_EXTENSIONS
+from medsr.io.image import SUPPORTED_EXTENSIONS, file_extension
 
 log = logging.getLogger("medsr.serve")
 
@@ -72,8 +73,9 @@ def _safe_name(name: str) -> str:
 
 
 def _suffix(name: str) -> str:
-    lower = name.lower()
-    return next((ext for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True) if lower.endswith(ext)), "")
+    """The file name's extension when medsr reads it (".nii.gz" included), else ""."""
+    extension = file_extension(Path(name))
+    return extension if extension in SUPPORTED_EXTENSIONS else ""
 
 
 def _display_window(pixels01: np.ndarray) -> tuple[float, float]:
@@ -112,18 +114,20 @@ class Server:
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def demos(self) -> list[str]:
+    @functools.cached_property
+    def demo_images(self) -> dict[str, np.ndarray]:
+        """Decoded once: the chest CR is a large JPEG 2000 and the brain a whole volume."""
         from medsr import demo
 
         try:
-            return sorted(demo.demo_images())
+            return demo.demo_images()
         except MedsrError:
-            return []
+            return {}
 
     def info(self) -> dict:
         return {
             "models": [{"name": n, "scale": s} for n, s in self.models.items()],
-            "demos": self.demos(),
+            "demos": sorted(self.demo_images),
             "max_upload_mb": self.max_upload_bytes / 1024 / 1024,
             "max_input_pixels": MAX_INPUT_PIXELS,
             "uncertainty": True,
@@ -189,16 +193,11 @@ class Server:
         """A demo scan, downscaled by the model's scale first, so the result can be scored against it."""
         from medsr import demo
 
-        images = demo.demo_images()
-        if demo_name not in images:
-            raise UserError(f"unknown demo image '{demo_name}'; pick one of {', '.join(images)}")
-        scale = self.models[model]
-        original = images[demo_name]
-        h, w = (original.shape[0] // scale) * scale, (original.shape[1] // scale) * scale
-        hr = torch.from_numpy(np.ascontiguousarray(original[:h, :w]))[None, None]
-        lr = degrade.downscale(hr, scale).clamp(0, 1)[0, 0].numpy()
+        if demo_name not in self.demo_images:
+            raise UserError(f"unknown demo image '{demo_name}'; pick one of {', '.join(self.demo_images) or 'none installed'}")
+        lr, hr = demo.degraded_pair(self.demo_images[demo_name], self.models[model])
         meta = ImageMeta(path=f"{demo_name}.png", format="png", bit_depth=16, value_range=(0.0, 1.0), pixel_spacing=None)
-        return self._upscale(job, Image(lr, meta), model, truth=hr[0, 0].numpy())
+        return self._upscale(job, Image(lr[0, 0].numpy(), meta), model, truth=hr[0, 0].numpy())
 
     def _upscale(self, job: Job, image: Image, model: str, truth: np.ndarray | None) -> dict:
         upscaler = self.upscaler_for(model)
@@ -217,7 +216,8 @@ class Server:
         job.files["after"] = _save_png(job.folder / "after.png", job.sr01, job.window)
         stem = Path(job.name).name
         stem = stem[: -len(_suffix(stem))] if _suffix(stem) else stem
-        download_name = f"{stem}-medsr-{model}-x{s}{_suffix(job.name) or self._default_suffix(image)}"
+        # A name without a known extension was read as DICOM (recognised by its DICM preamble).
+        download_name = f"{stem}-medsr-{model}-x{s}{_suffix(job.name) or '.dcm'}"
         result = Image(sr, image.meta)
         job.files["download"] = write_image(job.folder / download_name, result, scale=s, model_name=f"medsr {model}")
         answer = {
@@ -235,10 +235,6 @@ class Server:
                      for k, v in (("bicubic", bicubic), ("medsr", job.sr01))}
             answer["psnr"] = {k: round(v, 2) for k, v in score.items()}
         return answer
-
-    @staticmethod
-    def _default_suffix(image: Image) -> str:
-        return {"dicom": ".dcm", "nifti": ".nii.gz", "tiff": ".tif", "jpeg": ".jpg"}.get(image.meta.format, ".png")
 
     def overlay(self, job: Job) -> Path:
         """The hallucination-map overlay of the shown frame, made on first request."""

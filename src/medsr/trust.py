@@ -168,6 +168,12 @@ def stem_for(output_path: Path) -> Path:
     return path.with_name(name)
 
 
+def map_paths(stem_path: Path) -> tuple[Path, Path]:
+    """The overlay PNG and float TIFF that `write_maps` writes for a stem."""
+    stem_path = Path(stem_path)
+    return stem_path.with_name(stem_path.name + PNG_SUFFIX), stem_path.with_name(stem_path.name + TIFF_SUFFIX)
+
+
 def reference_model_name(model_name: str, scale: int = 3) -> str | None:
     """The default reference for `model_name`: `default-gan` for `default`, `default` for every other
     x3 model, and None at other scales (no second shipped model there: the map is the consistency residual alone)."""
@@ -189,8 +195,7 @@ def write_maps(stem_path: Path, maps: dict[str, np.ndarray], *, protect: Iterabl
     For a stack the PNG shows the plane with the highest mean `combined` (the most suspicious one).
     A target that is one of the `protect` paths (the inputs) is refused, so inputs are never overwritten.
     """
-    stem_path = Path(stem_path)
-    png, tif = stem_path.with_name(stem_path.name + PNG_SUFFIX), stem_path.with_name(stem_path.name + TIFF_SUFFIX)
+    png, tif = map_paths(stem_path)
     protected = {Path(p).resolve() for p in protect}
     for target in (png, tif):
         if target.resolve() in protected:

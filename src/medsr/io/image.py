@@ -101,7 +101,8 @@ def printable(value: Any, limit: int = 64) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _extension(path: Path) -> str:
+def file_extension(path: Path) -> str:
+    """The lower-case extension, ".nii.gz" counted as one."""
     name = path.name.lower()
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
@@ -117,7 +118,7 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 def _kind(path: Path) -> str | None:
     """'raster' | 'dicom' | 'nifti' by extension; files without a known one are sniffed for DICM."""
-    ext = _extension(path)
+    ext = file_extension(path)
     if ext in RASTER_EXTENSIONS:
         return "raster"
     if ext in DICOM_EXTENSIONS:
@@ -160,7 +161,7 @@ def read_image(path: str | os.PathLike, *, slice_axis: int | None = None) -> Ima
 
         return read_nifti(path, slice_axis=slice_axis)
     raise MedsrError(
-        f"{path}: unsupported file type '{_extension(path) or '(none)'}'; "
+        f"{path}: unsupported file type '{file_extension(path) or '(none)'}'; "
         f"use one of {' '.join(SUPPORTED_EXTENSIONS)} or a DICOM file with the DICM preamble"
     )
 
@@ -193,7 +194,7 @@ def _output_format(path: Path, meta: ImageMeta, fmt: str | None) -> str:
             raise MedsrError(f"{path}: unknown output format '{fmt}'; use one of png, tiff, jpeg, bmp, dcm, nii")
         return _FORMAT_ALIASES[key]
     # A known extension on the target wins over the input's format: bytes must match the name.
-    by_ext = _EXT_FORMAT.get(_extension(path))
+    by_ext = _EXT_FORMAT.get(file_extension(path))
     if by_ext:
         return by_ext
     # In-memory arrays and MNIST digits have no file format of their own.
