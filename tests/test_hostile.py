@@ -27,7 +27,7 @@ from PIL import Image as PILImage
 import hostile_cases as hc
 from medsr.errors import MedsrError
 from medsr.io import read_image
-from medsr.io.image import MAX_PIXELS
+from medsr.io.types import MAX_PIXELS
 
 torch.set_num_threads(1)
 

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from medsr.errors import MedsrError
-from medsr.io.image import Image, atomic_write, quiet_libraries, read_image, write_image
+from medsr.files import atomic_write
+from medsr.io import Image, read_image, write_image
+from medsr.io.types import quiet_libraries
 
 LEDGER_NAME = "medsr-ledger.jsonl"
 SUMMARY_NAME = "medsr-summary.csv"

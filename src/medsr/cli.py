@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from medsr.errors import MedsrError
+from medsr.io.formats import FORMAT_CHOICES, with_format_extension
 
 
 def _train(args) -> int:
@@ -42,14 +43,8 @@ def _collect_inputs(paths: list[str]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-EXTENSIONS = {"png": ".png", "tiff": ".tif", "jpeg": ".jpg", "dcm": ".dcm", "nii": ".nii.gz"}
-
-
 def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
-    if fmt is None:
-        return out_dir / rel
-    name = rel.name[: -len(".nii.gz")] if rel.name.endswith(".nii.gz") else rel.stem
-    return out_dir / rel.parent / (name + EXTENSIONS[fmt])
+    return out_dir / (rel if fmt is None else with_format_extension(rel, fmt))
 
 
 def _upscale(args) -> int:
@@ -201,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="files or folders (walked recursively; structure mirrored)")
     p.add_argument("-o", "--output", required=True, help="output folder (never the same file as an input)")
     model_options(p, "default")
-    p.add_argument("--format", choices=sorted(EXTENSIONS), help="output format; default: the input's")
+    p.add_argument("--format", choices=FORMAT_CHOICES, help="output format; default: the input's")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")
     p.add_argument("--reference-model", help="the model --uncertainty compares with; default: 'default', or 'default-gan' when --model is default "

@@ -24,7 +24,7 @@ from medsr.data import degrade, load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
 from medsr.infer import Upscaler
-from medsr.io.image import atomic_write
+from medsr.files import atomic_write
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio")

@@ -99,7 +99,7 @@ def _check_sizes(data: bytes, generator: torch.nn.Module, source: str) -> None:
 def export_onnx(model: str | Path, out: Path, opset: int = DEFAULT_OPSET) -> Path:
     """Export a shipped model name, model file or run folder to an ONNX file, written atomically."""
     from medsr import zoo
-    from medsr.io.image import atomic_write
+    from medsr.files import atomic_write
 
     out = Path(out)
     if out.suffix != ".onnx":

@@ -41,7 +41,7 @@ from medsr.data import degrade, load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
 from medsr.evaluate import Method, make_pair, write_reports
-from medsr.io.image import atomic_write
+from medsr.files import atomic_write
 
 KIND = "medsr-fidelity-classifier"  # metadata marker: tells a classifier file from a generator file
 HR = "HR"  # the method name of the original image's row

@@ -36,7 +36,7 @@ from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import to_uint8
 from medsr.io import Image, ImageMeta, read_image, write_image
-from medsr.io.image import SUPPORTED_EXTENSIONS, file_extension
+from medsr.io import SUPPORTED_EXTENSIONS, file_extension
 
 log = logging.getLogger("medsr.serve")
 

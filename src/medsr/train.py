@@ -43,7 +43,7 @@ from medsr.data import build_sampler, degrade
 from medsr.data.augment import Augment
 from medsr.errors import MedsrError
 from medsr.guard import CollapseGuard
-from medsr.io.image import atomic_write
+from medsr.files import atomic_write
 from medsr.models import create_discriminator, create_generator
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import hot, to_uint8
-from medsr.io.image import atomic_write
+from medsr.files import atomic_write
 
 # combined = 1.0 means a difference of 10 % of the LR image's own intensity range (max - min).
 COMBINED_UNIT = 0.1

@@ -18,7 +18,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, Impl
 from pydicom.valuerep import DSfloat
 
 from medsr.errors import MedsrError
-from medsr.io.image import MAX_PIXELS, Image, ImageMeta, printable, quiet_libraries, to_uint
+from medsr.io.types import MAX_PIXELS, Image, ImageMeta, printable, quiet_libraries, to_uint
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _GRAY = ("MONOCHROME1", "MONOCHROME2")

@@ -12,7 +12,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from medsr.errors import MedsrError
-from medsr.io.image import MAX_PIXELS, Image, ImageMeta, quiet_libraries
+from medsr.io.types import MAX_PIXELS, Image, ImageMeta, quiet_libraries
 
 
 def _in_plane_axes(ndim: int, slice_axis: int | None) -> list[int]:

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from medsr.errors import MedsrError
-from medsr.io.image import atomic_write
+from medsr.files import atomic_write
 from medsr.models import OFFICIAL_CONVERTERS, create_generator
 
 ZOO_DIR = Path(__file__).parent
