@@ -12,11 +12,13 @@ import argparse
 import time
 
 import torch
-
 from common import DATA, ROOT
-from medsr import evaluate as ev, zoo
-from medsr.infer import Upscaler
-from medsr.train import load_config, train
+
+from medsr import zoo
+from medsr.evaluation import quality
+from medsr.inference.upscaler import Upscaler
+from medsr.training.config import load_config
+from medsr.training.trainer import Trainer
 
 VARIANTS = {
     "L1 (the default recipe)": [],
@@ -31,15 +33,15 @@ def main():
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     runs = ROOT / "runs" / "ablation"
-    methods, steps = [ev.Method("bicubic")], []
+    methods, steps = [quality.Method("bicubic")], []
     for i, (label, overrides) in enumerate(VARIANTS.items()):
         name = f"variant-{i}"
         if not (runs / name / "model.safetensors").is_file():
             cfg = load_config(ROOT / "configs" / "default.yaml", [f"name={name}", f"out_dir={runs}", "lr_schedule=constant",
                                                                   f"time_budget_minutes={args.minutes}", *overrides])
-            train(cfg)
+            Trainer(cfg).fit()
         model, meta = zoo.load(runs / name)
-        methods.append(ev.Method(label, Upscaler(model, 3, torch.device("cpu"), "auto", tile=0)))
+        methods.append(quality.Method(label, Upscaler(model, 3, torch.device("cpu"), "auto", tile=0)))
         steps.append(f"| {label} | {meta['medsr_step']} |")
     command = f"python benchmarks/ablation.py --minutes {args.minutes:g}" + (f" --limit {args.limit}" if args.limit else "")
     lines = ["# Ablation: the weight-free perceptual loss and CutBlur", "",
@@ -48,8 +50,8 @@ def main():
              "on the test split (paper protocol, x3). Same seed; only the named change differs.", "",
              "| variant | steps in the budget |", "|---|---:|", *steps, ""]
     for modality in ("brain-mri", "chest-xray"):
-        summary = ev.summarize(ev.evaluate([str(DATA / modality)], methods, 3, "paper", "test", args.limit))
-        lines += [f"## {modality}", "", ev.markdown_table(summary), ""]
+        summary = quality.summarize(quality.evaluate([str(DATA / modality)], methods, 3, "paper", "test", args.limit))
+        lines += [f"## {modality}", "", quality.markdown_table(summary), ""]
         print(lines[-2])
     (ROOT / "docs" / "ABLATION.md").write_text("\n".join(lines))
     print(f"wrote {ROOT / 'docs' / 'ABLATION.md'}")

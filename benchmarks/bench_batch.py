@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # noqa: F401 - sets MEDSR_DATA like every benchmark
 import numpy as np
 import torch
 from PIL import Image
 
-import common  # noqa: F401 - sets MEDSR_DATA like every benchmark
-from medsr import cli, runtime
+from medsr import cli, hardware
 
 
 def synthetic_scan(rng: np.random.Generator, size: int = 512) -> np.ndarray:
@@ -57,7 +57,7 @@ def main():
         for i in range(args.files):
             Image.fromarray(synthetic_scan(rng)).save(src / f"scan_{i:04d}.png")
         upscale([str(src / "scan_0000.png"), str(src / "scan_0001.png"), "-o", str(Path(tmp) / "warmup")])
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {runtime.cpu_has_fast_bf16()}, "
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {hardware.cpu_has_fast_bf16()}, "
               f"{args.files} files of 512x512 -> 1536x1536, default model, --precision auto\n")
         print("| run | seconds | files/s |\n|---|---:|---:|")
         for workers in args.workers.split(","):

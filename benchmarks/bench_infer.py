@@ -8,13 +8,13 @@ import argparse
 
 import numpy as np
 import torch
-
 from common import DATA, timed
-from medsr import metrics, runtime, zoo
+
+from medsr import hardware, metrics, zoo
 from medsr.data import load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
-from medsr.evaluate import make_pair
-from medsr.infer import Upscaler
+from medsr.evaluation.quality import make_pair
+from medsr.inference.upscaler import Upscaler
 from medsr.models import create_generator
 
 
@@ -40,7 +40,7 @@ def main():
     if DATA.is_dir():
         arrays, _ = load_arrays(select(scan([DATA / "brain-mri", DATA / "chest-xray"]), "test"), args.images)
         pairs = [make_pair(as_unit_float(a), "paper", 3) for a in arrays]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {runtime.cpu_has_fast_bf16()}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {hardware.cpu_has_fast_bf16()}\n")
     print("| model | fp32 (s) | bf16 (s) | speed-up | bf16 - fp32 test PSNR (dB) |\n|---|---:|---:|---:|---:|")
     for name in args.models.split(","):
         model = model_by_name(name)

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import torch
-
 from common import DATA, timed
-from medsr import runtime, zoo
-from medsr.export import onnx_bytes
-from medsr.infer import OnnxUpscaler, Upscaler
+
+from medsr import hardware, zoo
+from medsr.inference.onnx import onnx_bytes
+from medsr.inference.upscaler import OnnxUpscaler, Upscaler
 from medsr.io import read_image
 
 
@@ -47,9 +47,9 @@ def main():
     import onnxruntime
 
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads, "
-          f"native bf16: {runtime.cpu_has_fast_bf16()}, load average before: {os.getloadavg()[0]:.1f}\n")
+          f"native bf16: {hardware.cpu_has_fast_bf16()}, load average before: {os.getloadavg()[0]:.1f}\n")
     runtimes = {"PyTorch fp32": Upscaler(generator, scale, cpu, "fp32", tile=0)}
-    if runtime.cpu_has_fast_bf16():
+    if hardware.cpu_has_fast_bf16():
         runtimes["PyTorch bf16"] = Upscaler(generator, scale, cpu, "bf16", tile=0)
     runtimes["onnxruntime fp32"] = OnnxUpscaler(model_bytes, scale, "cpu", tile=0)
     lr = np.random.default_rng(0).random((512, 512), dtype=np.float32)

@@ -13,13 +13,13 @@ import argparse
 import random
 
 import torch
-
 from common import DATA, ROOT, timed
-from medsr import losses
+
 from medsr.data import degrade, scan, select
 from medsr.io import read_image
 from medsr.models import create_discriminator, create_generator
-from medsr.train import Trainer, load_config
+from medsr.training import losses
+from medsr.training.trainer import Trainer, load_config
 
 
 def naive_step_fn(cfg, files):

@@ -12,12 +12,14 @@ import argparse
 
 import numpy as np
 import torch
-
 from common import DATA
-from medsr import evaluate as ev, trust, zoo
+
+from medsr import zoo
 from medsr.data import load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
-from medsr.infer import Upscaler
+from medsr.evaluation import quality
+from medsr.inference import hallucination
+from medsr.inference.upscaler import Upscaler
 
 
 def upscaler(name: str) -> Upscaler:
@@ -36,19 +38,19 @@ def main():
     for modality in ("brain-mri", "chest-xray"):
         arrays, _ = load_arrays(select(scan([str(DATA / modality)]), "test"), args.images)
         for name in ("default-gan", "default"):
-            main_model, reference = upscaler(name), upscaler(trust.reference_model_name(name))
+            main_model, reference = upscaler(name), upscaler(hallucination.reference_model_name(name))
             maps, errors = [], []
             for array in arrays:
-                lr, hr = ev.make_pair(as_unit_float(array), "paper", 3)
-                result = trust.hallucination_maps(lr, main_model, reference)
+                lr, hr = quality.make_pair(as_unit_float(array), "paper", 3)
+                result = hallucination.hallucination_maps(lr, main_model, reference)
                 span = max(float(lr.max() - lr.min()), 1e-6)
-                true_error = trust.disagreement(result["sr"], hr) / (trust.COMBINED_UNIT * span)
+                true_error = hallucination.disagreement(result["sr"], hr) / (hallucination.COMBINED_UNIT * span)
                 maps.append(result["combined"].ravel())
                 errors.append(true_error.ravel())
             m, e = np.concatenate(maps), np.concatenate(errors)
             flagged = m > 0.3
             ratio = e[flagged].mean() / e[~flagged].mean() if flagged.any() and (~flagged).any() else float("nan")
-            print(f"| {modality} | {name} ({trust.reference_model_name(name)}) | {np.corrcoef(m, e)[0, 1]:.2f} | {m.mean():.3f} | "
+            print(f"| {modality} | {name} ({hallucination.reference_model_name(name)}) | {np.corrcoef(m, e)[0, 1]:.2f} | {m.mean():.3f} | "
                   f"{e.mean():.3f} | {ratio:.1f}x |")
 
 

@@ -26,6 +26,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 
 import hostile_cases as hc  # noqa: E402  (lives in tests/, shared with the test suite)
+
 from medsr.io.types import MAX_PIXELS  # noqa: E402
 
 Case = tuple[str, Callable[[Path], str]]  # (file name, run the case in a scratch folder -> outcome)
@@ -84,7 +85,7 @@ def _tiny_upscaler():
     if not _UPSCALER:
         import torch
 
-        from medsr.infer import Upscaler
+        from medsr.inference.upscaler import Upscaler
         from medsr.models import create_generator
 
         torch.manual_seed(0)

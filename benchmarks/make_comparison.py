@@ -15,12 +15,12 @@ import time
 
 import numpy as np
 import torch
-
 from common import DATA, ROOT
+
 from medsr import figures, metrics, zoo
-from medsr.compare import compare
 from medsr.data import build_sampler, degrade
-from medsr.infer import Upscaler
+from medsr.evaluation.compare import compare
+from medsr.inference.upscaler import Upscaler
 
 RUNS = ROOT / "runs" / "compare"
 TRAINED = ["paper", "default", "srgan", "esrgan", "real-esrgan", "swinir", "resshift"]

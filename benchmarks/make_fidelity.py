@@ -12,23 +12,24 @@ import argparse
 import time
 
 import torch
-
 from common import DATA, ROOT
-from medsr import evaluate as ev, fidelity, zoo
-from medsr.infer import Upscaler
+
+from medsr import zoo
+from medsr.evaluation import diagnostic, quality
+from medsr.inference.upscaler import Upscaler
 
 SECTION = "## Diagnostic fidelity"
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=fidelity.DEFAULT_EPOCHS)
+    parser.add_argument("--epochs", type=int, default=diagnostic.DEFAULT_EPOCHS)
     parser.add_argument("--models", default="default,default-gan,paper")
     args = parser.parse_args()
-    methods = [ev.Method("bicubic")]
+    methods = [quality.Method("bicubic")]
     for name in args.models.split(","):
         model, meta = zoo.load(name)
-        methods.append(ev.Method(name, Upscaler(model, int(meta["medsr_scale"]), torch.device("cpu"), "auto", tile=0)))
+        methods.append(quality.Method(name, Upscaler(model, int(meta["medsr_scale"]), torch.device("cpu"), "auto", tile=0)))
     lines = [SECTION, "", f"Produced by `python benchmarks/make_fidelity.py --epochs {args.epochs}` ({time.strftime('%Y-%m-%d')}).",
              "Does the diagnosis survive super-resolution? A small CNN (0.2 M parameters, class-weighted cross-entropy)",
              f"is trained for {args.epochs} epochs on the HR images (paper protocol, 150x150) of the train split, then",
@@ -38,7 +39,7 @@ def main():
     for modality in ("brain-mri", "chest-xray"):
         out = ROOT / "runs" / "fidelity" / modality
         saved = out / "classifier.safetensors"
-        result = fidelity.run_classify([str(DATA / modality)], methods, 3, out, classifier=saved if saved.is_file() else None,
+        result = diagnostic.run_classify([str(DATA / modality)], methods, 3, out, classifier=saved if saved.is_file() else None,
                                        classifier_epochs=args.epochs)
         lines += [f"### {modality}", "", result["table"], ""]
     text = "\n".join(lines)

@@ -8,10 +8,11 @@ import argparse
 import time
 
 import torch
-
 from common import DATA, ROOT
-from medsr import evaluate as ev, runtime, zoo
-from medsr.infer import Upscaler
+
+from medsr import hardware, zoo
+from medsr.evaluation import quality
+from medsr.inference.upscaler import Upscaler
 
 MODELS = "default,default-gan,paper"
 # (model, protocol, modality) -> least PSNR gain over bicubic in dB
@@ -57,14 +58,14 @@ def main():
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     cpu = torch.device("cpu")
-    methods = [ev.Method(name) for name in ev.BASELINES]
+    methods = [quality.Method(name) for name in quality.BASELINES]
     for name in args.models.split(","):
         model, meta = zoo.load(name)
-        methods.append(ev.Method(name, Upscaler(model, int(meta["medsr_scale"]), cpu, "auto", tile=0)))
+        methods.append(quality.Method(name, Upscaler(model, int(meta["medsr_scale"]), cpu, "auto", tile=0)))
     command = "python benchmarks/make_results.py" + (f" --models {args.models}" if args.models != MODELS else "") + \
         (f" --limit {args.limit}" if args.limit else "")
     lines = ["# Results", "", f"Produced by `{command}` (test split, x3, "
-             f"precision {'bf16' if runtime.cpu_has_fast_bf16() else 'fp32'}; {time.strftime('%Y-%m-%d')}).",
+             f"precision {'bf16' if hardware.cpu_has_fast_bf16() else 'fp32'}; {time.strftime('%Y-%m-%d')}).",
              "PSNR and SSIM after a border crop of 3 px; data range of the images' bit depth (8-bit here).",
              "paper protocol: HR = centre square resized to 150x150, LR 50x50; native protocol: HR at the image's",
              "own resolution, centre-cropped to at most 1500 px, LR = HR / 3. Both LR by antialiased bicubic.",
@@ -73,12 +74,12 @@ def main():
     results, tables = {}, []
     for modality in ("brain-mri", "chest-xray"):
         for protocol in ("paper", "native"):
-            rows = ev.evaluate([str(DATA / modality)], methods, 3, protocol, "test", args.limit)
-            summary = ev.summarize(rows)
-            ev.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-{protocol}",
+            rows = quality.evaluate([str(DATA / modality)], methods, 3, protocol, "test", args.limit)
+            summary = quality.summarize(rows)
+            quality.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-{protocol}",
                              {"data": modality, "protocol": protocol, "split": "test", "scale": 3})
             results[modality, protocol] = {row["method"]: row for row in summary}
-            tables += [f"## {modality}, {protocol} protocol", "", ev.markdown_table(summary), ""]
+            tables += [f"## {modality}, {protocol} protocol", "", quality.markdown_table(summary), ""]
             print(tables[-3], tables[-2], sep="\n")
     lines += bar_lines(results) + tables
     fidelity = ROOT / "docs" / "results" / "fidelity.md"  # made by benchmarks/make_fidelity.py

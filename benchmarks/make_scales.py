@@ -8,10 +8,11 @@ import argparse
 import time
 
 import torch
-
 from common import DATA, ROOT
-from medsr import evaluate as ev, runtime, zoo
-from medsr.infer import Upscaler
+
+from medsr import hardware, zoo
+from medsr.evaluation import quality
+from medsr.inference.upscaler import Upscaler
 
 MODELS = {2: "default-x2", 3: "default", 4: "default-x4"}
 
@@ -23,21 +24,21 @@ def main():
     command = "python benchmarks/make_scales.py" + (f" --limit {args.limit}" if args.limit else "")
     lines = ["# One recipe, three scales", "",
              f"Produced by `{command}` (test split, paper protocol, precision "
-             f"{'bf16' if runtime.cpu_has_fast_bf16() else 'fp32'}; {time.strftime('%Y-%m-%d')}). The three models share",
+             f"{'bf16' if hardware.cpu_has_fast_bf16() else 'fp32'}; {time.strftime('%Y-%m-%d')}). The three models share",
              "configs/default.yaml's network and loss; `default` had 60 epochs, `default-x2` 10 and `default-x4` 16",
              "(configs/default-x2.yaml, configs/default-x4.yaml; each model card has its steps and wall time).",
              "PSNR and SSIM after a border crop of `scale` pixels, 8-bit data range. HR is the centre square",
              "resized to 150x150 (148x148 at x4, so that it divides), LR = HR / scale by antialiased bicubic.", ""]
     for scale, name in MODELS.items():
         model, meta = zoo.load(name)
-        methods = [ev.Method(b) for b in ev.BASELINES] + [ev.Method(name, Upscaler(model, scale, torch.device("cpu"), "auto", tile=0))]
+        methods = [quality.Method(b) for b in quality.BASELINES] + [quality.Method(name, Upscaler(model, scale, torch.device("cpu"), "auto", tile=0))]
         for modality in ("brain-mri", "chest-xray"):
-            rows = ev.evaluate([str(DATA / modality)], methods, scale, "paper", "test", args.limit)
-            summary = ev.summarize(rows)
+            rows = quality.evaluate([str(DATA / modality)], methods, scale, "paper", "test", args.limit)
+            summary = quality.summarize(rows)
             if scale != 3:  # x3 is docs/results/<modality>-paper, written by make_results.py
-                ev.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-paper-x{scale}",
+                quality.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-paper-x{scale}",
                                  {"data": modality, "protocol": "paper", "split": "test", "scale": scale})
-            lines += [f"## x{scale}, {modality}", "", ev.markdown_table(summary), ""]
+            lines += [f"## x{scale}, {modality}", "", quality.markdown_table(summary), ""]
             print("\n".join(lines[-4:]))
     (ROOT / "docs" / "SCALES.md").write_text("\n".join(lines))
     print(f"wrote {ROOT / 'docs' / 'SCALES.md'}")

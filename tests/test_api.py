@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import medsr
-from conftest import ROOT
 
 
 def test_the_examples_in_docs_api_md_run(tmp_path, monkeypatch):

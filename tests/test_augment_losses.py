@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from medsr import losses
 from medsr.data import augment
 from medsr.errors import MedsrError
 from medsr.models import create_generator
+from medsr.training import losses
 
 torch.set_num_threads(2)
 

@@ -1,4 +1,4 @@
-"""Batch runs (medsr.batch): parallel == serial, resume from the ledger, summary CSV, progress, kill -9."""
+"""Batch runs (medsr.inference.batch): parallel == serial, resume from the ledger, summary CSV, progress, kill -9."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from medsr import batch, zoo
-from medsr.infer import load_upscaler
+from medsr import zoo
+from medsr.inference import batch
+from medsr.inference.upscaler import load_upscaler
 from medsr.models import create_generator
 
 

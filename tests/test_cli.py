@@ -2,18 +2,15 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import DATA, needs_data
+from PIL import Image
 
 TINY = ["--set", "hr_size=48", "--set", "generator={channels: 8, num_blocks: 1}", "--set", "discriminator={channels: 4, dense: 16}",
         "--set", "batch_size=4", "--set", "max_val_images=4", "--set", "precision=fp32"]

@@ -9,7 +9,8 @@ import yaml
 
 from medsr import zoo
 from medsr.models import RRDBNet
-from medsr.train import load_config, train
+from medsr.training.config import load_config
+from medsr.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.yaml") if p.stem != "mnist-baseline")
@@ -33,7 +34,7 @@ def test_every_recipe_trains_a_few_steps(recipe, image_folder, tmp_path):
                  "discriminator={channels: 4}" if values.get("discriminator_model", values["model"]) != "paper" else "discriminator={channels: 4, dense: 16}",
                  f"generator={ {**{k: v for k, v in generator.items() if k in ('hr_input',)}, **tiny} }".replace("'", ""),
                  "precision=fp32"]
-    final = train(load_config(ROOT / "configs" / f"{recipe}.yaml", overrides))
+    final = Trainer(load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)).fit()
     model, meta = zoo.load(final)
     assert meta["medsr_arch"] == values["model"]
     with torch.no_grad():
@@ -50,9 +51,9 @@ def official_rrdb_checkpoint(path: Path) -> Path:
 
 def test_compare_end_to_end_with_an_official_checkpoint(image_folder, tmp_path, medsr_cli):
     run = tmp_path / "runs"
-    final = train(load_config(ROOT / "configs" / "default.yaml", [f"data=[{image_folder}]", f"out_dir={run}", "epochs=1",
+    final = Trainer(load_config(ROOT / "configs" / "default.yaml", [f"data=[{image_folder}]", f"out_dir={run}", "epochs=1",
                                                                   "steps_per_epoch=2", "hr_size=48", "batch_size=2",
-                                                                  "generator={channels: 8, num_blocks: 1}", "max_val_images=2"]))
+                                                                  "generator={channels: 8, num_blocks: 1}", "max_val_images=2"])).fit()
     official = official_rrdb_checkpoint(tmp_path / "RealESRGAN_x4plus_like.pth")
     model, meta = zoo.load(official)
     assert meta["medsr_arch"] == "esrgan" and model.scale == 4 and "official" in meta["medsr_source"]

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, needs_data
 
 from medsr.data import PairSampler, degrade, load_arrays, scan, select, split_of
 from medsr.errors import MedsrError
-
-from conftest import DATA, needs_data
 
 
 def test_paper_pair_shapes_and_range():

@@ -1,4 +1,4 @@
-"""Diagnostic fidelity (medsr.fidelity): the classifier learns easy synthetic classes, survives a
+"""Diagnostic fidelity (medsr.evaluation.diagnostic): the classifier learns easy synthetic classes, survives a
 save/load round trip bit for bit, and evaluate_fidelity tells a faithful method from one that
 destroys the image. Tiny synthetic data only (images of 48 px, classifier input 32 px)."""
 
@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from medsr import fidelity, zoo
+from medsr import zoo
 from medsr.errors import MedsrError
-from medsr.evaluate import Method
-from medsr.infer import Upscaler
+from medsr.evaluation import diagnostic
+from medsr.evaluation.quality import Method
+from medsr.inference.upscaler import Upscaler
 
 torch.set_num_threads(1)
 
@@ -46,7 +47,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(data):
-    return fidelity.train_classifier([str(data)], epochs=6, input_size=SIZE, seed=0, batch_size=16, precision="fp32")
+    return diagnostic.train_classifier([str(data)], epochs=6, input_size=SIZE, seed=0, batch_size=16, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ class Constant(Method):
 
 
 def test_classifier_size_and_shape():
-    model = fidelity.FidelityClassifier(["a", "b", "c", "d"])
+    model = diagnostic.FidelityClassifier(["a", "b", "c", "d"])
     params = sum(p.numel() for p in model.parameters())
     assert 100_000 <= params <= 300_000
     assert model(torch.zeros(2, 1, 150, 150)).shape == (2, 4)
@@ -77,15 +78,15 @@ def test_classifier_learns_easy_classes(trained):
 
 
 def test_training_is_seeded(data, trained):
-    again = fidelity.train_classifier([str(data)], epochs=1, input_size=SIZE, seed=0, batch_size=16, precision="fp32", limit=20)
-    twice = fidelity.train_classifier([str(data)], epochs=1, input_size=SIZE, seed=0, batch_size=16, precision="fp32", limit=20)
+    again = diagnostic.train_classifier([str(data)], epochs=1, input_size=SIZE, seed=0, batch_size=16, precision="fp32", limit=20)
+    twice = diagnostic.train_classifier([str(data)], epochs=1, input_size=SIZE, seed=0, batch_size=16, precision="fp32", limit=20)
     for a, b in zip(again.state_dict().values(), twice.state_dict().values()):
         assert torch.equal(a, b)
 
 
 def test_save_load_round_trip_gives_identical_logits(trained, tmp_path):
-    path = fidelity.save_classifier(tmp_path / "c.safetensors", trained)
-    loaded = fidelity.load_classifier(path)
+    path = diagnostic.save_classifier(tmp_path / "c.safetensors", trained)
+    loaded = diagnostic.load_classifier(path)
     assert loaded.classes == trained.classes and loaded.input_size == SIZE
     assert loaded.record["epochs"] == 6 and loaded.record["seed"] == 0
     x = torch.rand(4, 1, SIZE, SIZE) * 2 - 1
@@ -95,18 +96,18 @@ def test_save_load_round_trip_gives_identical_logits(trained, tmp_path):
 
 def test_bad_classifier_files_are_one_line_errors(tmp_path):
     with pytest.raises(MedsrError, match="missing.safetensors: classifier file not found"):
-        fidelity.load_classifier(tmp_path / "missing.safetensors")
+        diagnostic.load_classifier(tmp_path / "missing.safetensors")
     with pytest.raises(MedsrError, match="not a medsr fidelity classifier"):
-        fidelity.load_classifier(zoo.resolve("default"))  # an SR model, not a classifier
+        diagnostic.load_classifier(zoo.resolve("default"))  # an SR model, not a classifier
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(zoo.resolve("default").read_bytes()[:100])
     with pytest.raises(MedsrError, match="broken.safetensors: not a readable"):
-        fidelity.load_classifier(broken)
+        diagnostic.load_classifier(broken)
 
 
 def test_class_weights_balance_the_classes():
     targets = torch.tensor([0] * 10 + [1] * 90)
-    weights = fidelity.class_weights(targets, 2)
+    weights = diagnostic.class_weights(targets, 2)
     per_class = torch.bincount(targets) * weights
     assert torch.allclose(per_class, per_class[0].expand(2))
 
@@ -114,17 +115,17 @@ def test_class_weights_balance_the_classes():
 def test_macro_auc():
     targets = torch.tensor([0, 0, 1, 1, 2, 2])
     perfect = torch.nn.functional.one_hot(targets, 3).float()
-    assert fidelity.macro_auc(perfect, targets) == 1.0
-    assert fidelity.macro_auc(torch.full((6, 3), 1 / 3), targets) == 0.5
+    assert diagnostic.macro_auc(perfect, targets) == 1.0
+    assert diagnostic.macro_auc(torch.full((6, 3), 1 / 3), targets) == 0.5
     two = torch.tensor([0, 1, 0, 1, 1])
     p1 = torch.tensor([0.2, 0.6, 0.7, 0.9, 0.4])
     # 2 classes: the one-vs-rest average is the plain AUC, here 4 of the 6 (positive, negative) pairs ranked right
-    assert fidelity.macro_auc(torch.stack([1 - p1, p1], 1), two) == pytest.approx(4 / 6)
+    assert diagnostic.macro_auc(torch.stack([1 - p1, p1], 1), two) == pytest.approx(4 / 6)
 
 
 def test_evaluate_fidelity_tells_faithful_from_destructive(data, trained, shipped_default):
     methods = [Method("bicubic"), shipped_default, Constant("constant")]
-    rows, summary = fidelity.evaluate_fidelity([str(data)], methods, 3, trained, split="test", precision="fp32")
+    rows, summary = diagnostic.evaluate_fidelity([str(data)], methods, 3, trained, split="test", precision="fp32")
     by_name = {s["method"]: s for s in summary}
     assert list(by_name) == ["HR", "bicubic", "default", "constant"]
     images = by_name["HR"]["images"]
@@ -147,28 +148,28 @@ def test_labels_the_classifier_does_not_know_are_an_error(trained, tmp_path):
     (tmp_path / "other").mkdir()
     Image.fromarray(synthetic("bright", np.random.default_rng(1))).save(tmp_path / "other" / "x.png")
     with pytest.raises(MedsrError, match=r"x\.png: class 'other' is not one"):
-        fidelity.evaluate_fidelity([str(tmp_path)], [Method("bicubic")], 3, trained, split="all")
+        diagnostic.evaluate_fidelity([str(tmp_path)], [Method("bicubic")], 3, trained, split="all")
 
 
 def test_images_outside_class_folders_are_an_error(tmp_path):
     for i in range(3):
         Image.fromarray(synthetic("dark", np.random.default_rng(i))).save(tmp_path / f"loose_{i}.png")
     with pytest.raises(MedsrError, match="not in a class folder"):
-        fidelity.train_classifier([str(tmp_path)], epochs=1, input_size=SIZE)
+        diagnostic.train_classifier([str(tmp_path)], epochs=1, input_size=SIZE)
 
 
 def test_run_classify_trains_saves_and_reuses(data, tmp_path, capsys):
     out = tmp_path / "out"
-    first = fidelity.run_classify([str(data)], [Method("bicubic")], 3, out, classifier_epochs=1, input_size=SIZE,
+    first = diagnostic.run_classify([str(data)], [Method("bicubic")], 3, out, classifier_epochs=1, input_size=SIZE,
                                   precision="fp32", train_limit=20)
     saved = out / "classifier.safetensors"
     assert first["classifier"] == saved and saved.is_file()
-    assert [p.name for p in first["paths"]] == list(fidelity.REPORT_FILES)
+    assert [p.name for p in first["paths"]] == list(diagnostic.REPORT_FILES)
     report = json.loads((out / "fidelity.json").read_text())
     assert report["classifier"]["classes"] == list(CLASSES) and [s["method"] for s in report["summary"]] == ["HR", "bicubic"]
     printed = capsys.readouterr().out
     assert "| method | images | accuracy | balanced accuracy | AUC | changed vs HR |" in printed and "| bicubic |" in printed
     before = saved.read_bytes()
-    second = fidelity.run_classify([str(data)], [Method("bicubic")], 3, tmp_path / "again", classifier=saved, precision="fp32")
+    second = diagnostic.run_classify([str(data)], [Method("bicubic")], 3, tmp_path / "again", classifier=saved, precision="fp32")
     assert second["summary"] == first["summary"]  # the same classifier, loaded instead of retrained
     assert saved.read_bytes() == before and not (tmp_path / "again" / "classifier.safetensors").exists()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hostile_cases as hc
 import numpy as np
 import pydicom
 import pytest
@@ -24,7 +25,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-import hostile_cases as hc
 from medsr.errors import MedsrError
 from medsr.io import read_image
 from medsr.io.types import MAX_PIXELS
@@ -58,7 +58,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def upscaler(model_name: str | Path):
     from medsr import zoo
-    from medsr.infer import Upscaler
+    from medsr.inference.upscaler import Upscaler
 
     model, meta = zoo.load(model_name, "cpu")
     return Upscaler(model, int(meta["medsr_scale"]), torch.device("cpu"), "fp32", 256, 16)
@@ -257,7 +257,6 @@ def test_dicom_unknown_transfer_syntax(tmp_path):
 def test_damaged_dicom_header_that_reads_still_writes_or_refuses(tmp_path):
     """PixelSpacing '0.5B0.5' and a lost SOPClassUID once crashed write_dicom (a traceback in upscale)."""
     from medsr.io import write_image
-
     from medsr.io.dicom import SECONDARY_CAPTURE
 
     data = hc.dicom_bytes(hc.dicom_dataset(np.ones((4, 4), np.uint16) * 7))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsr.infer import Upscaler
+from medsr.inference.upscaler import Upscaler
 from medsr.models import create_generator
 
 

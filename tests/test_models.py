@@ -5,7 +5,12 @@ import torch
 import torch.nn as nn
 
 from medsr.errors import MedsrError
-from medsr.models import DISCRIMINATORS, GENERATORS, create_discriminator, create_generator
+from medsr.models import (
+    DISCRIMINATORS,
+    GENERATORS,
+    create_discriminator,
+    create_generator,
+)
 
 torch.set_num_threads(2)
 

@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, needs_data
 from PIL import Image
 
-from conftest import DATA, needs_data
 from medsr import zoo
 from medsr.errors import MedsrError
-from medsr.export import export_onnx
-from medsr.infer import OnnxUpscaler, Upscaler, load_upscaler
+from medsr.inference.onnx import export_onnx
+from medsr.inference.upscaler import OnnxUpscaler, Upscaler, load_upscaler
 from medsr.models import create_generator
 
 onnx = pytest.importorskip("onnx")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import read_log, tiny_config
 
 from medsr.errors import MedsrError
-from medsr.guard import CollapseGuard
-from medsr.train import Trainer
-from test_train import read_log, tiny_config
+from medsr.training.collapse import CollapseGuard
+from medsr.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,14 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
-
 from conftest import DATA, ROOT, needs_data
+from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402

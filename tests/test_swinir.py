@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from medsr.errors import MedsrError
-from medsr.models.swinir import (LUMA, OFFICIAL_RGB_MEAN, SwinIR, SwinLayer, convert_official, mirror_index,
-                                 shift_mask)
+from medsr.models.swinir import (
+    LUMA,
+    OFFICIAL_RGB_MEAN,
+    SwinIR,
+    SwinLayer,
+    convert_official,
+    mirror_index,
+    shift_mask,
+)
 
 torch.set_num_threads(2)
 

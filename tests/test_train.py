@@ -6,7 +6,8 @@ from safetensors import safe_open
 
 from medsr import zoo
 from medsr.errors import MedsrError
-from medsr.train import Trainer, load_config, train
+from medsr.training.config import load_config
+from medsr.training.trainer import Trainer
 
 
 def tiny_config(image_folder, tmp_path, **overrides):
@@ -26,7 +27,7 @@ def read_log(run_dir):
 
 def test_training_writes_checkpoints_grids_logs(image_folder, tmp_path):
     cfg = tiny_config(image_folder, tmp_path)
-    final = train(cfg)
+    final = Trainer(cfg).fit()
     run = tmp_path / "tiny"
     assert final == run / "model.safetensors" and final.is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000000", "step-00000002", "step-00000004"]
@@ -45,11 +46,11 @@ def test_training_writes_checkpoints_grids_logs(image_folder, tmp_path):
 
 def test_resume_gives_the_same_next_step_loss(image_folder, tmp_path):
     full = tiny_config(image_folder, tmp_path / "a")
-    train(full)
+    Trainer(full).fit()
     expected = read_log(tmp_path / "a" / "tiny")
 
     part = tiny_config(image_folder, tmp_path / "b")
-    train(part, stop_after=2)
+    Trainer(part).fit(stop_after=2)
     assert not (tmp_path / "b" / "tiny" / "model.safetensors").exists()
     Trainer(part).fit(resume=True)
     got = read_log(tmp_path / "b" / "tiny")
@@ -61,15 +62,15 @@ def test_resume_gives_the_same_next_step_loss(image_folder, tmp_path):
 def test_resume_and_restart_guards(image_folder, tmp_path):
     cfg = tiny_config(image_folder, tmp_path)
     with pytest.raises(MedsrError, match="no checkpoint"):
-        train(cfg, resume=True)
-    train(cfg, stop_after=2)
+        Trainer(cfg).fit(resume=True)
+    Trainer(cfg).fit(stop_after=2)
     with pytest.raises(MedsrError, match="--resume"):
-        train(cfg)
+        Trainer(cfg).fit()
 
 
 def test_a_half_written_checkpoint_is_ignored(image_folder, tmp_path):
     cfg = tiny_config(image_folder, tmp_path)
-    train(cfg, stop_after=2)
+    Trainer(cfg).fit(stop_after=2)
     broken = tmp_path / "tiny" / "checkpoints" / "step-00000004.tmp"
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"partial")
@@ -118,7 +119,7 @@ def test_ema_cosine_and_named_discriminator(image_folder, tmp_path):
 
 def test_init_from_must_match_the_recipe(image_folder, tmp_path):
     first = tiny_config(image_folder, tmp_path / "a", adversarial_weight=0, epochs=1)
-    start = train(first)
+    start = Trainer(first).fit()
     same = tiny_config(image_folder, tmp_path / "b", init_from=str(start), adversarial_weight=0, epochs=1)
     trainer = Trainer(same)
     loaded, _ = zoo.load(start)
@@ -136,7 +137,7 @@ def test_same_recipe_same_weights(image_folder, tmp_path):
     for run in ("a", "b"):
         cfg = tiny_config(image_folder, tmp_path / run, model="edsr", adversarial_weight=0, ema_decay=0.9,
                           lr_schedule="cosine", warmup_epochs=0, precision="auto")
-        weights.append(load_file(str(train(cfg))))
+        weights.append(load_file(str(Trainer(cfg).fit())))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not torch.equal(weights[0]["tail.weight"], torch.zeros_like(weights[0]["tail.weight"]))  # it did train
@@ -154,9 +155,9 @@ def test_discriminator_judges_real_and_fake_together_in_both_steps(image_folder,
 def test_cutblur_and_flips_train_and_resume_exactly(image_folder, tmp_path):
     options = dict(model="edsr", generator="{channels: 8, num_blocks: 1, hr_input: true}", adversarial_weight=0,
                    augment="{hflip: 0.5, vflip: 0.5, rot90: 0.5, cutblur: 0.5}", warmup_epochs=0)
-    train(tiny_config(image_folder, tmp_path / "a", **options))
+    Trainer(tiny_config(image_folder, tmp_path / "a", **options)).fit()
     part = tiny_config(image_folder, tmp_path / "b", **options)
-    train(part, stop_after=2)
+    Trainer(part).fit(stop_after=2)
     Trainer(part).fit(resume=True)
     expected, got = read_log(tmp_path / "a" / "tiny"), read_log(tmp_path / "b" / "tiny")
     assert got[4]["loss/g"] == pytest.approx(expected[4]["loss/g"], rel=1e-6)
@@ -166,7 +167,7 @@ def test_cutblur_and_flips_train_and_resume_exactly(image_folder, tmp_path):
 
 def test_time_budget_ends_the_run_with_a_final_model(image_folder, tmp_path):
     cfg = tiny_config(image_folder, tmp_path, epochs=100, time_budget_minutes=0.05)
-    final = train(cfg)
+    final = Trainer(cfg).fit()
     assert final.is_file()
     _, meta = zoo.load(final)
     assert 0 < int(meta["medsr_step"]) < 200  # far fewer than the 200 steps the schedule asked for
@@ -176,7 +177,7 @@ def test_ragan_with_the_weight_free_perceptual_loss(image_folder, tmp_path):
     cfg = tiny_config(image_folder, tmp_path, model="edsr", discriminator_model="esrgan", gan_loss="ragan",
                       perceptual_loss="ssim-grad", perceptual_weight=0.5, pixel_weight=0.1, warmup_epochs=0,
                       discriminator="{channels: 4}")
-    train(cfg)
+    Trainer(cfg).fit()
     log = read_log(tmp_path / "tiny")
     assert all(k in log[1] for k in ("loss/d", "loss/g_adv", "loss/g_perceptual"))
     row = log[4]

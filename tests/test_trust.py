@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from medsr import trust
 from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import to_uint8
-from medsr.infer import Upscaler
+from medsr.inference import hallucination
+from medsr.inference.upscaler import Upscaler
 from medsr.models import create_generator
 
 torch.set_num_threads(1)
@@ -47,8 +47,8 @@ class Fixed:
 
 def test_true_hr_is_perfectly_consistent_and_bicubic_nearly(scan):
     hr, lr, honest = scan
-    assert trust.consistency_residual(hr, lr, SCALE).max() < 1e-5  # the same degradation as medsr's LR
-    residual = trust.consistency_residual(honest, lr, SCALE)
+    assert hallucination.consistency_residual(hr, lr, SCALE).max() < 1e-5  # the same degradation as medsr's LR
+    residual = hallucination.consistency_residual(honest, lr, SCALE)
     assert residual.shape == hr.shape and residual.dtype == np.float32
     assert residual.mean() < 0.002 and residual.max() < 0.005  # bicubic's own blur, on a smooth image
 
@@ -58,13 +58,13 @@ def test_invented_texture_shows_in_disagreement_not_in_consistency(scan):
     inside = _box_mask(honest.shape)
     checker = 0.1 * (-1.0) ** np.add.outer(np.arange(60), np.arange(60))
     faker = np.clip(honest + checker * inside, 0, 1).astype(np.float32)
-    dis = trust.disagreement(faker, honest)
+    dis = hallucination.disagreement(faker, honest)
     assert dis[inside].mean() > 0.08
     assert dis[inside].mean() > 10 * dis[~inside].mean()
     # the blind spot: a zero-mean texture nearly vanishes in the downscale
-    cons = trust.consistency_residual(faker, lr, SCALE)
+    cons = hallucination.consistency_residual(faker, lr, SCALE)
     assert cons[inside].mean() < 0.3 * dis[inside].mean()
-    maps = trust.hallucination_maps(lr, Fixed(faker), Fixed(honest))
+    maps = hallucination.hallucination_maps(lr, Fixed(faker), Fixed(honest))
     combined = maps["combined"]
     assert combined[inside].mean() > 10 * combined[~inside].mean()
     assert combined[inside].mean() > 1.0  # a 10 %-of-range texture is about 1 unit or more
@@ -74,11 +74,11 @@ def test_brightened_blob_lights_up_consistency(scan):
     _, lr, honest = scan
     inside = _box_mask(honest.shape)
     blob = np.clip(honest + 0.2 * inside, 0, 1).astype(np.float32)
-    cons = trust.consistency_residual(blob, lr, SCALE)
+    cons = hallucination.consistency_residual(blob, lr, SCALE)
     far = ~_box_mask(honest.shape, margin=2 * SCALE + 3)  # beyond the antialiased kernel's reach
     assert cons[inside].mean() > 0.1
     assert cons[inside].mean() > 10 * cons[far].mean()
-    maps = trust.hallucination_maps(lr, Fixed(blob))  # no reference: combined is the residual alone
+    maps = hallucination.hallucination_maps(lr, Fixed(blob))  # no reference: combined is the residual alone
     assert set(maps) == {"sr", "consistency", "combined"}
     assert maps["combined"][inside].mean() > 10 * maps["combined"][far].mean()
 
@@ -86,7 +86,7 @@ def test_brightened_blob_lights_up_consistency(scan):
 def test_combined_is_in_units_of_ten_percent_of_the_image_range(scan):
     _, lr, honest = scan
     span = float(lr.max() - lr.min())
-    maps = trust.hallucination_maps(lr, Fixed(honest), Fixed(np.clip(honest + 0.05 * span, 0, 1)))
+    maps = hallucination.hallucination_maps(lr, Fixed(honest), Fixed(np.clip(honest + 0.05 * span, 0, 1)))
     assert maps["disagreement"][20:40, 20:40] == pytest.approx(0.05 * span, abs=1e-3)
     assert maps["combined"][20:40, 20:40] == pytest.approx(0.5, abs=0.02)
 
@@ -102,43 +102,43 @@ def _tiny_upscaler(seed, random_tail):
 def test_real_upscalers_end_to_end(scan):
     _, lr, _ = scan
     model, reference = _tiny_upscaler(0, True), _tiny_upscaler(1, False)
-    maps = trust.hallucination_maps(lr, model, reference)
+    maps = hallucination.hallucination_maps(lr, model, reference)
     assert set(maps) == {"sr", "consistency", "disagreement", "combined"}
     for value in maps.values():
         assert value.shape == (60, 60) and value.dtype == np.float32 and np.isfinite(value).all()
         assert value.min() >= 0
     assert maps["disagreement"].mean() > 1e-3  # the random tail makes the two differ
     # a stack is mapped plane by plane; a given SR image is used as is
-    stack = trust.hallucination_maps(np.stack([lr, lr[::-1]]), model, reference)
+    stack = hallucination.hallucination_maps(np.stack([lr, lr[::-1]]), model, reference)
     assert stack["combined"].shape == (2, 60, 60)
     np.testing.assert_allclose(stack["combined"][0], maps["combined"], atol=1e-6)
-    given = trust.hallucination_maps(lr, model, sr01=maps["sr"] * 0 + 0.5)
+    given = hallucination.hallucination_maps(lr, model, sr01=maps["sr"] * 0 + 0.5)
     assert np.all(given["sr"] == 0.5)
 
 
 def test_mismatched_scales_and_shapes_are_one_line_errors(scan):
     _, lr, honest = scan
     with pytest.raises(MedsrError, match="same scale"):
-        trust.hallucination_maps(lr, Fixed(honest), Fixed(honest, scale=2))
+        hallucination.hallucination_maps(lr, Fixed(honest), Fixed(honest, scale=2))
     with pytest.raises(MedsrError, match="not x3"):
-        trust.consistency_residual(honest[:57], lr, SCALE)
+        hallucination.consistency_residual(honest[:57], lr, SCALE)
     with pytest.raises(MedsrError, match="differ in shape"):
-        trust.disagreement(honest, honest[:30])
+        hallucination.disagreement(honest, honest[:30])
 
 
 def test_ensemble_spread():
     outputs = [np.full((4, 5), v, dtype=np.float32) for v in (0.2, 0.4, 0.6)]
-    spread = trust.ensemble_spread(outputs)
+    spread = hallucination.ensemble_spread(outputs)
     assert spread.shape == (4, 5) and spread.dtype == np.float32
     np.testing.assert_allclose(spread, np.std([0.2, 0.4, 0.6]), rtol=1e-5)
     with pytest.raises(MedsrError, match="at least 2"):
-        trust.ensemble_spread(outputs[:1])
+        hallucination.ensemble_spread(outputs[:1])
 
 
 def test_overlay_colours_only_where_the_map_is_high(scan):
     _, _, honest = scan
     inside = _box_mask(honest.shape)
-    picture = trust.overlay(honest, np.where(inside, 5.0, 0.0))
+    picture = hallucination.overlay(honest, np.where(inside, 5.0, 0.0))
     assert picture.shape == (60, 60, 3) and picture.dtype == np.uint8
     r, g, b = (picture[..., i].astype(int) for i in range(3))
     assert np.all(r[inside] > b[inside] + 50)  # tinted
@@ -150,8 +150,8 @@ def test_overlay_colours_only_where_the_map_is_high(scan):
 def test_write_maps_round_trips(tmp_path, scan):
     _, lr, honest = scan
     faker = np.clip(honest + 0.1 * _box_mask(honest.shape), 0, 1).astype(np.float32)
-    maps = trust.hallucination_maps(lr, Fixed(faker), Fixed(honest))
-    png, tif = trust.write_maps(tmp_path / "out" / "scan", maps)
+    maps = hallucination.hallucination_maps(lr, Fixed(faker), Fixed(honest))
+    png, tif = hallucination.write_maps(tmp_path / "out" / "scan", maps)
     assert png.name == "scan.uncertainty.png" and tif.name == "scan.uncertainty.tif"
     with Image.open(png) as img:
         assert img.mode == "RGB" and img.size == (60, 60)
@@ -162,8 +162,8 @@ def test_write_maps_round_trips(tmp_path, scan):
 
 def test_write_maps_stack_and_never_over_an_input(tmp_path, scan):
     _, lr, honest = scan
-    stack = trust.hallucination_maps(np.stack([lr, lr]), Fixed(np.stack([honest, honest])))
-    _, tif = trust.write_maps(tmp_path / "vol", stack)
+    stack = hallucination.hallucination_maps(np.stack([lr, lr]), Fixed(np.stack([honest, honest])))
+    _, tif = hallucination.write_maps(tmp_path / "vol", stack)
     with Image.open(tif) as img:
         assert img.n_frames == 2
         img.seek(1)
@@ -171,14 +171,14 @@ def test_write_maps_stack_and_never_over_an_input(tmp_path, scan):
     victim = tmp_path / "x.uncertainty.png"
     victim.write_bytes(b"input")
     with pytest.raises(MedsrError, match="overwrite this input"):
-        trust.write_maps(tmp_path / "x", stack, protect=[victim])
+        hallucination.write_maps(tmp_path / "x", stack, protect=[victim])
     assert victim.read_bytes() == b"input"
 
 
 def test_names():
-    assert trust.stem_for("out/a/scan.dcm").as_posix() == "out/a/scan"
-    assert trust.stem_for("out/brain.nii.gz").as_posix() == "out/brain"
-    assert trust.reference_model_name("default") == "default-gan"
-    assert trust.reference_model_name("default-gan") == "default"
-    assert trust.reference_model_name("paper") == "default"
-    assert trust.reference_model_name("default-x2", 2) is None and trust.reference_model_name("default-x4", 4) is None
+    assert hallucination.stem_for("out/a/scan.dcm").as_posix() == "out/a/scan"
+    assert hallucination.stem_for("out/brain.nii.gz").as_posix() == "out/brain"
+    assert hallucination.reference_model_name("default") == "default-gan"
+    assert hallucination.reference_model_name("default-gan") == "default"
+    assert hallucination.reference_model_name("paper") == "default"
+    assert hallucination.reference_model_name("default-x2", 2) is None and hallucination.reference_model_name("default-x4", 4) is None

@@ -29,7 +29,7 @@ def load_model(model: str | os.PathLike = "default", *, scale: int | None = None
 
     Cached: the same arguments return the same object. `scale`, when given, must be the model's own.
     """
-    from medsr.infer import load_upscaler
+    from medsr.inference.upscaler import load_upscaler
 
     upscaler, _ = load_upscaler(str(model), scale=scale, device=device, precision=precision, tile=tile,
                                 tile_overlap=tile_overlap, runtime=runtime)
@@ -116,7 +116,7 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
 
 def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike = "default", reference_model: str | None = None, *,
                     device: str = "auto", precision: str = "auto") -> dict[str, np.ndarray]:
-    """Where the upscaled image is not supported by its input (see medsr.trust.hallucination_maps).
+    """Where the upscaled image is not supported by its input (see medsr.inference.hallucination.hallucination_maps).
 
     Returns {"sr", "consistency", "disagreement", "combined"} as float32 arrays of the output's shape;
     "combined" is 0 where the output is supported and >= 1 where it departs from the input (or from
@@ -124,10 +124,10 @@ def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike = "default", re
     a tenth of the image's range. At x2 and x4 no second model is shipped: without `reference_model`
     there is no "disagreement" and "combined" is the consistency residual alone.
     """
-    from medsr import trust
+    from medsr.inference import hallucination
 
     upscaler = load_model(model, device=device, precision=precision)
-    reference_name = reference_model or trust.reference_model_name(str(model), upscaler.scale)
+    reference_name = reference_model or hallucination.reference_model_name(str(model), upscaler.scale)
     reference = None if reference_name is None else load_model(reference_name, device=device, precision=precision)
     if isinstance(image, np.ndarray):
         pixels01 = _as_unit(image)[0]
@@ -135,4 +135,4 @@ def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike = "default", re
         from medsr.io import read_image
 
         pixels01 = read_image(image).pixels
-    return trust.hallucination_maps(pixels01, upscaler, reference)
+    return hallucination.hallucination_maps(pixels01, upscaler, reference)

@@ -12,7 +12,8 @@ from medsr.io.formats import FORMAT_CHOICES, with_format_extension
 
 
 def _train(args) -> int:
-    from medsr.train import Trainer, load_config
+    from medsr.training.config import load_config
+    from medsr.training.trainer import Trainer
 
     trainer = Trainer(load_config(args.config, args.set or []))
     trainer.fit(resume=args.resume)
@@ -20,7 +21,7 @@ def _train(args) -> int:
 
 
 def _load_upscaler(args, model_name: str, tile: int | None = None):
-    from medsr.infer import load_upscaler
+    from medsr.inference.upscaler import load_upscaler
 
     return load_upscaler(model_name, scale=args.scale, device=args.device, precision=args.precision,
                          tile=args.tile if tile is None else tile, tile_overlap=args.tile_overlap,
@@ -48,7 +49,8 @@ def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
 
 
 def _upscale(args) -> int:
-    from medsr import batch, zoo
+    from medsr import zoo
+    from medsr.inference import batch
 
     pairs = _collect_inputs(args.inputs)
     out_dir = Path(args.output)
@@ -60,9 +62,9 @@ def _upscale(args) -> int:
     upscaler, meta = _load_upscaler(args, args.model)
     reference = reference_meta = None
     if args.uncertainty:
-        from medsr import trust
+        from medsr.inference import hallucination
 
-        reference_name = args.reference_model or trust.reference_model_name(args.model, upscaler.scale)
+        reference_name = args.reference_model or hallucination.reference_model_name(args.model, upscaler.scale)
         if reference_name is None:
             print(f"medsr: note: no shipped x{upscaler.scale} reference model; the uncertainty maps show the consistency "
                   "residual only (--reference-model adds the disagreement with a model of yours)", file=sys.stderr)
@@ -87,38 +89,38 @@ def _upscale(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from medsr import evaluate as ev
+    from medsr.evaluation import quality
 
-    methods = [ev.Method(name) for name in ev.BASELINES]
+    methods = [quality.Method(name) for name in quality.BASELINES]
     scale = args.scale
     for model in args.model or []:
         upscaler, meta = _load_upscaler(args, model, tile=0)
         if scale is not None and upscaler.scale != scale:
             raise MedsrError(f"{meta['path']}: model is x{upscaler.scale} but --scale is {scale}; evaluate models of one scale at a time")
         scale = upscaler.scale
-        methods.append(ev.Method(model, upscaler))
+        methods.append(quality.Method(model, upscaler))
     scale = scale or 3
     if args.task == "classify":
-        from medsr import fidelity
+        from medsr.evaluation import diagnostic
 
         if args.protocol != "paper":
             raise MedsrError("--task classify uses the paper protocol (150x150 HR); drop --protocol native")
-        fidelity.run_classify(args.data, methods, scale, Path(args.out), classifier=args.classifier,
+        diagnostic.run_classify(args.data, methods, scale, Path(args.out), classifier=args.classifier,
                               classifier_epochs=args.classifier_epochs, split=args.split, limit=args.limit,
                               device=args.device, precision=args.precision)
         return 0
-    rows = ev.evaluate(args.data, methods, scale, args.protocol, args.split, args.limit)
-    summary = ev.summarize(rows)
+    rows = quality.evaluate(args.data, methods, scale, args.protocol, args.split, args.limit)
+    summary = quality.summarize(rows)
     print(f"\n{args.protocol} protocol, x{scale}, split '{args.split}', {', '.join(args.data)}\n")
-    print(ev.markdown_table(summary))
+    print(quality.markdown_table(summary))
     context = {"data": args.data, "protocol": args.protocol, "split": args.split, "scale": scale}
-    paths = ev.write_reports(rows, summary, Path(args.out), context)
+    paths = quality.write_reports(rows, summary, Path(args.out), context)
     print(f"\nwrote {', '.join(map(str, paths))}")
     return 0
 
 
 def _compare(args) -> int:
-    from medsr.compare import compare
+    from medsr.evaluation.compare import compare
 
     names = [m for m in args.models.split(",") if m]
     result = compare(args.data, names, Path(args.out), args.protocol, args.split, args.limit, args.figures,
@@ -148,7 +150,7 @@ def _serve(args) -> int:
 
 
 def _export(args) -> int:
-    from medsr.export import export_onnx
+    from medsr.inference.onnx import export_onnx
 
     path = export_onnx(args.model, Path(args.output), args.opset)
     print(f"wrote {path} (ONNX opset {args.opset}, fp32, input 'lr' (1, 1, H, W) in [-1, 1], any H and W)")

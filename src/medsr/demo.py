@@ -20,7 +20,7 @@ import torch
 from medsr import figures, metrics
 from medsr.data import degrade
 from medsr.errors import MedsrError
-from medsr.infer import Upscaler
+from medsr.inference.upscaler import Upscaler
 from medsr.io import Image, ImageMeta, read_image, write_image
 
 MNI_T1 = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"

@@ -18,7 +18,11 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure as _ms_ssim,
+)
+from torchmetrics.functional.image import (
     peak_signal_noise_ratio as _psnr,
+)
+from torchmetrics.functional.image import (
     structural_similarity_index_measure as _ssim,
 )
 

@@ -31,12 +31,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image as PILImage
 
-from medsr import api, metrics, trust
+from medsr import api, metrics
 from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import to_uint8
-from medsr.io import Image, ImageMeta, read_image, write_image
-from medsr.io import SUPPORTED_EXTENSIONS, file_extension
+from medsr.inference import hallucination
+from medsr.io import (
+    SUPPORTED_EXTENSIONS,
+    Image,
+    ImageMeta,
+    file_extension,
+    read_image,
+    write_image,
+)
 
 log = logging.getLogger("medsr.serve")
 
@@ -240,12 +247,12 @@ class Server:
         """The hallucination-map overlay of the shown frame, made on first request."""
         if "overlay" not in job.files:
             upscaler = self.upscaler_for(job.model)
-            reference_name = trust.reference_model_name(job.model, upscaler.scale)
+            reference_name = hallucination.reference_model_name(job.model, upscaler.scale)
             reference = None if reference_name is None else api.load_model(reference_name, device=self.device, precision=self.precision)
             with self.lock:
-                maps = trust.hallucination_maps(job.lr01, upscaler, reference, sr01=job.sr01)
+                maps = hallucination.hallucination_maps(job.lr01, upscaler, reference, sr01=job.sr01)
             low, high = job.window
-            picture = trust.overlay(np.clip((maps["sr"] - low) / (high - low), 0, 1), maps["combined"])
+            picture = hallucination.overlay(np.clip((maps["sr"] - low) / (high - low), 0, 1), maps["combined"])
             path = job.folder / "overlay.png"
             PILImage.fromarray(picture).save(path, format="PNG", compress_level=1)
             job.files["overlay"] = path

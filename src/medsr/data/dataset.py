@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr.data import augment as aug_lib, degrade
+from medsr.data import augment as aug_lib
+from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.io import from_uint, is_supported, read_image, read_mnist, to_uint
 

@@ -6,7 +6,12 @@ first use so that importing this package does not pull in pydicom or nibabel.
 """
 
 from medsr.io.dispatch import read_image, write_image
-from medsr.io.formats import FORMAT_CHOICES, SUPPORTED_EXTENSIONS, file_extension, is_supported
+from medsr.io.formats import (
+    FORMAT_CHOICES,
+    SUPPORTED_EXTENSIONS,
+    file_extension,
+    is_supported,
+)
 from medsr.io.mnist import read_mnist
 from medsr.io.types import MAX_PIXELS, Image, ImageMeta, from_uint, to_uint
 

@@ -14,11 +14,23 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 from pydicom.valuerep import DSfloat
 
 from medsr.errors import MedsrError
-from medsr.io.types import MAX_PIXELS, Image, ImageMeta, printable, quiet_libraries, to_uint
+from medsr.io.types import (
+    MAX_PIXELS,
+    Image,
+    ImageMeta,
+    printable,
+    quiet_libraries,
+    to_uint,
+)
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _GRAY = ("MONOCHROME1", "MONOCHROME2")

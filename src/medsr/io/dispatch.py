@@ -13,7 +13,15 @@ import numpy as np
 
 from medsr.errors import MedsrError
 from medsr.files import atomic_write
-from medsr.io.formats import FORMAT_NAMES, SUPPORTED_EXTENSIONS, Format, file_extension, format_named, format_of_extension, format_of_path
+from medsr.io.formats import (
+    FORMAT_NAMES,
+    SUPPORTED_EXTENSIONS,
+    Format,
+    file_extension,
+    format_named,
+    format_of_extension,
+    format_of_path,
+)
 from medsr.io.types import Image, ImageMeta
 
 

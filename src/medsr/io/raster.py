@@ -11,7 +11,14 @@ from PIL import Image as PILImage
 from PIL import ImageSequence
 
 from medsr.errors import MedsrError
-from medsr.io.types import MAX_PIXELS, Image, ImageMeta, from_uint, quiet_libraries, to_uint
+from medsr.io.types import (
+    MAX_PIXELS,
+    Image,
+    ImageMeta,
+    from_uint,
+    quiet_libraries,
+    to_uint,
+)
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")

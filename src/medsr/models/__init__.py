@@ -7,9 +7,11 @@ from medsr.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from medsr.models.edsr import EDSR
 from medsr.models.paper_gan import PaperDiscriminator, PaperGenerator
 from medsr.models.resshift import ResShift
-from medsr.models.rrdb import RRDBNet, convert_official as rrdb_from_official
+from medsr.models.rrdb import RRDBNet
+from medsr.models.rrdb import convert_official as rrdb_from_official
 from medsr.models.srresnet import SRResNet, VGGDiscriminator
-from medsr.models.swinir import SwinIR, convert_official as swinir_from_official
+from medsr.models.swinir import SwinIR
+from medsr.models.swinir import convert_official as swinir_from_official
 from medsr.models.unet_discriminator import UNetDiscriminatorSN
 
 # Names are what a recipe's `model:` says; ESRGAN and Real-ESRGAN share the RRDBNet generator and

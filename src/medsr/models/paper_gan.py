@@ -3,7 +3,14 @@
 import torch
 import torch.nn as nn
 
-from medsr.models.layers import LEAKY_SLOPE, Dropout, check_input_size, conv_out_size, scale_factors, upsampler
+from medsr.models.layers import (
+    LEAKY_SLOPE,
+    Dropout,
+    check_input_size,
+    conv_out_size,
+    scale_factors,
+    upsampler,
+)
 
 
 def _lrelu() -> nn.LeakyReLU:

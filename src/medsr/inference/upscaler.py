@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr import runtime
+from medsr import hardware
 from medsr.data import degrade
 from medsr.errors import MedsrError
 
@@ -66,7 +66,7 @@ class Upscaler(TiledUpscaler):
                  tile: int = 256, tile_overlap: int = 16, normalize: bool = True):
         super().__init__(scale, tile, tile_overlap, normalize)
         self.device = device
-        self.dtype = runtime.resolve_precision(precision, device)
+        self.dtype = hardware.resolve_precision(precision, device)
         model = model.to(device).eval()
         if hasattr(model, "fused_for_inference"):
             model = model.fused_for_inference()  # same function, fewer operations
@@ -78,20 +78,20 @@ class Upscaler(TiledUpscaler):
     def _run(self, lr01: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(lr01, dtype=np.float32))[None, None].to(self.device)
         x = degrade.to_signed(x).contiguous(memory_format=torch.channels_last)
-        with runtime.autocast(self.device, self.dtype):
+        with hardware.autocast(self.device, self.dtype):
             y = self.model(x)
         return degrade.to_unit(y.float())[0, 0].cpu().numpy()
 
 
 class OnnxUpscaler(TiledUpscaler):
-    """An exported ONNX model (medsr.export) run by onnxruntime, with Upscaler's interface. fp32 only.
+    """An exported ONNX model (medsr.inference.onnx) run by onnxruntime, with Upscaler's interface. fp32 only.
 
     `model` is an .onnx file or its bytes; `scale` defaults to the model's medsr_scale metadata.
     """
 
     def __init__(self, model: str | Path | bytes, scale: int | None = None, device: str = "cpu", tile: int = 256,
                  tile_overlap: int = 16, normalize: bool = True):
-        from medsr.export import INPUT_NAME, OUTPUT_NAME, require
+        from medsr.inference.onnx import INPUT_NAME, OUTPUT_NAME, require
 
         ort = require("onnxruntime")
         name = "the exported model" if isinstance(model, bytes) else str(model)
@@ -150,7 +150,9 @@ def load_upscaler(model: str | Path = "default", *, scale: int | None = None, de
     an .onnx file from `medsr export`; anything else is exported in memory first.
     """
     from medsr import zoo
-    from medsr.runtime import resolve_device  # the module name `runtime` is this function's argument here
+    from medsr.hardware import (
+        resolve_device,  # the module name `runtime` is this function's argument here
+    )
 
     if runtime not in RUNTIMES:
         raise MedsrError(f"unknown runtime '{runtime}'; use {' or '.join(RUNTIMES)}")
@@ -170,7 +172,7 @@ def load_upscaler(model: str | Path = "default", *, scale: int | None = None, de
         meta = dict(upscaler.meta, path=str(model))
         _model_scale(meta, scale)
     else:
-        from medsr.export import onnx_bytes
+        from medsr.inference.onnx import onnx_bytes
 
         generator, meta = zoo.load(model)
         upscaler = OnnxUpscaler(onnx_bytes(generator, meta, str(model)), _model_scale(meta, scale), device, tile, tile_overlap)

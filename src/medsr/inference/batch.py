@@ -204,9 +204,9 @@ def _input_state(path: Path) -> dict[str, Any]:
 
 
 def _map_names(output: Path) -> list[str]:
-    from medsr import trust
+    from medsr.inference import hallucination
 
-    return [path.name for path in trust.map_paths(trust.stem_for(output))]
+    return [path.name for path in hallucination.map_paths(hallucination.stem_for(output))]
 
 
 def remove_temp_files(jobs: Iterable[Job]) -> int:
@@ -245,14 +245,14 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
               force: bool = False, on_result: Callable[[JobResult], None] | None = None) -> BatchSummary:
     """Upscale every job's input into its output; returns the results in job order.
 
-    `upscaler` needs `.scale` and `.upscale(pixels01)` (medsr.infer.Upscaler or any runtime with
-    that interface); `uncertainty` adds hallucination maps (medsr.trust) next to each output, with the
-    disagreement with `reference` when one is given (medsr.trust.hallucination_maps). `workers` threads decode ahead and write behind (0: everything on this thread). With a
+    `upscaler` needs `.scale` and `.upscale(pixels01)` (medsr.inference.upscaler.Upscaler or any runtime with
+    that interface); `uncertainty` adds hallucination maps (medsr.inference.hallucination) next to each output, with the
+    disagreement with `reference` when one is given (medsr.inference.hallucination.hallucination_maps). `workers` threads decode ahead and write behind (0: everything on this thread). With a
     `ledger` path, finished outputs are recorded there and jobs already complete with the same
     `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
     """
-    from medsr import trust
+    from medsr.inference import hallucination
 
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
@@ -293,7 +293,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         try:
             written = [write_image(job.output, image, scale=upscaler.scale, model_name=model_name, format=format)]
             if maps is not None:
-                written += trust.write_maps(trust.stem_for(written[0]), maps, protect=inputs)
+                written += hallucination.write_maps(hallucination.stem_for(written[0]), maps, protect=inputs)
             files = [_file_record(path) for path in written]
         except (MedsrError, MemoryError, OSError) as err:
             return _failure(job, err, time.perf_counter() - started)
@@ -341,7 +341,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                     started = time.perf_counter() - spent
                     try:
                         sr = upscaler.upscale(image.pixels)
-                        maps = None if not uncertainty else trust.hallucination_maps(image.pixels, upscaler, reference, sr01=sr)
+                        maps = None if not uncertainty else hallucination.hallucination_maps(image.pixels, upscaler, reference, sr01=sr)
                         writing.append(submit(write, job, Image(sr, image.meta), maps, state, time.perf_counter() - started))
                     except (MedsrError, MemoryError) as err:
                         writing.append(_finished(_failure(job, err, time.perf_counter() - started)))

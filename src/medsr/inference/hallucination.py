@@ -131,7 +131,7 @@ def hallucination_maps(lr01: np.ndarray, upscaler, reference_upscaler=None, *,
     - "disagreement" (only with a reference): |SR - reference SR|, lightly blurred, in [0, 1] pixel units;
     - "combined": max of the two divided by 10 % of the LR image's own range (see `combine`):
       0 = fully supported, 1.0 = the output departs from the input or the reference by a tenth of the range.
-    Upscalers need `.scale` and `.upscale(array)` (medsr.infer.Upscaler).
+    Upscalers need `.scale` and `.upscale(array)` (medsr.inference.upscaler.Upscaler).
     """
     lr01 = np.asarray(lr01, dtype=np.float32)
     scale = int(upscaler.scale)

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr import evaluate as ev, figures, runtime, zoo
+from medsr import figures, hardware, zoo
 from medsr.data import load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
-from medsr.infer import Upscaler
+from medsr.evaluation import quality
+from medsr.inference.upscaler import Upscaler
 
 TIMING_SIDE = 512
 DIFF_RANGE = 0.25  # |error| shown as white in the difference maps
@@ -33,7 +34,7 @@ DIFF_RANGE = 0.25  # |error| shown as white in the difference maps
 
 @dataclass
 class Entry:
-    method: ev.Method
+    method: quality.Method
     params: int | None = None
     train_minutes: float | None = None
     ms_per_512: float | None = None
@@ -46,8 +47,8 @@ def build_entries(names: list[str], device: torch.device, precision: str, scale:
     for item in names:
         name, _, ref = item.partition("=")
         ref = ref or name
-        if ref in ev.BASELINES or ref == "bilinear":
-            entries.append(Entry(ev.Method(ref)))
+        if ref in quality.BASELINES or ref == "bilinear":
+            entries.append(Entry(quality.Method(ref)))
             continue
         model, meta = zoo.load(ref, device)
         model_scale = int(meta["medsr_scale"])
@@ -55,7 +56,7 @@ def build_entries(names: list[str], device: torch.device, precision: str, scale:
             raise MedsrError(f"{meta['path']}: model {name} is x{model_scale} but the comparison is x{scale}; compare models of one scale")
         scale = model_scale
         seconds = meta.get("medsr_train_seconds")
-        entries.append(Entry(ev.Method(name, Upscaler(model, scale, device, precision, tile=0)),
+        entries.append(Entry(quality.Method(name, Upscaler(model, scale, device, precision, tile=0)),
                              params=sum(p.numel() for p in model.parameters()),
                              train_minutes=float(seconds) / 60 if seconds else None))
     if not entries:
@@ -129,10 +130,10 @@ def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str
             limit: int | None = None, n_figures: int = 4, scale: int | None = None, device: str = "auto",
             precision: str = "auto", timing: bool = True) -> dict:
     """Run the comparison; write table.md, summary.csv, per_image.csv, results.json, figures/ and summary.png into out_dir."""
-    entries, scale = build_entries(names, runtime.resolve_device(device), precision, scale)
+    entries, scale = build_entries(names, hardware.resolve_device(device), precision, scale)
     methods = [e.method for e in entries]
-    rows = ev.evaluate(data_dirs, methods, scale, protocol, split, limit)
-    summary = ev.summarize(rows)
+    rows = quality.evaluate(data_dirs, methods, scale, protocol, split, limit)
+    summary = quality.summarize(rows)
     for e in entries:
         e.ms_per_512 = time_per_image(e, scale) if timing else float("nan")
     for s in summary:
@@ -141,7 +142,7 @@ def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str
 
     out_dir.mkdir(parents=True, exist_ok=True)
     context = {"data": data_dirs, "protocol": protocol, "split": split, "scale": scale, "models": names}
-    ev.write_reports(rows, summary, out_dir, context)
+    quality.write_reports(rows, summary, out_dir, context)
     table = markdown_table(summary, entries)
     (out_dir / "table.md").write_text(table + "\n")
 
@@ -151,7 +152,7 @@ def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str
     (out_dir / "figures").mkdir(exist_ok=True)
     samples, figure_paths = [], []
     for i in picks:
-        lr, hr = ev.make_pair(as_unit_float(arrays[i]), protocol, scale)
+        lr, hr = quality.make_pair(as_unit_float(arrays[i]), protocol, scale)
         outputs = {m.name: m.run(lr, scale) for m in methods}
         image_rows = [r for r in rows if r["file"] == str(kept[i].path)]
         scores = {r["method"]: r["psnr"] for r in image_rows}

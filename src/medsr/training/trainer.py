@@ -28,7 +28,6 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,111 +37,15 @@ import yaml
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from medsr import losses, metrics, runtime, zoo
+from medsr import hardware, metrics, zoo
 from medsr.data import build_sampler, degrade
 from medsr.data.augment import Augment
 from medsr.errors import MedsrError
-from medsr.guard import CollapseGuard
 from medsr.files import atomic_write
 from medsr.models import create_discriminator, create_generator
-
-
-@dataclass
-class TrainConfig:
-    """A training recipe. Every field can be set in the YAML file or with --set key=value."""
-
-    name: str = "run"
-    out_dir: str = "runs"  # the run folder is out_dir/name
-    seed: int = 0
-    # data
-    data: list = field(default_factory=lambda: ["${MEDSR_DATA}/brain-mri", "${MEDSR_DATA}/chest-xray"])
-    protocol: str = "paper"  # paper | patch | mnist (see medsr.data.PairSampler)
-    scale: int = 3
-    hr_size: int = 150  # HR side: the paper's 150, or the patch size
-    max_train_images: int | None = None
-    max_val_images: int = 64
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    degradation: str = "bicubic"  # how training LR images are made: bicubic | realesrgan (val/test stay bicubic)
-    augment: dict = field(default_factory=dict)  # probabilities: {hflip, vflip, rot90, cutblur, cutblur_alpha}
-    # model
-    model: str = "paper"
-    init_from: str | None = None  # start the generator from this model file / run folder / shipped name
-    generator: dict = field(default_factory=dict)  # constructor overrides, e.g. {channels: 32}
-    discriminator: dict = field(default_factory=dict)
-    # schedule
-    epochs: int = 50
-    steps_per_epoch: int | None = None  # default: one pass over the training images
-    warmup_epochs: int = 0  # epochs on the pixel loss alone before the adversarial phase
-    batch_size: int = 16
-    # optimisation
-    lr_generator: float = 1e-4
-    lr_discriminator: float = 1e-4
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    pixel_loss: str = "mse"
-    pixel_weight: float = 1.0
-    perceptual_loss: str | None = None  # vgg19 (needs vgg_weights, a local file) | ssim-grad (no weights)
-    perceptual_weight: float = 1.0
-    vgg_weights: str | None = None  # torchvision's vgg19 state dict (.pth or .safetensors)
-    vgg_layers: list = field(default_factory=lambda: ["conv5_4"])
-    adversarial_weight: float = 1e-3  # 0 turns the discriminator off entirely
-    gan_loss: str = "bce"  # bce (the paper, SRGAN) | ragan (relativistic average, ESRGAN)
-    discriminator_model: str | None = None  # default: the discriminator named like `model`
-    lr_schedule: str = "constant"  # constant | cosine (to 1% of the start over the whole run)
-    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the generator, used for validation and export
-    # machinery
-    precision: str = "auto"  # auto | bf16 | fp32
-    channels_last: bool = True
-    device: str = "auto"
-    time_budget_minutes: float | None = None  # end the run (with its final model) after this much training wall time
-    collapse_retries: int = 3  # roll-backs after a collapse (medsr.guard) before giving up
-    collapse_lr_factor: float = 0.5  # learning rates are multiplied by this at each roll-back
-    collapse_patience: int = 200  # steps of a discriminator winning outright that count as a collapse
-    checkpoint_every: int = 500  # steps; also one at the end
-    keep_checkpoints: int = 3
-    grid_images: int = 6
-    log_every: int = 10
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
-
-
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """A TrainConfig from a YAML recipe plus `key=value` overrides (values parsed as YAML;
-    `generator.channels=32` sets a key inside a dict field)."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except OSError:
-            raise MedsrError(f"{path}: recipe not found; pass a YAML file such as configs/paper.yaml") from None
-        except yaml.YAMLError as err:
-            raise MedsrError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the file") from None
-        if not isinstance(values, dict):
-            raise MedsrError(f"{path}: a recipe must be a YAML mapping of key: value")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise MedsrError(f"--set {item}: expected key=value, e.g. --set epochs=2")
-        value = yaml.safe_load(raw)
-        head, _, sub = key.partition(".")
-        if sub:
-            values.setdefault(head, {})[sub] = value
-        else:
-            values[key] = value
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise MedsrError(f"{path or '--set'}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    return TrainConfig(**values)
-
-
-def expand_data_path(text: str) -> str:
-    """Expand ${MEDSR_DATA} (default ../shared/data) and ~ in a data path."""
-    os.environ.setdefault("MEDSR_DATA", "../shared/data")
-    return os.path.expanduser(os.path.expandvars(text))
+from medsr.training import losses
+from medsr.training.collapse import CollapseGuard
+from medsr.training.config import TrainConfig, expand_data_path
 
 
 def _set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
@@ -160,7 +63,7 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
-        self.device = runtime.resolve_device(cfg.device)
+        self.device = hardware.resolve_device(cfg.device)
         if self.distributed:
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             if self.device.type == "cuda":
@@ -168,7 +71,7 @@ class Trainer:
                 torch.cuda.set_device(self.device)
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        self.dtype = runtime.resolve_precision(cfg.precision, self.device)
+        self.dtype = hardware.resolve_precision(cfg.precision, self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -258,7 +161,7 @@ class Trainer:
         hr = hr.to(self.device).contiguous(memory_format=self.memory_format)
         adversarial = self.adversarial and self.step_count >= self.warmup_steps
         self.generator.train()
-        with runtime.autocast(self.device, self.dtype):
+        with hardware.autocast(self.device, self.dtype):
             if self.own_loss:
                 own, sr = self.generator.training_loss(lr, hr)
             else:
@@ -267,7 +170,7 @@ class Trainer:
 
         if adversarial:
             self.discriminator.train()
-            with runtime.autocast(self.device, self.dtype):
+            with hardware.autocast(self.device, self.dtype):
                 logits = self.discriminator(torch.cat([hr, sr.detach()])).float()
             d_loss = losses.discriminator_gan(cfg.gan_loss, logits[: len(hr)], logits[len(hr) :])
             self.opt_d.zero_grad(set_to_none=True)
@@ -280,7 +183,7 @@ class Trainer:
         pixel = own.float() if self.own_loss else self.pixel_loss(sr.float(), hr.float())
         g_loss = cfg.pixel_weight * pixel
         if self.perceptual is not None:
-            with runtime.autocast(self.device, self.dtype):
+            with hardware.autocast(self.device, self.dtype):
                 perceptual = self.perceptual(sr, hr)
             g_loss = g_loss + cfg.perceptual_weight * perceptual
             logs["loss/g_perceptual"] = perceptual.item()
@@ -292,7 +195,7 @@ class Trainer:
             # every fake real here, which leaves the generator no adversarial signal.
             judge = _unwrap(self.discriminator)
             _set_requires_grad(judge, False)
-            with runtime.autocast(self.device, self.dtype):
+            with hardware.autocast(self.device, self.dtype):
                 logits = judge(torch.cat([hr, sr])).float()
             adv = losses.generator_gan(cfg.gan_loss, logits[: len(hr)], logits[len(hr) :])
             _set_requires_grad(judge, True)
@@ -321,7 +224,7 @@ class Trainer:
         outputs = []
         for start in range(0, len(self.val_lr), 16):
             lr = self.val_lr[start : start + 16].to(self.device).contiguous(memory_format=self.memory_format)
-            with runtime.autocast(self.device, self.dtype):
+            with hardware.autocast(self.device, self.dtype):
                 outputs.append(g(lr).float().cpu())
         sr = degrade.to_unit(torch.cat(outputs))
         hr = degrade.to_unit(self.val_hr)
@@ -564,7 +467,3 @@ class Trainer:
             gc.collect()
             dist.barrier()
             dist.destroy_process_group()
-
-
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> Path:
-    return Trainer(cfg).fit(resume=resume, stop_after=stop_after)

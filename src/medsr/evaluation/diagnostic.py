@@ -13,7 +13,7 @@ and ReLU, global average pooling, one linear layer; about 210k parameters at the
 widths; input 150x150 (the paper protocol's HR size; other sizes are resized to it). GroupNorm
 rather than BatchNorm: an image's logits do not depend on its batch or on running statistics,
 so a short training run evaluates exactly as it trains. Training: Adam with a cosine schedule,
-random horizontal flips, a fixed seed, bf16 autocast where `runtime.resolve_precision("auto")`
+random horizontal flips, a fixed seed, bf16 autocast where `hardware.resolve_precision("auto")`
 says the hardware has it. Class imbalance (chest: 102 NORMAL vs 885 PNEUMONIA) is handled with
 class-weighted cross-entropy, weight_c = N / (K * N_c), so each class counts as much in the loss.
 The classifier is saved as .safetensors with its class names, input size, epochs and seed in
@@ -36,11 +36,11 @@ from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 from tqdm import tqdm
 
-from medsr import runtime
+from medsr import hardware
 from medsr.data import degrade, load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
-from medsr.evaluate import Method, make_pair, write_reports
+from medsr.evaluation.quality import Method, make_pair, write_reports
 from medsr.files import atomic_write
 
 KIND = "medsr-fidelity-classifier"  # metadata marker: tells a classifier file from a generator file
@@ -165,8 +165,8 @@ def train_classifier(data_dirs: list[str], epochs: int = DEFAULT_EPOCHS, input_s
     if epochs < 1:
         raise MedsrError(f"--classifier-epochs {epochs}: must be at least 1")
     started = time.monotonic()
-    device = runtime.resolve_device(device)
-    dtype = runtime.resolve_precision(precision, device)
+    device = hardware.resolve_device(device)
+    dtype = hardware.resolve_precision(precision, device)
     images, items = _hr_images(data_dirs, "train", limit)
     classes = sorted({it.label for it in items})
     if len(classes) < 2:
@@ -190,7 +190,7 @@ def train_classifier(data_dirs: list[str], epochs: int = DEFAULT_EPOCHS, input_s
             x, y = inputs[idx], targets[idx]
             flip = torch.rand(len(idx), generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            with runtime.autocast(device, dtype):
+            with hardware.autocast(device, dtype):
                 logits = model(x.to(device))
             loss = F.cross_entropy(logits.float(), y.to(device), weight=weights.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -225,10 +225,10 @@ def _val_accuracy(model: FidelityClassifier, data_dirs: list[str], limit: int | 
 def predict(model: FidelityClassifier, images01: torch.Tensor, precision: str = "auto", batch_size: int = 64) -> torch.Tensor:
     """Softmax probabilities (N, K), float32 on the CPU, of (N, 1, H, W) [0, 1] images."""
     device = next(model.parameters()).device
-    dtype = runtime.resolve_precision(precision, device)
+    dtype = hardware.resolve_precision(precision, device)
     out = []
     for chunk in images01.split(batch_size):
-        with runtime.autocast(device, dtype):
+        with hardware.autocast(device, dtype):
             logits = model(model.prepare(chunk).to(device))
         out.append(logits.float().softmax(1).cpu())
     return torch.cat(out)
@@ -315,7 +315,7 @@ def run_classify(data_dirs: list[str], methods: list[Method], scale: int, out_di
     table, write the reports. Returns {rows, summary, table, paths, classifier}."""
     out_dir = Path(out_dir)
     if classifier is not None:
-        model = load_classifier(classifier, runtime.resolve_device(device))
+        model = load_classifier(classifier, hardware.resolve_device(device))
         path = Path(classifier)
     else:
         model = train_classifier(data_dirs, classifier_epochs, input_size, seed, device=device, precision=precision, limit=train_limit)

@@ -23,8 +23,8 @@ from medsr import metrics
 from medsr.data import degrade, load_arrays, scan, select
 from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
-from medsr.infer import Upscaler
 from medsr.files import atomic_write
+from medsr.inference.upscaler import Upscaler
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio")
@@ -105,7 +105,7 @@ def markdown_table(summary: list[dict], reference: str = "bicubic") -> str:
 def write_reports(rows: list[dict], summary: list[dict], out_dir: Path, context: dict,
                   names: tuple[str, str, str] = ("per_image.csv", "summary.csv", "results.json")) -> list[Path]:
     """per-image CSV, summary CSV, and a JSON with context + summary + rows, each written atomically;
-    `names` lets another report (medsr.fidelity) sit beside these in the same folder."""
+    `names` lets another report (medsr.evaluation.diagnostic) sit beside these in the same folder."""
     paths = [Path(out_dir) / name for name in names]
     for path, table in zip(paths[:2], (rows, summary)):
         def write_csv(tmp: Path, table=table) -> None:
