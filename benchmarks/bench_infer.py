@@ -11,10 +11,9 @@ import torch
 from common import DATA, timed
 
 from medsr import hardware, metrics, zoo
-from medsr.data import load_arrays, scan, select
-from medsr.data.dataset import as_unit_float
-from medsr.evaluation.quality import make_pair
+from medsr.data import degrade, load_arrays, scan, select
 from medsr.inference.upscaler import Upscaler
+from medsr.io.types import as_unit
 from medsr.models import create_generator
 
 
@@ -39,7 +38,7 @@ def main():
     pairs = None
     if DATA.is_dir():
         arrays, _ = load_arrays(select(scan([DATA / "brain-mri", DATA / "chest-xray"]), "test"), args.images)
-        pairs = [make_pair(as_unit_float(a), "paper", 3) for a in arrays]
+        pairs = [degrade.make_pair(as_unit(a)[0], "paper", 3) for a in arrays]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {hardware.cpu_has_fast_bf16()}\n")
     print("| model | fp32 (s) | bf16 (s) | speed-up | bf16 - fp32 test PSNR (dB) |\n|---|---:|---:|---:|---:|")
     for name in args.models.split(","):

@@ -18,6 +18,7 @@ from common import DATA, ROOT, timed
 from medsr.data import degrade, scan, select
 from medsr.io import read_image
 from medsr.models import create_discriminator, create_generator
+from medsr.models.value_range import to_signed
 from medsr.training import losses
 from medsr.training.trainer import Trainer, load_config
 
@@ -35,7 +36,7 @@ def naive_step_fn(cfg, files):
 
     def step():
         lr, hr = zip(*(degrade.paper_pair(read_image(p).pixels, cfg.hr_size, cfg.scale) for p in random.sample(files, cfg.batch_size)))
-        lr, hr = degrade.to_signed(torch.cat(lr)), degrade.to_signed(torch.cat(hr))
+        lr, hr = to_signed(torch.cat(lr)), to_signed(torch.cat(hr))
         sr = g(lr)
         loss = pixel(sr, hr)
         if adversarial:

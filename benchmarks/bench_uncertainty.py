@@ -15,11 +15,10 @@ import torch
 from common import DATA
 
 from medsr import zoo
-from medsr.data import load_arrays, scan, select
-from medsr.data.dataset import as_unit_float
-from medsr.evaluation import quality
+from medsr.data import degrade, load_arrays, scan, select
 from medsr.inference import hallucination
 from medsr.inference.upscaler import Upscaler
+from medsr.io.types import as_unit
 
 
 def upscaler(name: str) -> Upscaler:
@@ -41,7 +40,7 @@ def main():
             main_model, reference = upscaler(name), upscaler(hallucination.reference_model_name(name))
             maps, errors = [], []
             for array in arrays:
-                lr, hr = quality.make_pair(as_unit_float(array), "paper", 3)
+                lr, hr = degrade.make_pair(as_unit(array)[0], "paper", 3)
                 result = hallucination.hallucination_maps(lr, main_model, reference)
                 span = max(float(lr.max() - lr.min()), 1e-6)
                 true_error = hallucination.disagreement(result["sr"], hr) / (hallucination.COMBINED_UNIT * span)

@@ -21,6 +21,7 @@ from medsr import figures, metrics, zoo
 from medsr.data import build_sampler, degrade
 from medsr.evaluation.compare import compare
 from medsr.inference.upscaler import Upscaler
+from medsr.models.value_range import to_unit
 
 RUNS = ROOT / "runs" / "compare"
 TRAINED = ["paper", "default", "srgan", "esrgan", "real-esrgan", "swinir", "resshift"]
@@ -41,7 +42,7 @@ def mnist_section(limit: int = 500) -> list[str]:
     model, meta = zoo.load(run)
     scale = int(meta["medsr_scale"])
     lr, hr = build_sampler([str(DATA / "mnist")], "test", "mnist", scale, 28).fixed_pairs(limit)
-    lr01, hr01 = degrade.to_unit(lr), degrade.to_unit(hr)
+    lr01, hr01 = to_unit(lr), to_unit(hr)
     upscaler = Upscaler(model, scale, torch.device("cpu"), "auto", tile=0, normalize=False)
     sr01 = torch.from_numpy(np.stack([upscaler.upscale_plane(x[0].numpy()) for x in lr01]))[:, None]
     bicubic = degrade.upscale_baseline(lr01, scale).clamp(0, 1)

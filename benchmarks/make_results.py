@@ -11,7 +11,7 @@ import torch
 from common import DATA, ROOT
 
 from medsr import hardware, zoo
-from medsr.evaluation import quality
+from medsr.evaluation import quality, report
 from medsr.inference.upscaler import Upscaler
 
 MODELS = "default,default-gan,paper"
@@ -76,7 +76,7 @@ def main():
         for protocol in ("paper", "native"):
             rows = quality.evaluate([str(DATA / modality)], methods, 3, protocol, "test", args.limit)
             summary = quality.summarize(rows)
-            quality.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-{protocol}",
+            report.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-{protocol}",
                              {"data": modality, "protocol": protocol, "split": "test", "scale": 3})
             results[modality, protocol] = {row["method"]: row for row in summary}
             tables += [f"## {modality}, {protocol} protocol", "", quality.markdown_table(summary), ""]

@@ -11,7 +11,7 @@ import torch
 from common import DATA, ROOT
 
 from medsr import hardware, zoo
-from medsr.evaluation import quality
+from medsr.evaluation import quality, report
 from medsr.inference.upscaler import Upscaler
 
 MODELS = {2: "default-x2", 3: "default", 4: "default-x4"}
@@ -36,7 +36,7 @@ def main():
             rows = quality.evaluate([str(DATA / modality)], methods, scale, "paper", "test", args.limit)
             summary = quality.summarize(rows)
             if scale != 3:  # x3 is docs/results/<modality>-paper, written by make_results.py
-                quality.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-paper-x{scale}",
+                report.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-paper-x{scale}",
                                  {"data": modality, "protocol": "paper", "split": "test", "scale": scale})
             lines += [f"## x{scale}, {modality}", "", quality.markdown_table(summary), ""]
             print("\n".join(lines[-4:]))

@@ -135,7 +135,7 @@ def run(cmd):
 
 def test_cli_export_then_upscale_with_onnx(tmp_path, tiny_model, medsr_cli):
     model_path = tmp_path / "tiny.onnx"
-    result = run(medsr_cli + ["export", "--model", str(tiny_model), "--format", "onnx", "-o", str(model_path)])
+    result = run(medsr_cli + ["export", "--model", str(tiny_model), "-o", str(model_path)])
     assert result.returncode == 0, result.stderr
     assert model_path.is_file() and not list(tmp_path.glob(".*.tmp"))
     lr = (np.random.default_rng(2).random((40, 30)) * 255).astype(np.uint8)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from test_train import read_log, tiny_config
 
 from medsr.errors import MedsrError
+from medsr.models.value_range import to_unit
 from medsr.training.collapse import CollapseGuard
 from medsr.training.trainer import Trainer
 
@@ -82,12 +83,11 @@ def newest_step(run: Path) -> int:
 
 def psnr_on(model_file: Path, pairs) -> float:
     from medsr import metrics, zoo
-    from medsr.data import degrade
 
     model, _ = zoo.load(model_file)
     lr, hr = pairs
     with torch.no_grad():
-        return metrics.psnr(degrade.to_unit(model(lr)), degrade.to_unit(hr)).mean().item()
+        return metrics.psnr(to_unit(model(lr)), to_unit(hr)).mean().item()
 
 
 def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(image_folder, tmp_path, medsr_cli):

@@ -1,4 +1,7 @@
-"""The `medsr` command. Thin: parse arguments, call the library, turn MedsrError into one line."""
+"""The `medsr` command. Thin: parse arguments, call the library, turn MedsrError into one line.
+
+Each command imports its part of medsr when it runs, so `medsr --help` and a typo cost no torch import.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
+from medsr import __version__
 from medsr.errors import MedsrError
 from medsr.io.formats import FORMAT_CHOICES, with_format_extension
+from medsr.settings import DEVICES, PRECISIONS, RUNTIMES, TILE, TILE_OVERLAP
 
 
 def _train(args) -> int:
@@ -20,7 +25,7 @@ def _train(args) -> int:
     return 130 if trainer.interrupted else 0  # 130: the shell's code for a run stopped by Ctrl-C
 
 
-def _load_upscaler(args, model_name: str, tile: int | None = None):
+def _load_upscaler(args, model_name: str | None, tile: int | None = None):
     from medsr.inference.upscaler import load_upscaler
 
     return load_upscaler(model_name, scale=args.scale, device=args.device, precision=args.precision,
@@ -52,6 +57,7 @@ def _upscale(args) -> int:
     from medsr import zoo
     from medsr.inference import batch
 
+    args.model = args.model or zoo.default_model(args.scale)
     pairs = _collect_inputs(args.inputs)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -89,7 +95,7 @@ def _upscale(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from medsr.evaluation import quality
+    from medsr.evaluation import quality, report
 
     methods = [quality.Method(name) for name in quality.BASELINES]
     scale = args.scale
@@ -114,7 +120,7 @@ def _evaluate(args) -> int:
     print(f"\n{args.protocol} protocol, x{scale}, split '{args.split}', {', '.join(args.data)}\n")
     print(quality.markdown_table(summary))
     context = {"data": args.data, "protocol": args.protocol, "split": args.split, "scale": scale}
-    paths = quality.write_reports(rows, summary, Path(args.out), context)
+    paths = report.write_reports(rows, summary, Path(args.out), context)
     print(f"\nwrote {', '.join(map(str, paths))}")
     return 0
 
@@ -134,7 +140,7 @@ def _demo(args) -> int:
     from medsr.demo import run_demo
 
     upscaler, meta = _load_upscaler(args, args.model)
-    paths = run_demo(upscaler, Path(args.output), args.model)
+    paths = run_demo(upscaler, Path(args.output), args.model or f"default for x{upscaler.scale}")
     print("wrote:\n  " + "\n  ".join(map(str, paths)))
     return 0
 
@@ -166,52 +172,75 @@ def _models(args) -> int:
         return 0
     print("| name | architecture | scale | parameters | file |\n|---|---|---:|---:|---|")
     for name, path in shipped.items():
-        model, meta = zoo.load(path)
-        params = sum(p.numel() for p in model.parameters())
-        print(f"| {name} | {meta['medsr_arch']} | x{meta['medsr_scale']} | {params:,} | {path} |")
+        meta = zoo.load(path)[1]
+        print(f"| {name} | {meta['medsr_arch']} | x{meta['medsr_scale']} | {int(meta['parameters']):,} | {path} |")
     print(f"\nmodel cards: {zoo.ZOO_DIR}/<name>.md; default for 'medsr upscale': {zoo.DEFAULT_MODEL}")
     return 0
 
 
+def _device_options(p) -> None:
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 where the hardware does it natively, else fp32")
+    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
+
+
+def _model_options(p, model_help: str) -> None:
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--scale", type=int, help="upscaling factor; must be the model's own (without --model: picks the shipped default of that scale)")
+    _device_options(p)
+    p.add_argument("--tile", type=int, default=TILE, help="LR tile size in pixels; 0 = whole image at once")
+    p.add_argument("--tile-overlap", type=int, default=TILE_OVERLAP, help="context pixels around each tile")
+    p.add_argument("--runtime", default=RUNTIMES[0], choices=RUNTIMES,
+                   help="onnx: onnxruntime, fp32 only (pip install -e \".[onnx]\"); --model may then be an .onnx file")
+
+
+UPSCALE_EXAMPLES = """examples:
+  medsr upscale scan.dcm -o out/                   x3 with the shipped default; a derived DICOM
+  medsr upscale scans/ -o out/ --scale 2           a folder (walked, structure mirrored), x2 model
+  medsr upscale scans/ -o out/ --format png        PNG outputs whatever the inputs' formats
+  medsr upscale scan.png -o out/ --uncertainty     also the hallucination map next to the output
+  medsr upscale scans/ -o out/                     again after a crash: completed files are skipped
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' layout and shows each option's default, where it has one."""
+
+    def _get_help_string(self, action) -> str:
+        shown = action.default not in (None, False, argparse.SUPPRESS) and "default" not in (action.help or "")
+        return f"{action.help} (default: %(default)s)" if shown else action.help
+
+
 def build_parser() -> argparse.ArgumentParser:
+    formatter = _HelpFormatter
     parser = argparse.ArgumentParser(prog="medsr", description="Super-resolution of medical images (X-ray, MRI; PNG/JPEG/TIFF, DICOM, NIfTI).")
+    parser.add_argument("--version", action="version", version=f"medsr {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model from a YAML recipe")
+    p = sub.add_parser("train", help="train a model from a YAML recipe", formatter_class=formatter)
     p.add_argument("config", help="recipe, e.g. configs/paper.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable), e.g. --set epochs=2")
     p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
     p.set_defaults(func=_train)
 
-    def model_options(p, model_default):
-        p.add_argument("--model", default=model_default, help="shipped model name, .safetensors file, or training run folder")
-        p.add_argument("--scale", type=int, help="expected scale; must match the model")
-        p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto = bf16 where the hardware has it")
-        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-        p.add_argument("--tile", type=int, default=256, help="LR tile size in pixels; 0 = whole image at once")
-        p.add_argument("--tile-overlap", type=int, default=16, help="context pixels around each tile")
-        p.add_argument("--runtime", default="torch", choices=["torch", "onnx"],
-                       help="onnx: onnxruntime, fp32 only (pip install -e \".[onnx]\"); --model may then be an .onnx file")
-
-    p = sub.add_parser("upscale", help="upscale image files or folders")
+    shipped_help = "shipped model name (medsr models), .safetensors file, or training run folder; default: the shipped default model"
+    p = sub.add_parser("upscale", help="upscale image files or folders", epilog=UPSCALE_EXAMPLES, formatter_class=formatter)
     p.add_argument("inputs", nargs="+", help="files or folders (walked recursively; structure mirrored)")
     p.add_argument("-o", "--output", required=True, help="output folder (never the same file as an input)")
-    model_options(p, "default")
-    p.add_argument("--format", choices=FORMAT_CHOICES, help="output format; default: the input's")
+    _model_options(p, shipped_help + " (x3: default, x2: default-x2, x4: default-x4)")
+    p.add_argument("--format", choices=FORMAT_CHOICES, help="output format (default: the input's)")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")
-    p.add_argument("--reference-model", help="the model --uncertainty compares with; default: 'default', or 'default-gan' when --model is default "
-                        "(at x2 and x4 none: the map is the consistency residual alone)")
+    p.add_argument("--reference-model", help="the model --uncertainty compares with (default: 'default', or 'default-gan' when --model is "
+                   "default; at x2 and x4 none: the map is the consistency residual alone)")
     p.add_argument("--workers", type=int, default=2, help="threads that decode and write files around the model (0: none)")
     p.add_argument("--force", action="store_true", help="redo every file, also those a previous run completed")
-    p.add_argument("--summary", help="CSV of every file's status and reason; default: OUTPUT/medsr-summary.csv")
+    p.add_argument("--summary", help="CSV of every file's status and reason (default: OUTPUT/medsr-summary.csv)")
     p.set_defaults(func=_upscale)
 
-    p = sub.add_parser("evaluate", help="PSNR/SSIM/MS-SSIM of models and baselines on a data split")
+    p = sub.add_parser("evaluate", help="PSNR/SSIM/MS-SSIM of models and baselines on a data split", formatter_class=formatter)
     p.add_argument("--data", nargs="+", required=True, help="data folder(s)")
-    model_options(p, None)
-    p.set_defaults(model=None)
+    _model_options(p, "comma-separated models to evaluate besides the interpolations (shipped names, files, run folders)")
     p.add_argument("--protocol", default="paper", choices=["paper", "native"])
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="evaluate at most this many images")
@@ -223,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-epochs", type=int, default=15, help="epochs when training the classifier")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("compare", help="models and interpolation side by side: metrics table, per-image and summary figures")
+    p = sub.add_parser("compare", help="models and interpolation side by side: metrics table, per-image and summary figures",
+                       formatter_class=formatter)
     p.add_argument("--data", nargs="+", required=True, help="data folder(s)")
     p.add_argument("--models", default="bicubic,paper,default", help="comma-separated: interpolations (nearest, bicubic, lanczos), "
                    "shipped model names, .safetensors/.pth files or run folders; LABEL=PATH names one in the table")
@@ -233,28 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many images")
     p.add_argument("--figures", type=int, default=4, help="per-image figures to draw")
     p.add_argument("--scale", type=int, help="expected scale; must match the models")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _device_options(p)
     p.add_argument("--no-timing", action="store_true", help="skip the ms-per-512x512 measurement")
     p.set_defaults(func=_compare)
 
-    p = sub.add_parser("demo", help="upscale real scans shipped in pip packages and write comparison figures")
+    p = sub.add_parser("demo", help="upscale real scans shipped in pip packages and write comparison figures", formatter_class=formatter)
     p.add_argument("-o", "--output", default="medsr-demo", help="output folder")
-    model_options(p, "default")
+    _model_options(p, shipped_help)
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("serve", help="a local web page: upload a scan, compare before/after, download the result")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
+    p = sub.add_parser("serve", help="a local web page: upload a scan, compare before/after, download the result", formatter_class=formatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this computer only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", action="append", help="offer this model (repeatable; default: every shipped model)")
     p.add_argument("--max-upload-mb", type=float, default=50, help="refuse uploads larger than this")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _device_options(p)
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("export", help="export a model to ONNX (fp32, any image size) for onnxruntime")
+    p = sub.add_parser("export", help="export a model to ONNX (fp32, any image size) for onnxruntime", formatter_class=formatter)
     p.add_argument("--model", default="default", help="shipped model name, .safetensors file, or training run folder")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="file format")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.set_defaults(func=_export)

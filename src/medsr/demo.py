@@ -49,24 +49,18 @@ def demo_images() -> dict[str, np.ndarray]:
     return images
 
 
-def degraded_pair(original: np.ndarray, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LR, HR) as (1, 1, h, w) tensors: HR is `original` cropped to a multiple of `scale`, LR its
-    antialiased bicubic downscale, so an upscaled LR can be scored against HR."""
-    h, w = (original.shape[0] // scale) * scale, (original.shape[1] // scale) * scale
-    hr = torch.from_numpy(np.ascontiguousarray(original[:h, :w]))[None, None]
-    return degrade.downscale(hr, scale).clamp(0, 1), hr
-
-
 def run_demo(upscaler: Upscaler, out_dir: Path, model_name: str) -> list[Path]:
     """Upscale every demo image; write the SR PNG and a bicubic | medsr | original figure."""
     out_dir.mkdir(parents=True, exist_ok=True)
     s = upscaler.scale
     written = []
     for name, original in demo_images().items():
-        lr, hr = degraded_pair(original, s)
+        # the whole image (no native cap), so the figure shows all of it; scored against the original
+        lr01, hr01 = degrade.make_pair(original, "native", s, native_cap=None)
+        lr, hr = torch.from_numpy(lr01)[None, None], torch.from_numpy(hr01)[None, None]
         h, w = hr.shape[-2:]
         bicubic = degrade.upscale_baseline(lr, s).clamp(0, 1)
-        sr = torch.from_numpy(upscaler.upscale(lr[0, 0].numpy()))[None, None]
+        sr = torch.from_numpy(upscaler.upscale(lr01))[None, None]
         scores = {k: metrics.psnr(v, hr, s).item() for k, v in (("bicubic", bicubic), ("sr", sr))}
         meta = ImageMeta(path="", format="png", bit_depth=16, value_range=(0.0, 1.0), pixel_spacing=None)
         sr_path = write_image(out_dir / f"{name}-x{s}.png", Image(sr[0, 0].numpy(), meta), scale=s, model_name=model_name)

@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 
 from medsr.errors import MedsrError
-
-PRECISIONS = ("auto", "fp32", "bf16")
+from medsr.settings import PRECISIONS
 
 
 @functools.cache

@@ -27,11 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image as PILImage
+from starlette.concurrency import run_in_threadpool
 
-from medsr import api, metrics
+from medsr import api, demo, metrics, zoo
 from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import to_uint8
@@ -103,20 +105,10 @@ class Server:
     def __init__(self, model_names: list[str], max_upload_mb: float, device: str, precision: str):
         self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.device, self.precision = device, precision
-        self.models = self._model_scales(model_names)
+        self.models = {name: zoo.model_scale(name) for name in model_names}
         self.folder = Path(tempfile.mkdtemp(prefix="medsr-serve-"))
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.lock = threading.Lock()  # one model run at a time: bounded memory, fair order
-
-    @staticmethod
-    def _model_scales(model_names: list[str]) -> dict[str, int]:
-        from medsr import zoo
-
-        shipped = api.list_models()
-        scales = {}
-        for name in model_names:
-            scales[name] = shipped[name] if name in shipped else int(zoo.read_metadata(zoo.resolve(name))["medsr_scale"])
-        return scales
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -124,8 +116,6 @@ class Server:
     @functools.cached_property
     def demo_images(self) -> dict[str, np.ndarray]:
         """Decoded once: the chest CR is a large JPEG 2000 and the brain a whole volume."""
-        from medsr import demo
-
         try:
             return demo.demo_images()
         except MedsrError:
@@ -198,13 +188,11 @@ class Server:
 
     def upscale_demo(self, job: Job, demo_name: str, model: str) -> dict:
         """A demo scan, downscaled by the model's scale first, so the result can be scored against it."""
-        from medsr import demo
-
         if demo_name not in self.demo_images:
             raise UserError(f"unknown demo image '{demo_name}'; pick one of {', '.join(self.demo_images) or 'none installed'}")
-        lr, hr = demo.degraded_pair(self.demo_images[demo_name], self.models[model])
+        lr, hr = degrade.make_pair(self.demo_images[demo_name], "native", self.models[model], native_cap=None)
         meta = ImageMeta(path=f"{demo_name}.png", format="png", bit_depth=16, value_range=(0.0, 1.0), pixel_spacing=None)
-        return self._upscale(job, Image(lr[0, 0].numpy(), meta), model, truth=hr[0, 0].numpy())
+        return self._upscale(job, Image(lr, meta), model, truth=hr)
 
     def _upscale(self, job: Job, image: Image, model: str, truth: np.ndarray | None) -> dict:
         upscaler = self.upscaler_for(model)
@@ -335,8 +323,6 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
 
 async def _in_thread(function, *args):
     """Run model work off the event loop, so the page's other requests are still answered."""
-    from starlette.concurrency import run_in_threadpool
-
     try:
         return await run_in_threadpool(function, *args)
     except MemoryError:
@@ -346,8 +332,6 @@ async def _in_thread(function, *args):
 def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = None, max_upload_mb: float = 50,
           device: str = "auto", precision: str = "auto") -> None:
     """Start the page at http://host:port/ and serve until Ctrl-C; the temporary folder goes with it."""
-    import uvicorn
-
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"medsr: warning: listening on {host}: anyone who can reach this machine can upload files and use its CPU")
     app = create_app(models, max_upload_mb, device, precision)

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from medsr.data import augment as aug_lib
-from medsr.data import degrade
+from medsr.data import degrade, realistic
 from medsr.errors import MedsrError
-from medsr.io import from_uint, is_supported, read_image, read_mnist, to_uint
+from medsr.io import is_supported, read_image, read_mnist, to_uint
+from medsr.io.types import as_unit
+from medsr.models.value_range import to_signed, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +91,6 @@ def load_arrays(items: list[Item], limit: int | None = None) -> tuple[list[np.nd
     return arrays, kept
 
 
-def as_unit_float(array: np.ndarray) -> np.ndarray:
-    """uint8/uint16 cache array -> float32 in [0, 1]."""
-    return from_uint(array, 8 if array.dtype == np.uint8 else 16)
-
-
 class PairSampler:
     """Yields (lr, hr) batches in [-1, 1], shaped (B, 1, h, w), from images decoded once.
 
@@ -128,8 +125,8 @@ class PairSampler:
             self.arrays = [a for a in arrays if min(a.shape) >= hr_size]
             self.hr = self.lr = None
         else:
-            lr, hr = zip(*(degrade.paper_pair(as_unit_float(a), hr_size, scale) for a in arrays))
-            self.lr, self.hr = degrade.to_signed(torch.cat(lr)), degrade.to_signed(torch.cat(hr))
+            lr, hr = zip(*(degrade.paper_pair(as_unit(a)[0], hr_size, scale) for a in arrays))
+            self.lr, self.hr = to_signed(torch.cat(lr)), to_signed(torch.cat(hr))
             self.arrays = None
 
     def __len__(self) -> int:
@@ -148,9 +145,7 @@ class PairSampler:
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         lr, hr = self._pairs(self._next_indices(batch_size))
         if self.degradation == "realesrgan":
-            from medsr.data import realistic
-
-            lr = degrade.to_signed(realistic.degrade(degrade.to_unit(hr), self.scale, self.generator))
+            lr = to_signed(realistic.degrade(to_unit(hr), self.scale, self.generator))
         if self.augment.hflip or self.augment.vflip or self.augment.rot90:
             lr, hr = aug_lib.geometric(lr, hr, self.augment, self.generator)
         if self.augment.cutblur:
@@ -167,7 +162,7 @@ class PairSampler:
             array = self.arrays[i]
             top = int(torch.randint(0, array.shape[0] - p + 1, (1,), generator=self.generator))
             left = int(torch.randint(0, array.shape[1] - p + 1, (1,), generator=self.generator))
-            patch = torch.from_numpy(as_unit_float(array[top : top + p, left : left + p]))
+            patch = torch.from_numpy(as_unit(array[top : top + p, left : left + p])[0])
             if self.flips:
                 flip_h, flip_v = torch.rand(2, generator=self.generator).tolist()
                 patch = patch.flip(1) if flip_h < 0.5 else patch
@@ -175,16 +170,16 @@ class PairSampler:
             patches.append(patch)
         hr = torch.stack(patches)[:, None]
         lr = degrade.downscale(hr, self.scale).clamp(0, 1)
-        return degrade.to_signed(lr), degrade.to_signed(hr)
+        return to_signed(lr), to_signed(hr)
 
     def fixed_pairs(self, max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Deterministic (lr, hr) pairs for validation: the precomputed pairs, or for "patch" the
         central hr_size crop of each image."""
         if self.arrays is None:
             return self.lr[:max_images], self.hr[:max_images]
-        crops = [torch.from_numpy(as_unit_float(degrade.center_crop(a, self.hr_size, self.hr_size))) for a in self.arrays[:max_images]]
+        crops = [torch.from_numpy(as_unit(degrade.center_crop(a, self.hr_size, self.hr_size))[0]) for a in self.arrays[:max_images]]
         hr = torch.stack(crops)[:, None]
-        return degrade.to_signed(degrade.downscale(hr, self.scale).clamp(0, 1)), degrade.to_signed(hr)
+        return to_signed(degrade.downscale(hr, self.scale).clamp(0, 1)), to_signed(hr)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}

@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from medsr.errors import MedsrError
 
 PAPER_HR_SIZE = 150
 PAPER_LR_SIZE = 50
+NATIVE_CAP = 1500  # the native protocol's largest HR side, which bounds evaluation time on huge radiographs
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -44,8 +46,6 @@ def upscale_baseline(lr: torch.Tensor, scale: int, method: str = "bicubic") -> t
 
 
 def _lanczos(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    from PIL import Image
-
     out = np.empty((*images.shape[:2], *size), dtype=np.float32)
     for b in range(images.shape[0]):
         for c in range(images.shape[1]):
@@ -78,20 +78,28 @@ def paper_pair(image01: np.ndarray, hr_size: int = PAPER_HR_SIZE, scale: int = 3
     return downscale(hr, scale).clamp(0, 1), hr
 
 
-def native_hr(array01: np.ndarray, scale: int, cap: int = 1500) -> np.ndarray:
-    """The `native` evaluation protocol's HR: the image at its own resolution, centre-cropped to at
-    most `cap` pixels per side and to a multiple of `scale`."""
+def native_hr(array01: np.ndarray, scale: int, cap: int | None = NATIVE_CAP) -> np.ndarray:
+    """The `native` protocol's HR: the image at its own resolution, centre-cropped to at most `cap`
+    pixels per side (None: no cap) and to a multiple of `scale`."""
     h, w = array01.shape[-2:]
-    height = min(h, cap) // scale * scale
-    width = min(w, cap) // scale * scale
+    height = (h if cap is None else min(h, cap)) // scale * scale
+    width = (w if cap is None else min(w, cap)) // scale * scale
     return center_crop(array01, height, width)
 
 
-def to_signed(images01: torch.Tensor) -> torch.Tensor:
-    """[0, 1] -> [-1, 1], the models' range."""
-    return images01 * 2 - 1
+def make_pair(image01: np.ndarray, protocol: str, scale: int, *, native_cap: int | None = NATIVE_CAP) -> tuple[np.ndarray, np.ndarray]:
+    """(lr, hr) float32 2-D [0, 1] arrays for one 2-D [0, 1] image under a protocol.
 
-
-def to_unit(images_signed: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clamped."""
-    return ((images_signed + 1) / 2).clamp(0, 1)
+    paper:  the seed paper's pair: HR 150 px at x3; at other scales the nearest side the scale
+            divides (x2: 150, x4: 148);
+    native: HR = the image at its own resolution, centre-cropped to at most `native_cap` pixels per
+            side (None: no cap) and to a multiple of the scale, LR = HR / scale.
+    """
+    if protocol == "paper":
+        lr, hr = paper_pair(image01, PAPER_HR_SIZE // scale * scale, scale)
+    elif protocol == "native":
+        hr = torch.from_numpy(native_hr(image01, scale, native_cap).copy())[None, None]
+        lr = downscale(hr, scale).clamp(0, 1)
+    else:
+        raise MedsrError(f"unknown protocol '{protocol}'; use paper or native")
+    return lr[0, 0].numpy(), hr[0, 0].numpy()

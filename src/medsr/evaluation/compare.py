@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from medsr import figures, hardware, zoo
-from medsr.data import load_arrays, scan, select
-from medsr.data.dataset import as_unit_float
+from medsr import figures
+from medsr.data import degrade, load_arrays, scan, select
 from medsr.errors import MedsrError
-from medsr.evaluation import quality
-from medsr.inference.upscaler import Upscaler
+from medsr.evaluation import quality, report
+from medsr.inference.upscaler import load_upscaler
+from medsr.io.types import as_unit
+from medsr.settings import TILE, TILE_OVERLAP
 
 TIMING_SIDE = 512
 DIFF_RANGE = 0.25  # |error| shown as white in the difference maps
@@ -40,7 +40,7 @@ class Entry:
     ms_per_512: float | None = None
 
 
-def build_entries(names: list[str], device: torch.device, precision: str, scale: int | None) -> tuple[list[Entry], int]:
+def build_entries(names: list[str], device: str, precision: str, scale: int | None) -> tuple[list[Entry], int]:
     """Interpolation names stay classical methods; anything else is loaded as a model. `label=model`
     names a model file or run folder in the table and figures."""
     entries = []
@@ -50,14 +50,11 @@ def build_entries(names: list[str], device: torch.device, precision: str, scale:
         if ref in quality.BASELINES or ref == "bilinear":
             entries.append(Entry(quality.Method(ref)))
             continue
-        model, meta = zoo.load(ref, device)
-        model_scale = int(meta["medsr_scale"])
-        if scale is not None and model_scale != scale:
-            raise MedsrError(f"{meta['path']}: model {name} is x{model_scale} but the comparison is x{scale}; compare models of one scale")
-        scale = model_scale
+        # the first model sets the comparison's scale; every later one must match it
+        upscaler, meta = load_upscaler(ref, scale=scale, device=device, precision=precision, tile=0)
+        scale = upscaler.scale
         seconds = meta.get("medsr_train_seconds")
-        entries.append(Entry(quality.Method(name, Upscaler(model, scale, device, precision, tile=0)),
-                             params=sum(p.numel() for p in model.parameters()),
+        entries.append(Entry(quality.Method(name, upscaler), params=int(meta["parameters"]),
                              train_minutes=float(seconds) / 60 if seconds else None))
     if not entries:
         raise MedsrError("--models is empty; name at least one model or interpolation, e.g. --models bicubic,default")
@@ -65,14 +62,14 @@ def build_entries(names: list[str], device: torch.device, precision: str, scale:
 
 
 def time_per_image(entry: Entry, scale: int, repeats: int = 1) -> float:
-    """Milliseconds to upscale a 512x512 image, as `medsr upscale` does it (256 px tiles)."""
+    """Milliseconds to upscale a 512x512 image, as `medsr upscale` does it (its default tiles)."""
     lr = np.random.default_rng(0).random((TIMING_SIDE, TIMING_SIDE), dtype=np.float32)
     upscaler = entry.method.upscaler
     if upscaler is None:
         run = lambda: entry.method.run(lr, scale)  # noqa: E731
     else:
         tiled = copy.copy(upscaler)  # the same (already prepared) model, with upscale's default tiling
-        tiled.tile, tiled.overlap = 256, 16
+        tiled.tile, tiled.overlap = TILE, TILE_OVERLAP
         run = lambda: tiled.upscale_plane(lr)  # noqa: E731
         tiled.upscale_plane(lr[:64, :64])  # warm-up
     start = time.perf_counter()
@@ -111,26 +108,25 @@ def summary_figure(samples: list[tuple[str, np.ndarray, np.ndarray, dict[str, np
     return figures.grid(rows)
 
 
-def markdown_table(summary: list[dict], entries: list[Entry]) -> str:
+def comparison_table(summary: list[dict], entries: list[Entry]) -> str:
     info = {e.method.name: e for e in entries}
     ref = next((s for s in summary if s["method"] == "bicubic"), None)
-    lines = ["| method | parameters | training (min) | PSNR (dB) | vs bicubic (dB) | SSIM | MS-SSIM | fine detail (HF ratio) | ms per 512x512 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ["method", "parameters", "training (min)", "PSNR (dB)", "vs bicubic (dB)", "SSIM", "MS-SSIM",
+              "fine detail (HF ratio)", "ms per 512x512"]
+    rows = []
     for s in summary:
         e = info[s["method"]]
-        params = f"{e.params / 1e6:.2f} M" if e.params else "-"
-        train = f"{e.train_minutes:.0f}" if e.train_minutes else "-"
-        delta = f"{s['psnr'] - ref['psnr']:+.2f}" if ref else ""
-        lines.append(f"| {s['method']} | {params} | {train} | {s['psnr']:.2f} | {delta} | {s['ssim']:.4f} | {s['ms_ssim']:.4f} "
-                     f"| {s['hf_ratio']:.3f} | {e.ms_per_512:.0f} |")
-    return "\n".join(lines)
+        rows.append([s["method"], f"{e.params / 1e6:.2f} M" if e.params else "-", f"{e.train_minutes:.0f}" if e.train_minutes else "-",
+                     f"{s['psnr']:.2f}", f"{s['psnr'] - ref['psnr']:+.2f}" if ref else "", f"{s['ssim']:.4f}", f"{s['ms_ssim']:.4f}",
+                     f"{s['hf_ratio']:.3f}", f"{e.ms_per_512:.0f}"])
+    return report.markdown_table(header, rows)
 
 
 def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str = "paper", split: str = "test",
             limit: int | None = None, n_figures: int = 4, scale: int | None = None, device: str = "auto",
             precision: str = "auto", timing: bool = True) -> dict:
     """Run the comparison; write table.md, summary.csv, per_image.csv, results.json, figures/ and summary.png into out_dir."""
-    entries, scale = build_entries(names, hardware.resolve_device(device), precision, scale)
+    entries, scale = build_entries(names, device, precision, scale)
     methods = [e.method for e in entries]
     rows = quality.evaluate(data_dirs, methods, scale, protocol, split, limit)
     summary = quality.summarize(rows)
@@ -142,8 +138,8 @@ def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str
 
     out_dir.mkdir(parents=True, exist_ok=True)
     context = {"data": data_dirs, "protocol": protocol, "split": split, "scale": scale, "models": names}
-    quality.write_reports(rows, summary, out_dir, context)
-    table = markdown_table(summary, entries)
+    report.write_reports(rows, summary, out_dir, context)
+    table = comparison_table(summary, entries)
     (out_dir / "table.md").write_text(table + "\n")
 
     # figures: images spread evenly over the split, so every data folder shows up
@@ -152,7 +148,7 @@ def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str
     (out_dir / "figures").mkdir(exist_ok=True)
     samples, figure_paths = [], []
     for i in picks:
-        lr, hr = quality.make_pair(as_unit_float(arrays[i]), protocol, scale)
+        lr, hr = degrade.make_pair(as_unit(arrays[i])[0], protocol, scale)
         outputs = {m.name: m.run(lr, scale) for m in methods}
         image_rows = [r for r in rows if r["file"] == str(kept[i].path)]
         scores = {r["method"]: r["psnr"] for r in image_rows}

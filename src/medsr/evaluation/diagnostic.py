@@ -38,10 +38,12 @@ from tqdm import tqdm
 
 from medsr import hardware
 from medsr.data import degrade, load_arrays, scan, select
-from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
-from medsr.evaluation.quality import Method, make_pair, write_reports
+from medsr.evaluation import report
+from medsr.evaluation.quality import Method
 from medsr.files import atomic_write
+from medsr.io.types import as_unit
+from medsr.models.value_range import to_signed
 
 KIND = "medsr-fidelity-classifier"  # metadata marker: tells a classifier file from a generator file
 HR = "HR"  # the method name of the original image's row
@@ -71,7 +73,7 @@ class FidelityClassifier(nn.Module):
     def prepare(self, images01: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) [0, 1] images -> the network's input: input_size square, [-1, 1]."""
         size = (self.input_size, self.input_size)
-        return degrade.to_signed(degrade.resize(images01.float(), size).clamp(0, 1))
+        return to_signed(degrade.resize(images01.float(), size).clamp(0, 1))
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ def _hr_images(data_dirs: list[str], split: str, limit: int | None) -> tuple[tor
 
 def _load_hr(items: list, limit: int | None) -> tuple[torch.Tensor, list]:
     arrays, kept = load_arrays(_spread(items, limit), limit)
-    hr = [torch.from_numpy(make_pair(as_unit_float(a), "paper", 3)[1]) for a in arrays]
+    hr = [torch.from_numpy(degrade.make_pair(as_unit(a)[0], "paper", 3)[1]) for a in arrays]
     return torch.stack(hr)[:, None], kept
 
 
@@ -276,7 +278,7 @@ def evaluate_fidelity(data_dirs: list[str], methods: list[Method], scale: int, c
     for start in tqdm(range(0, len(arrays), chunk), desc="classify", unit="chunk", dynamic_ncols=True):
         images = {name: [] for name in names}
         for array in arrays[start : start + chunk]:
-            lr, hr = make_pair(as_unit_float(array), "paper", scale)
+            lr, hr = degrade.make_pair(as_unit(array)[0], "paper", scale)
             images[HR].append(hr)
             for method in methods:
                 images[method.name].append(method.run(lr, scale))
@@ -298,12 +300,11 @@ def evaluate_fidelity(data_dirs: list[str], methods: list[Method], scale: int, c
     return rows, summary
 
 
-def markdown_table(summary: list[dict]) -> str:
-    lines = ["| method | images | accuracy | balanced accuracy | AUC | changed vs HR |", "|---|---:|---:|---:|---:|---:|"]
-    for s in summary:
-        lines.append(f"| {s['method']} | {s['images']} | {s['accuracy']:.3f} | {s['balanced_accuracy']:.3f} | {s['auc']:.3f} "
-                     f"| {100 * s['changed_vs_hr']:.1f} % |")
-    return "\n".join(lines)
+def fidelity_table(summary: list[dict]) -> str:
+    header = ["method", "images", "accuracy", "balanced accuracy", "AUC", "changed vs HR"]
+    rows = [[s["method"], str(s["images"]), f"{s['accuracy']:.3f}", f"{s['balanced_accuracy']:.3f}", f"{s['auc']:.3f}",
+             f"{100 * s['changed_vs_hr']:.1f} %"] for s in summary]
+    return report.markdown_table(header, rows)
 
 
 def run_classify(data_dirs: list[str], methods: list[Method], scale: int, out_dir: str | Path,
@@ -325,13 +326,13 @@ def run_classify(data_dirs: list[str], methods: list[Method], scale: int, out_di
     if split in ("train", "all"):
         print(f"note: split '{split}' holds the classifier's own training images; its accuracy there is optimistic, use --split test")
     rows, summary = evaluate_fidelity(data_dirs, methods, scale, model, split, limit, precision)
-    table = markdown_table(summary)
+    table = fidelity_table(summary)
     print(f"\ndiagnostic fidelity, paper protocol, x{scale}, split '{split}', {', '.join(map(str, data_dirs))}; "
           f"classifier {path} ({len(model.classes)} classes: {', '.join(model.classes)})\n")
     print(table)
     print("\nHR: the classifier on the original images (the ceiling); changed vs HR: images whose predicted class differs from HR's")
     context = {"task": "classify", "data": [str(d) for d in data_dirs], "protocol": "paper", "split": split, "scale": scale,
                "classifier": {"path": str(path), "classes": model.classes, "input_size": model.input_size, **model.record}}
-    paths = write_reports(rows, summary, out_dir, context, REPORT_FILES)
+    paths = report.write_reports(rows, summary, out_dir, context, REPORT_FILES)
     print(f"\nwrote {', '.join(map(str, paths))}")
     return {"rows": rows, "summary": summary, "table": table, "paths": paths, "classifier": path}

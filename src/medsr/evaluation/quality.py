@@ -1,6 +1,6 @@
 """Evaluation: PSNR / SSIM / MS-SSIM of models against classical baselines on a data split.
 
-Protocols (the LR is always made from the HR by antialiased bicubic downscale):
+Protocols (medsr.data.degrade.make_pair; the LR is always the HR's antialiased bicubic downscale):
 - paper:  HR = the centre square crop resized to 150x150, LR 50x50 (the seed paper's protocol;
           at x4 the HR is 148x148, the nearest size the scale divides);
 - native: HR = the image at its own resolution, centre-cropped to at most 1500 px per side
@@ -9,11 +9,8 @@ Protocols (the LR is always made from the HR by antialiased bicubic downscale):
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,10 +18,10 @@ from tqdm import tqdm
 
 from medsr import metrics
 from medsr.data import degrade, load_arrays, scan, select
-from medsr.data.dataset import as_unit_float
 from medsr.errors import MedsrError
-from medsr.files import atomic_write
+from medsr.evaluation import report
 from medsr.inference.upscaler import Upscaler
+from medsr.io.types import as_unit
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio")
@@ -42,19 +39,6 @@ class Method:
         return self.upscaler.upscale_plane(lr01)
 
 
-def make_pair(array01: np.ndarray, protocol: str, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(lr, hr) float32 [0, 1] arrays for one image under an evaluation protocol."""
-    if protocol == "paper":
-        # HR 150 px at x3 (the paper); at other scales the nearest side the scale divides (x2: 150, x4: 148)
-        lr, hr = degrade.paper_pair(array01, degrade.PAPER_HR_SIZE // scale * scale, scale)
-    elif protocol == "native":
-        hr = torch.from_numpy(degrade.native_hr(array01, scale).copy())[None, None]
-        lr = degrade.downscale(hr, scale).clamp(0, 1)
-    else:
-        raise MedsrError(f"unknown protocol '{protocol}'; use paper or native")
-    return lr[0, 0].numpy(), hr[0, 0].numpy()
-
-
 def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: str = "paper", split: str = "test",
              limit: int | None = None) -> list[dict]:
     """Per-image rows {file, label, method, psnr, ssim, ms_ssim, hf_ratio}."""
@@ -64,7 +48,7 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
     arrays, kept = load_arrays(items, limit)
     rows = []
     for array, item in tqdm(list(zip(arrays, kept)), desc="evaluate", unit="img", dynamic_ncols=True):
-        lr, hr = make_pair(as_unit_float(array), protocol, scale)
+        lr, hr = degrade.make_pair(as_unit(array)[0], protocol, scale)
         hr_t = torch.from_numpy(hr)[None, None]
         for method in methods:
             sr_t = torch.from_numpy(method.run(lr, scale))[None, None]
@@ -94,26 +78,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown_table(summary: list[dict], reference: str = "bicubic") -> str:
     ref = next((s for s in summary if s["method"] == reference), None)
-    lines = ["| method | images | PSNR (dB) | vs bicubic (dB) | SSIM | MS-SSIM | fine detail (HF ratio, 1 = HR) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for s in summary:
-        delta = f"{s['psnr'] - ref['psnr']:+.2f}" if ref else ""
-        lines.append(f"| {s['method']} | {s['images']} | {s['psnr']:.2f} | {delta} | {s['ssim']:.4f} | {s['ms_ssim']:.4f} | {s['hf_ratio']:.3f} |")
-    return "\n".join(lines)
-
-
-def write_reports(rows: list[dict], summary: list[dict], out_dir: Path, context: dict,
-                  names: tuple[str, str, str] = ("per_image.csv", "summary.csv", "results.json")) -> list[Path]:
-    """per-image CSV, summary CSV, and a JSON with context + summary + rows, each written atomically;
-    `names` lets another report (medsr.evaluation.diagnostic) sit beside these in the same folder."""
-    paths = [Path(out_dir) / name for name in names]
-    for path, table in zip(paths[:2], (rows, summary)):
-        def write_csv(tmp: Path, table=table) -> None:
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(table[0]))
-                writer.writeheader()
-                writer.writerows(table)
-        atomic_write(path, write_csv)
-    text = json.dumps({**context, "summary": summary, "per_image": rows}, indent=1)
-    atomic_write(paths[2], lambda tmp: tmp.write_text(text))
-    return paths
+    header = ["method", "images", "PSNR (dB)", "vs bicubic (dB)", "SSIM", "MS-SSIM", "fine detail (HF ratio, 1 = HR)"]
+    rows = [[s["method"], str(s["images"]), f"{s['psnr']:.2f}", f"{s['psnr'] - ref['psnr']:+.2f}" if ref else "",
+             f"{s['ssim']:.4f}", f"{s['ms_ssim']:.4f}", f"{s['hf_ratio']:.3f}"] for s in summary]
+    return report.markdown_table(header, rows)

@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from medsr.errors import MedsrError
 from medsr.files import atomic_write
+from medsr.inference import hallucination
 from medsr.io import Image, read_image, write_image
 from medsr.io.types import quiet_libraries
 
@@ -204,8 +207,6 @@ def _input_state(path: Path) -> dict[str, Any]:
 
 
 def _map_names(output: Path) -> list[str]:
-    from medsr.inference import hallucination
-
     return [path.name for path in hallucination.map_paths(hallucination.stem_for(output))]
 
 
@@ -252,8 +253,6 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
     """
-    from medsr.inference import hallucination
-
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
     settings = dict(settings or {}, scale=int(upscaler.scale), format=format, uncertainty=uncertainty)
@@ -369,8 +368,6 @@ class Progress:
     in logs, a plain "upscale: ..." line every `every` files or `seconds` seconds."""
 
     def __init__(self, total: int, *, enabled: bool = True, stream=None, every: int | None = None, seconds: float = 10.0):
-        from tqdm import tqdm
-
         self.total, self.stream, self.seconds = total, stream or sys.stderr, seconds
         self.every = every or max(10, total // 20)
         tty = self.stream.isatty()
@@ -381,8 +378,6 @@ class Progress:
         self.start = self.last = time.perf_counter()
 
     def __call__(self, result: JobResult) -> None:
-        from tqdm import tqdm
-
         if result.status == "failed":
             tqdm.write(f"medsr: skipped: {result.reason}", file=sys.stderr)
         for item in result.files:
@@ -396,8 +391,6 @@ class Progress:
 
     def line(self, finished: int, now: float) -> str:
         """'upscale: 20/40 files (18 done, 1 skipped, 1 failed), 2.10 files/s, ETA 00:09'."""
-        from tqdm import tqdm
-
         rate = finished / max(now - self.start, 1e-9)
         eta = tqdm.format_interval((self.total - finished) / rate) if rate > 0 else "?"
         counts = ", ".join(f"{n} {status}" for status, n in self.counts.items())

@@ -21,7 +21,9 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from medsr import zoo
 from medsr.errors import MedsrError
+from medsr.files import atomic_write
 
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 DEFAULT_OPSET = 17
@@ -98,9 +100,6 @@ def _check_sizes(data: bytes, generator: torch.nn.Module, source: str) -> None:
 
 def export_onnx(model: str | Path, out: Path, opset: int = DEFAULT_OPSET) -> Path:
     """Export a shipped model name, model file or run folder to an ONNX file, written atomically."""
-    from medsr import zoo
-    from medsr.files import atomic_write
-
     out = Path(out)
     if out.suffix != ".onnx":
         raise MedsrError(f"{out}: the output of an ONNX export should end in .onnx; choose another -o")

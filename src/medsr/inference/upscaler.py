@@ -13,16 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr import hardware
-from medsr.data import degrade
+from medsr import hardware, zoo
 from medsr.errors import MedsrError
+from medsr.inference import onnx
+from medsr.models.value_range import to_signed, to_unit
+from medsr.settings import RUNTIMES, TILE, TILE_OVERLAP
 
 
 class TiledUpscaler:
     """Tiling and the per-image range stretch, shared by the runtimes. A subclass supplies `_run`,
     which upscales one tile ([0, 1] in, [0, 1] out); arrays are (H, W) or (N, H, W) in [0, 1]."""
 
-    def __init__(self, scale: int, tile: int = 256, tile_overlap: int = 16, normalize: bool = True):
+    def __init__(self, scale: int, tile: int = TILE, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
         self.scale, self.tile, self.overlap, self.normalize = scale, tile, tile_overlap, normalize
 
     def _run(self, lr01: np.ndarray) -> np.ndarray:
@@ -63,7 +65,7 @@ class Upscaler(TiledUpscaler):
     """A PyTorch generator ready to upscale [0, 1] float arrays, shaped (H, W) or (N, H, W)."""
 
     def __init__(self, model: torch.nn.Module, scale: int, device: torch.device, precision: str = "auto",
-                 tile: int = 256, tile_overlap: int = 16, normalize: bool = True):
+                 tile: int = TILE, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
         super().__init__(scale, tile, tile_overlap, normalize)
         self.device = device
         self.dtype = hardware.resolve_precision(precision, device)
@@ -77,10 +79,10 @@ class Upscaler(TiledUpscaler):
     @torch.inference_mode()
     def _run(self, lr01: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(lr01, dtype=np.float32))[None, None].to(self.device)
-        x = degrade.to_signed(x).contiguous(memory_format=torch.channels_last)
+        x = to_signed(x).contiguous(memory_format=torch.channels_last)
         with hardware.autocast(self.device, self.dtype):
             y = self.model(x)
-        return degrade.to_unit(y.float())[0, 0].cpu().numpy()
+        return to_unit(y.float())[0, 0].cpu().numpy()
 
 
 class OnnxUpscaler(TiledUpscaler):
@@ -89,11 +91,9 @@ class OnnxUpscaler(TiledUpscaler):
     `model` is an .onnx file or its bytes; `scale` defaults to the model's medsr_scale metadata.
     """
 
-    def __init__(self, model: str | Path | bytes, scale: int | None = None, device: str = "cpu", tile: int = 256,
-                 tile_overlap: int = 16, normalize: bool = True):
-        from medsr.inference.onnx import INPUT_NAME, OUTPUT_NAME, require
-
-        ort = require("onnxruntime")
+    def __init__(self, model: str | Path | bytes, scale: int | None = None, device: str = "cpu", tile: int = TILE,
+                 tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
+        ort = onnx.require("onnxruntime")
         name = "the exported model" if isinstance(model, bytes) else str(model)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as the torch runtime
@@ -106,16 +106,16 @@ class OnnxUpscaler(TiledUpscaler):
                              "or export it again with 'medsr export'") from None
         self.meta = dict(self.session.get_modelmeta().custom_metadata_map)
         inputs = [i.name for i in self.session.get_inputs()]
-        if (scale is None and "medsr_scale" not in self.meta) or inputs != [INPUT_NAME]:
-            raise MedsrError(f"{name}: not an ONNX model exported by medsr (no medsr_scale metadata or no '{INPUT_NAME}' input); "
+        if (scale is None and "medsr_scale" not in self.meta) or inputs != [onnx.INPUT_NAME]:
+            raise MedsrError(f"{name}: not an ONNX model exported by medsr (no medsr_scale metadata or no '{onnx.INPUT_NAME}' input); "
                              "export it with 'medsr export --format onnx'")
         super().__init__(int(self.meta["medsr_scale"]) if scale is None else scale, tile, tile_overlap, normalize)
-        self.input_name, self.output_name = INPUT_NAME, OUTPUT_NAME
+        self.input_name, self.output_name = onnx.INPUT_NAME, onnx.OUTPUT_NAME
 
     def _run(self, lr01: np.ndarray) -> np.ndarray:
-        lr = np.ascontiguousarray(lr01, dtype=np.float32)[None, None] * 2 - 1
+        lr = to_signed(np.ascontiguousarray(lr01, dtype=np.float32)[None, None])
         sr = self.session.run([self.output_name], {self.input_name: lr})[0]
-        return np.clip((sr[0, 0] + 1) / 2, 0.0, 1.0)
+        return to_unit(sr[0, 0])
 
 
 def _onnx_providers(ort, device: str) -> list[str]:
@@ -129,40 +129,37 @@ def _onnx_providers(ort, device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
 
 
-RUNTIMES = ("torch", "onnx")
-
-
-def _model_scale(meta: dict[str, str], scale: int | None) -> int:
+def _model_scale(name: str, meta: dict[str, str], scale: int | None) -> int:
     """The model's scale, after checking that `scale`, when given, is that scale."""
     model_scale = int(meta["medsr_scale"])
     if scale is not None and scale != model_scale:
-        raise MedsrError(f"{meta['path']}: this model upscales x{model_scale}, not x{scale}; drop --scale (scale= in Python) or pick a x{scale} model")
+        same_scale = [n for n, s in zoo.shipped_scales().items() if s == scale]
+        hint = f"shipped x{scale} models: {', '.join(same_scale)}" if same_scale else \
+            f"no shipped model upscales x{scale}; shipped scales: {', '.join(f'x{s}' for s in sorted(set(zoo.shipped_scales().values())))}"
+        raise MedsrError(f"model {name} upscales x{model_scale}, not x{scale}; drop --scale (scale= in Python) or pick another model ({hint})")
     return model_scale
 
 
-def load_upscaler(model: str | Path = "default", *, scale: int | None = None, device: str = "auto",
-                  precision: str = "auto", tile: int = 256, tile_overlap: int = 16,
+def load_upscaler(model: str | Path | None = None, *, scale: int | None = None, device: str = "auto",
+                  precision: str = "auto", tile: int = TILE, tile_overlap: int = TILE_OVERLAP,
                   runtime: str = "torch") -> tuple[TiledUpscaler, dict[str, str]]:
     """An upscaler for a shipped model name, model file or run folder, and the model file's metadata.
 
+    model=None: the shipped default for `scale` (default at x3, default-x2, default-x4). Otherwise
     `scale`, when given, must be the model's own scale (a x3 model cannot make x2 images).
     runtime="onnx" runs onnxruntime (fp32; precision "auto" means fp32 there): `model` may then also be
     an .onnx file from `medsr export`; anything else is exported in memory first.
     """
-    from medsr import zoo
-    from medsr.hardware import (
-        resolve_device,  # the module name `runtime` is this function's argument here
-    )
-
     if runtime not in RUNTIMES:
         raise MedsrError(f"unknown runtime '{runtime}'; use {' or '.join(RUNTIMES)}")
+    model = zoo.default_model(scale) if model is None else model
     is_onnx_file = Path(str(model)).suffix.lower() == ".onnx"
     if runtime == "torch":
         if is_onnx_file:
             raise MedsrError(f"{model}: an ONNX model runs with --runtime onnx (runtime='onnx' in Python); add it")
-        torch_device = resolve_device(device)
+        torch_device = hardware.resolve_device(device)
         generator, meta = zoo.load(model, torch_device)
-        upscaler = Upscaler(generator, _model_scale(meta, scale), torch_device, precision, tile, tile_overlap)
+        upscaler = Upscaler(generator, _model_scale(str(model), meta, scale), torch_device, precision, tile, tile_overlap)
     elif precision not in ("auto", "fp32"):
         raise MedsrError(f"--precision {precision}: the ONNX runtime runs fp32 only; use --precision fp32 or --runtime torch")
     elif is_onnx_file:
@@ -170,10 +167,8 @@ def load_upscaler(model: str | Path = "default", *, scale: int | None = None, de
             raise MedsrError(f"{model}: no such ONNX model file; check the path or export one with 'medsr export'")
         upscaler = OnnxUpscaler(Path(model), None, device, tile, tile_overlap)
         meta = dict(upscaler.meta, path=str(model))
-        _model_scale(meta, scale)
+        _model_scale(str(model), meta, scale)
     else:
-        from medsr.inference.onnx import onnx_bytes
-
         generator, meta = zoo.load(model)
-        upscaler = OnnxUpscaler(onnx_bytes(generator, meta, str(model)), _model_scale(meta, scale), device, tile, tile_overlap)
+        upscaler = OnnxUpscaler(onnx.onnx_bytes(generator, meta, str(model)), _model_scale(str(model), meta, scale), device, tile, tile_overlap)
     return upscaler, meta

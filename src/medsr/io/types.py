@@ -78,3 +78,19 @@ def printable(value: Any, limit: int = 64) -> str:
     text = str(value)
     text = text if len(text) <= limit else text[:limit] + "..."
     return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def as_unit(array: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """Integer or float pixels -> float32 in [0, 1], and the (low, high) values 0 and 1 stand for.
+
+    Integers span their dtype's full range (uint8: 0..255, int16: -32768..32767); floats already
+    in [0, 1] stay as they are; other floats (e.g. Hounsfield units) span their own min..max.
+    """
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        low, high = float(info.min), float(info.max)
+    else:
+        low, high = float(array.min()), float(array.max())
+        low, high = (min(low, 0.0), max(high, 1.0)) if low >= 0.0 and high <= 1.0 else (low, high)
+    span = high - low if high > low else 1.0
+    return ((array.astype(np.float64) - low) / span).astype(np.float32), (low, high)

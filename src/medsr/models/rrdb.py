@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from medsr.errors import MedsrError
 from medsr.models.layers import LEAKY_SLOPE, scale_factors
+from medsr.models.value_range import to_signed
 
 # Residual scaling from the paper: keeps the very deep trunk stable without batch norm.
 RES_SCALE = 0.2
@@ -145,7 +146,7 @@ class RRDBNet(nn.Module):
         out = self.conv_last(self.lrelu(self.conv_hr(feat)))
         if r > 1:
             out = out[..., : h * self.scale, : w * self.scale]
-        return out * 2 - 1 if self.input_range == "unit" else out
+        return to_signed(out) if self.input_range == "unit" else out
 
 
 # ---------------------------------------------------------------------------------------------

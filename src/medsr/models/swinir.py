@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from medsr.errors import MedsrError
 from medsr.models.layers import scale_factors
+from medsr.models.value_range import to_signed, to_unit
 
 UPSAMPLERS = ("pixelshuffledirect", "pixelshuffle")
 INPUT_RANGES = ("signed", "unit")
@@ -239,7 +240,7 @@ class SwinIR(nn.Module):
                            img_mean=mean, input_range=input_range, num_feat=num_feat)
         mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1).expand(1, in_channels, 1, 1).clone()
         # the mean in the units the weights work in: [0, 1] for "unit", [-1, 1] for "signed"
-        self.register_buffer("mean", mean if input_range == "unit" else mean * 2 - 1, persistent=False)
+        self.register_buffer("mean", mean if input_range == "unit" else to_signed(mean), persistent=False)
 
         self.conv_first = nn.Conv2d(in_channels, embed_dim, 3, padding=1)
         self.patch_embed = PatchEmbed(embed_dim)
@@ -261,7 +262,7 @@ class SwinIR(nn.Module):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         h, w = lr.shape[-2:]
-        x = (lr + 1) / 2 if self.input_range == "unit" else lr
+        x = to_unit(lr, clamp=False) if self.input_range == "unit" else lr
         x = pad_to_multiple(x - self.mean.to(x.dtype), self.window_size)
         feat = self.conv_first(x)
         tokens = self.patch_embed(feat.permute(0, 2, 3, 1))  # (B, H, W, C): tokens stay channels-last in the body
@@ -276,7 +277,7 @@ class SwinIR(nn.Module):
         else:
             out = self.upsample(feat)
         out = out[..., :h * self.scale, :w * self.scale] + self.mean.to(out.dtype)
-        return out * 2 - 1 if self.input_range == "unit" else out
+        return to_signed(out) if self.input_range == "unit" else out
 
 
 def _init_weights(m: nn.Module) -> None:

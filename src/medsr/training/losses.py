@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from medsr import metrics
 from medsr.errors import MedsrError
+from medsr.models.value_range import to_unit
 from medsr.zoo import read_weights
 
 
@@ -120,7 +121,7 @@ class VGG19Features(torch.nn.Module):
                              "pass the state dict of torchvision.models.vgg19") from None
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        x = (((images + 1) / 2).expand(-1, 3, -1, -1) - self.mean) / self.std
+        x = (to_unit(images, clamp=False).expand(-1, 3, -1, -1) - self.mean) / self.std
         out = []
         for name, module in zip(self.names, self.features):
             x = module(x)
@@ -152,7 +153,7 @@ class SSIMGradientLoss(torch.nn.Module):
     which a pixel loss alone lets blur."""
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        sr01, hr01 = (sr.float() + 1) / 2, (hr.float() + 1) / 2
+        sr01, hr01 = to_unit(sr.float(), clamp=False), to_unit(hr.float(), clamp=False)
         structure = 1 - metrics.ms_ssim(sr01, hr01).nan_to_num(1.0).mean()
         edges = sum(F.l1_loss(a, b) for a, b in zip(image_gradients(sr01), image_gradients(hr01)))
         return structure + edges

@@ -34,7 +34,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from medsr import hardware, metrics, zoo
@@ -43,6 +45,7 @@ from medsr.data.augment import Augment
 from medsr.errors import MedsrError
 from medsr.files import atomic_write
 from medsr.models import create_discriminator, create_generator
+from medsr.models.value_range import to_unit
 from medsr.training import losses
 from medsr.training.collapse import CollapseGuard
 from medsr.training.config import TrainConfig, expand_data_path
@@ -86,8 +89,8 @@ class Trainer:
         if self.rank == 0:
             val = build_sampler(data, "val", cfg.protocol, cfg.scale, cfg.hr_size, limit=cfg.max_val_images, **split)
             self.val_lr, self.val_hr = val.fixed_pairs(cfg.max_val_images)
-            bicubic = degrade.upscale_baseline(degrade.to_unit(self.val_lr), cfg.scale).clamp(0, 1)
-            self.val_psnr_bicubic = metrics.psnr(bicubic, degrade.to_unit(self.val_hr), cfg.scale).mean().item()
+            bicubic = degrade.upscale_baseline(to_unit(self.val_lr), cfg.scale).clamp(0, 1)
+            self.val_psnr_bicubic = metrics.psnr(bicubic, to_unit(self.val_hr), cfg.scale).mean().item()
         self.steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(self.sampler) / (cfg.batch_size * self.world)))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = cfg.warmup_epochs * self.steps_per_epoch
@@ -226,8 +229,8 @@ class Trainer:
             lr = self.val_lr[start : start + 16].to(self.device).contiguous(memory_format=self.memory_format)
             with hardware.autocast(self.device, self.dtype):
                 outputs.append(g(lr).float().cpu())
-        sr = degrade.to_unit(torch.cat(outputs))
-        hr = degrade.to_unit(self.val_hr)
+        sr = to_unit(torch.cat(outputs))
+        hr = to_unit(self.val_hr)
         border = self.cfg.scale
         scores = {
             "val/psnr": metrics.psnr(sr, hr, border).mean().item(),
@@ -239,11 +242,9 @@ class Trainer:
 
     def save_grid(self, sr: torch.Tensor, epoch: int) -> Path:
         """HR / LR (nearest-upsampled) / SR rows, as in the paper's figures."""
-        from PIL import Image
-
         n = min(self.cfg.grid_images, len(sr))
-        hr = degrade.to_unit(self.val_hr[:n])
-        lr = degrade.upscale_baseline(degrade.to_unit(self.val_lr[:n]), self.cfg.scale, "nearest")
+        hr = to_unit(self.val_hr[:n])
+        lr = degrade.upscale_baseline(to_unit(self.val_lr[:n]), self.cfg.scale, "nearest")
         rows = [torch.cat(list(batch[:, 0]), dim=1) for batch in (hr, lr, sr[:n])]
         grid = (torch.cat(rows, dim=0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         return atomic_write(self.run_dir / "grids" / f"epoch-{epoch:04d}.png", lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
@@ -278,12 +279,9 @@ class Trainer:
         torch.save(state, tmp / f"state-rank{self.rank}.pt")
         self._barrier()
         if self.rank == 0:
-            tensors = {f"generator.{k}": v for k, v in _unwrap(self.generator).state_dict().items()}
-            if self.discriminator is not None:
-                tensors.update({f"discriminator.{k}": v for k, v in _unwrap(self.discriminator).state_dict().items()})
-            if self.ema is not None:
-                tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-            zoo.save_model(tmp / "model.safetensors", tensors, self.cfg.model, _unwrap(self.generator).config, self.record())
+            networks = {zoo.GENERATOR_PREFIX: _unwrap(self.generator), zoo.EMA_PREFIX: self.ema,
+                        zoo.DISCRIMINATOR_PREFIX: None if self.discriminator is None else _unwrap(self.discriminator)}
+            zoo.save_checkpoint_model(tmp / "model.safetensors", networks, self.cfg.model, _unwrap(self.generator).config, self.record())
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -306,11 +304,11 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         tensors = load_file(str(path / "model.safetensors"))
-        for prefix, model in (("generator.", self.generator), ("discriminator.", self.discriminator), ("ema.", self.ema)):
+        for prefix, model in ((zoo.GENERATOR_PREFIX, self.generator), (zoo.DISCRIMINATOR_PREFIX, self.discriminator),
+                              (zoo.EMA_PREFIX, self.ema)):
             if model is not None:
-                part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
                 try:
-                    _unwrap(model).load_state_dict(part)
+                    _unwrap(model).load_state_dict(zoo.checkpoint_part(tensors, prefix))
                 except RuntimeError:
                     raise MedsrError(f"{path}: checkpoint does not match this recipe's model; resume with the recipe that wrote it") from None
         main = torch.load(path / "state-rank0.pt", weights_only=False)
@@ -353,8 +351,6 @@ class Trainer:
 
         writer = None
         if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
             writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step_count or None)

@@ -25,8 +25,9 @@ from medsr.files import atomic_write
 from medsr.models import OFFICIAL_CONVERTERS, create_generator
 
 ZOO_DIR = Path(__file__).parent
-GENERATOR_PREFIX = "generator."
 DEFAULT_MODEL = "default"
+# A training checkpoint's model.safetensors holds each network's tensors under its own prefix.
+GENERATOR_PREFIX, DISCRIMINATOR_PREFIX, EMA_PREFIX = "generator.", "discriminator.", "ema."
 
 
 def shipped_models() -> dict[str, Path]:
@@ -40,6 +41,43 @@ def save_model(path: Path, tensors: dict[str, torch.Tensor], arch: str, config: 
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def default_model(scale: int | None = None) -> str:
+    """The shipped model `medsr upscale` uses when no --model is given: `default` at x3, or the
+    default recipe's model of another scale (default-x2, default-x4)."""
+    if scale is None or scale == 3:
+        return DEFAULT_MODEL
+    name = f"{DEFAULT_MODEL}-x{scale}"
+    if name not in shipped_models():
+        scales = ", ".join(f"x{s}" for s in sorted(set(shipped_scales().values())))
+        raise MedsrError(f"--scale {scale}: no shipped model upscales x{scale} (shipped scales: {scales}); "
+                         f"pick one of those, or pass a x{scale} model of yours with --model")
+    return name
+
+
+def shipped_scales() -> dict[str, int]:
+    """Shipped model names and the scale each upscales by (read from the files' metadata, no weights loaded)."""
+    return {name: int(read_metadata(path)["medsr_scale"]) for name, path in shipped_models().items()}
+
+
+def model_scale(name_or_path: str | Path) -> int:
+    """The scale of a shipped name, model file or run folder (an official checkpoint is loaded to find it)."""
+    path = resolve(name_or_path)
+    meta = read_metadata(path) if path.suffix == ".safetensors" else {}
+    return int(meta["medsr_scale"]) if "medsr_scale" in meta else int(load(path)[1]["medsr_scale"])
+
+
+def save_checkpoint_model(path: Path, networks: dict[str, torch.nn.Module | None], arch: str, config: dict, extra: dict) -> None:
+    """One model file for a training checkpoint: each network's tensors under its prefix
+    (GENERATOR_PREFIX, DISCRIMINATOR_PREFIX, EMA_PREFIX); loadable wherever a model is expected."""
+    tensors = {f"{prefix}{k}": v for prefix, net in networks.items() if net is not None for k, v in net.state_dict().items()}
+    save_model(path, tensors, arch, config, extra)
+
+
+def checkpoint_part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of one network in a checkpoint's model file, without their prefix."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -98,7 +136,8 @@ def load_official(path: Path) -> tuple[torch.nn.Module, dict]:
             except RuntimeError as err:
                 raise MedsrError(f"{path}: looks like an official {arch} checkpoint but does not fit ({str(err).splitlines()[0]})") from None
             meta = {"medsr_arch": arch, "medsr_config": json.dumps(model.config), "medsr_scale": str(model.scale),
-                    "medsr_source": f"official {arch} checkpoint, adapted to 1 channel", "path": str(path)}
+                    "medsr_source": f"official {arch} checkpoint, adapted to 1 channel", "path": str(path),
+                    "parameters": str(sum(p.numel() for p in model.parameters()))}
             return model.eval(), meta
     raise MedsrError(f"{path}: neither a medsr model file nor an official checkpoint medsr can adapt "
                      f"({', '.join(OFFICIAL_CONVERTERS)}); pass a file from 'medsr train' or an official release")
@@ -115,9 +154,9 @@ def load(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[
     model = create_generator(meta["medsr_arch"], **config)
     tensors = load_file(str(path))
     # A training checkpoint: take its EMA generator when it has one, else the generator.
-    for prefix in ("ema.", GENERATOR_PREFIX):
+    for prefix in (EMA_PREFIX, GENERATOR_PREFIX):
         if any(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            tensors = checkpoint_part(tensors, prefix)
             break
     try:
         model.load_state_dict(tensors)
@@ -125,4 +164,5 @@ def load(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[
         first = str(err).splitlines()[0]
         raise MedsrError(f"{path}: weights do not match the '{meta['medsr_arch']}' architecture ({first}); the file is damaged or from another version") from None
     meta["path"] = str(path)
+    meta["parameters"] = str(sum(p.numel() for p in model.parameters()))
     return model.to(device).eval(), meta

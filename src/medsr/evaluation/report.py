@@ -1,0 +1,33 @@
+"""What every evaluation writes: Markdown tables and the per-image / summary / JSON report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from medsr.files import atomic_write
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of formatted cells: the first column (names) left-aligned, the rest right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_reports(rows: list[dict], summary: list[dict], out_dir: Path, context: dict,
+                  names: tuple[str, str, str] = ("per_image.csv", "summary.csv", "results.json")) -> list[Path]:
+    """per-image CSV, summary CSV, and a JSON with context + summary + rows, each written atomically;
+    `names` lets another report (medsr.evaluation.diagnostic) sit beside these in the same folder."""
+    paths = [Path(out_dir) / name for name in names]
+    for path, table in zip(paths[:2], (rows, summary)):
+        def write_csv(tmp: Path, table=table) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(table[0]))
+                writer.writeheader()
+                writer.writerows(table)
+        atomic_write(path, write_csv)
+    text = json.dumps({**context, "summary": summary, "per_image": rows}, indent=1)
+    atomic_write(paths[2], lambda tmp: tmp.write_text(text))
+    return paths
