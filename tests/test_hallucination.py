@@ -154,9 +154,15 @@ def test_write_maps_round_trips(tmp_path, scan):
     png, tif = hallucination.write_maps(tmp_path / "out" / "scan", maps)
     assert png.name == "scan.uncertainty.png" and tif.name == "scan.uncertainty.tif"
     with Image.open(png) as img:
-        assert img.mode == "RGB" and img.size == (60, 60)
+        picture = np.asarray(img)
+        assert img.mode == "RGB" and img.size == (60, 60 + hallucination.legend(60).shape[0])  # the overlay, its legend below
+    assert np.array_equal(picture[:60], hallucination.overlay(maps["sr"], maps["combined"]))
+    legend = picture[60:].astype(int)
+    assert (legend[..., 0] - legend[..., 2] > 100).any()  # the red-to-yellow colour bar is drawn
     with Image.open(tif) as img:
         assert np.array_equal(np.asarray(img), maps["combined"])  # float32, bit for bit
+        description = img.tag_v2[270]
+    assert "10% of the input image's intensity range" in description and "no colour below 0.2" in description.lower()
     assert [p.name for p in tmp_path.joinpath("out").iterdir() if p.name.startswith(".")] == []  # no temp files left
 
 

@@ -33,15 +33,20 @@ def _load_upscaler(args, model_name: str | None, tile: int | None = None):
                          runtime=getattr(args, "runtime", "torch"))
 
 
-def _collect_inputs(paths: list[str]) -> list[tuple[Path, Path]]:
-    """(file, path relative to the output folder) for each input file; folders are walked."""
+def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(file, path relative to the output folder) for each input file; folders are walked, except
+    the output folder where it lies inside one: medsr never reads its own outputs as inputs."""
     from medsr.data import scan
 
+    out = out_dir.resolve()
     pairs = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            pairs += [(item.path, item.path.relative_to(path)) for item in scan(path)]
+            if path.resolve() == out:
+                raise MedsrError(f"{path}: -o is this input folder, so outputs would mix with the inputs; choose another output folder")
+            pairs += [(item.path, item.path.relative_to(path)) for item in scan(path)
+                      if not item.path.resolve().is_relative_to(out)]
         elif path.is_file():
             pairs.append((path, Path(path.name)))
         else:
@@ -58,8 +63,8 @@ def _upscale(args) -> int:
     from medsr.inference import batch
 
     args.model = args.model or zoo.default_model(args.scale)
-    pairs = _collect_inputs(args.inputs)
     out_dir = Path(args.output)
+    pairs = _collect_inputs(args.inputs, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise MedsrError(f"{out_dir}: -o must name a folder, and this is a file; choose another -o")
     summary_path = Path(args.summary) if args.summary else out_dir / batch.SUMMARY_NAME
@@ -139,8 +144,11 @@ def _compare(args) -> int:
 def _demo(args) -> int:
     from medsr.demo import run_demo
 
+    from medsr import zoo
+
+    args.model = args.model or zoo.default_model(args.scale)
     upscaler, meta = _load_upscaler(args, args.model)
-    paths = run_demo(upscaler, Path(args.output), args.model or f"default for x{upscaler.scale}")
+    paths = run_demo(upscaler, Path(args.output), args.model)
     print("wrote:\n  " + "\n  ".join(map(str, paths)))
     return 0
 

@@ -50,7 +50,8 @@ def demo_images() -> dict[str, np.ndarray]:
 
 
 def run_demo(upscaler: Upscaler, out_dir: Path, model_name: str) -> list[Path]:
-    """Upscale every demo image; write the SR PNG and a bicubic | medsr | original figure."""
+    """Upscale every demo image; write the SR PNG and a bicubic | medsr | original figure, with a
+    second row of zoomed insets of the image's busiest region (boxed in red on the original)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     s = upscaler.scale
     written = []
@@ -64,11 +65,16 @@ def run_demo(upscaler: Upscaler, out_dir: Path, model_name: str) -> list[Path]:
         scores = {k: metrics.psnr(v, hr, s).item() for k, v in (("bicubic", bicubic), ("sr", sr))}
         meta = ImageMeta(path="", format="png", bit_depth=16, value_range=(0.0, 1.0), pixel_spacing=None)
         sr_path = write_image(out_dir / f"{name}-x{s}.png", Image(sr[0, 0].numpy(), meta), scale=s, model_name=model_name)
-        figure = figures.grid([[
-            figures.tile(bicubic[0, 0].numpy(), f"bicubic x{s}: {scores['bicubic']:.2f} dB", 512),
-            figures.tile(sr[0, 0].numpy(), f"medsr {model_name} x{s}: {scores['sr']:.2f} dB", 512),
-            figures.tile(hr[0, 0].numpy(), "original", 512),
-        ]])
+        panels = [(bicubic[0, 0].numpy(), f"bicubic x{s}: {scores['bicubic']:.2f} dB"),
+                  (sr[0, 0].numpy(), f"medsr {model_name} x{s}: {scores['sr']:.2f} dB"), (hr01, "original")]
+        # At 512 px a large radiograph's three panels look alike: a second row zooms into its busiest region.
+        box = figures.busiest_box(hr01, max(16, min(h, w) // 8), margin=0.2)
+        top, left, side, _ = box
+        figure = figures.grid([
+            [figures.tile(figures.with_box(image, box) if label == "original" else image, label, 512) for image, label in panels],
+            [figures.tile(image[top : top + side, left : left + side], f"zoom: {label.split(':')[0]}", 512, figures.Image.Resampling.NEAREST)
+             for image, label in panels],
+        ])
         fig_path = out_dir / f"{name}-comparison.png"
         figure.save(fig_path)
         print(f"{name}: {w // s}x{h // s} -> {w}x{h}; PSNR vs original: bicubic {scores['bicubic']:.2f} dB, medsr {scores['sr']:.2f} dB")

@@ -54,10 +54,15 @@ def with_box(array01: np.ndarray, box: tuple[int, int, int, int], colour=(255, 6
     return np.asarray(img)
 
 
-def busiest_box(array01: np.ndarray, side: int) -> tuple[int, int, int, int]:
-    """The side x side window with the most gradient energy (where detail is): (top, left, side, side)."""
+def busiest_box(array01: np.ndarray, side: int, margin: float = 0.0) -> tuple[int, int, int, int]:
+    """The side x side window with the most gradient energy (where detail is): (top, left, side, side).
+    `margin` (a fraction of each side) keeps the window off the borders, where collimator edges and
+    burnt-in labels of radiographs would otherwise win."""
     gy, gx = np.gradient(array01.astype(np.float64))
     energy = gy**2 + gx**2
+    h, w = energy.shape
+    mh, mw = min(int(h * margin), (h - side) // 2), min(int(w * margin), (w - side) // 2)
+    energy[:mh], energy[h - mh :], energy[:, :mw], energy[:, w - mw :] = 0, 0, 0, 0
     integral = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     sums = integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side] + integral[:-side, :-side]
     top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)

@@ -128,6 +128,9 @@ class Server:
             "max_upload_mb": self.max_upload_bytes / 1024 / 1024,
             "max_input_pixels": MAX_INPUT_PIXELS,
             "uncertainty": True,
+            "uncertainty_legend": {"from_percent": 100 * hallucination.OVERLAY_THRESHOLD * hallucination.COMBINED_UNIT,
+                                   "to_percent": 100 * hallucination.OVERLAY_VMAX * hallucination.COMBINED_UNIT,
+                                   "text": hallucination.map_description()},
             "extensions": list(SUPPORTED_EXTENSIONS),
         }
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from medsr.data import degrade
 from medsr.errors import MedsrError
@@ -161,6 +161,35 @@ def overlay(sr01: np.ndarray, combined: np.ndarray, threshold: float = OVERLAY_T
     return np.rint(gray * (1 - alpha) + colour * alpha).astype(np.uint8)
 
 
+def map_description(threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX) -> str:
+    """How to read the map, in one paragraph: the float TIFF's description tag and the overlay's legend."""
+    return (f"medsr hallucination map: how far the upscaled image departs from what its input supports, in units of "
+            f"{COMBINED_UNIT:.0%} of the input image's intensity range (1.0 = a tenth of the range); the larger of the "
+            f"consistency residual and the disagreement with a second model. Overlay: no colour below {threshold:g} "
+            f"({threshold * COMBINED_UNIT:.0%} of the range), red from {threshold:g}, yellow at {vmax:g} "
+            f"({vmax * COMBINED_UNIT:.0%}) and above. No colour is not proof of correctness: where both models err alike, "
+            "nothing lights up.")
+
+
+def legend(width: int, threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX) -> np.ndarray:
+    """(h, width, 3) uint8 strip for under an overlay: the colour bar with its scale and what it means."""
+    height, bar_top, bar_height = 58, 20, 12
+    strip = Image.new("RGB", (width, height), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
+    draw.text((6, 4), f"departure from the input, % of the image's range (no colour: below {threshold * COMBINED_UNIT:.0%})",
+              fill=(255, 255, 255))
+    left, right = 6, max(60, min(width - 6, 330))
+    values = np.linspace(threshold, vmax, right - left)
+    colours = overlay(np.zeros((1, len(values))), values[None], threshold - 1e-9, vmax)[0] if len(values) else []
+    for x, colour in enumerate(colours):
+        draw.line([(left + x, bar_top), (left + x, bar_top + bar_height)], fill=tuple(int(c) for c in colour))
+    for value, x in ((threshold, left), ((threshold + vmax) / 2, (left + right) // 2), (vmax, right - 1)):
+        draw.line([(x, bar_top + bar_height), (x, bar_top + bar_height + 3)], fill=(255, 255, 255))
+        label = f"{value * COMBINED_UNIT:.1%}" + ("+" if value == vmax else "")
+        draw.text((max(0, x - 10), bar_top + bar_height + 5), label, fill=(255, 255, 255))
+    return np.asarray(strip)
+
+
 def stem_for(output_path: Path) -> Path:
     """The stem the maps of an output file are named after: out/scan.dcm -> out/scan (also .nii.gz)."""
     path = Path(output_path)
@@ -182,15 +211,16 @@ def reference_model_name(model_name: str, scale: int = 3) -> str | None:
     return "default-gan" if model_name == "default" else "default"
 
 
-def _save_float_tiff(path: Path, planes: np.ndarray) -> None:
+def _save_float_tiff(path: Path, planes: np.ndarray, description: str) -> None:
     images = [Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)) for p in planes]
-    images[0].save(path, format="TIFF", save_all=len(images) > 1, append_images=images[1:])
+    images[0].save(path, format="TIFF", save_all=len(images) > 1, append_images=images[1:], tiffinfo={270: description})
 
 
 def write_maps(stem_path: Path, maps: dict[str, np.ndarray], *, protect: Iterable[Path] = (),
                threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX) -> list[Path]:
-    """Write `<stem>.uncertainty.png` (the overlay) and `<stem>.uncertainty.tif` (the float32
-    combined map; one page per plane of a stack), atomically. Returns the two paths.
+    """Write `<stem>.uncertainty.png` (the overlay, with its legend below) and `<stem>.uncertainty.tif`
+    (the float32 combined map, one page per plane of a stack, its units and threshold in the TIFF's
+    ImageDescription), atomically. Returns the two paths.
 
     For a stack the PNG shows the plane with the highest mean `combined` (the most suspicious one).
     A target that is one of the `protect` paths (the inputs) is refused, so inputs are never overwritten.
@@ -204,6 +234,7 @@ def write_maps(stem_path: Path, maps: dict[str, np.ndarray], *, protect: Iterabl
     planes = combined[None] if combined.ndim == 2 else combined
     pick = int(np.argmax(planes.reshape(len(planes), -1).mean(1)))
     picture = overlay(sr if sr.ndim == 2 else sr[pick], planes[pick], threshold, vmax)
+    picture = np.concatenate([picture, legend(picture.shape[1], threshold, vmax)])
     atomic_write(png, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
-    atomic_write(tif, lambda tmp: _save_float_tiff(tmp, planes))
+    atomic_write(tif, lambda tmp: _save_float_tiff(tmp, planes, map_description(threshold, vmax)))
     return [png, tif]

@@ -1,0 +1,118 @@
+"""What a new user hit in the first hour: output folders inside or equal to the input, scale
+errors and defaults, --version and --help. Run through the installed console script."""
+
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medsr import __version__
+
+
+def run(cmd):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(result) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("medsr: error:"), result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def scans(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray((rng.random((24, 30)) * 255).astype(np.uint8)).save(folder / name)
+    return folder
+
+
+def test_an_output_folder_inside_the_input_folder_is_never_read_back(scans, medsr_cli):
+    out = scans / "out"
+    for _ in range(2):
+        result = run(medsr_cli + ["upscale", str(scans), "-o", str(out), "--tile", "0"])
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
+    assert not (out / "out").exists()
+    assert "2 skipped (complete)" in result.stdout  # the rerun saw the two real inputs only
+    assert Image.open(out / "a.png").size == (90, 72)
+
+
+def test_the_output_folder_may_not_be_the_input_folder(scans, medsr_cli):
+    before = sorted(p.name for p in scans.iterdir())
+    for extra in ([], ["--format", "png"]):
+        line = one_error_line(run(medsr_cli + ["upscale", str(scans), "-o", str(scans), *extra]))
+        assert "-o is this input folder" in line
+    assert sorted(p.name for p in scans.iterdir()) == before  # no outputs, ledger or summary among the inputs
+
+
+def test_a_scale_without_a_model_picks_the_shipped_default_of_that_scale(scans, medsr_cli, tmp_path):
+    result = run(medsr_cli + ["upscale", str(scans / "a.png"), "-o", str(tmp_path / "x2"), "--scale", "2", "--tile", "0"])
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "x2" / "a.png").size == (60, 48)
+
+
+def test_a_scale_nothing_ships_names_the_scales_that_exist(scans, medsr_cli, tmp_path):
+    line = one_error_line(run(medsr_cli + ["upscale", str(scans), "-o", str(tmp_path / "o"), "--scale", "5"]))
+    assert "no shipped model upscales x5" in line and "x2, x3, x4" in line
+    assert "safetensors" not in line and "zoo" not in line  # no internal file names
+
+
+def test_a_model_of_another_scale_is_named_as_the_user_gave_it(scans, medsr_cli, tmp_path):
+    line = one_error_line(run(medsr_cli + ["upscale", str(scans), "-o", str(tmp_path / "o"), "--model", "default", "--scale", "2"]))
+    assert "model default upscales x3, not x2" in line and "default-x2" in line
+    assert "safetensors" not in line
+
+
+def test_version_and_help_show_defaults_and_examples(medsr_cli):
+    result = run(medsr_cli + ["--version"])
+    assert result.returncode == 0 and result.stdout.strip() == f"medsr {__version__}"
+    help_text = run(medsr_cli + ["upscale", "--help"]).stdout
+    for shown in ("(default: 256)", "(default: 16)", "(default: 2)", "(default: auto)", "examples:", "medsr upscale scans/ -o out/"):
+        assert shown in help_text, shown
+
+
+def test_the_demo_figure_has_a_zoomed_row_of_the_busiest_region(medsr_cli, tmp_path):
+    pytest.importorskip("data_store", reason="pydicom-data not installed; pip install -e '.[demo]'")
+    result = run(medsr_cli + ["demo", "-o", str(tmp_path)])
+    assert result.returncode == 0, result.stderr
+    figure = np.asarray(Image.open(tmp_path / "chest-cr-comparison.png").convert("RGB"))
+    panel_width = 512
+    top_height = round(1953 * panel_width / 1839) + 22  # the chest image (1955x1841) cropped to a multiple of 3, plus the caption
+    assert figure.shape[0] == top_height + 4 + panel_width + 22  # a second row of square zoomed insets
+    original = figure[22:top_height, 2 * (panel_width + 4) :]
+    assert (np.abs(original.astype(int) - original[..., :1]) > 60).any(), "the zoom box is drawn in red on the original"
+    zoom = figure[top_height + 4 + 22 :, 2 * (panel_width + 4) :, 0].astype(float)
+    assert zoom.std() > 5  # the inset shows detail, not a flat corner
+
+
+def test_the_page_names_every_format_it_accepts():
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from medsr.serve import create_app
+
+    with TestClient(create_app(models=["default"])) as client:
+        page = client.get("/").text
+        extensions = client.get("/api/info").json()["extensions"]
+    assert "Scan (PNG, JPEG, TIFF, BMP, DICOM, NIfTI)" in page
+    assert {".nii", ".nii.gz", ".dcm", ".bmp", ".png"} <= set(extensions)
+    assert "$(\"file\").accept = [...info.extensions" in page  # the file picker offers the server's own table
+
+
+def test_the_page_explains_the_hallucination_colours():
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from medsr.serve import create_app
+
+    with TestClient(create_app(models=["default"])) as client:
+        legend = client.get("/api/info").json()["uncertainty_legend"]
+        page = client.get("/").text
+    assert (legend["from_percent"], legend["to_percent"]) == (2.0, 5.0)
+    assert "10% of the input image's intensity range" in legend["text"]
+    assert 'id="legend"' in page and '$("legend").hidden = !$("overlay").checked' in page
