@@ -60,9 +60,10 @@ class Job:
     folder: Path
     name: str  # the user's file name, for messages and the download's name
     model: str
-    frame: int = 0  # the frame / slice shown for a stack
-    lr01: np.ndarray | None = None
-    sr01: np.ndarray | None = None
+    frame: int = 0  # the frame / slice shown first for a stack (the middle one)
+    lr01: np.ndarray | None = None  # (slices, h, w) float32: a 2-D image is one slice
+    sr: np.ndarray | None = None  # (slices, h*s, w*s) float16: what the slice pictures are drawn from
+    scale: int = 1
     window: tuple[float, float] = (0.0, 1.0)
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -204,14 +205,11 @@ class Server:
         with self.lock:
             sr = upscaler.upscale(lr)
         seconds = time.perf_counter() - started
-        job.frame = lr.shape[0] // 2 if lr.ndim == 3 else 0
-        job.lr01 = lr[job.frame] if lr.ndim == 3 else lr
-        job.sr01 = sr[job.frame] if sr.ndim == 3 else sr
-        s = upscaler.scale
-        bicubic = degrade.upscale_baseline(torch.from_numpy(np.ascontiguousarray(job.lr01))[None, None], s).clamp(0, 1)[0, 0].numpy()
-        job.window = _display_window(job.lr01)
-        job.files["before"] = _save_png(job.folder / "before.png", bicubic, job.window)
-        job.files["after"] = _save_png(job.folder / "after.png", job.sr01, job.window)
+        s = job.scale = upscaler.scale
+        job.lr01 = lr if lr.ndim == 3 else lr[None]
+        job.sr = (sr if sr.ndim == 3 else sr[None]).astype(np.float16)
+        job.frame = len(job.lr01) // 2
+        job.window = _display_window(job.lr01[job.frame])
         stem = Path(job.name).name
         stem = stem[: -len(_suffix(stem))] if _suffix(stem) else stem
         # A name without a known extension was read as DICOM (recognised by its DICM preamble).
@@ -224,30 +222,46 @@ class Server:
             "scale": s,
             "seconds": round(seconds, 3),
             "input": {"width": int(lr.shape[-1]), "height": int(lr.shape[-2]), "format": image.meta.format,
-                      "frames": int(lr.shape[0]) if lr.ndim == 3 else 1},
+                      "frames": len(job.lr01)},
+            "frame": job.frame,
             "output": {"width": int(sr.shape[-1]), "height": int(sr.shape[-2])},
             "download_name": download_name,
         }
         if truth is not None:
             score = {k: metrics.psnr(torch.from_numpy(v)[None, None], torch.from_numpy(truth)[None, None], s).item()
-                     for k, v in (("bicubic", bicubic), ("medsr", job.sr01))}
+                     for k, v in (("bicubic", self._bicubic(job, 0)), ("medsr", sr))}
             answer["psnr"] = {k: round(v, 2) for k, v in score.items()}
         return answer
 
-    def overlay(self, job: Job) -> Path:
-        """The hallucination-map overlay of the shown frame, made on first request."""
-        if "overlay" not in job.files:
-            upscaler = self.upscaler_for(job.model)
-            reference_name = hallucination.reference_model_name(job.model, upscaler.scale)
-            reference = None if reference_name is None else api.load_model(reference_name, device=self.device, precision=self.precision)
-            with self.lock:
-                maps = hallucination.hallucination_maps(job.lr01, upscaler, reference, sr01=job.sr01)
-            low, high = job.window
-            picture = hallucination.overlay(np.clip((maps["sr"] - low) / (high - low), 0, 1), maps["combined"])
-            path = job.folder / "overlay.png"
-            PILImage.fromarray(picture).save(path, format="PNG", compress_level=1)
-            job.files["overlay"] = path
-        return job.files["overlay"]
+    @staticmethod
+    def _bicubic(job: Job, k: int) -> np.ndarray:
+        lr = torch.from_numpy(np.ascontiguousarray(job.lr01[k]))[None, None]
+        return degrade.upscale_baseline(lr, job.scale).clamp(0, 1)[0, 0].numpy()
+
+    def picture(self, job: Job, kind: str, k: int | None) -> Path:
+        """The PNG the page shows of slice k (default: the middle one): "before" (bicubic), "after"
+        (medsr) or "overlay" (the hallucination map over medsr), drawn on first request and kept."""
+        k = job.frame if k is None else k
+        if not 0 <= k < len(job.lr01):
+            raise UserError(f"slice {k} does not exist; this scan has slices 0 to {len(job.lr01) - 1}", 404)
+        name = f"{kind}-{k}"
+        if name not in job.files:
+            path = job.folder / f"{name}.png"
+            if kind == "before":
+                _save_png(path, self._bicubic(job, k), job.window)
+            elif kind == "after":
+                _save_png(path, job.sr[k].astype(np.float32), job.window)
+            else:
+                upscaler = self.upscaler_for(job.model)
+                reference_name = hallucination.reference_model_name(job.model, upscaler.scale)
+                reference = None if reference_name is None else api.load_model(reference_name, device=self.device, precision=self.precision)
+                with self.lock:
+                    maps = hallucination.hallucination_maps(job.lr01[k], upscaler, reference, sr01=job.sr[k].astype(np.float32))
+                low, high = job.window
+                picture = hallucination.overlay(np.clip((maps["sr"] - low) / (high - low), 0, 1), maps["combined"])
+                PILImage.fromarray(picture).save(path, format="PNG", compress_level=1)
+            job.files[name] = path
+        return job.files[name]
 
 
 def create_app(models: list[str] | None = None, max_upload_mb: float = 50, device: str = "auto",
@@ -308,18 +322,16 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
         return answer
 
     @app.get("/api/jobs/{job_id}/{kind}")
-    async def job_file(job_id: str, kind: str):
+    async def job_file(job_id: str, kind: str, slice: int | None = None):
         job = server.jobs.get(job_id)
         if job is None:
             raise UserError("this result is no longer kept (the server keeps the newest few); upscale the file again", 404)
-        if kind == "overlay":
-            return FileResponse(await _in_thread(server.overlay, job), media_type="image/png")
-        if kind not in ("before", "after", "download"):
-            raise UserError(f"unknown result file '{kind}'", 404)
-        path = job.files[kind]
         if kind == "download":
+            path = job.files[kind]
             return FileResponse(path, filename=path.name, media_type="application/octet-stream")
-        return FileResponse(path, media_type="image/png")
+        if kind not in ("before", "after", "overlay"):
+            raise UserError(f"unknown result file '{kind}'", 404)
+        return FileResponse(await _in_thread(server.picture, job, kind, slice), media_type="image/png")
 
     return app
 
