@@ -58,6 +58,32 @@ def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
     return out_dir / (rel if fmt is None else with_format_extension(rel, fmt))
 
 
+def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> list:
+    """One job per file, except that while the output stays DICOM, the volumes of a DICOM series are
+    one job that writes one derived series; a series that cannot form a volume is said so (one line)
+    and done file by file."""
+    from medsr.inference import batch
+    from medsr.io import series as series_io
+    from medsr.io.formats import format_of_path
+
+    dicom_files = [path for path, _ in pairs if fmt in (None, "dcm") and getattr(format_of_path(path), "name", "") == "dicom"]
+    series_of = {}
+    for found in series_io.scan_series(dicom_files) if dicom_files else []:
+        if found.volumes:
+            series_of.update(dict.fromkeys(found.paths, found))
+        elif len(found.paths) > 1:
+            print(f"medsr: note: {found.message}", file=sys.stderr)
+    jobs, started = [], set()
+    for path, rel in pairs:
+        found = series_of.get(path)
+        if found is None:
+            jobs.append(batch.Job(path, _output_path(rel, out_dir, fmt)))
+        elif found.uid not in started:  # the whole series is one job, where its first file is
+            started.add(found.uid)
+            jobs.append(batch.Job(path.parent, out_dir / rel.parent, series=found))
+    return jobs
+
+
 def _upscale(args) -> int:
     from medsr import zoo
     from medsr.inference import batch
@@ -86,7 +112,7 @@ def _upscale(args) -> int:
     settings = {"model": batch.model_identity(args.model, meta), "precision": args.precision, "tile": args.tile,
                 "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
                 "reference": reference_meta and batch.model_identity(args.reference_model, reference_meta)}
-    jobs = [batch.Job(path, _output_path(rel, out_dir, args.format)) for path, rel in pairs]
+    jobs = _jobs(pairs, out_dir, args.format)
     progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
     try:
         summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, uncertainty=args.uncertainty, reference=reference,

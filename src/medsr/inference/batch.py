@@ -29,12 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from medsr.errors import MedsrError
 from medsr.files import atomic_write
 from medsr.inference import hallucination
 from medsr.io import Image, read_image, write_image
+from medsr.io import series as series_io
+from medsr.io.series import Series
 from medsr.io.types import quiet_libraries
 
 LEDGER_NAME = "medsr-ledger.jsonl"
@@ -45,10 +48,17 @@ _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
 
 @dataclass
 class Job:
-    """One input file and the output file it becomes."""
+    """One unit of work: an input file and the output file it becomes, or, with `series` set, every
+    volume of a DICOM series (its files below `input`) becoming one derived series in the folder `output`."""
 
     input: Path
     output: Path
+    series: Series | None = None
+
+    @property
+    def record_path(self) -> Path:
+        """What the ledger and the duplicate check know this job by (a folder may hold several derived series)."""
+        return self.output if self.series is None else self.output / f"series-{self.series.uid}"
 
 
 @dataclass
@@ -167,11 +177,11 @@ class Ledger:
     def is_complete(self, job: Job, settings: dict[str, Any]) -> bool:
         """True when the record of `job`'s output says it was finished with these settings from this
         very input (path, size, mtime), and every file it wrote still has its recorded size and sha256."""
-        record = self.get(job.output)
+        record = self.get(job.record_path)
         if record is None or record.get("settings") != settings:
             return False
         try:
-            if any(record.get(k) != v for k, v in _input_state(job.input).items()):
+            if any(record.get(k) != v for k, v in _input_state(job).items()):
                 return False
             for item in record["files"]:
                 path = self.path.parent / item["path"]
@@ -184,7 +194,7 @@ class Ledger:
     def record(self, job: Job, input_state: dict[str, Any], settings: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
         """The record of a finished job; paths relative to the ledger's folder."""
         files = [dict(item, path=self.key(Path(item["path"]))) for item in files]
-        return {"output": self.key(job.output), **input_state, "settings": settings, "files": files}
+        return {"output": self.key(job.record_path), **input_state, "settings": settings, "files": files}
 
     def append(self, record: dict[str, Any]) -> None:
         """Add a record and flush it to disk at once, so a killed run keeps every finished output."""
@@ -201,9 +211,13 @@ class Ledger:
             self._file = None
 
 
-def _input_state(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"input": str(path.resolve()), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns}
+def _input_state(job: Job) -> dict[str, Any]:
+    """What must not have changed for an output to count as complete: the input file(s) (path, size, mtime)."""
+    if job.series is not None:
+        files = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in job.series.paths]
+        return {"input": str(job.input.resolve()), "input_files": files}
+    stat = job.input.stat()
+    return {"input": str(job.input.resolve()), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns}
 
 
 def _map_names(output: Path) -> list[str]:
@@ -213,15 +227,20 @@ def _map_names(output: Path) -> list[str]:
 def remove_temp_files(jobs: Iterable[Job]) -> int:
     """Remove temp files that a killed run left next to these jobs' outputs (theirs only); returns how many."""
     names: dict[Path, set[str]] = {}
+    series_folders = set()
     for job in jobs:
-        names.setdefault(job.output.parent, set()).update([job.output.name, *_map_names(job.output)])
+        if job.series is not None:
+            series_folders.add(job.output)  # derived series files are all named medsr_<uid hash>_...
+        else:
+            names.setdefault(job.output.parent, set()).update([job.output.name, *_map_names(job.output)])
     removed = 0
-    for folder, wanted in names.items():
+    for folder in set(names) | series_folders:
         if not folder.is_dir():
             continue
         for entry in os.scandir(folder):
             match = _TEMP_FILE.match(entry.name)
-            if match and match["name"] in wanted and entry.is_file():
+            wanted = match and (match["name"] in names.get(folder, ()) or (folder in series_folders and match["name"].startswith("medsr_")))
+            if wanted and entry.is_file():
                 os.unlink(entry.path)
                 removed += 1
     return removed
@@ -256,13 +275,13 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
     settings = dict(settings or {}, scale=int(upscaler.scale), format=format, uncertainty=uncertainty)
-    inputs = {job.input.resolve() for job in jobs}
+    inputs = {path.resolve() for job in jobs for path in (job.series.paths if job.series else [job.input])}
     if ledger is not None and Path(ledger).resolve() in inputs:
         raise MedsrError(f"{ledger}: the resume ledger would overwrite this input; choose another -o folder")
     # Jobs that must not run at all, found before any work: their lines still come in job order.
     refused, claimed = {}, {}
     for index, job in enumerate(jobs):
-        target = job.output.resolve()
+        target = job.record_path.resolve()
         if target in inputs:
             refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
         elif target in claimed:
@@ -273,24 +292,29 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     temp_removed = remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
     book = Ledger(ledger) if ledger is not None else None
 
-    def prepare(index: int, job: Job) -> JobResult | tuple[Image, dict, float]:
-        """Off the model's thread: skip a complete job, or decode its input."""
+    def prepare(index: int, job: Job) -> JobResult | tuple[Image | list[np.ndarray], dict, float]:
+        """Off the model's thread: skip a complete job, or decode its input (a series: each volume's pixels)."""
         started = time.perf_counter()
         if index in refused:
             return JobResult(job, "failed", refused[index])
         try:
             if book is not None and not force and book.is_complete(job, settings):
                 return JobResult(job, "skipped", "already complete", time.perf_counter() - started)
-            state = _input_state(job.input) if job.input.is_file() else {}
-            return read_image(job.input), state, time.perf_counter() - started
+            state = _input_state(job) if job.series or job.input.is_file() else {}
+            data = [volume.pixels for volume in job.series.volumes] if job.series else read_image(job.input)
+            return data, state, time.perf_counter() - started
         except (MedsrError, MemoryError, OSError) as err:
             return _failure(job, err, time.perf_counter() - started)
 
-    def write(job: Job, image: Image, maps: dict | None, state: dict, spent: float) -> JobResult:
+    def write(job: Job, image: Image | list[np.ndarray], maps: dict | None, state: dict, spent: float) -> JobResult:
         """Off the model's thread: write the output (and maps), then hash what was written."""
         started = time.perf_counter() - spent  # seconds = reading + model + writing, not time queued
         try:
-            written = [write_image(job.output, image, scale=upscaler.scale, model_name=model_name, format=format)]
+            if job.series is not None:
+                written = series_io.write_derived_series(job.series, image, job.output, model_name=model_name,
+                                                         settings=json.dumps(settings, sort_keys=True))
+            else:
+                written = [write_image(job.output, image, scale=upscaler.scale, model_name=model_name, format=format)]
             if maps is not None:
                 written += hallucination.write_maps(hallucination.stem_for(written[0]), maps, protect=inputs)
             files = [_file_record(path) for path in written]
@@ -336,12 +360,15 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                 if isinstance(prepared, JobResult):
                     writing.append(_finished(prepared))
                 else:
-                    image, state, spent = prepared
+                    data, state, spent = prepared
                     started = time.perf_counter() - spent
                     try:
-                        sr = upscaler.upscale(image.pixels)
-                        maps = None if not uncertainty else hallucination.hallucination_maps(image.pixels, upscaler, reference, sr01=sr)
-                        writing.append(submit(write, job, Image(sr, image.meta), maps, state, time.perf_counter() - started))
+                        if job.series is not None:  # the maps are drawn for single files only
+                            sr, maps = [upscaler.upscale(pixels) for pixels in data], None
+                        else:
+                            sr = Image(upscaler.upscale(data.pixels), data.meta)
+                            maps = None if not uncertainty else hallucination.hallucination_maps(data.pixels, upscaler, reference, sr01=sr.pixels)
+                        writing.append(submit(write, job, sr, maps, state, time.perf_counter() - started))
                     except (MedsrError, MemoryError) as err:
                         writing.append(_finished(_failure(job, err, time.perf_counter() - started)))
                 drain(keep=write_behind)

@@ -1,0 +1,80 @@
+"""`medsr upscale SERIES_DIR -o OUT`: a real scanner series comes back as one derived series that
+dcm2niix (the standard DICOM-to-NIfTI converter) turns into one volume per source volume, with the
+source's affine refined in-plane; reruns skip it, and a changed file redoes it."""
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import DATA, needs_data
+
+DCM2NIIX = shutil.which("dcm2niix")
+pytestmark = [needs_data, pytest.mark.shared,
+              pytest.mark.skipif(DCM2NIIX is None, reason="dcm2niix is not installed (apt install dcm2niix); .ci/run installs it")]
+SERIES = DATA / "dicom-series"
+
+
+def run(cmd):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def convert(folder: Path, out: Path) -> list[nib.Nifti1Image]:
+    out.mkdir()
+    result = run([DCM2NIIX, "-o", str(out), "-f", "%s_%e_%t", "-z", "n", str(folder)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [nib.load(p) for p in sorted(out.glob("*.nii"))]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.dcm"))}
+
+
+@pytest.mark.parametrize("name", ["siemens-sag-gre-fieldmap", "philips-epi-fmri"])
+def test_a_series_comes_back_as_one_series_with_the_right_affine(name, tmp_path, medsr_cli):
+    source = SERIES / name
+    out = tmp_path / "out"
+    result = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0"])
+    assert result.returncode == 0, result.stderr
+    assert "upscaled 1 of 1" in result.stdout  # the whole series is one unit of work
+
+    before, after = convert(source, tmp_path / "nii-source"), convert(out, tmp_path / "nii-derived")
+    assert len(after) == len(before) == 1, "one derived series, converted as one (4-D for the time points) image"
+    src, new = before[0], after[0]
+    assert new.shape[:2] == (src.shape[0] * 3, src.shape[1] * 3) and new.shape[2:] == src.shape[2:]
+    # the same field of view on a 3x finer in-plane grid: columns shrink by 3, the first voxel centre
+    # moves by (1/3 - 1)/2 of a source voxel along each in-plane axis
+    expected = src.affine.copy()
+    for axis in (0, 1):
+        expected[:3, 3] += src.affine[:3, axis] * (1 / 3 - 1) / 2
+        expected[:3, axis] /= 3
+    assert np.abs(new.affine - expected).max() < 0.01
+
+    first = digest(out)
+    again = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0", "--force"])
+    assert again.returncode == 0 and digest(out) == first  # deterministic UIDs: a rerun writes the same bytes
+
+
+def test_a_rerun_skips_the_series_and_a_changed_file_redoes_it(tmp_path, medsr_cli):
+    source = tmp_path / "series"
+    shutil.copytree(SERIES / "siemens-sag-gre-fieldmap", source)
+    out = tmp_path / "out"
+    assert run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0"]).returncode == 0
+    assert "1 skipped (complete)" in run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0"]).stdout
+    (source / "3.dcm").touch()  # one file of the series changed
+    redone = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0"])
+    assert "upscaled 1 of 1" in redone.stdout, redone.stdout
+
+
+def test_a_broken_series_is_said_so_and_done_file_by_file(tmp_path, medsr_cli):
+    source = tmp_path / "series"
+    shutil.copytree(SERIES / "siemens-sag-gre-fieldmap", source)
+    (source / "3.dcm").unlink()  # a missing slice: the gap is twice the spacing
+    result = run(medsr_cli + ["upscale", str(source), "-o", str(tmp_path / "out"), "--tile", "0"])
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("medsr: note:")]
+    assert len(notes) == 1 and "slice by slice" in notes[0]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.dcm")) == ["1.dcm", "2.dcm", "4.dcm", "5.dcm"]
