@@ -14,11 +14,22 @@ import medsr
 def test_the_examples_in_docs_api_md_run(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "API.md").read_text(), flags=re.S)
     assert len(blocks) >= 5
+    # an example that shows an error must fail when the error is not raised (try/except alone passes either way)
+    for block in blocks:
+        if "except " in block:
+            assert "else:\n    raise AssertionError" in block, block
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/API.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert (tmp_path / "mr-x3.dcm").is_file() and (tmp_path / "mr-x3.png").is_file()
+
+
+def test_a_scale_the_model_cannot_make_is_an_error_that_says_what_to_do():
+    lr = np.zeros((10, 12), np.uint8)
+    with pytest.raises(medsr.MedsrError, match=r"model default upscales x3, not x2; drop --scale \(scale= in Python\).*default-x2"):
+        medsr.upscale(lr, model="default", scale=2)
+    assert medsr.upscale(lr, scale=2).shape == (20, 24)  # without a model, scale picks the shipped default for it
 
 
 def test_arrays_keep_their_dtype_and_range():

@@ -107,6 +107,59 @@ def test_torchrun_two_cpu_processes(tmp_path, image_folder):
     assert (tmp_path / "paper" / "model.safetensors").is_file()
 
 
+# Run under torchrun by the test below: medsr's Trainer as `medsr train` runs it, saving each rank's
+# final weights just before the Trainer's own teardown (which drops the models, then leaves gloo).
+RANK_WEIGHTS_SCRIPT = """
+import sys
+import torch
+from medsr.training.config import load_config
+from medsr.training.trainer import Trainer, _unwrap
+
+out, overrides = sys.argv[1], sys.argv[2:]
+trainer = Trainer(load_config("configs/paper.yaml", overrides))
+initial = {k: v.detach().clone() for k, v in trainer.generator.named_parameters()}
+teardown = trainer._teardown
+
+def save_then_teardown():
+    nets = {"generator": _unwrap(trainer.generator), "discriminator": _unwrap(trainer.discriminator)}
+    # parameters, not buffers: batch-norm running statistics are each rank's own after its last
+    # forward (DDP broadcasts rank 0's at the start of every forward; checkpoints hold rank 0's)
+    state = {name: {k: v.detach().clone() for k, v in net.named_parameters()} for name, net in nets.items()}
+    torch.save({**state, "initial_generator": initial, "steps": trainer.step_count}, f"{out}/rank{trainer.rank}.pt")
+    teardown()
+
+trainer._teardown = save_then_teardown
+trainer.fit()
+"""
+
+
+def test_torchrun_ranks_stay_in_sync(tmp_path, image_folder):
+    """Every rank draws its own batches (seed + rank), so only DDP's gradient averaging keeps their
+    weights equal: after training, rank 1's generator and discriminator parameters are rank 0's, bit for bit."""
+    from safetensors.torch import load_file
+
+    from medsr import zoo
+
+    script = tmp_path / "train_and_save_ranks.py"
+    script.write_text(RANK_WEIGHTS_SCRIPT)
+    args = [f"data=[{image_folder}]", f"out_dir={tmp_path}", "epochs=1", "steps_per_epoch=4", "checkpoint_every=4",
+            *[v for v in TINY if v != "--set"]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519", str(script), str(tmp_path), *args]
+    result = run(cmd, cwd=Path(__file__).parents[1], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert rank0["steps"] == rank1["steps"] == 4
+    for net in ("generator", "discriminator"):
+        assert rank0[net].keys() == rank1[net].keys()
+        unequal = [k for k in rank0[net] if not torch.equal(rank0[net][k], rank1[net][k])]
+        assert rank0[net] and not unequal, f"{net} weights differ between the ranks: {unequal[:5]}"
+    assert any(not torch.equal(rank0["generator"][k], rank0["initial_generator"][k]) for k in rank0["generator"])  # it trained
+    # the checkpoint (written by rank 0) holds these weights
+    saved = zoo.checkpoint_part(load_file(str(tmp_path / "paper" / "checkpoints" / "step-00000004" / "model.safetensors")),
+                                zoo.GENERATOR_PREFIX)
+    assert all(torch.equal(saved[k], rank0["generator"][k]) for k in rank0["generator"])
+
+
 @needs_data
 def test_paper_recipe_on_brain_mri_then_upscale_a_real_dicom(tmp_path, medsr_cli):
     """The issue's acceptance path, shortened: train on real MRI, upscale a real CR DICOM."""
@@ -177,6 +230,12 @@ def test_every_shipped_model_has_a_card_and_they_stay_small():
         assert model(torch.zeros(1, 1, 6, 6)).shape == (1, 1, 6 * scale, 6 * scale), name
 
 
+def legend_height(width: int) -> int:
+    from medsr.inference.hallucination import legend
+
+    return legend(width).shape[0]
+
+
 def test_upscale_with_uncertainty_writes_an_overlay_and_a_float_map(tmp_path, trained_run, medsr_cli):
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40), dtype=np.uint8)).save(tmp_path / "scan.png")
     result = run(medsr_cli + ["upscale", str(tmp_path / "scan.png"), "-o", str(tmp_path / "out"), "--model", str(trained_run),
@@ -184,7 +243,7 @@ def test_upscale_with_uncertainty_writes_an_overlay_and_a_float_map(tmp_path, tr
     assert result.returncode == 0, result.stderr[-2000:]
     overlay = Image.open(tmp_path / "out" / "scan.uncertainty.png")
     values = np.asarray(Image.open(tmp_path / "out" / "scan.uncertainty.tif"), dtype=np.float32)
-    assert overlay.size == (120, 90) and overlay.mode == "RGB"
+    assert overlay.size == (120, 90 + legend_height(120)) and overlay.mode == "RGB"  # the legend strip below the image
     assert values.shape == (90, 120) and np.isfinite(values).all() and values.max() > 0
 
 
@@ -195,7 +254,7 @@ def test_uncertainty_at_x4_uses_the_consistency_residual_alone(tmp_path, medsr_c
     assert result.returncode == 0, result.stderr[-2000:]
     assert "no shipped x4 reference model" in result.stderr
     assert Image.open(tmp_path / "out" / "scan.png").size == (96, 80)
-    assert Image.open(tmp_path / "out" / "scan.uncertainty.png").size == (96, 80)
+    assert Image.open(tmp_path / "out" / "scan.uncertainty.png").size == (96, 80 + legend_height(96))
 
 
 def test_evaluate_classify_trains_a_classifier_and_reports_accuracy(tmp_path, trained_run, image_folder, medsr_cli):

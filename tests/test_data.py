@@ -42,12 +42,45 @@ def test_native_hr_caps_and_divides():
     assert degrade.native_hr(np.zeros((1000, 803), np.float32), 3).shape == (999, 801)
 
 
-def test_split_is_deterministic_and_proportional():
+# Pinned: a key's split must never change (docs/RESULTS.md is measured on today's test split), so
+# these are literal values, not recomputed with split_of.
+EXPECTED_TEST = [0, 1, 10, 11, 16, 31, 38, 46, 51, 57, 58, 65, 73, 83, 87, 103, 106, 111, 113, 134, 141, 147, 167, 182, 191, 193]
+EXPECTED_VAL = [5, 23, 36, 40, 75, 102, 107, 112, 116, 130, 132, 159, 189, 198]
+
+
+def test_split_of_fixed_keys_never_changes():
+    splits = [split_of(f"cls/img_{i}.png") for i in range(200)]
+    assert [i for i, s in enumerate(splits) if s == "test"] == EXPECTED_TEST
+    assert [i for i, s in enumerate(splits) if s == "val"] == EXPECTED_VAL
+    assert split_of("glioma/Te-glTr_0000.jpg") == "test" and split_of("glioma/Te-gl_0010.jpg") == "train"
+    assert split_of("NORMAL/IM-0201-0001.jpeg") == "test" and split_of("PNEUMONIA/person1_bacteria_1.jpeg") == "train"
+
+
+def test_split_follows_the_fractions_and_nests():
     keys = [f"cls/img_{i}.png" for i in range(4000)]
     splits = [split_of(k) for k in keys]
-    assert splits == [split_of(k) for k in keys]
     frac = {s: splits.count(s) / len(keys) for s in ("train", "val", "test")}
     assert 0.77 < frac["train"] < 0.83 and 0.08 < frac["val"] < 0.12 and 0.08 < frac["test"] < 0.12
+    wide = [split_of(k, val_fraction=0.2, test_fraction=0.3) for k in keys]
+    assert 0.27 < wide.count("test") / len(keys) < 0.33 and 0.17 < wide.count("val") / len(keys) < 0.23
+    # a larger test fraction only moves files into test: today's test images stay test images
+    assert all(w == "test" for s, w in zip(splits, wide) if s == "test")
+    assert {split_of(k, 0.0, 0.0) for k in keys} == {"train"}
+
+
+def test_adding_files_does_not_move_existing_ones(image_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(image_folder, root)
+    before = {it.key: s for s in ("train", "val", "test") for it in select(scan(root), s)}
+    assert len(before) == 48 and set(before.values()) == {"train", "val", "test"}
+    (root / "gamma").mkdir()
+    for i in range(30):  # new files, in an old class folder and in a new one
+        shutil.copy(root / "alpha" / "img_000.png", root / ("alpha" if i % 2 else "gamma") / f"new_{i:03d}.png")
+    after = {it.key: s for s in ("train", "val", "test") for it in select(scan(root), s)}
+    assert len(after) == 78
+    assert {k: after[k] for k in before} == before
 
 
 def test_scan_labels_and_split_independent_of_root(image_folder):
@@ -117,6 +150,8 @@ def test_kaggle_layouts_work_as_they_are():
     assert {"glioma", "meningioma", "notumor", "pituitary", "NORMAL", "PNEUMONIA"} <= labels
     test = select(items, "test")
     assert 0.07 < len(test) / len(items) < 0.13
+    # the test split that docs/RESULTS.md reports on (107 brain MRI, 106 chest X-ray images)
+    assert len(select(scan(DATA / "brain-mri"), "test")) == 107 and len(select(scan(DATA / "chest-xray"), "test")) == 106
 
 
 @pytest.mark.parametrize("side", [30, 100, 144, 161, 170, 176, 300])

@@ -99,7 +99,7 @@ def test_the_page_names_every_format_it_accepts():
     with TestClient(create_app(models=["default"])) as client:
         page = client.get("/").text
         extensions = client.get("/api/info").json()["extensions"]
-    assert "Scan (PNG, JPEG, TIFF, BMP, DICOM, NIfTI)" in page
+    assert "Scan (PNG, JPEG, TIFF, BMP, DICOM, NIfTI, or a zipped DICOM series)" in page
     assert {".nii", ".nii.gz", ".dcm", ".bmp", ".png"} <= set(extensions)
     assert "$(\"file\").accept = [...info.extensions" in page  # the file picker offers the server's own table
 

@@ -350,24 +350,18 @@ def test_batch_with_good_and_bad_files(tmp_path, tiny_model, medsr_cli):
 
 
 def test_output_folder_equal_to_input_folder_loses_nothing(tmp_path, tiny_model, medsr_cli):
-    """`upscale in/ -o in/` refuses every file (each output would replace its input): exit 1,
-    one line per file, nothing written. With --format png, files whose new name is free are
-    written next to the inputs; a name that is an input is refused."""
+    """`upscale in/ -o in/` is refused before anything is read or written (outputs, ledger and
+    summary would mix with the inputs), with or without --format: exit 2, one line, nothing written."""
     src = tmp_path / "in"
     hc.write(src, "a.png", hc.good_bytes("png"))
-    hc.write(src, "a.dcm", hc.good_bytes("dicom"))  # would become a.png: an input
-    hc.write(src, "b.jpg", hc.good_bytes("jpeg"))  # would become b.png: free
+    hc.write(src, "a.dcm", hc.good_bytes("dicom"))
+    hc.write(src, "b.jpg", hc.good_bytes("jpeg"))
     before = snapshot(src)
-    result = run(medsr_cli + ["upscale", str(src), "-o", str(src), "--model", str(tiny_model)])
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert sum("overwrite this input" in line for line in stderr_lines(result)) == 3
-    assert snapshot(src) == before
-
-    result = run(medsr_cli + ["upscale", str(src), "-o", str(src), "--model", str(tiny_model), "--format", "png"])
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    after = snapshot(src)
-    assert {p: after[p] for p in before} == before
-    assert set(after) - set(before) == {src / "b.png"}
+    for extra in ([], ["--format", "png"]):
+        result = run(medsr_cli + ["upscale", str(src), "-o", str(src), "--model", str(tiny_model), *extra])
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(stderr_lines(result)) == 1 and "-o is this input folder" in result.stderr
+        assert snapshot(src) == before
 
 
 def test_single_bad_file_is_one_line(tmp_path, tiny_model, medsr_cli):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -186,7 +187,7 @@ def test_page_upscales_a_real_dicom_in_chromium(served, page, tmp_path):
     assert page.locator("#stage").bounding_box()["width"] == pytest.approx(box["width"] * 3, rel=0.02)
 
     page.check("#overlay")
-    page.wait_for_function("document.getElementById('after').src.endsWith('/overlay') && document.getElementById('after').complete "
+    page.wait_for_function("document.getElementById('after').src.includes('/overlay?slice=') && document.getElementById('after').complete "
                            "&& document.getElementById('after').naturalWidth === 768", timeout=120_000)
 
     with page.expect_download() as download_info:
@@ -210,23 +211,58 @@ def test_page_upscales_a_real_dicom_in_chromium(served, page, tmp_path):
 
 
 @pytest.mark.slow
-def test_page_screenshot_of_the_demo_for_the_readme(served, page):
-    """Writes docs/serve.png (the README's picture) from the MNI152 demo image, not from ../shared/data."""
+def test_page_shows_the_demo_result_as_the_readme_picture_does(served, page):
+    """The view of docs/serve.png (made by benchmarks/make_serve_screenshot.py, never by the tests):
+    the MNI152 demo upscaled x3, its PSNR, the divider in the middle, the map off, then on and off."""
+    docs_before = SCREENSHOT.read_bytes() if SCREENSHOT.exists() else None
     url, _ = served
     page.goto(url)
     page.wait_for_function("document.getElementById('model').options.length > 0")
     if "brain-mri" not in page.eval_on_selector_all("#demo option", "options => options.map(o => o.value)"):
         pytest.skip("nilearn's MNI template is not installed (pip install -e '.[demo]')")
     page.select_option("#demo", "brain-mri")
-    upscale_in_page(page)
-    assert "PSNR against the original" in page.text_content("#facts")
+    with page.expect_response(lambda response: "/api/upscale" in response.url) as response_info:
+        upscale_in_page(page)
+    answer = response_info.value.json()
+    (w, h), (big_w, big_h) = (answer["input"]["width"], answer["input"]["height"]), (answer["output"]["width"], answer["output"]["height"])
+    assert (big_w, big_h) == (3 * w, 3 * h) and answer["input"]["frames"] == 1
+
+    # both pictures are the x3 result's size, and the facts line says what the server answered
+    sizes = page.evaluate("['before', 'after'].map(id => [document.getElementById(id).naturalWidth, document.getElementById(id).naturalHeight])")
+    assert sizes == [[big_w, big_h], [big_w, big_h]]
+    facts = page.text_content("#facts")
+    assert facts.startswith(f"brain-mri.png: {w}x{h} png -> {big_w}x{big_h} with default x3 in "), facts
+    found = re.search(r"PSNR against the original: bicubic ([0-9.]+) dB, medsr ([0-9.]+) dB\.$", facts)
+    assert found, facts
+    bicubic, medsr = float(found[1]), float(found[2])
+    assert (bicubic, medsr) == (answer["psnr"]["bicubic"], answer["psnr"]["medsr"]) and medsr > bicubic + 1
+
+    # the divider starts in the middle: slider, the medsr picture's clip and the handle agree
+    assert float(page.input_value("#slider")) == 50
+    assert page.evaluate("document.getElementById('after').style.clipPath") == "inset(0px 0px 0px 50%)"
+    stage, handle = page.locator("#stage").bounding_box(), page.locator("#handle").bounding_box()
+    assert abs(handle["x"] - (stage["x"] + stage["width"] / 2)) <= 2
+    assert stage["width"] / stage["height"] == pytest.approx(big_w / big_h, rel=0.01)  # the image's own proportions
+    assert page.text_content("#tag-before") == "bicubic"
+    assert not page.is_visible("#slice-tool")  # one 2-D image: no slice slider
+
+    # the map is off; turning it on shows the overlay, its legend and label; off again restores the view
+    def after_src_ends(kind: str) -> None:
+        page.wait_for_function(f"new URL(document.getElementById('after').src).pathname.endsWith('/{kind}') && "
+                               f"document.getElementById('after').complete && document.getElementById('after').naturalWidth === {big_w}",
+                               timeout=60_000)
+
+    assert not page.is_checked("#overlay") and not page.is_visible("#legend")
+    assert page.text_content("#tag-after") == "medsr default"
+    after_src_ends("after")
     page.check("#overlay")
-    page.wait_for_function("document.getElementById('after').src.endsWith('/overlay') && document.getElementById('after').complete")
+    after_src_ends("overlay")
+    assert page.is_visible("#legend") and page.text_content("#tag-after") == "medsr + hallucination map"
     page.uncheck("#overlay")
-    page.wait_for_function("document.getElementById('after').src.endsWith('/after') && document.getElementById('after').complete")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
-    assert Image.open(SCREENSHOT).size == (1280, 900)
+    after_src_ends("after")
+    assert not page.is_visible("#legend") and page.text_content("#tag-after") == "medsr default"
+    assert not page.is_visible("#error")
+    assert (SCREENSHOT.read_bytes() if SCREENSHOT.exists() else None) == docs_before  # the tests never write into docs/
 
 
 def test_serve_without_fastapi_says_what_to_install(tmp_path):

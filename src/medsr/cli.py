@@ -71,7 +71,7 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> lis
     for found in series_io.scan_series(dicom_files) if dicom_files else []:
         if found.volumes:
             series_of.update(dict.fromkeys(found.paths, found))
-        elif len(found.paths) > 1:
+        elif len(found.paths) > 1 and found.spatial:  # radiographs without positions are not series to warn about
             print(f"medsr: note: {found.message}", file=sys.stderr)
     jobs, started = [], set()
     for path, rel in pairs:

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from medsr.io import (
     read_image,
     write_image,
 )
+from medsr.io import series as series_io
 
 log = logging.getLogger("medsr.serve")
 
@@ -83,9 +85,35 @@ def _safe_name(name: str) -> str:
 
 
 def _suffix(name: str) -> str:
-    """The file name's extension when medsr reads it (".nii.gz" included), else ""."""
+    """The file name's extension when medsr reads it (".nii.gz" included; ".zip": a zipped DICOM series), else ""."""
     extension = file_extension(Path(name))
-    return extension if extension in SUPPORTED_EXTENSIONS else ""
+    return extension if extension in (*SUPPORTED_EXTENSIONS, ".zip") else ""
+
+
+def _unzip(path: Path, folder: Path, name: str, limit_bytes: int) -> list[Path]:
+    """The zip's files, extracted flat into `folder` under numbered names: nothing in the archive
+    chooses where it is written, and more than `limit_bytes` unpacked (a zip bomb) is refused."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if sum(m.file_size for m in members) > limit_bytes:
+                raise UserError(f"{name} unpacks to more than {limit_bytes / 2**20:g} MB; upload a smaller series or use 'medsr upscale'", 413)
+            folder.mkdir()
+            files = []
+            for number, member in enumerate(members):
+                target = folder / f"{number:05d}"
+                with archive.open(member) as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+                files.append(target)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as err:
+        raise UserError(f"{name} is not a readable zip file ({type(err).__name__}); zip the series' files again") from None
+    return files
+
+
+def _stem(name: str) -> str:
+    """The user's file name without its extension, for the download's name."""
+    stem = Path(name).name
+    return stem[: -len(_suffix(stem))] if _suffix(stem) else stem
 
 
 def _display_window(pixels01: np.ndarray) -> tuple[float, float]:
@@ -181,6 +209,8 @@ class Server:
         shutil.rmtree(job.folder, ignore_errors=True)
 
     def upscale_upload(self, job: Job, path: Path, model: str) -> dict:
+        if path.suffix == ".zip":
+            return self.upscale_series(job, path, model)
         try:
             image = read_image(path)
         except MedsrError as err:
@@ -198,6 +228,35 @@ class Server:
         meta = ImageMeta(path=f"{demo_name}.png", format="png", bit_depth=16, value_range=(0.0, 1.0), pixel_spacing=None)
         return self._upscale(job, Image(lr, meta), model, truth=hr)
 
+    def upscale_series(self, job: Job, path: Path, model: str) -> dict:
+        """A zipped DICOM series: its first series that forms a volume, upscaled slice by slice; the
+        download is a zip of the derived series (series_io.write_derived_series)."""
+        files = _unzip(path, job.folder / "series", job.name, 4 * self.max_upload_bytes)
+        found = series_io.scan_series(files)
+        volumes = [series for series in found if series.volumes]
+        if not volumes:
+            why = next((series.reason for series in found if series.uid), "no file in it is a DICOM image")
+            raise UserError(f"{job.name}: holds no DICOM series that forms a volume ({why}); zip the files of one series")
+        series = volumes[0]
+        pixels = [volume.pixels for volume in series.volumes]
+        if sum(p.size for p in pixels) > MAX_INPUT_PIXELS:
+            raise UserError(f"{job.name} has {sum(p.size for p in pixels):,} pixels; this page upscales up to {MAX_INPUT_PIXELS:,}; "
+                            "use 'medsr upscale' for larger series", 413)
+        upscaler = self.upscaler_for(model)
+        started = time.perf_counter()
+        with self.lock:
+            results = [upscaler.upscale(p) for p in pixels]
+        seconds = time.perf_counter() - started
+        written = series_io.write_derived_series(series, results, job.folder / "derived", model_name=f"medsr {model}")
+        download = job.folder / f"{_stem(job.name)}-medsr-{model}-x{upscaler.scale}.zip"
+        with zipfile.ZipFile(download, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in written:
+                archive.write(file, file.name)
+        job.files["download"] = download
+        answer = self._keep(job, pixels[0], results[0], upscaler.scale, model, seconds, "dicom series")
+        answer["volumes"] = len(series.volumes)
+        return answer
+
     def _upscale(self, job: Job, image: Image, model: str, truth: np.ndarray | None) -> dict:
         upscaler = self.upscaler_for(model)
         lr = image.pixels
@@ -205,33 +264,35 @@ class Server:
         with self.lock:
             sr = upscaler.upscale(lr)
         seconds = time.perf_counter() - started
-        s = job.scale = upscaler.scale
-        job.lr01 = lr if lr.ndim == 3 else lr[None]
-        job.sr = (sr if sr.ndim == 3 else sr[None]).astype(np.float16)
-        job.frame = len(job.lr01) // 2
-        job.window = _display_window(job.lr01[job.frame])
-        stem = Path(job.name).name
-        stem = stem[: -len(_suffix(stem))] if _suffix(stem) else stem
+        s = upscaler.scale
         # A name without a known extension was read as DICOM (recognised by its DICM preamble).
-        download_name = f"{stem}-medsr-{model}-x{s}{_suffix(job.name) or '.dcm'}"
-        result = Image(sr, image.meta)
-        job.files["download"] = write_image(job.folder / download_name, result, scale=s, model_name=f"medsr {model}")
-        answer = {
-            "name": job.name,
-            "model": model,
-            "scale": s,
-            "seconds": round(seconds, 3),
-            "input": {"width": int(lr.shape[-1]), "height": int(lr.shape[-2]), "format": image.meta.format,
-                      "frames": len(job.lr01)},
-            "frame": job.frame,
-            "output": {"width": int(sr.shape[-1]), "height": int(sr.shape[-2])},
-            "download_name": download_name,
-        }
+        download_name = f"{_stem(job.name)}-medsr-{model}-x{s}{_suffix(job.name) or '.dcm'}"
+        job.files["download"] = write_image(job.folder / download_name, Image(sr, image.meta), scale=s, model_name=f"medsr {model}")
+        answer = self._keep(job, lr, sr, s, model, seconds, image.meta.format)
         if truth is not None:
             score = {k: metrics.psnr(torch.from_numpy(v)[None, None], torch.from_numpy(truth)[None, None], s).item()
                      for k, v in (("bicubic", self._bicubic(job, 0)), ("medsr", sr))}
             answer["psnr"] = {k: round(v, 2) for k, v in score.items()}
         return answer
+
+    @staticmethod
+    def _keep(job: Job, lr: np.ndarray, sr: np.ndarray, scale: int, model: str, seconds: float, input_format: str) -> dict:
+        """Keep what the slice pictures are drawn from; the answer the page shows."""
+        job.scale = scale
+        job.lr01 = lr if lr.ndim == 3 else lr[None]
+        job.sr = (sr if sr.ndim == 3 else sr[None]).astype(np.float16)
+        job.frame = len(job.lr01) // 2
+        job.window = _display_window(job.lr01[job.frame])
+        return {
+            "name": job.name,
+            "model": model,
+            "scale": scale,
+            "seconds": round(seconds, 3),
+            "input": {"width": int(lr.shape[-1]), "height": int(lr.shape[-2]), "format": input_format, "frames": len(job.lr01)},
+            "frame": job.frame,
+            "output": {"width": int(sr.shape[-1]), "height": int(sr.shape[-2])},
+            "download_name": job.files["download"].name,
+        }
 
     @staticmethod
     def _bicubic(job: Job, k: int) -> np.ndarray:

@@ -259,6 +259,55 @@ def _divide_spacing(ds: Dataset, scale: float) -> None:
         del ds[tag]  # a spacing that cannot be read cannot be scaled, and the old one would be wrong
 
 
+def derived_uid(kind: str, *parts) -> str:
+    """A UID fixed by what a result derives from (source UID, model, settings): a rerun or a
+    resumed run writes the same UIDs, and different models or settings never share one."""
+    return generate_uid(entropy_srcs=["medsr", kind, *(str(p) for p in parts)])
+
+
+def _vector(value, size: int) -> np.ndarray | None:
+    try:
+        vector = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return vector if vector.shape == (size,) and np.all(np.isfinite(vector)) else None
+
+
+def _group(item: Dataset | None, shared: Dataset | None, sequence: str) -> Dataset | None:
+    """An enhanced frame's functional group macro: the frame's own, else the shared one."""
+    for where in (item, shared):
+        if where is not None and where.get(sequence):
+            return where[sequence].value[0]
+    return None
+
+
+def _shift_to_finer_grid(ds: Dataset, scale: float) -> None:
+    """Move ImagePositionPatient (top level and every enhanced frame) to the new first pixel's centre.
+
+    The field of view stays, so on a grid `scale` times finer the first centre moves in by
+    (1 - 1/scale)/2 of an old pixel along both in-plane axes. ImageOrientationPatient's first
+    triplet runs along a row (increasing column index, step PixelSpacing[1]), the second down a
+    column (step PixelSpacing[0]). Call before _divide_spacing: this needs the old spacing.
+    """
+    shared = _group(ds, None, "SharedFunctionalGroupsSequence")
+    places = {id(ds): (ds, ds, ds)}  # (holds the position, the orientation, the spacing)
+    for item in ds.get("PerFrameFunctionalGroupsSequence") or [None]:
+        where = tuple(_group(item, shared, name) for name in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence"))
+        if where[0] is not None:
+            places.setdefault(id(where[0]), where)  # a shared position is moved once, not once per frame
+    for position, orientation, measures in places.values():
+        if orientation is None or measures is None:
+            continue
+        ipp = _vector(position.get("ImagePositionPatient"), 3)
+        iop = _vector(orientation.get("ImageOrientationPatient"), 6)
+        spacing = _spacing_pair(measures.get("PixelSpacing"))
+        if ipp is None or iop is None or spacing is None:
+            continue
+        step = (1 - 1 / scale) / 2
+        moved = ipp - step * (iop[:3] * spacing[1] + iop[3:] * spacing[0])
+        position.ImagePositionPatient = [DSfloat(float(v), auto_format=True) for v in moved]
+
+
 def write_dicom(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:
     """Write a derived DICOM (uncompressed Explicit VR Little Endian) to `path`."""
     name = target or path
@@ -277,6 +326,12 @@ def write_dicom(path: Path, image: Image, *, scale: float, model_name: str, targ
 
 
 def _write_dicom(path: Path, image: Image, scale: float, model_name: str, name: Path) -> None:
+    derived_dataset(image, scale, model_name, name).save_as(path, enforce_file_format=True)
+
+
+def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> Dataset:
+    """The derived header with pixel data that write_dicom saves (series.py adjusts it for a series).
+    `name` is the target named in error messages."""
     meta = image.meta
     pixels = image.pixels
     if pixels.shape[-1] > 65535 or pixels.shape[-2] > 65535:
@@ -297,12 +352,17 @@ def _write_dicom(path: Path, image: Image, scale: float, model_name: str, name: 
             ds.SOPClassUID = SECONDARY_CAPTURE  # the file meta needs one; software-made is honest
         if meta.photometric not in _GRAY:
             ds.PhotometricInterpretation = "MONOCHROME2"  # colour reduced to luminance on read
-        ds.SeriesInstanceUID = generate_uid()
-        ds.SOPInstanceUID = generate_uid()
+        # Same source, model and scale -> same UIDs (slices of one series share one derived series).
+        settings = (model_name, f"x{scale:g}")
+        ds.SeriesInstanceUID = derived_uid("series", ds.SeriesInstanceUID, *settings) if ds.get("SeriesInstanceUID") else generate_uid()
+        ds.SOPInstanceUID = derived_uid("sop", ds.SOPInstanceUID, *settings) if ds.get("SOPInstanceUID") else generate_uid()
+        _shift_to_finer_grid(ds, scale)
         _divide_spacing(ds, scale)
         kept = list(ds.get("ImageType", []))
         kept = [kept] if isinstance(kept, str) else kept
-        ds.ImageType = ["DERIVED", "SECONDARY", *kept[2:]]
+        # Enhanced (functional group) objects allow only PRIMARY or MIXED as the second value.
+        second = "PRIMARY" if "PerFrameFunctionalGroupsSequence" in ds else "SECONDARY"
+        ds.ImageType = ["DERIVED", second, *kept[2:]]
     else:
         ds = _secondary_capture(meta)
         stored = to_uint(pixels, int(ds.BitsStored))
@@ -332,4 +392,4 @@ def _write_dicom(path: Path, image: Image, scale: float, model_name: str, name: 
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     if "ImplementationVersionName" in ds.file_meta:
         del ds.file_meta.ImplementationVersionName
-    ds.save_as(path, enforce_file_format=True)
+    return ds

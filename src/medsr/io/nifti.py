@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from pathlib import Path
@@ -111,6 +112,29 @@ def scaled_affine(affine: np.ndarray, axes: list[int], scale: float) -> np.ndarr
         new[:3, 3] += new[:3, a] * (1.0 / scale - 1.0) / 2.0
         new[:3, a] /= scale
     return new
+
+
+def slice_spacing(meta: ImageMeta) -> float:
+    """The distance between slice centres of a NIfTI volume read by read_nifti (its zoom along the slice axis)."""
+    if meta.format != "nifti" or meta.slice_axis is None:
+        raise MedsrError(f"{meta.path}: not a 3-D NIfTI volume; through-plane super-resolution needs one (or a DICOM series)")
+    return float(meta.source.header.get_zooms()[meta.slice_axis])
+
+
+def resliced(meta: ImageMeta, new_spacing: float) -> ImageMeta:
+    """The metadata of the same volume on a finer grid along its slice axis, over the same field of
+    view: N slices of spacing d become N' = N*d/t' slices of spacing t', the first centre at the old
+    first slice's edge + t'/2. write_nifti then writes the matching affine and zooms."""
+    source, axis = meta.source, meta.slice_axis
+    spacing = slice_spacing(meta)
+    step = np.eye(4)  # new voxel j along the axis sits at old voxel j*t'/d + (t'-d)/(2d)
+    step[axis, axis] = new_spacing / spacing
+    step[axis, 3] = (new_spacing - spacing) / (2 * spacing)
+    header = source.header.copy()
+    zooms = list(header.get_zooms())
+    zooms[axis] = new_spacing
+    header.set_zooms(zooms)
+    return dataclasses.replace(meta, source=type(source)(source.dataobj, source.affine @ step, header))
 
 
 def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:

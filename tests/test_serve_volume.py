@@ -1,0 +1,99 @@
+"""The web page with volumes: a zipped DICOM series and a NIfTI volume, a slice at a time."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from conftest import DATA, needs_data
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+from test_serve import page, served, upscale_in_page  # noqa: E402, F401 - the browser fixtures
+
+from medsr.serve import create_app  # noqa: E402
+
+SIEMENS = DATA / "dicom-series" / "siemens-sag-gre-fieldmap"  # 5 sagittal slices of 64x42
+
+
+def zipped_series() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(SIEMENS.glob("*.dcm"), reverse=True):  # the order in the zip does not matter
+            archive.write(path, f"export/{path.name}")
+    return buffer.getvalue()
+
+
+def nifti_volume(path) -> None:
+    rng = np.random.default_rng(0)
+    volume = (rng.random((40, 32, 7)) * 1000).astype(np.int16)
+    nib.save(nib.Nifti1Image(volume, np.diag([0.9, 0.9, 4.0, 1.0])), path)
+
+
+@pytest.fixture
+def client():
+    with TestClient(create_app(models=["default"], precision="fp32")) as test_client:
+        yield test_client
+
+
+@needs_data
+def test_a_zipped_series_is_upscaled_as_one_series(client):
+    answer = client.post("/api/upscale?model=default&name=head.zip", content=zipped_series()).json()
+    assert answer["input"] == {"width": 42, "height": 64, "format": "dicom series", "frames": 5}
+    assert answer["volumes"] == 1 and answer["frame"] == 2 and answer["download_name"] == "head-medsr-default-x3.zip"
+    for k in range(5):
+        picture = Image.open(io.BytesIO(client.get(f"{answer['after']}?slice={k}").content))
+        assert picture.size == (126, 192)
+    assert client.get(f"{answer['after']}?slice=5").status_code == 404
+    with zipfile.ZipFile(io.BytesIO(client.get(answer["download"]).content)) as archive:
+        derived = [pydicom.dcmread(archive.open(name)) for name in archive.namelist()]
+    assert len(derived) == 5 and len({ds.SeriesInstanceUID for ds in derived}) == 1
+    assert {(ds.Rows, ds.Columns) for ds in derived} == {(192, 126)}
+    sources = [pydicom.dcmread(p) for p in SIEMENS.glob("*.dcm")]
+    assert {ds.StudyInstanceUID for ds in derived} == {ds.StudyInstanceUID for ds in sources}
+
+
+def test_a_zip_without_dicom_files_gets_a_plain_message(client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("notes.txt", "not a scan")
+    response = client.post("/api/upscale?model=default&name=notes.zip", content=buffer.getvalue())
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("notes.zip: holds no DICOM series that forms a volume")
+    broken = client.post("/api/upscale?model=default&name=broken.zip", content=b"PK\x03\x04 truncated")
+    assert broken.status_code == 400 and "not a readable zip file" in broken.json()["error"]
+
+
+def test_a_nifti_volume_shows_every_slice(client, tmp_path):
+    nifti_volume(tmp_path / "volume.nii.gz")
+    answer = client.post("/api/upscale?model=default&name=volume.nii.gz", content=(tmp_path / "volume.nii.gz").read_bytes()).json()
+    assert answer["input"]["frames"] == 7 and answer["frame"] == 3
+    before = Image.open(io.BytesIO(client.get(f"{answer['before']}?slice=6").content))
+    after = Image.open(io.BytesIO(client.get(f"{answer['after']}?slice=6").content))
+    assert before.size == after.size == (96, 120)
+    assert not np.array_equal(np.asarray(after), np.asarray(Image.open(io.BytesIO(client.get(f"{answer['after']}?slice=0").content))))
+
+
+@needs_data
+@pytest.mark.slow
+def test_page_walks_through_a_zipped_series_in_chromium(served, page, tmp_path):
+    url, _ = served
+    page.goto(url)
+    page.wait_for_function("document.getElementById('model').options.length > 0")
+    archive = tmp_path / "series.zip"
+    archive.write_bytes(zipped_series())
+    page.set_input_files("#file", str(archive))
+    upscale_in_page(page)
+    assert page.is_visible("#slice-tool") and page.text_content("#slice-value") == "3 of 5"
+    page.wait_for_function("document.getElementById('after').src.endsWith('slice=2') && document.getElementById('after').complete")
+    page.fill("#slice", "4")
+    page.dispatch_event("#slice", "input")
+    page.wait_for_function("document.getElementById('after').src.endsWith('slice=4') && document.getElementById('after').complete "
+                           "&& document.getElementById('before').src.endsWith('slice=4') && document.getElementById('after').naturalWidth === 126")
+    assert page.text_content("#slice-value") == "5 of 5"
+    assert "5 slices" in page.text_content("#facts")
