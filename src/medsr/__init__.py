@@ -1,6 +1,6 @@
 """medsr: super-resolution of medical images.
 
-The Python API (see docs/API.md): `upscale`, `upscale_file`, `uncertainty_map`, `load_model`,
+The Python API (see docs/API.md): `upscale`, `upscale_volume`, `upscale_file`, `uncertainty_map`, `load_model`,
 `list_models`, and `read_image` / `write_image` for medsr's own [0, 1] image records.
 They are loaded on first use, so `import medsr` stays light (no torch) until one is called.
 """
@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # name -> the module that defines it, imported on first access (PEP 562)
 _LAZY = {
     "upscale": "medsr.api", "upscale_file": "medsr.api", "uncertainty_map": "medsr.api",
-    "load_model": "medsr.api", "list_models": "medsr.api",
+    "load_model": "medsr.api", "list_models": "medsr.api", "upscale_volume": "medsr.api",
     "Image": "medsr.io", "ImageMeta": "medsr.io", "read_image": "medsr.io", "write_image": "medsr.io",
 }
 __all__ = ["MedsrError", "__version__", *_LAZY]

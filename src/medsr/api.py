@@ -14,14 +14,17 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from medsr import zoo
 from medsr.errors import MedsrError
 from medsr.inference import hallucination
+from medsr.inference import volume as volume_sr
 from medsr.inference.upscaler import TiledUpscaler, load_upscaler
 from medsr.io import read_image, write_image
+from medsr.io import series as series_io
 from medsr.io.types import as_unit
 from medsr.settings import TILE, TILE_OVERLAP
 
@@ -89,23 +92,94 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
 
 
 def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: str | os.PathLike | None = None,
-                 scale: int | None = None, *, format: str | None = None, device: str = "auto",
-                 precision: str = "auto", tile: int = TILE, runtime: str = "torch") -> Path:
-    """Upscale one file into another, keeping its format, bit depth and metadata.
+                 scale: int | None = None, *, format: str | None = None, through_plane: bool = False,
+                 slice_spacing: float | None = None, slice_thickness: float | None = None, adapt_minutes: float = 0,
+                 device: str = "auto", precision: str = "auto", tile: int = TILE, runtime: str = "torch") -> Path:
+    """Upscale one file, or a folder holding a DICOM series, keeping format, bit depth and metadata.
 
-    A DICOM becomes a derived DICOM (new UIDs, Rows/Columns x scale, PixelSpacing / scale); a NIfTI
-    keeps its affine with voxel sizes divided in-plane. `format` ("png", "tiff", "jpeg", "bmp", "dcm", "nii")
-    overrides the target's extension. The target is written atomically and may not be the source.
-    Returns the path written.
+    A DICOM becomes a derived DICOM (new UIDs, Rows/Columns x scale, PixelSpacing / scale); a folder
+    holding a DICOM series becomes one derived series in the folder `target`; a NIfTI keeps its
+    affine with voxel sizes divided in-plane. through_plane=True first makes the thick slices of a
+    NIfTI volume or a series thin (to `slice_spacing` mm, default the in-plane spacing; see
+    `upscale_volume`); alone it keeps the in-plane grid, with `model` or `scale` it also upscales
+    in-plane. `format` ("png", "tiff", "jpeg", "bmp", "dcm", "nii") overrides the target's
+    extension. Written atomically; the target may not be the source. Returns the path written (for
+    a series, the folder).
     """
     source, target = Path(source), Path(target)
     if target.exists() and target.resolve() == source.resolve():
         raise MedsrError(f"{target}: the output would overwrite the input; choose another target path")
-    upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime)
+    in_plane = not through_plane or model is not None or scale is not None
+    upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime) if in_plane else None
+    options = volume_sr.ThroughPlane(slice_spacing, slice_thickness, adapt_minutes, device=device, precision=precision) if through_plane else None
+    model_name = "medsr " + (Path(str(model)).name if model is not None else zoo.default_model(scale) if in_plane else volume_sr.MODEL)
+    upscale_in_plane = upscaler.upscale if upscaler is not None else (lambda pixels: pixels)
+    if source.is_dir():
+        found = [series for series in series_io.scan_series(source) if series.volumes]
+        if not found:
+            raise MedsrError(f"{source}: holds no DICOM series that forms a volume; pass a folder of one series' files, or a file")
+        for series in found:
+            stacks, grid = [v.pixels for v in series.volumes], {}
+            if options is not None:
+                stacks, grid = volume_sr.through_plane_series(series, stacks, options)
+            series_io.write_derived_series(series, [upscale_in_plane(stack) for stack in stacks], target, model_name=model_name, **grid)
+        return target
     image = read_image(source)
-    image.pixels = upscaler.upscale(image.pixels)
-    model_name = zoo.default_model(scale) if model is None else Path(str(model)).name
-    return write_image(target, image, scale=upscaler.scale, model_name=f"medsr {model_name}", format=format)
+    if options is not None:
+        image = volume_sr.through_plane_image(image, options)
+    image.pixels = upscale_in_plane(image.pixels)
+    return write_image(target, image, scale=upscaler.scale if upscaler else 1, model_name=model_name, format=format)
+
+
+class VolumeResult(NamedTuple):
+    array: np.ndarray  # the new volume, same axes and units as the input
+    spacing: tuple[float, float, float]  # its voxel spacing (mm)
+    origin_shift: tuple[float, float, float]  # mm, along each axis: new first voxel centre - old first voxel centre
+
+
+def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None, model: str | os.PathLike | None = None,
+                   scale: int | None = None, through_plane: bool = True, slice_spacing: float | None = None,
+                   slice_thickness: float | None = None, adapt_minutes: float = 0, device: str = "auto",
+                   precision: str = "auto", tile: int = TILE) -> VolumeResult:
+    """Super-resolve a 3-D volume: thick slices made thin (through-plane) and, with `model` or
+    `scale`, each slice upscaled in-plane. The field of view is unchanged and voxel edges line up.
+
+    Args:
+        volume: a 3-D array in any units (e.g. MRI intensities, Hounsfield units).
+        spacing: voxel spacing in mm along each of its axes.
+        slice_axis: the thick axis (default: the axis with the largest spacing).
+        through_plane: resample the slice axis to `slice_spacing` mm (default: the finest in-plane
+            spacing) with the shipped through-plane model; `slice_thickness` when the slices have
+            gaps; `adapt_minutes` > 0 first fine-tunes it on this volume's own in-plane detail.
+        model, scale: in-plane super-resolution of every slice (None for both: none).
+
+    Returns:
+        VolumeResult(array, spacing, origin_shift): for a NIfTI affine A, the new affine has column
+        a = A[:3, a] * new_spacing[a] / spacing[a] and origin A[:3, 3] + sum of A[:3, a] * origin_shift[a] / spacing[a].
+    """
+    array = np.asarray(volume)
+    if array.ndim != 3:
+        raise MedsrError(f"upscale_volume takes a 3-D volume, not an array of shape {array.shape}; pass (X, Y, Z)")
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(s > 0 for s in spacing):
+        raise MedsrError(f"spacing {spacing} must be 3 positive numbers (mm), one per axis of the volume")
+    axis = int(np.argmax(spacing)) if slice_axis is None else slice_axis % 3
+    pixels01, (low, high) = _checked_unit(array)
+    shift = [0.0, 0.0, 0.0]
+    if through_plane:
+        result = volume_sr.upscale_through_plane(pixels01, spacing, axis, target_spacing=slice_spacing, slice_thickness=slice_thickness,
+                                              adapt_minutes=adapt_minutes, device=device, precision=precision)
+        pixels01, spacing, shift[axis] = np.clip(result.array, 0, 1), result.spacing, result.shift
+    if model is not None or scale is not None:
+        upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile)
+        pixels01 = np.moveaxis(upscaler.upscale(np.ascontiguousarray(np.moveaxis(pixels01, axis, 0))), 0, axis)
+        for a in range(3):
+            if a != axis:
+                shift[a] = spacing[a] * (1 / upscaler.scale - 1) / 2
+        spacing = tuple(s if a == axis else s / upscaler.scale for a, s in enumerate(spacing))
+    values = pixels01.astype(np.float64) * (high - low) + low
+    values = np.rint(values).astype(array.dtype) if np.issubdtype(array.dtype, np.integer) else values.astype(np.float32)
+    return VolumeResult(values, tuple(spacing), tuple(shift))
 
 
 def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike | None = None, reference_model: str | None = None, *,

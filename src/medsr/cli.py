@@ -88,6 +88,17 @@ def _upscale(args) -> int:
     from medsr import zoo
     from medsr.inference import batch
 
+    through_plane = None
+    if args.through_plane:
+        from medsr.inference.volume import ThroughPlane
+
+        if args.uncertainty:
+            raise MedsrError("--uncertainty maps are drawn for in-plane results only; run --through-plane without it")
+        through_plane = ThroughPlane(args.slice_spacing, args.slice_thickness, args.adapt_minutes, device=args.device, precision=args.precision)
+    elif args.slice_spacing or args.slice_thickness or args.adapt_minutes:
+        raise MedsrError("--slice-spacing, --slice-thickness and --adapt-minutes go with --through-plane; add it")
+    # --through-plane alone makes slices thin and keeps the in-plane grid; --model or --scale adds in-plane SR
+    in_plane = not args.through_plane or args.model is not None or args.scale is not None
     args.model = args.model or zoo.default_model(args.scale)
     out_dir = Path(args.output)
     pairs = _collect_inputs(args.inputs, out_dir)
@@ -96,7 +107,7 @@ def _upscale(args) -> int:
     summary_path = Path(args.summary) if args.summary else out_dir / batch.SUMMARY_NAME
     if summary_path.resolve() in {p.resolve() for p, _ in pairs}:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
-    upscaler, meta = _load_upscaler(args, args.model)
+    upscaler, meta = _load_upscaler(args, args.model) if in_plane else (None, {})
     reference = reference_meta = None
     if args.uncertainty:
         from medsr.inference import hallucination
@@ -107,21 +118,26 @@ def _upscale(args) -> int:
                   "residual only (--reference-model adds the disagreement with a model of yours)", file=sys.stderr)
         else:
             reference, reference_meta = _load_upscaler(args, reference_name)
-    name = f"{meta['medsr_arch']} model {args.model}" if args.model in zoo.shipped_models() else f"{meta['medsr_arch']} model {Path(meta['path']).name}"
+    if not in_plane:
+        name = f"through-plane model {through_plane.model}"
+    elif args.model in zoo.shipped_models():
+        name = f"{meta['medsr_arch']} model {args.model}" + (f" + through-plane model {through_plane.model}" if through_plane else "")
+    else:
+        name = f"{meta['medsr_arch']} model {Path(meta['path']).name}" + (f" + through-plane model {through_plane.model}" if through_plane else "")
     # What makes an earlier output reusable on --resume: same weights, same way of running them.
-    settings = {"model": batch.model_identity(args.model, meta), "precision": args.precision, "tile": args.tile,
+    settings = {"model": batch.model_identity(args.model, meta) if in_plane else None, "precision": args.precision, "tile": args.tile,
                 "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
                 "reference": reference_meta and batch.model_identity(args.reference_model, reference_meta)}
     jobs = _jobs(pairs, out_dir, args.format)
     progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
     try:
         summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, uncertainty=args.uncertainty, reference=reference,
-                                  workers=args.workers, settings=settings, ledger=out_dir / batch.LEDGER_NAME,
+                                  through_plane=through_plane, workers=args.workers, settings=settings, ledger=out_dir / batch.LEDGER_NAME,
                                   force=args.force, on_result=progress)
     finally:
         progress.close()
     summary.write_csv(summary_path)
-    print(f"{summary.describe(out_dir, upscaler.scale)}\nsummary: {summary_path}")
+    print(f"{summary.describe(out_dir, upscaler.scale if upscaler else 1)}\nsummary: {summary_path}")
     return 130 if summary.interrupted else 1 if summary.failed else 0
 
 
@@ -233,6 +249,8 @@ UPSCALE_EXAMPLES = """examples:
   medsr upscale scans/ -o out/ --format png        PNG outputs whatever the inputs' formats
   medsr upscale scan.png -o out/ --uncertainty     also the hallucination map next to the output
   medsr upscale scans/ -o out/                     again after a crash: completed files are skipped
+  medsr upscale t1.nii.gz -o out/ --through-plane  thick slices made thin: isotropic at the in-plane spacing
+  medsr upscale SERIES_DIR/ -o out/                a DICOM series in, one derived series out
 """
 
 
@@ -267,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")
     p.add_argument("--reference-model", help="the model --uncertainty compares with (default: 'default', or 'default-gan' when --model is "
                    "default; at x2 and x4 none: the map is the consistency residual alone)")
+    p.add_argument("--through-plane", action="store_true",
+                   help="make the thick slices of NIfTI volumes and DICOM series thin (SMORE-style through-plane SR); "
+                        "alone it keeps the in-plane grid, with --model or --scale it also upscales in-plane")
+    p.add_argument("--slice-spacing", type=float, metavar="MM", help="with --through-plane: the new slice spacing (default: the in-plane pixel spacing)")
+    p.add_argument("--slice-thickness", type=float, metavar="MM",
+                   help="with --through-plane: the slices' thickness when it differs from their spacing (gaps; default: the spacing)")
+    p.add_argument("--adapt-minutes", type=float, default=0, metavar="N",
+                   help="with --through-plane: first fine-tune the model on each volume's own in-plane detail for N minutes")
     p.add_argument("--workers", type=int, default=2, help="threads that decode and write files around the model (0: none)")
     p.add_argument("--force", action="store_true", help="redo every file, also those a previous run completed")
     p.add_argument("--summary", help="CSV of every file's status and reason (default: OUTPUT/medsr-summary.csv)")

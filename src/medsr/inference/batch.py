@@ -16,6 +16,7 @@ are removed first.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from medsr.errors import MedsrError
 from medsr.files import atomic_write
 from medsr.inference import hallucination
+from medsr.inference import volume as volume_sr
 from medsr.io import Image, read_image, write_image
 from medsr.io import series as series_io
 from medsr.io.series import Series
@@ -260,21 +262,25 @@ def _finished(result: JobResult) -> Future:
 
 
 def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | None = None,
-              uncertainty: bool = False, reference=None,
+              uncertainty: bool = False, reference=None, through_plane: volume_sr.ThroughPlane | None = None,
               workers: int = 2, settings: dict[str, Any] | None = None, ledger: Path | None = None,
               force: bool = False, on_result: Callable[[JobResult], None] | None = None) -> BatchSummary:
     """Upscale every job's input into its output; returns the results in job order.
 
     `upscaler` needs `.scale` and `.upscale(pixels01)` (medsr.inference.upscaler.Upscaler or any runtime with
     that interface); `uncertainty` adds hallucination maps (medsr.inference.hallucination) next to each output, with the
-    disagreement with `reference` when one is given (medsr.inference.hallucination.hallucination_maps). `workers` threads decode ahead and write behind (0: everything on this thread). With a
+    disagreement with `reference` when one is given (medsr.inference.hallucination.hallucination_maps).
+    `through_plane` first makes the thick slices of NIfTI volumes and DICOM series thin
+    (medsr.inference.volume); `upscaler` None then skips the in-plane step. `workers` threads decode ahead and write behind (0: everything on this thread). With a
     `ledger` path, finished outputs are recorded there and jobs already complete with the same
     `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
     """
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
-    settings = dict(settings or {}, scale=int(upscaler.scale), format=format, uncertainty=uncertainty)
+    scale = upscaler.scale if upscaler is not None else 1
+    settings = dict(settings or {}, scale=int(scale), format=format, uncertainty=uncertainty,
+                    through_plane=None if through_plane is None else dataclasses.asdict(through_plane))
     inputs = {path.resolve() for job in jobs for path in (job.series.paths if job.series else [job.input])}
     if ledger is not None and Path(ledger).resolve() in inputs:
         raise MedsrError(f"{ledger}: the resume ledger would overwrite this input; choose another -o folder")
@@ -306,15 +312,19 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         except (MedsrError, MemoryError, OSError) as err:
             return _failure(job, err, time.perf_counter() - started)
 
-    def write(job: Job, image: Image | list[np.ndarray], maps: dict | None, state: dict, spent: float) -> JobResult:
+    def in_plane(pixels: np.ndarray) -> np.ndarray:
+        return pixels if upscaler is None else upscaler.upscale(pixels)
+
+    def write(job: Job, image: Image | tuple[list[np.ndarray], dict], maps: dict | None, state: dict, spent: float) -> JobResult:
         """Off the model's thread: write the output (and maps), then hash what was written."""
         started = time.perf_counter() - spent  # seconds = reading + model + writing, not time queued
         try:
             if job.series is not None:
-                written = series_io.write_derived_series(job.series, image, job.output, model_name=model_name,
-                                                         settings=json.dumps(settings, sort_keys=True))
+                stacks, grid = image
+                written = series_io.write_derived_series(job.series, stacks, job.output, model_name=model_name,
+                                                         settings=json.dumps(settings, sort_keys=True), **grid)
             else:
-                written = [write_image(job.output, image, scale=upscaler.scale, model_name=model_name, format=format)]
+                written = [write_image(job.output, image, scale=scale, model_name=model_name, format=format)]
             if maps is not None:
                 written += hallucination.write_maps(hallucination.stem_for(written[0]), maps, protect=inputs)
             files = [_file_record(path) for path in written]
@@ -364,9 +374,14 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                     started = time.perf_counter() - spent
                     try:
                         if job.series is not None:  # the maps are drawn for single files only
-                            sr, maps = [upscaler.upscale(pixels) for pixels in data], None
+                            grid = {}
+                            if through_plane is not None:
+                                data, grid = volume_sr.through_plane_series(job.series, data, through_plane)
+                            sr, maps = ([in_plane(pixels) for pixels in data], grid), None
                         else:
-                            sr = Image(upscaler.upscale(data.pixels), data.meta)
+                            if through_plane is not None:
+                                data = volume_sr.through_plane_image(data, through_plane)
+                            sr = Image(in_plane(data.pixels), data.meta)
                             maps = None if not uncertainty else hallucination.hallucination_maps(data.pixels, upscaler, reference, sr01=sr.pixels)
                         writing.append(submit(write, job, sr, maps, state, time.perf_counter() - started))
                     except (MedsrError, MemoryError) as err:
