@@ -35,6 +35,29 @@ def nifti_volume(path) -> None:
     nib.save(nib.Nifti1Image(volume, np.diag([0.9, 0.9, 4.0, 1.0])), path)
 
 
+def test_thin_slices_give_a_view_across_them_and_a_download_with_the_new_grid(client, tmp_path):
+    nifti_volume(tmp_path / "volume.nii.gz")
+    answer = client.post("/api/upscale?model=default&name=volume.nii.gz&through=true",
+                         content=(tmp_path / "volume.nii.gz").read_bytes()).json()
+    assert answer["input"]["frames"] == 31  # 7 x 4 mm = 28 mm of slices at the 0.9 mm pixel spacing: 31 slices
+    # the plane across the slices at true proportions: 31 slices of 28/31 mm over 32 x 3 pixels of 0.3 mm
+    assert answer["across"]["width"] == 96 and answer["across"]["height"] == round(31 * (28 / 31) / 0.3)
+    for kind in ("before", "after"):
+        picture = Image.open(io.BytesIO(client.get(answer["across"][kind]).content))
+        assert picture.size == (96, answer["across"]["height"])
+    with open(tmp_path / "out.nii.gz", "wb") as out:
+        out.write(client.get(answer["download"]).content)
+    derived = nib.load(tmp_path / "out.nii.gz")
+    assert derived.shape == (120, 96, 31) and np.allclose(derived.header.get_zooms(), (0.3, 0.3, 28 / 31), atol=1e-5)
+
+
+def test_thin_slices_of_a_2d_image_are_refused(client):
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(buffer, format="PNG")
+    response = client.post("/api/upscale?model=default&name=flat.png&through=true", content=buffer.getvalue())
+    assert response.status_code == 400 and "is not a volume" in response.json()["error"]
+
+
 @pytest.fixture
 def client():
     with TestClient(create_app(models=["default"], precision="fp32")) as test_client:
@@ -97,3 +120,24 @@ def test_page_walks_through_a_zipped_series_in_chromium(served, page, tmp_path):
                            "&& document.getElementById('before').src.endsWith('slice=4') && document.getElementById('after').naturalWidth === 126")
     assert page.text_content("#slice-value") == "5 of 5"
     assert "5 slices" in page.text_content("#facts")
+    assert not page.is_visible("#view-tool")  # no slices were made thin
+
+
+@pytest.mark.slow
+def test_page_shows_a_volume_across_its_thin_slices_in_chromium(served, page, tmp_path):
+    url, _ = served
+    page.goto(url)
+    page.wait_for_function("document.getElementById('model').options.length > 0")
+    nifti_volume(tmp_path / "volume.nii.gz")
+    page.set_input_files("#file", str(tmp_path / "volume.nii.gz"))
+    page.check("#through")
+    upscale_in_page(page)
+    assert page.text_content("#slice-value") == "16 of 31" and page.is_visible("#view-tool")
+    page.select_option("#view", "across")
+    page.wait_for_function("document.getElementById('after').src.endsWith('/across-after') && document.getElementById('after').complete "
+                           "&& document.getElementById('before').src.endsWith('/across-before') && document.getElementById('after').naturalWidth === 96")
+    assert not page.is_visible("#slice-tool") and not page.is_visible("#overlay-toggle")
+    box = page.locator("#stage").bounding_box()
+    assert box["height"] / box["width"] == pytest.approx(93 / 96, rel=0.02)  # true proportions across the slices
+    page.select_option("#view", "slices")
+    page.wait_for_function("document.getElementById('after').src.includes('/after?slice=15')")

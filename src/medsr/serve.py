@@ -39,11 +39,14 @@ from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import to_uint8
 from medsr.inference import hallucination
+from medsr.inference import volume as volume_sr
+from medsr.inference.volume import ThroughPlaneResult
 from medsr.io import (
     SUPPORTED_EXTENSIONS,
     Image,
     ImageMeta,
     file_extension,
+    nifti,
     read_image,
     write_image,
 )
@@ -67,6 +70,7 @@ class Job:
     sr: np.ndarray | None = None  # (slices, h*s, w*s) float16: what the slice pictures are drawn from
     scale: int = 1
     window: tuple[float, float] = (0.0, 1.0)
+    across_aspect: float | None = None  # set when slices were made thin: mm per slice over mm per output pixel
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -208,9 +212,9 @@ class Server:
         self.jobs.pop(job.id, None)
         shutil.rmtree(job.folder, ignore_errors=True)
 
-    def upscale_upload(self, job: Job, path: Path, model: str) -> dict:
+    def upscale_upload(self, job: Job, path: Path, model: str, through: bool = False) -> dict:
         if path.suffix == ".zip":
-            return self.upscale_series(job, path, model)
+            return self.upscale_series(job, path, model, through)
         try:
             image = read_image(path)
         except MedsrError as err:
@@ -218,7 +222,17 @@ class Server:
         if image.pixels.size > MAX_INPUT_PIXELS:
             raise UserError(f"{job.name} has {image.pixels.size:,} pixels; this page upscales up to {MAX_INPUT_PIXELS:,} "
                             f"(about 4000x4000); use 'medsr upscale' for larger scans", 413)
-        return self._upscale(job, image, model, truth=None)
+        if through and not (image.meta.format == "nifti" and image.meta.slice_axis is not None):
+            raise UserError(f"{job.name} is not a volume; thin slices (through-plane) need a NIfTI volume or a zipped DICOM series")
+        return self._upscale(job, image, model, truth=None, through=through)
+
+    def _thin(self, job: Job, stack: np.ndarray, slice_spacing: float, pixel_spacing) -> tuple[np.ndarray, np.ndarray, ThroughPlaneResult]:
+        """(medsr's thin slices, cubic interpolation's, the result record): the page shows both."""
+        with self.lock:
+            result = volume_sr.ThroughPlane(device=self.device, precision=self.precision).apply(stack, slice_spacing, pixel_spacing, job.name)
+        cubic = volume_sr.interpolate_through_plane(stack, (slice_spacing, *pixel_spacing), 0, target_spacing=result.spacing[0])
+        job.across_aspect = result.spacing[0] / pixel_spacing[1]  # times the in-plane scale, once it is known
+        return result.array, np.clip(cubic.array, 0, 1), result
 
     def upscale_demo(self, job: Job, demo_name: str, model: str) -> dict:
         """A demo scan, downscaled by the model's scale first, so the result can be scored against it."""
@@ -228,7 +242,7 @@ class Server:
         meta = ImageMeta(path=f"{demo_name}.png", format="png", bit_depth=16, value_range=(0.0, 1.0), pixel_spacing=None)
         return self._upscale(job, Image(lr, meta), model, truth=hr)
 
-    def upscale_series(self, job: Job, path: Path, model: str) -> dict:
+    def upscale_series(self, job: Job, path: Path, model: str, through: bool = False) -> dict:
         """A zipped DICOM series: its first series that forms a volume, upscaled slice by slice; the
         download is a zip of the derived series (series_io.write_derived_series)."""
         files = _unzip(path, job.folder / "series", job.name, 4 * self.max_upload_bytes)
@@ -244,25 +258,34 @@ class Server:
                             "use 'medsr upscale' for larger series", 413)
         upscaler = self.upscaler_for(model)
         started = time.perf_counter()
+        shown, grid = pixels[0], {}
+        if through:
+            volume = series.volumes[0]
+            thin = [self._thin(job, p, volume.slice_spacing, volume.pixel_spacing) for p in pixels]
+            pixels, shown = [t[0] for t in thin], thin[0][1]
+            grid = {"positions": volume.positions[0] + thin[0][2].positions, "slice_thickness": thin[0][2].spacing[0]}
         with self.lock:
             results = [upscaler.upscale(p) for p in pixels]
         seconds = time.perf_counter() - started
-        written = series_io.write_derived_series(series, results, job.folder / "derived", model_name=f"medsr {model}")
+        written = series_io.write_derived_series(series, results, job.folder / "derived", model_name=f"medsr {model}", **grid)
         download = job.folder / f"{_stem(job.name)}-medsr-{model}-x{upscaler.scale}.zip"
         with zipfile.ZipFile(download, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in written:
                 archive.write(file, file.name)
         job.files["download"] = download
-        answer = self._keep(job, pixels[0], results[0], upscaler.scale, model, seconds, "dicom series")
+        answer = self._keep(job, shown, results[0], upscaler.scale, model, seconds, "dicom series")
         answer["volumes"] = len(series.volumes)
         return answer
 
-    def _upscale(self, job: Job, image: Image, model: str, truth: np.ndarray | None) -> dict:
+    def _upscale(self, job: Job, image: Image, model: str, truth: np.ndarray | None, through: bool = False) -> dict:
         upscaler = self.upscaler_for(model)
         lr = image.pixels
         started = time.perf_counter()
+        if through:  # the slider's "before" is then cubic interpolation across the slices, then bicubic
+            thin, lr, result = self._thin(job, lr, nifti.slice_spacing(image.meta), image.meta.pixel_spacing)
+            image = Image(thin, nifti.resliced(image.meta, result.spacing[0]))
         with self.lock:
-            sr = upscaler.upscale(lr)
+            sr = upscaler.upscale(image.pixels)
         seconds = time.perf_counter() - started
         s = upscaler.scale
         # A name without a known extension was read as DICOM (recognised by its DICM preamble).
@@ -283,7 +306,12 @@ class Server:
         job.sr = (sr if sr.ndim == 3 else sr[None]).astype(np.float16)
         job.frame = len(job.lr01) // 2
         job.window = _display_window(job.lr01[job.frame])
-        return {
+        across = {}
+        if job.across_aspect is not None:
+            job.across_aspect *= scale
+            height, width = round(len(job.sr) * job.across_aspect), job.sr.shape[2]
+            across = {"across": {"width": width, "height": height}}
+        return {**across,
             "name": job.name,
             "model": model,
             "scale": scale,
@@ -294,6 +322,27 @@ class Server:
             "download_name": job.files["download"].name,
         }
 
+    def _across(self, job: Job, kind: str) -> Path:
+        """A plane across the slices (through the middle row) of a volume made thin, at true proportions:
+        "across-before" is cubic across the slices then bicubic, "across-after" medsr."""
+        if job.across_aspect is None:
+            raise UserError("this result has no view across the slices; upscale a volume with thin slices first", 404)
+        if kind not in job.files:
+            row = job.lr01.shape[1] // 2
+            if kind == "across-before":
+                plane = torch.from_numpy(np.ascontiguousarray(job.lr01[:, row : row + 1, :]))[:, None]  # (slices, 1, 1, w)
+                plane = torch.nn.functional.interpolate(plane, scale_factor=(1, job.scale), mode="bicubic", align_corners=False)[:, 0, 0]
+                plane = plane.clamp(0, 1).numpy()
+            else:
+                plane = job.sr[:, row * job.scale + job.scale // 2, :].astype(np.float32)
+            low, high = job.window
+            picture = PILImage.fromarray(to_uint8((plane - low) / (high - low)))
+            picture = picture.resize((plane.shape[1], round(len(plane) * job.across_aspect)), PILImage.Resampling.BICUBIC)
+            path = job.folder / f"{kind}.png"
+            picture.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM).save(path, format="PNG", compress_level=1)  # head at the top
+            job.files[kind] = path
+        return job.files[kind]
+
     @staticmethod
     def _bicubic(job: Job, k: int) -> np.ndarray:
         lr = torch.from_numpy(np.ascontiguousarray(job.lr01[k]))[None, None]
@@ -303,6 +352,8 @@ class Server:
         """The PNG the page shows of slice k (default: the middle one): "before" (bicubic), "after"
         (medsr) or "overlay" (the hallucination map over medsr), drawn on first request and kept."""
         k = job.frame if k is None else k
+        if kind.startswith("across-"):
+            return self._across(job, kind)
         if not 0 <= k < len(job.lr01):
             raise UserError(f"slice {k} does not exist; this scan has slices 0 to {len(job.lr01) - 1}", 404)
         name = f"{kind}-{k}"
@@ -363,7 +414,7 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
         return server.info()
 
     @app.post("/api/upscale")
-    async def upscale(request: Request, model: str = "default", name: str = "upload", demo: str | None = None) -> dict:
+    async def upscale(request: Request, model: str = "default", name: str = "upload", demo: str | None = None, through: bool = False) -> dict:
         name = _safe_name(demo or name)
         if demo:
             server.upscaler_for(model)
@@ -371,7 +422,7 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
             work = server.upscale_demo, job, demo, model
         else:
             job, path = await server.receive(request, name, model)
-            work = server.upscale_upload, job, path, model
+            work = server.upscale_upload, job, path, model, through
         try:
             answer = await _in_thread(*work)
         except Exception:
@@ -380,6 +431,8 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
         base = f"/api/jobs/{job.id}"
         answer.update(id=job.id, before=f"{base}/before", after=f"{base}/after", overlay=f"{base}/overlay",
                       download=f"{base}/download")
+        if "across" in answer:
+            answer["across"].update(before=f"{base}/across-before", after=f"{base}/across-after")
         return answer
 
     @app.get("/api/jobs/{job_id}/{kind}")
@@ -390,7 +443,7 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
         if kind == "download":
             path = job.files[kind]
             return FileResponse(path, filename=path.name, media_type="application/octet-stream")
-        if kind not in ("before", "after", "overlay"):
+        if kind not in ("before", "after", "overlay", "across-before", "across-after"):
             raise UserError(f"unknown result file '{kind}'", 404)
         return FileResponse(await _in_thread(server.picture, job, kind, slice), media_type="image/png")
 
