@@ -107,3 +107,11 @@ def test_the_api_upscales_a_nifti_file_and_a_series_folder(tmp_path):
 
     derived = [pydicom.dcmread(f) for f in files]
     assert len({ds.SeriesInstanceUID for ds in derived}) == 1 and {(ds.Rows, ds.Columns) for ds in derived} == {(128, 84)}
+
+
+def test_the_through_plane_model_is_not_an_in_plane_one(tmp_path, medsr_cli):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "flat.png")
+    result = run(medsr_cli + ["upscale", str(tmp_path / "flat.png"), "-o", str(tmp_path / "out"), "--model", "through-plane"])
+    assert result.returncode == 2 and "use it with --through-plane" in result.stderr

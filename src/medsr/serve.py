@@ -379,7 +379,8 @@ class Server:
 def create_app(models: list[str] | None = None, max_upload_mb: float = 50, device: str = "auto",
                precision: str = "auto") -> FastAPI:
     """The web app; `models` are shipped names or model files (default: every shipped model)."""
-    server = Server(models or list(api.list_models()), max_upload_mb, device, precision)
+    in_plane = [name for name, scale in api.list_models().items() if scale > 1]  # the through-plane model runs via "Thin slices"
+    server = Server(models or in_plane, max_upload_mb, device, precision)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -201,8 +201,13 @@ def mnist_arrays(folder: str | Path, split: str | None, val_fraction: float = 0.
 
 def build_sampler(data_dirs: list[str], split: str, protocol: str, scale: int, hr_size: int, seed: int = 0,
                   limit: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                  augment: aug_lib.Augment | None = None, degradation: str = "bicubic") -> PairSampler:
-    """Scan, split, decode once, and wrap in a PairSampler: the whole data path in one call."""
+                  augment: aug_lib.Augment | None = None, degradation: str = "bicubic", through_plane: dict | None = None) -> PairSampler:
+    """Scan, split, decode once, and wrap in a PairSampler: the whole data path in one call.
+    protocol "through-plane": planes of NIfTI volumes degraded by thick slices (medsr.data.slice_profile)."""
+    if protocol == "through-plane":
+        from medsr.data.slice_profile import build_through_plane_sampler  # volumes only; keeps this module's imports light
+
+        return build_through_plane_sampler(data_dirs, split, hr_size, seed=seed, limit=limit, options=through_plane)
     if protocol == "mnist":
         arrays = mnist_arrays(data_dirs[0], split, val_fraction, test_fraction)[:limit]
     else:

@@ -159,6 +159,9 @@ def load_upscaler(model: str | Path | None = None, *, scale: int | None = None, 
             raise MedsrError(f"{model}: an ONNX model runs with --runtime onnx (runtime='onnx' in Python); add it")
         torch_device = hardware.resolve_device(device)
         generator, meta = zoo.load(model, torch_device)
+        if meta["medsr_arch"] == "through-plane":
+            raise MedsrError(f"model {model} makes thick slices thin, it does not upscale images; use it with --through-plane "
+                             "(medsr.upscale_volume in Python)")
         upscaler = Upscaler(generator, _model_scale(str(model), meta, scale), torch_device, precision, tile, tile_overlap)
     elif precision not in ("auto", "fp32"):
         raise MedsrError(f"--precision {precision}: the ONNX runtime runs fp32 only; use --precision fp32 or --runtime torch")

@@ -12,12 +12,14 @@ from medsr.models.rrdb import convert_official as rrdb_from_official
 from medsr.models.srresnet import SRResNet, VGGDiscriminator
 from medsr.models.swinir import SwinIR
 from medsr.models.swinir import convert_official as swinir_from_official
+from medsr.models.through_plane import ThroughPlaneNet
 from medsr.models.unet_discriminator import UNetDiscriminatorSN
 
 # Names are what a recipe's `model:` says; ESRGAN and Real-ESRGAN share the RRDBNet generator and
 # differ in their discriminators, losses and training degradations (configs/esrgan.yaml, real-esrgan.yaml).
 GENERATORS = {"paper": PaperGenerator, "srgan": SRResNet, "dcgan": DCGANGenerator, "edsr": EDSR,
-              "esrgan": RRDBNet, "real-esrgan": RRDBNet, "swinir": SwinIR, "resshift": ResShift}
+              "esrgan": RRDBNet, "real-esrgan": RRDBNet, "swinir": SwinIR, "resshift": ResShift,
+              "through-plane": ThroughPlaneNet}
 # edsr, swinir and resshift have no discriminator of their own: a GAN recipe names one (discriminator_model).
 DISCRIMINATORS = {"paper": PaperDiscriminator, "srgan": VGGDiscriminator, "dcgan": DCGANDiscriminator,
                   "esrgan": VGGDiscriminator, "real-esrgan": UNetDiscriminatorSN}
@@ -53,4 +55,4 @@ def create_discriminator(name: str, **overrides):
 
 __all__ = ["GENERATORS", "DISCRIMINATORS", "OFFICIAL_CONVERTERS", "create_generator", "create_discriminator",
            "PaperGenerator", "PaperDiscriminator", "SRResNet", "VGGDiscriminator", "DCGANGenerator", "DCGANDiscriminator",
-           "EDSR", "RRDBNet", "SwinIR", "ResShift", "UNetDiscriminatorSN"]
+           "EDSR", "RRDBNet", "SwinIR", "ResShift", "UNetDiscriminatorSN", "ThroughPlaneNet"]

@@ -21,7 +21,7 @@ class TrainConfig:
     seed: int = 0
     # data
     data: list = field(default_factory=lambda: ["${MEDSR_DATA}/brain-mri", "${MEDSR_DATA}/chest-xray"])
-    protocol: str = "paper"  # paper | patch | mnist (see medsr.data.PairSampler)
+    protocol: str = "paper"  # paper | patch | mnist (see medsr.data.PairSampler) | through-plane (medsr.data.slice_profile)
     scale: int = 3
     hr_size: int = 150  # HR side: the paper's 150, or the patch size
     max_train_images: int | None = None
@@ -30,6 +30,7 @@ class TrainConfig:
     test_fraction: float = 0.1
     degradation: str = "bicubic"  # how training LR images are made: bicubic | realesrgan (val/test stay bicubic)
     augment: dict = field(default_factory=dict)  # probabilities: {hflip, vflip, rot90, cutblur, cutblur_alpha}
+    through_plane: dict = field(default_factory=dict)  # protocol through-plane: {val: [stems], test: [stems], factors: [lo, hi], ...}
     # model
     model: str = "paper"
     init_from: str | None = None  # start the generator from this model file / run folder / shipped name

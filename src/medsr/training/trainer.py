@@ -81,7 +81,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed + self.rank)
         data = [expand_data_path(d) for d in cfg.data]
-        split = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+        split = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, through_plane=cfg.through_plane)
         augment = Augment.from_dict(cfg.augment)
         self.sampler = build_sampler(data, "train", cfg.protocol, cfg.scale, cfg.hr_size, seed=cfg.seed + self.rank,
                                      limit=cfg.max_train_images, augment=augment, degradation=cfg.degradation, **split)

@@ -1,0 +1,238 @@
+"""Through-plane super-resolution of anisotropic volumes (thick slices made thin), SMORE-style.
+
+The volume is resampled along its slice axis only. Geometry is exact: N slices of spacing d cover
+N*d; the new grid has N' = round(N*d/t) slices of spacing t' = N*d/N' over the same extent, its first
+centre at the old first slice's edge + t'/2, i.e. shifted by (t' - d)/2 from the old first centre.
+
+The thick slices are first interpolated (cubic B-spline) to the new grid; a 2-D network trained to
+undo the slice profile (medsr.models.through_plane) then adds its residual on the planes that
+contain the slice axis, in both orientations, and the two results are averaged. Memory stays
+bounded: the input and output volumes are whole, the network sees one slab of planes at a time.
+
+Arrays are (X, Y, Z)-like: any axis can be the slice axis. DICOM series and NIfTI writers only
+need `upscale_through_plane` (arrays + spacing) and `ThroughPlaneResult.shift`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medsr import hardware, zoo
+from medsr.data import slice_profile
+from medsr.errors import MedsrError
+from medsr.io import Image, nifti
+from medsr.io.series import Series
+from medsr.models.value_range import to_signed, to_unit
+
+MODEL = "through-plane"  # the shipped model (src/medsr/zoo/through-plane.md)
+BATCH_PIXELS = 1 << 20  # fine-grid pixels per forward pass: bounds the network's working memory
+
+
+class ThroughPlaneResult(NamedTuple):
+    array: np.ndarray  # the new volume, float32, same axes as the input
+    spacing: tuple  # the new voxel spacing (mm), only the slice axis changes
+    positions: np.ndarray  # new slice centres along the slice axis, mm from the OLD first slice centre
+    shift: float  # new first centre - old first centre (mm) = (t' - d) / 2
+
+
+class ThroughPlaneGrid(NamedTuple):
+    count: int  # N'
+    spacing: float  # t'
+    positions: np.ndarray  # new centres, mm from the old first centre
+    coords: np.ndarray  # new centres in old slice-index units (for interpolation)
+
+
+def through_plane_grid(count: int, spacing: float, target_spacing: float) -> ThroughPlaneGrid:
+    """The new grid along the slice axis: same extent count*spacing, N' = round(count*spacing/target)."""
+    extent = count * spacing
+    new_count = max(1, round(extent / target_spacing))
+    new_spacing = extent / new_count
+    positions = (np.arange(new_count) + 0.5) * new_spacing - spacing / 2
+    return ThroughPlaneGrid(new_count, new_spacing, positions, positions / spacing)
+
+
+def _check(volume: np.ndarray, spacing, slice_axis: int, target_spacing: float | None, name: str) -> tuple[np.ndarray, list, int, float]:
+    """The volume as float32, spacing as floats, the axis (non-negative) and the target spacing; or MedsrError."""
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise MedsrError(f"{name}: a {volume.ndim}-D array with shape {volume.shape}, not a 3-D volume; pass one (X, Y, Z) volume")
+    if not -3 <= slice_axis < 3:
+        raise MedsrError(f"{name}: slice_axis {slice_axis} is not an axis of a 3-D volume; use 0, 1 or 2")
+    axis = slice_axis % 3
+    spacing = [float(s) for s in spacing]
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise MedsrError(f"{name}: spacing {spacing} must be 3 positive numbers (mm), one per axis")
+    if volume.shape[axis] < 2:
+        raise MedsrError(f"{name}: only {volume.shape[axis]} slice along axis {axis}; through-plane SR needs at least 2 slices")
+    in_plane = min(s for a, s in enumerate(spacing) if a != axis)
+    target = in_plane if target_spacing is None else float(target_spacing)
+    if not (math.isfinite(target) and target > 0):
+        raise MedsrError(f"{name}: target spacing {target_spacing} must be a positive number of mm")
+    if through_plane_grid(volume.shape[axis], spacing[axis], target).count <= volume.shape[axis]:
+        raise MedsrError(f"{name}: slice spacing {spacing[axis]:g} mm is not coarser than the target {target:g} mm; "
+                         f"nothing to do (pick the thick axis as slice_axis, or a smaller target_spacing)")
+    if not np.all(np.isfinite(volume)):
+        raise MedsrError(f"{name}: the volume holds NaN or infinite values; fix or mask them first")
+    return volume.astype(np.float32, copy=False), spacing, axis, target
+
+
+def _new_spacing(spacing: list, axis: int, grid: ThroughPlaneGrid) -> tuple:
+    return tuple(grid.spacing if a == axis else s for a, s in enumerate(spacing))
+
+
+def interpolate_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, target_spacing: float | None = None,
+                              order: int = 3) -> ThroughPlaneResult:
+    """The classical baseline on the same exact grid: order 3 = cubic B-spline, 1 = linear; clipped below at the input's minimum."""
+    volume, spacing, axis, target = _check(volume, spacing, slice_axis, target_spacing, "volume")
+    grid = through_plane_grid(volume.shape[axis], spacing[axis], target)
+    matrix = slice_profile.interpolation_matrix(volume.shape[axis], grid.coords, order)
+    out = np.maximum(slice_profile.apply_along_axis(matrix, volume, axis), volume.min()).astype(np.float32)
+    return ThroughPlaneResult(out, _new_spacing(spacing, axis, grid), grid.positions, float(grid.positions[0]))
+
+
+def _load_model(model, device: torch.device) -> torch.nn.Module:
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval()
+    network, meta = zoo.load(model, device)
+    if meta.get("medsr_arch") != "through-plane":
+        raise MedsrError(f"{meta.get('path', model)}: a {meta.get('medsr_arch')} model, not a through-plane one; "
+                         f"use the shipped '{MODEL}' model or one trained with configs/through-plane.yaml")
+    return network
+
+
+def _run_planes(network, planes: np.ndarray, device, dtype) -> np.ndarray:
+    """(B, H, W) planes in [0, 1], degraded along H -> the network's output, same shape, in batches."""
+    out = planes.copy()
+    # constant planes (the empty air around a head) have no detail to restore: they pass through
+    busy = np.flatnonzero(planes.max(axis=(1, 2)) > planes.min(axis=(1, 2)))
+    per_batch = max(1, BATCH_PIXELS // (planes.shape[1] * planes.shape[2]))
+    memory_format = torch.channels_last if dtype is not None else torch.contiguous_format
+    for start in range(0, len(busy), per_batch):
+        chosen = busy[start:start + per_batch]
+        x = to_signed(torch.from_numpy(planes[chosen])[:, None].to(device))
+        with torch.no_grad(), hardware.autocast(device, dtype):
+            y = network(x.contiguous(memory_format=memory_format))
+        out[chosen] = to_unit(y.float(), clamp=False)[:, 0].cpu().numpy()
+    return out
+
+
+def adapt(network: torch.nn.Module, volume01: np.ndarray, slice_axis: int, factor: float, thickness: float, minutes: float,
+          device: torch.device, dtype, seed: int = 0, batch_size: int = 8, hr_size: int = 96, lr: float = 5e-5) -> torch.nn.Module:
+    """A copy of `network` fine-tuned for `minutes` on the volume's own in-plane planes (normal to the
+    slice axis), degraded along an in-plane axis with the volume's factor and thickness (SMORE's self-supervision)."""
+    size = min(s for a, s in enumerate(volume01.shape) if a != slice_axis)
+    sampler = slice_profile.ThroughPlaneSampler([volume01], min(hr_size, size - size % 2), seed=seed, factors=(factor, factor),
+                                                thickness=(thickness / factor, thickness / factor),
+                                                gap_fraction=1.0 if thickness != factor else 0.0, plane_axes=(slice_axis,))
+    tuned = copy.deepcopy(network).to(device).train()
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
+    memory_format = torch.channels_last if dtype is not None else torch.contiguous_format
+    end = time.monotonic() + minutes * 60
+    while time.monotonic() < end:
+        inp, target = sampler.next_batch(batch_size)
+        with hardware.autocast(device, dtype):
+            out = tuned(inp.to(device).contiguous(memory_format=memory_format))
+        loss = torch.nn.functional.l1_loss(out.float(), target.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return tuned.eval()
+
+
+def upscale_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, model=MODEL, target_spacing: float | None = None,
+                          slice_thickness: float | None = None, adapt_minutes: float = 0, progress: bool | Callable = True,
+                          device: str = "auto", precision: str = "auto", name: str = "volume") -> ThroughPlaneResult:
+    """Thick slices made thin: resample `volume` along `slice_axis` to `target_spacing` mm (default: the
+    finest in-plane spacing) with the through-plane network.
+
+    spacing: voxel spacing (mm) per axis, the slice axis' entry being the distance between slice centres.
+    slice_thickness: the slices' thickness (mm; default = spacing; smaller for gaps); it sets the slice
+    profile of the adaptation pairs. adapt_minutes > 0 fine-tunes a copy of the model on this volume's
+    in-plane planes first. progress: True for a tqdm bar, False, or a callable(done, total).
+    model: a shipped name, a model file, or a loaded network. Returns ThroughPlaneResult."""
+    volume, spacing, axis, target = _check(volume, spacing, slice_axis, target_spacing, name)
+    thickness = spacing[axis] if slice_thickness is None else float(slice_thickness)
+    if not (math.isfinite(thickness) and thickness > 0):
+        raise MedsrError(f"{name}: slice thickness {slice_thickness} must be a positive number of mm")
+    grid = through_plane_grid(volume.shape[axis], spacing[axis], target)
+    torch_device = hardware.resolve_device(device)
+    dtype = hardware.resolve_precision(precision, torch_device)
+    network = _load_model(model, torch_device)
+
+    # The network's convention: the slice axis first in each plane, intensities with white ~ 1.
+    low = min(0.0, float(volume.min()))
+    white = slice_profile.intensity_scale(volume - low)
+    moved = np.moveaxis(volume, axis, 2)  # (A, B, slices): a view
+    if adapt_minutes > 0:
+        network = adapt(network, (moved - low) / white, 2, spacing[axis] / grid.spacing, thickness / grid.spacing,
+                        adapt_minutes, torch_device, dtype)
+    matrix = slice_profile.interpolation_matrix(moved.shape[2], grid.coords, order=3)
+    out = np.zeros(moved.shape[:2] + (grid.count,), dtype=np.float32)
+
+    # Slabs of planes, in both orientations: planes (slices, B) at fixed A, then (slices, A) at fixed B.
+    per_slab = max(1, BATCH_PIXELS // (grid.count * max(moved.shape[:2])))
+    slabs = [(0, start) for start in range(0, moved.shape[0], per_slab)] + [(1, start) for start in range(0, moved.shape[1], per_slab)]
+    bar = tqdm(total=len(slabs), desc="through-plane", unit="slab", disable=progress is not True, leave=False)
+    for done, (orientation, start) in enumerate(slabs, 1):
+        index = (slice(start, start + per_slab), slice(None)) if orientation == 0 else (slice(None), slice(start, start + per_slab))
+        slab = (np.tensordot(moved[index], matrix, axes=(2, 1)) - low) / white  # interpolated to the new grid
+        planes = slab.transpose(0, 2, 1) if orientation == 0 else slab.transpose(1, 2, 0)  # (plane, new slices, in-plane)
+        result = _run_planes(network, np.ascontiguousarray(planes, dtype=np.float32), torch_device, dtype)
+        out[index] += result.transpose(0, 2, 1) if orientation == 0 else result.transpose(2, 0, 1)
+        bar.update(1)
+        if callable(progress):
+            progress(done, len(slabs))
+    bar.close()
+    out = np.maximum(out * (white / 2) + low, volume.min())  # mean of the two orientations, back to the input's units
+    return ThroughPlaneResult(np.moveaxis(out, 2, axis), _new_spacing(spacing, axis, grid), grid.positions, float(grid.positions[0]))
+
+
+# ---- medsr upscale --through-plane: NIfTI volumes and DICOM series through the batch runner ----
+
+@dataclass(frozen=True)
+class ThroughPlane:
+    """What `--through-plane` asks for: the target slice spacing in mm (None: the finest in-plane
+    spacing), the slices' thickness where they have gaps (None: their spacing), and minutes of
+    per-volume adaptation."""
+
+    slice_spacing: float | None = None
+    slice_thickness: float | None = None
+    adapt_minutes: float = 0.0
+    model: str = MODEL
+    device: str = "auto"
+    precision: str = "auto"
+
+    def apply(self, stack: np.ndarray, slice_spacing: float, pixel_spacing, name: str) -> ThroughPlaneResult:
+        """(slices, rows, columns) in [0, 1] -> thin slices along the first axis, still in [0, 1]."""
+        if pixel_spacing is None:
+            raise MedsrError(f"{name}: has no in-plane pixel spacing, so its slices' thickness means nothing; fix the header")
+        result = upscale_through_plane(stack, (slice_spacing, *pixel_spacing), 0, model=self.model, target_spacing=self.slice_spacing,
+                                       slice_thickness=self.slice_thickness, adapt_minutes=self.adapt_minutes,
+                                       device=self.device, precision=self.precision, name=name)
+        return result._replace(array=np.clip(result.array, 0.0, 1.0))
+
+
+def through_plane_image(image: Image, options: ThroughPlane) -> Image:
+    """A NIfTI volume from read_image (slices first) made thin along its slice axis, with the
+    metadata of the new grid (same field of view), which write_image turns into the exact affine."""
+    spacing = nifti.slice_spacing(image.meta)
+    result = options.apply(image.pixels, spacing, image.meta.pixel_spacing, image.meta.path)
+    return Image(result.array, nifti.resliced(image.meta, result.spacing[0]))
+
+
+def through_plane_series(series: Series, stacks: list[np.ndarray], options: ThroughPlane) -> tuple[list[np.ndarray], dict]:
+    """Every volume of a DICOM series made thin: the new stacks, and the keyword arguments that tell
+    write_derived_series where the new slices are (mm along the normal) and how thick."""
+    results = [options.apply(stack, volume.slice_spacing, volume.pixel_spacing, str(volume.paths[0]))
+               for volume, stack in zip(series.volumes, stacks)]
+    first = series.volumes[0]
+    return [r.array for r in results], {"positions": first.positions[0] + results[0].positions, "slice_thickness": results[0].spacing[0]}
