@@ -225,14 +225,8 @@ def _frame_slices(path: Path, ds: Dataset) -> list[_Slice]:
             for name in ("FrameContentSequence", "MRDiffusionSequence", "MREchoSequence",
                          "PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence")
         )
-        slices.append(_Slice(
-            path=path,
-            ds=ds,
-            frame=frame,
-            position=dicom._vector(position.get("ImagePositionPatient"), 3),
-            orientation=dicom._vector(orientation.get("ImageOrientationPatient"), 6),
-            spacing=dicom._spacing_pair(measures.get("PixelSpacing")),
-            layout=_layout(ds),
+        slices.append(_slice(
+            path, ds, frame, position, orientation, measures,
             identity=(
                 _sortable(echo.get("EffectiveEchoTime")),
                 _sortable(diffusion.get("DiffusionBValue")),
@@ -243,6 +237,14 @@ def _frame_slices(path: Path, ds: Dataset) -> list[_Slice]:
             order=(_sortable(content.get("FrameAcquisitionDateTime")), (0, frame)),
         ))
     return slices
+
+
+def _slice(path: Path, ds: Dataset, frame: int | None, position: Dataset, orientation: Dataset, measures: Dataset,
+           identity: tuple, order: tuple, problem: str | None = None) -> _Slice:
+    """A slice whose geometry is read where each tag lives: the file itself, or a frame's functional groups."""
+    return _Slice(path, ds, frame, dicom._vector(position.get("ImagePositionPatient"), 3),
+                  dicom._vector(orientation.get("ImageOrientationPatient"), 6), dicom._spacing_pair(measures.get("PixelSpacing")),
+                  _layout(ds), identity, order, problem)
 
 
 def _layout(ds: Dataset) -> tuple:
@@ -266,14 +268,8 @@ def _file_slices(path: Path) -> tuple[str, list[_Slice]]:
     problem = None if has_pixels else "has no pixel data (not an image)"
     if frames > 1:
         problem = "is a multi-frame file without per-frame positions"
-    return uid, [_Slice(
-        path=path,
-        ds=ds,
-        frame=None,
-        position=dicom._vector(ds.get("ImagePositionPatient"), 3),
-        orientation=dicom._vector(ds.get("ImageOrientationPatient"), 6),
-        spacing=dicom._spacing_pair(ds.get("PixelSpacing")),
-        layout=_layout(ds),
+    return uid, [_slice(
+        path, ds, None, ds, ds, ds,
         identity=(
             _sortable(ds.get("EchoNumbers")),
             _sortable(ds.get("DiffusionBValue")),
