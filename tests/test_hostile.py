@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
+import medsr.io.dispatch as dispatch
 from medsr.errors import MedsrError
 from medsr.io import read_image
 from medsr.io.types import MAX_PIXELS
@@ -286,6 +287,20 @@ def test_unreadable_file(tmp_path):
         refused(path, "permission denied")
     finally:
         path.chmod(0o644)
+
+
+def test_unreadable_file_as_any_user(tmp_path, monkeypatch):
+    """The same refusal where chmod cannot make a file unreadable (CI runs as root): the reader's
+    open raises the PermissionError the operating system would."""
+    path = hc.write(tmp_path, "locked.png", hc.good_bytes("png"))
+
+    def locked_open(file, *args, **kwargs):
+        if Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "open", locked_open, raising=False)
+    refused(path, "permission denied", "chmod u+r")
 
 
 # ------------------------------------------------------------------ the command line
