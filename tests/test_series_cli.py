@@ -78,3 +78,10 @@ def test_a_broken_series_is_said_so_and_done_file_by_file(tmp_path, medsr_cli):
     notes = [line for line in result.stderr.splitlines() if line.startswith("medsr: note:")]
     assert len(notes) == 1 and "slice by slice" in notes[0]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.dcm")) == ["1.dcm", "2.dcm", "4.dcm", "5.dcm"]
+
+
+def test_uncertainty_with_a_series_says_it_draws_no_maps(tmp_path, medsr_cli):
+    result = run(medsr_cli + ["upscale", str(SERIES / "siemens-sag-gre-fieldmap"), "-o", str(tmp_path / "out"), "--tile", "0",
+                              "--uncertainty"])
+    assert result.returncode == 0, result.stderr
+    assert "the DICOM series here get none" in result.stderr and not list((tmp_path / "out").glob("*.uncertainty.*"))

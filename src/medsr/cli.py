@@ -129,6 +129,8 @@ def _upscale(args) -> int:
                 "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
                 "reference": reference_meta and batch.model_identity(args.reference_model, reference_meta)}
     jobs = _jobs(pairs, out_dir, args.format)
+    if args.uncertainty and any(job.series for job in jobs):
+        print("medsr: note: hallucination maps are drawn for single files; the DICOM series here get none", file=sys.stderr)
     progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
     try:
         summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, uncertainty=args.uncertainty, reference=reference,
