@@ -113,21 +113,15 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime) if in_plane else None
     options = volume_sr.ThroughPlane(slice_spacing, slice_thickness, adapt_minutes, device=device, precision=precision) if through_plane else None
     model_name = "medsr " + (Path(str(model)).name if model is not None else zoo.default_model(scale) if in_plane else volume_sr.MODEL)
-    upscale_in_plane = upscaler.upscale if upscaler is not None else (lambda pixels: pixels)
     if source.is_dir():
         found = [series for series in series_io.scan_series(source) if series.volumes]
         if not found:
             raise MedsrError(f"{source}: holds no DICOM series that forms a volume; pass a folder of one series' files, or a file")
         for series in found:
-            stacks, grid = [v.pixels for v in series.volumes], {}
-            if options is not None:
-                stacks, grid = volume_sr.through_plane_series(series, stacks, options)
-            series_io.write_derived_series(series, [upscale_in_plane(stack) for stack in stacks], target, model_name=model_name, **grid)
+            stacks, grid = volume_sr.upscale_series(series, [v.pixels for v in series.volumes], upscaler, options)
+            series_io.write_derived_series(series, stacks, target, model_name=model_name, **grid)
         return target
-    image = read_image(source)
-    if options is not None:
-        image = volume_sr.through_plane_image(image, options)
-    image.pixels = upscale_in_plane(image.pixels)
+    image = volume_sr.upscale_image(read_image(source), upscaler, options)
     return write_image(target, image, scale=upscaler.scale if upscaler else 1, model_name=model_name, format=format)
 
 

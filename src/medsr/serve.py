@@ -40,7 +40,6 @@ from medsr.errors import MedsrError
 from medsr.figures import to_uint8
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
-from medsr.inference.volume import ThroughPlaneResult
 from medsr.io import (
     SUPPORTED_EXTENSIONS,
     Image,
@@ -70,7 +69,12 @@ class Job:
     sr: np.ndarray | None = None  # (slices, h*s, w*s) float16: what the slice pictures are drawn from
     scale: int = 1
     window: tuple[float, float] = (0.0, 1.0)
-    across_aspect: float | None = None  # set when slices were made thin: mm per slice over mm per output pixel
+    thin_spacing: tuple[float, float] | None = None  # slices made thin: (mm between them, mm between the input's columns)
+
+    @property
+    def across_aspect(self) -> float:
+        """Output pixels per slice in the view across the slices: mm per slice over mm per output column."""
+        return self.thin_spacing[0] * self.scale / self.thin_spacing[1]
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -226,13 +230,12 @@ class Server:
             raise UserError(f"{job.name} is not a volume; thin slices (through-plane) need a NIfTI volume or a zipped DICOM series")
         return self._upscale(job, image, model, truth=None, through=through)
 
-    def _thin(self, job: Job, stack: np.ndarray, slice_spacing: float, pixel_spacing) -> tuple[np.ndarray, np.ndarray, ThroughPlaneResult]:
-        """(medsr's thin slices, cubic interpolation's, the result record): the page shows both."""
-        with self.lock:
-            result = volume_sr.ThroughPlane(device=self.device, precision=self.precision).apply(stack, slice_spacing, pixel_spacing, job.name)
-        cubic = volume_sr.interpolate_through_plane(stack, (slice_spacing, *pixel_spacing), 0, target_spacing=result.spacing[0])
-        job.across_aspect = result.spacing[0] / pixel_spacing[1]  # times the in-plane scale, once it is known
-        return result.array, np.clip(cubic.array, 0, 1), result
+    @staticmethod
+    def _cubic(job: Job, stack: np.ndarray, slice_spacing: float, pixel_spacing, new_spacing: float) -> np.ndarray:
+        """Cubic interpolation of `stack` across its slices to the thin grid medsr made: the page's "before"."""
+        job.thin_spacing = (new_spacing, pixel_spacing[1])
+        cubic = volume_sr.interpolate_through_plane(stack, (slice_spacing, *pixel_spacing), 0, target_spacing=new_spacing)
+        return np.clip(cubic.array, 0, 1)
 
     def upscale_demo(self, job: Job, demo_name: str, model: str) -> dict:
         """A demo scan, downscaled by the model's scale first, so the result can be scored against it."""
@@ -258,14 +261,13 @@ class Server:
                             "use 'medsr upscale' for larger series", 413)
         upscaler = self.upscaler_for(model)
         started = time.perf_counter()
-        shown, grid = pixels[0], {}
-        if through:
-            volume = series.volumes[0]
-            thin = [self._thin(job, p, volume.slice_spacing, volume.pixel_spacing) for p in pixels]
-            pixels, shown = [t[0] for t in thin], thin[0][1]
-            grid = {"positions": volume.positions[0] + thin[0][2].positions, "slice_thickness": thin[0][2].spacing[0]}
+        options = volume_sr.ThroughPlane(device=self.device, precision=self.precision) if through else None
         with self.lock:
-            results = [upscaler.upscale(p) for p in pixels]
+            results, grid = volume_sr.upscale_series(series, pixels, upscaler, options)
+        shown = pixels[0]
+        if through:  # the new slices are as thick as their spacing
+            volume = series.volumes[0]
+            shown = self._cubic(job, shown, volume.slice_spacing, volume.pixel_spacing, grid["slice_thickness"])
         seconds = time.perf_counter() - started
         written = series_io.write_derived_series(series, results, job.folder / "derived", model_name=f"medsr {model}", **grid)
         download = job.folder / f"{_stem(job.name)}-medsr-{model}-x{upscaler.scale}.zip"
@@ -281,16 +283,17 @@ class Server:
         upscaler = self.upscaler_for(model)
         lr = image.pixels
         started = time.perf_counter()
-        if through:  # the slider's "before" is then cubic interpolation across the slices, then bicubic
-            thin, lr, result = self._thin(job, lr, nifti.slice_spacing(image.meta), image.meta.pixel_spacing)
-            image = Image(thin, nifti.resliced(image.meta, result.spacing[0]))
+        options = volume_sr.ThroughPlane(device=self.device, precision=self.precision) if through else None
         with self.lock:
-            sr = upscaler.upscale(image.pixels)
+            result = volume_sr.upscale_image(image, upscaler, options)
+        sr = result.pixels
+        if through:  # the slider's "before" is then cubic interpolation across the slices, then bicubic
+            lr = self._cubic(job, lr, nifti.slice_spacing(image.meta), image.meta.pixel_spacing, nifti.slice_spacing(result.meta))
         seconds = time.perf_counter() - started
         s = upscaler.scale
         # A name without a known extension was read as DICOM (recognised by its DICM preamble).
         download_name = f"{_stem(job.name)}-medsr-{model}-x{s}{_suffix(job.name) or '.dcm'}"
-        job.files["download"] = write_image(job.folder / download_name, Image(sr, image.meta), scale=s, model_name=f"medsr {model}")
+        job.files["download"] = write_image(job.folder / download_name, result, scale=s, model_name=f"medsr {model}")
         answer = self._keep(job, lr, sr, s, model, seconds, image.meta.format)
         if truth is not None:
             score = {k: metrics.psnr(torch.from_numpy(v)[None, None], torch.from_numpy(truth)[None, None], s).item()
@@ -307,10 +310,8 @@ class Server:
         job.frame = len(job.lr01) // 2
         job.window = _display_window(job.lr01[job.frame])
         across = {}
-        if job.across_aspect is not None:
-            job.across_aspect *= scale
-            height, width = round(len(job.sr) * job.across_aspect), job.sr.shape[2]
-            across = {"across": {"width": width, "height": height}}
+        if job.thin_spacing is not None:
+            across = {"across": {"width": job.sr.shape[2], "height": round(len(job.sr) * job.across_aspect)}}
         return {**across,
             "name": job.name,
             "model": model,
@@ -325,7 +326,7 @@ class Server:
     def _across(self, job: Job, kind: str) -> Path:
         """A plane across the slices (through the middle row) of a volume made thin, at true proportions:
         "across-before" is cubic across the slices then bicubic, "across-after" medsr."""
-        if job.across_aspect is None:
+        if job.thin_spacing is None:
             raise UserError("this result has no view across the slices; upscale a volume with thin slices first", 404)
         if kind not in job.files:
             row = job.lr01.shape[1] // 2

@@ -312,9 +312,6 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         except (MedsrError, MemoryError, OSError) as err:
             return _failure(job, err, time.perf_counter() - started)
 
-    def in_plane(pixels: np.ndarray) -> np.ndarray:
-        return pixels if upscaler is None else upscaler.upscale(pixels)
-
     def write(job: Job, image: Image | tuple[list[np.ndarray], dict], maps: dict | None, state: dict, spent: float) -> JobResult:
         """Off the model's thread: write the output (and maps), then hash what was written."""
         started = time.perf_counter() - spent  # seconds = reading + model + writing, not time queued
@@ -374,14 +371,9 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                     started = time.perf_counter() - spent
                     try:
                         if job.series is not None:  # the maps are drawn for single files only
-                            grid = {}
-                            if through_plane is not None:
-                                data, grid = volume_sr.through_plane_series(job.series, data, through_plane)
-                            sr, maps = ([in_plane(pixels) for pixels in data], grid), None
+                            sr, maps = volume_sr.upscale_series(job.series, data, upscaler, through_plane), None
                         else:
-                            if through_plane is not None:
-                                data = volume_sr.through_plane_image(data, through_plane)
-                            sr = Image(in_plane(data.pixels), data.meta)
+                            sr = volume_sr.upscale_image(data, upscaler, through_plane)
                             maps = None if not uncertainty else hallucination.hallucination_maps(data.pixels, upscaler, reference, sr01=sr.pixels)
                         writing.append(submit(write, job, sr, maps, state, time.perf_counter() - started))
                     except (MedsrError, MemoryError) as err:

@@ -236,3 +236,20 @@ def through_plane_series(series: Series, stacks: list[np.ndarray], options: Thro
                for volume, stack in zip(series.volumes, stacks)]
     first = series.volumes[0]
     return [r.array for r in results], {"positions": first.positions[0] + results[0].positions, "slice_thickness": results[0].spacing[0]}
+
+
+def upscale_image(image: Image, upscaler, options: ThroughPlane | None) -> Image:
+    """An image from read_image with its thick slices made thin (`options`; None: not) and then
+    upscaled in-plane (`upscaler`; None: not), with the metadata that writes it back."""
+    if options is not None:
+        image = through_plane_image(image, options)
+    return Image(image.pixels if upscaler is None else upscaler.upscale(image.pixels), image.meta)
+
+
+def upscale_series(series: Series, stacks: list[np.ndarray], upscaler, options: ThroughPlane | None) -> tuple[list[np.ndarray], dict]:
+    """upscale_image for every volume of a DICOM series: the results, and the keyword arguments
+    write_derived_series needs for a new grid of slices (none when the slices stay)."""
+    grid = {}
+    if options is not None:
+        stacks, grid = through_plane_series(series, stacks, options)
+    return [stack if upscaler is None else upscaler.upscale(stack) for stack in stacks], grid
