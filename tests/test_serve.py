@@ -153,6 +153,11 @@ def page():
         browser.close()
 
 
+def open_page(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_function("document.getElementById('model').options.length > 0")
+
+
 def upscale_in_page(page, expect_error: bool = False) -> None:
     page.click("#go")
     page.wait_for_function("!document.getElementById('go').disabled", timeout=120_000)
@@ -163,8 +168,7 @@ def upscale_in_page(page, expect_error: bool = False) -> None:
 @pytest.mark.slow
 def test_page_upscales_a_real_dicom_in_chromium(served, page, tmp_path):
     url, temp_root = served
-    page.goto(url)
-    page.wait_for_function("document.getElementById('model').options.length > 0")
+    open_page(page, url)
 
     page.set_input_files("#file", str(DICOM))
     upscale_in_page(page)
@@ -216,8 +220,7 @@ def test_page_shows_the_demo_result_as_the_readme_picture_does(served, page):
     the MNI152 demo upscaled x3, its PSNR, the divider in the middle, the map off, then on and off."""
     docs_before = SCREENSHOT.read_bytes() if SCREENSHOT.exists() else None
     url, _ = served
-    page.goto(url)
-    page.wait_for_function("document.getElementById('model').options.length > 0")
+    open_page(page, url)
     if "brain-mri" not in page.eval_on_selector_all("#demo option", "options => options.map(o => o.value)"):
         pytest.skip("nilearn's MNI template is not installed (pip install -e '.[demo]')")
     page.select_option("#demo", "brain-mri")

@@ -14,7 +14,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from test_serve import page, served, upscale_in_page  # noqa: E402, F401 - the browser fixtures
+from test_serve import open_page, page, served, upscale_in_page  # noqa: E402, F401 - the browser fixtures
 
 from medsr.serve import create_app  # noqa: E402
 
@@ -106,8 +106,7 @@ def test_a_nifti_volume_shows_every_slice(client, tmp_path):
 @pytest.mark.slow
 def test_page_walks_through_a_zipped_series_in_chromium(served, page, tmp_path):
     url, _ = served
-    page.goto(url)
-    page.wait_for_function("document.getElementById('model').options.length > 0")
+    open_page(page, url)
     archive = tmp_path / "series.zip"
     archive.write_bytes(zipped_series())
     page.set_input_files("#file", str(archive))
@@ -126,8 +125,7 @@ def test_page_walks_through_a_zipped_series_in_chromium(served, page, tmp_path):
 @pytest.mark.slow
 def test_page_shows_a_volume_across_its_thin_slices_in_chromium(served, page, tmp_path):
     url, _ = served
-    page.goto(url)
-    page.wait_for_function("document.getElementById('model').options.length > 0")
+    open_page(page, url)
     nifti_volume(tmp_path / "volume.nii.gz")
     page.set_input_files("#file", str(tmp_path / "volume.nii.gz"))
     page.check("#through")

@@ -118,12 +118,12 @@ def _upscale(args) -> int:
                   "residual only (--reference-model adds the disagreement with a model of yours)", file=sys.stderr)
         else:
             reference, reference_meta = _load_upscaler(args, reference_name)
-    if not in_plane:
-        name = f"through-plane model {through_plane.model}"
-    elif args.model in zoo.shipped_models():
-        name = f"{meta['medsr_arch']} model {args.model}" + (f" + through-plane model {through_plane.model}" if through_plane else "")
-    else:
-        name = f"{meta['medsr_arch']} model {Path(meta['path']).name}" + (f" + through-plane model {through_plane.model}" if through_plane else "")
+    names = []  # what the outputs' headers say made them
+    if in_plane:
+        names.append(f"{meta['medsr_arch']} model " + (args.model if args.model in zoo.shipped_models() else Path(meta["path"]).name))
+    if through_plane:
+        names.append(f"through-plane model {through_plane.model}")
+    name = " + ".join(names)
     # What makes an earlier output reusable on --resume: same weights, same way of running them.
     settings = {"model": batch.model_identity(args.model, meta) if in_plane else None, "precision": args.precision, "tile": args.tile,
                 "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
@@ -186,9 +186,8 @@ def _compare(args) -> int:
 
 
 def _demo(args) -> int:
-    from medsr.demo import run_demo
-
     from medsr import zoo
+    from medsr.demo import run_demo
 
     args.model = args.model or zoo.default_model(args.scale)
     upscaler, meta = _load_upscaler(args, args.model)

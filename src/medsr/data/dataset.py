@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from medsr.data import augment as aug_lib
-from medsr.data import degrade, realistic
+from medsr.data import degrade, realistic, slice_profile
 from medsr.errors import MedsrError
 from medsr.io import is_supported, read_image, read_mnist, to_uint
 from medsr.io.types import as_unit
@@ -205,9 +205,7 @@ def build_sampler(data_dirs: list[str], split: str, protocol: str, scale: int, h
     """Scan, split, decode once, and wrap in a PairSampler: the whole data path in one call.
     protocol "through-plane": planes of NIfTI volumes degraded by thick slices (medsr.data.slice_profile)."""
     if protocol == "through-plane":
-        from medsr.data.slice_profile import build_through_plane_sampler  # volumes only; keeps this module's imports light
-
-        return build_through_plane_sampler(data_dirs, split, hr_size, seed=seed, limit=limit, options=through_plane)
+        return slice_profile.build_through_plane_sampler(data_dirs, split, hr_size, seed=seed, limit=limit, options=through_plane)
     if protocol == "mnist":
         arrays = mnist_arrays(data_dirs[0], split, val_fraction, test_fraction)[:limit]
     else:
