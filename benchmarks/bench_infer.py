@@ -1,56 +1,136 @@
-"""Inference latency: a 512x512 image upscaled x3 (to 1536x1536), fp32 vs bf16, per model.
-Also the PSNR cost of bf16: mean test-split PSNR (paper protocol) in bf16 minus fp32.
+"""Inference speed of the shipped models, against the machine's own ceiling measured in the same run.
 
-    python benchmarks/bench_infer.py [--models default,default-gan,paper] [--images 40]
+- per model, a 512x512 image upscaled x3 to 1536x1536 in one call: fp32 as medsr ran it until
+  2026-11-29 (model contiguous, input channels_last: a layout conversion at every layer), fp32 and
+  bf16 as medsr runs them now (both channels_last); and the test-split PSNR change bf16 brings,
+  on test images spread evenly over brain MRI and chest X-ray (paper protocol);
+- where the default model's time goes (torch.profiler) and its convolutions' throughput as a share
+  of the bf16 matrix-multiply peak and of the same layer alone (benchmarks/bench_ceiling.py);
+- tile sizes on a 1024x1024 image, and two ways to fuse the elementwise work into the convolutions
+  (TorchScript freezing, torch.compile) against eager.
+
+    python benchmarks/bench_infer.py [--models default,default-gan,paper] [--images 40] [--no-compile]
 """
 
 import argparse
+import time
 
+import bench_ceiling
 import numpy as np
 import torch
-from common import DATA, timed
+from common import DATA, best_of, machine, spread
 
-from medsr import hardware, metrics, zoo
+from medsr import metrics, zoo
 from medsr.data import degrade, load_arrays, scan, select
 from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit
-from medsr.models import create_generator
+
+CPU = torch.device("cpu")
+TILES = (0, 128, 256, 384, 512)
 
 
-def model_by_name(name):
-    if name in zoo.shipped_models():
-        return zoo.load(name)[0]
-    return create_generator(name, scale=3).eval()  # untrained: timing only
+def smooth_image(side: int, seed: int = 0) -> np.ndarray:
+    """Timing input: speed does not depend on content, but a smooth image is a fair stand-in for a scan."""
+    rng = np.random.default_rng(seed)
+    coarse = torch.from_numpy(rng.random((1, 1, side // 16, side // 16), dtype=np.float32))
+    return torch.nn.functional.interpolate(coarse, size=(side, side), mode="bicubic").clamp(0, 1)[0, 0].numpy()
 
 
-def test_psnr(upscaler, pairs):
+def test_pairs(count: int) -> list:
+    items = select(scan([DATA / "brain-mri", DATA / "chest-xray"]), "test")
+    arrays, _ = load_arrays(spread(items, count))
+    return [degrade.make_pair(as_unit(a)[0], "paper", 3) for a in arrays]
+
+
+def mean_psnr(upscaler: Upscaler, pairs: list) -> float:
     return float(np.mean([metrics.psnr(torch.from_numpy(upscaler.upscale(lr))[None, None], torch.from_numpy(hr)[None, None], 3).item()
                           for lr, hr in pairs]))
+
+
+def old_fp32(model) -> Upscaler:
+    """fp32 as shipped before: the model left contiguous while its input is channels_last."""
+    up = Upscaler(model, 3, CPU, "fp32", tile=0)
+    up.model = up.model.to(memory_format=torch.contiguous_format)
+    return up
+
+
+def conv_flops(model: torch.nn.Module, side: int) -> float:
+    """FLOPs of the fused default model's convolutions on a side x side LR input (all on the LR grid;
+    the unfused layers kept for the border strips, `.original`, are left out: ~2 % of the work)."""
+    return sum(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * side * side
+               for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and ".original" not in name)
+
+
+def profile(upscaler: Upscaler, image: np.ndarray) -> dict[str, float]:
+    """Self CPU seconds by operator for one call."""
+    upscaler.upscale(image)
+    with torch.profiler.profile() as prof:
+        upscaler.upscale(image)
+    return {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="default,default-gan,paper")
     parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
-    cpu = torch.device("cpu")
-    lr = np.random.default_rng(0).random((512, 512), dtype=np.float32)
-    pairs = None
-    if DATA.is_dir():
-        arrays, _ = load_arrays(select(scan([DATA / "brain-mri", DATA / "chest-xray"]), "test"), args.images)
-        pairs = [degrade.make_pair(as_unit(a)[0], "paper", 3) for a in arrays]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {hardware.cpu_has_fast_bf16()}\n")
-    print("| model | fp32 (s) | bf16 (s) | speed-up | bf16 - fp32 test PSNR (dB) |\n|---|---:|---:|---:|---:|")
+    print(f"{machine()}\n")
+    ceiling = bench_ceiling.measure()
+    print(bench_ceiling.markdown(ceiling), "\n")
+    image = smooth_image(512)
+    pairs = test_pairs(args.images) if DATA.is_dir() else None
+
+    print(f"| model | fp32, old layout (s) | fp32 (s) | bf16 (s) | fp32 speed-up | bf16 vs fp32 | bf16 - fp32 test PSNR (dB, {len(pairs or [])} images) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
-        model = model_by_name(name)
-        seconds, psnr = {}, {}
-        for precision in ("fp32", "bf16"):
-            up = Upscaler(model, 3, cpu, precision, tile=0)
-            seconds[precision] = timed(lambda: up.upscale(lr), repeats=3, warmup=1)
-            if pairs and name in zoo.shipped_models():
-                psnr[precision] = test_psnr(up, pairs)
-        delta = f"{psnr['bf16'] - psnr['fp32']:+.3f} ({len(pairs)} images)" if psnr else "n/a (untrained)"
-        print(f"| {name} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {seconds['fp32'] / seconds['bf16']:.1f}x | {delta} |")
+        model = zoo.load(name)[0]
+        fp32, bf16 = Upscaler(model, 3, CPU, "fp32", tile=0), Upscaler(model, 3, CPU, "bf16", tile=0)
+        old = best_of(lambda: old_fp32(model).upscale(image), 3) if name == "default" else float("nan")
+        seconds = {p: best_of(lambda u=u: u.upscale(image), 3) for p, u in (("fp32", fp32), ("bf16", bf16))}
+        delta = f"{mean_psnr(bf16, pairs) - mean_psnr(fp32, pairs):+.3f}" if pairs else "n/a"
+        print(f"| {name} | {old:.2f} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {old / seconds['fp32']:.2f}x | "
+              f"{seconds['fp32'] / seconds['bf16']:.2f}x | {delta} |", flush=True)
+
+    default = Upscaler(zoo.load("default")[0], 3, CPU, "auto", tile=0)
+    by_op = profile(default, image)
+    total, conv = sum(by_op.values()), by_op.get("aten::mkldnn_convolution", 0.0)
+    flops = conv_flops(default.model, 512)
+    body = ceiling["conv"]["body conv 48->48 3x3 (x17)"]["bf16"]
+    print(f"\nDefault model, precision auto, one 512x512 call, profiled: {total:.3f} s of operator time, convolutions {conv:.3f} s "
+          f"({100 * conv / total:.0f} %); the rest: " + ", ".join(f"{k.removeprefix('aten::')} {v * 1000:.0f} ms" for k, v in
+                                                                 sorted(by_op.items(), key=lambda kv: -kv[1])[1:6]))
+    print(f"Convolutions: {flops / 1e9:.0f} GFLOP in {conv:.3f} s = {flops / conv / 1e9:.0f} GFLOP/s, "
+          f"{100 * flops / conv / 1e9 / ceiling['matmul']['bf16']:.0f} % of the bf16 matrix-multiply peak and "
+          f"{100 * flops / conv / 1e9 / body:.0f} % of the body layer alone (bf16).")
+
+    big = smooth_image(1024, seed=1)
+    print("\n| tile (LR px, 16 px overlap) | 512x512 (s) | 1024x1024 (s) |\n|---|---:|---:|")
+    for tile in TILES:
+        up = Upscaler(default.model, 3, CPU, "auto", tile=tile)
+        print(f"| {tile or 'none (one call)'} | {best_of(lambda: up.upscale(image), 3):.2f} | {best_of(lambda: up.upscale(big), 2):.2f} |",
+              flush=True)
+
+    frozen = Upscaler(default.model, 3, CPU, "auto", tile=0)
+    example = torch.zeros(1, 1, 512, 512).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=frozen.dtype is not None):
+        # TorchScript freezing hands the graph to oneDNN's fusion passes (conv + ReLU, conv + add as post-ops)
+        frozen.model = torch.jit.freeze(torch.jit.trace(frozen.model, example, check_trace=False))
+    print(f"\nTraced and frozen (TorchScript, oneDNN fusion), 512x512, precision auto: {best_of(lambda: frozen.upscale(image), 3):.2f} s; "
+          f"eager {best_of(lambda: default.upscale(image), 3):.2f} s.")
+
+    if not args.no_compile:
+        compiled = Upscaler(default.model, 3, CPU, "auto", tile=0)
+        compiled.model = torch.compile(compiled.model)
+        start = time.perf_counter()
+        try:
+            compiled.upscale(image)
+        except Exception as err:  # noqa: BLE001 - report whatever stops the compiler
+            print(f"\ntorch.compile failed: {type(err).__name__}: {str(err).splitlines()[0]}")
+            return
+        first = time.perf_counter() - start
+        print(f"\ntorch.compile (inductor, default mode), 512x512, precision auto: first call {first:.1f} s, then "
+              f"{best_of(lambda: compiled.upscale(image), 3):.2f} s per call; eager {best_of(lambda: default.upscale(image), 3):.2f} s.")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import torch
-from common import DATA, timed
+from common import DATA, machine, timed
 
 from medsr import hardware, zoo
 from medsr.inference.onnx import onnx_bytes
@@ -46,8 +46,7 @@ def main():
     export_seconds = time.perf_counter() - start
     import onnxruntime
 
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {torch.get_num_threads()} threads, "
-          f"native bf16: {hardware.cpu_has_fast_bf16()}, load average before: {os.getloadavg()[0]:.1f}\n")
+    print(f"{machine()}; onnxruntime {onnxruntime.__version__}; load average before: {os.getloadavg()[0]:.1f}\n")
     runtimes = {"PyTorch fp32": Upscaler(generator, scale, cpu, "fp32", tile=0)}
     if hardware.cpu_has_fast_bf16():
         runtimes["PyTorch bf16"] = Upscaler(generator, scale, cpu, "bf16", tile=0)
@@ -61,7 +60,7 @@ def main():
     if not DATA.is_dir():
         print(f"\n(no real images: {DATA} not found)")
         return
-    # Whole images, tiled as `medsr upscale` runs them (256 px tiles, 16 px overlap), both runtimes in fp32.
+    # Whole images, tiled as `medsr upscale` runs them (medsr.settings.TILE), both runtimes in fp32.
     torch_up = Upscaler(generator, scale, cpu, "fp32")
     onnx_up = OnnxUpscaler(model_bytes, scale, "cpu")
     print("\n| image | size | max abs diff ([0, 1]) | mean abs diff |\n|---|---|---:|---:|")

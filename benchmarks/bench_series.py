@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import platform
 import resource
 import shutil
 import subprocess
@@ -27,12 +26,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
-import torch
+from common import machine
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from scipy import ndimage
 
-from medsr import hardware
 from medsr.demo import MNI_T1
 
 
@@ -68,8 +66,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=130)
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    print(f"CPU: {cpu}; native bf16: {hardware.cpu_has_fast_bf16()}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+    print(f"{machine()}\n")
     medsr = shutil.which("medsr") or sys.exit("the medsr console script is not installed: pip install -e .")
     with tempfile.TemporaryDirectory() as tmp:
         source, out = Path(tmp) / "series", Path(tmp) / "out"
@@ -82,14 +79,15 @@ def main() -> None:
             if result.returncode != 0:
                 sys.exit(result.stderr)
             peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # kB -> GB, the largest child so far
-            print(f"run {run}: {args.slices} slices of 256x256 -> 768x768 in {seconds:.1f} s, peak memory {peak_gb:.2f} GB")
+            print(f"- run {run} ({'cold: a fresh process' if run == 1 else 'again, files cached'}): {args.slices} slices of 256x256 "
+                  f"-> 768x768 in {seconds:.1f} s, peak memory {peak_gb:.2f} GB")
         converted = Path(tmp) / "nii"
         converted.mkdir()
         dcm2niix = shutil.which("dcm2niix")
         if dcm2niix:
             subprocess.run([dcm2niix, "-o", str(converted), "-z", "n", str(out)], capture_output=True, check=True)
             images = [nib.load(p) for p in converted.glob("*.nii")]
-            print(f"dcm2niix: {len(images)} volume(s): {[img.shape for img in images]}, zooms {[img.header.get_zooms() for img in images]}")
+            print(f"- dcm2niix: {len(images)} volume(s): {[img.shape for img in images]}, zooms {[img.header.get_zooms() for img in images]}")
 
 
 if __name__ == "__main__":

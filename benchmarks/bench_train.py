@@ -1,29 +1,34 @@
-"""Training throughput (images/s) of the paper and default recipes, each beside a naive baseline.
+"""Training throughput (images/s) of the paper and default recipes, each beside a naive baseline,
+on the same pre-made batches (compute only), and what making those batches costs (data only).
 
-naive = fp32, contiguous tensors, images decoded from disk and degraded every step, stock
-torch.nn.Dropout, and the discriminator's weight gradients computed during the generator step
-(a plain GAN loop).
-medsr = the Trainer as shipped: bf16 autocast where native, channels_last, pairs decoded once,
-the discriminator frozen while it judges the generator, dropout masks from uint8 random numbers.
+naive = fp32, contiguous tensors, stock torch.nn.Dropout, and the discriminator's weight gradients
+computed during the generator step (a plain GAN loop).
+medsr = the Trainer as shipped: bf16 autocast where native, channels_last, the discriminator
+frozen while it judges the generator, medsr's cheaper dropout.
+Both consume the same batches, drawn beforehand from the recipe's own sampler, so the ratio is
+compute only. Data: the Trainer's sampler making a batch (pairs decoded once at start-up; the
+default recipe adds crops, noise and JPEG per image), beside a loop that decodes its 16 files
+from disk and degrades them at every step.
 
     python benchmarks/bench_train.py [--steps 10]
 """
 
 import argparse
+import itertools
 import random
 
 import torch
-from common import DATA, ROOT, timed
+from common import DATA, ROOT, machine, timed
 
 from medsr.data import degrade, scan, select
 from medsr.io import read_image
 from medsr.models import create_discriminator, create_generator
-from medsr.models.value_range import to_signed
 from medsr.training import losses
-from medsr.training.trainer import Trainer, load_config
+from medsr.training.config import load_config
+from medsr.training.trainer import Trainer
 
 
-def naive_step_fn(cfg, files):
+def naive_step_fn(cfg, batches):
     g = create_generator(cfg.model, scale=cfg.scale, **cfg.generator)
     adversarial = cfg.adversarial_weight > 0
     d = create_discriminator(cfg.discriminator_model or cfg.model, input_size=cfg.hr_size) if adversarial else None
@@ -35,8 +40,8 @@ def naive_step_fn(cfg, files):
     pixel = losses.pixel_loss(cfg.pixel_loss)
 
     def step():
-        lr, hr = zip(*(degrade.paper_pair(read_image(p).pixels, cfg.hr_size, cfg.scale) for p in random.sample(files, cfg.batch_size)))
-        lr, hr = to_signed(torch.cat(lr)), to_signed(torch.cat(hr))
+        lr, hr = next(batches)
+        lr, hr = lr.contiguous(), hr.contiguous()
         sr = g(lr)
         loss = pixel(sr, hr)
         if adversarial:
@@ -58,15 +63,22 @@ def main():
     args = parser.parse_args()
     data = [str(DATA / "brain-mri"), str(DATA / "chest-xray")]
     files = [it.path for it in select(scan(data), "train")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch of 16, {args.steps} timed steps each\n")
-    print("| recipe | naive (img/s) | medsr (img/s) | speed-up |\n|---|---:|---:|---:|")
+    print(f"{machine()}\n\nbatch of 16, {args.steps} timed steps each after 2 warm-up steps\n")
+    print("| recipe | naive (img/s) | medsr (img/s) | speed-up, compute only | medsr sampler, one batch (s) | "
+          "decoding and degrading 16 files per step (s) |\n|---|---:|---:|---:|---:|---:|")
     for recipe in ("configs/paper.yaml", "configs/default.yaml"):
-        cfg = load_config(ROOT / recipe, [f"data={data}", "max_train_images=64", "max_val_images=4", "out_dir=/tmp/medsr-bench"])
-        naive = timed(naive_step_fn(cfg, files), args.steps)
+        cfg = load_config(ROOT / recipe, [f"data={data}", "max_train_images=64", "max_val_images=4", "out_dir=/tmp/medsr-bench",
+                                          "init_from=null"])
         trainer = Trainer(cfg)
-        fast = timed(trainer.step, args.steps)
         bs = cfg.batch_size
-        print(f"| {recipe} | {bs / naive:.1f} | {bs / fast:.1f} | {naive / fast:.2f}x |")
+        sampler_seconds = timed(lambda: trainer.sampler.next_batch(bs), args.steps)
+        batches = [trainer.sampler.next_batch(bs) for _ in range(4)]
+        trainer.sampler.next_batch = lambda _size, it=itertools.cycle(batches): next(it)
+        naive = timed(naive_step_fn(cfg, itertools.cycle(batches)), args.steps)
+        fast = timed(trainer.step, args.steps)
+        decode = timed(lambda: [degrade.paper_pair(read_image(p).pixels, cfg.hr_size, cfg.scale) for p in random.sample(files, bs)],
+                       args.steps // 2 or 1, warmup=0)
+        print(f"| {recipe} | {bs / naive:.1f} | {bs / fast:.1f} | {naive / fast:.2f}x | {sampler_seconds:.3f} | {decode:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

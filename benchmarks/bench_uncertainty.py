@@ -1,6 +1,6 @@
 """How well does the hallucination map (`medsr upscale --uncertainty`) follow the real error?
 
-On test-split images (paper protocol, x3) of each data set, for each model with its default
+On test-split images (paper protocol, x3) of each data set, spread evenly over its classes, for each model with its default
 reference: the Pearson correlation between the combined map and the true |SR - HR| (blurred like
 the map's disagreement term), the mean of each, and the true error inside and outside flagged
 pixels (combined > 0.3).
@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 import torch
-from common import DATA
+from common import DATA, machine, spread
 
 from medsr import zoo
 from medsr.data import degrade, load_arrays, scan, select
@@ -30,12 +30,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=20)
     args = parser.parse_args()
-    print(f"`python benchmarks/bench_uncertainty.py --images {args.images}` (test split, paper protocol, x3)\n")
+    print(f"`python benchmarks/bench_uncertainty.py --images {args.images}` ({args.images} test-split images per data set, spread "
+          f"evenly over its classes; paper protocol, x3; {machine()})\n")
     print("| data | model (reference) | Pearson r(map, true error) | mean map | mean true error / 10 % of range | "
           "true error, flagged / unflagged |")
     print("|---|---|---:|---:|---:|---:|")
     for modality in ("brain-mri", "chest-xray"):
-        arrays, _ = load_arrays(select(scan([str(DATA / modality)]), "test"), args.images)
+        arrays, _ = load_arrays(spread(select(scan([str(DATA / modality)]), "test"), args.images))  # every class, not the first
         for name in ("default-gan", "default"):
             main_model, reference = upscaler(name), upscaler(hallucination.reference_model_name(name))
             maps, errors = [], []

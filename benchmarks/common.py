@@ -1,8 +1,11 @@
-"""Shared bits of the benchmark scripts: timing and where the data is."""
+"""Shared bits of the benchmark scripts: timing, the machine, and where the data is."""
 
 import os
+import platform
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSR_DATA", ROOT.parent / "shared" / "data")).resolve()
@@ -17,3 +20,50 @@ def timed(fn, repeats: int, warmup: int = 2) -> float:
     for _ in range(repeats):
         fn()
     return (time.perf_counter() - start) / repeats
+
+
+def best_of(fn, repeats: int, warmup: int = 1) -> float:
+    """The fastest of `repeats` timed calls after `warmup` untimed ones: on a shared host the
+    minimum is the figure least disturbed by other work."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def bf16_support() -> str:
+    """What bf16 arithmetic the CPU has: AMX, AVX-512 BF16, or none."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    return "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "none (fp32 only)"
+
+
+def machine() -> str:
+    """One line naming what every figure was measured on."""
+    return (f"{cpu_model()}, {os.cpu_count()} cores, bf16: {bf16_support()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
+
+
+def spread(items: list, count: int | None) -> list:
+    """`count` items evenly spread over the list (all of them when count is None or larger): the
+    first N of a sorted list would all be of one class or data set."""
+    if count is None or count >= len(items):
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]

@@ -25,7 +25,8 @@ def main():
     lines = ["# One recipe, three scales", "",
              f"Produced by `{command}` (test split, paper protocol, precision "
              f"{'bf16' if hardware.cpu_has_fast_bf16() else 'fp32'}; {time.strftime('%Y-%m-%d')}). The three models share",
-             "configs/default.yaml's network and loss; `default` had 60 epochs, `default-x2` 10 and `default-x4` 16",
+             "configs/default.yaml's network, loss and data mix (paper pairs, native crops, volume slices, light degradation);",
+             "`default` fine-tuned default-paper for 3000 steps, `default-x2` and `default-x4` started from `default` for 1500",
              "(configs/default-x2.yaml, configs/default-x4.yaml; each model card has its steps and wall time).",
              "PSNR and SSIM after a border crop of `scale` pixels, 8-bit data range. HR is the centre square",
              "resized to 150x150 (148x148 at x4, so that it divides), LR = HR / scale by antialiased bicubic.", ""]

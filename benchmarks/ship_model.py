@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
 from safetensors.torch import load_file, save_file
 
 from medsr import zoo
@@ -41,11 +42,15 @@ def main():
         shutil.copyfile(source, target)
     model, _ = zoo.load(target)
     recipe = (args.run / "config.yaml").read_text()
+    mix = (yaml.safe_load(recipe) or {}).get("mix") or {}
+    volumes = (f"; slices of the T1 volumes in `../shared/data/nifti` (OpenNeuro, CC0) but {', '.join(mix['volume_val'] + mix['volume_test'])} "
+               f"(validation: {', '.join(mix['volume_val'])}; test: {', '.join(mix['volume_test'])})") if mix.get("volumes") else ""
     lines = [f"# Model card: {args.name}", "",
              f"- architecture: `{meta['medsr_arch']}` {json.loads(meta['medsr_config'])}, "
              f"{sum(p.numel() for p in model.parameters()):,} parameters, x{meta['medsr_scale']}, 1 channel, input/output in [-1, 1]",
              "- data: `../shared/data/brain-mri` (Kaggle Brain Tumor MRI, CC0) and `../shared/data/chest-xray` (Kaggle Chest X-Ray "
-             "Pneumonia, CC BY 4.0), train split only (80 % by a hash of `<class>/<file>`; val 10 % for monitoring; test 10 % never used)",
+             "Pneumonia, CC BY 4.0), train split only (80 % by a hash of `<class>/<file>`; val 10 % for monitoring; test 10 % never used)"
+             + volumes,
              f"- trained with: `{args.command}`",
              f"- steps: {meta['medsr_step']}; wall time on the 2-core development CPU (bf16): {int(seconds) / 60:.0f} min",
              *([f"- note: {args.note}"] if args.note else []),
@@ -58,7 +63,9 @@ def main():
             mine, bicubic = by_name[args.name], by_name["bicubic"]
             where = ", ".join(Path(d).name for d in data["data"]) if isinstance(data["data"], list) else data["data"]
             lines.append(f"- {where}, {data['protocol']} protocol ({mine['images']} images): PSNR {mine['psnr']:.2f} dB "
-                         f"({mine['psnr'] - bicubic['psnr']:+.2f} vs bicubic), SSIM {mine['ssim']:.4f} (bicubic {bicubic['ssim']:.4f})")
+                         f"({mine['psnr'] - bicubic['psnr']:+.2f} vs bicubic), SSIM {mine['ssim']:.4f} (bicubic {bicubic['ssim']:.4f})"
+                         + (f", edge overshoot {100 * mine['overshoot']:.3f} % (bicubic {100 * bicubic['overshoot']:.3f} %)"
+                            if "overshoot" in mine else ""))
     lines += ["", "## Recipe", "", "```yaml", recipe.strip(), "```", ""]
     (zoo.ZOO_DIR / f"{args.name}.md").write_text("\n".join(lines))
     print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB) and {args.name}.md")

@@ -160,6 +160,26 @@ def test_torchrun_ranks_stay_in_sync(tmp_path, image_folder):
     assert all(torch.equal(saved[k], rank0["generator"][k]) for k in rank0["generator"])
 
 
+def test_torchrun_two_nodes_on_localhost(tmp_path, image_folder):
+    """Multi-node training as README gives it: two `torchrun --nnodes 2` launches (here both on 127.0.0.1,
+    one process each) meet at a c10d rendezvous address and train as one job, their weights equal."""
+    script = tmp_path / "train_and_save_ranks.py"
+    script.write_text(RANK_WEIGHTS_SCRIPT)
+    args = [f"data=[{image_folder}]", f"out_dir={tmp_path}", "epochs=1", "steps_per_epoch=3", "checkpoint_every=3",
+            *[v for v in TINY if v != "--set"]]
+    launches = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+                                  "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:29523", "--rdzv_id=medsr-two-nodes",
+                                  str(script), str(tmp_path), *args],
+                                 cwd=Path(__file__).parents[1], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for rank in (0, 1)]
+    outputs = [launch.communicate(timeout=600) for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert rank0["steps"] == rank1["steps"] == 3
+    assert all(torch.equal(rank0["generator"][k], rank1["generator"][k]) for k in rank0["generator"])
+
+
 @needs_data
 def test_paper_recipe_on_brain_mri_then_upscale_a_real_dicom(tmp_path, medsr_cli):
     """The issue's acceptance path, shortened: train on real MRI, upscale a real CR DICOM."""
@@ -267,3 +287,11 @@ def test_evaluate_classify_trains_a_classifier_and_reports_accuracy(tmp_path, tr
     again = run(medsr_cli + ["evaluate", "--task", "classify", "--data", str(image_folder), "--classifier", str(out / "nope.safetensors"),
                              "--out", str(out)])
     assert_one_line_error(again, "nope.safetensors")
+
+
+def test_ray_address_goes_with_the_ray_engine(tmp_path, medsr_cli):
+    image = tmp_path / "scan.png"
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(image)
+    result = run(medsr_cli + ["upscale", str(image), "-o", str(tmp_path / "out"), "--ray-address", "127.0.0.1:6379"])
+    assert result.returncode == 2 and "--ray-address goes with --engine ray" in result.stderr
+    assert not (tmp_path / "out").exists()

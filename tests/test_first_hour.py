@@ -72,7 +72,7 @@ def test_version_and_help_show_defaults_and_examples(medsr_cli):
     result = run(medsr_cli + ["--version"])
     assert result.returncode == 0 and result.stdout.strip() == f"medsr {__version__}"
     help_text = run(medsr_cli + ["upscale", "--help"]).stdout
-    for shown in ("(default: 256)", "(default: 16)", "(default: 2)", "(default: auto)", "examples:", "medsr upscale scans/ -o out/"):
+    for shown in ("(default: 512)", "(default: 16)", "(default: 2)", "(default: auto)", "examples:", "medsr upscale scans/ -o out/"):
         assert shown in help_text, shown
 
 

@@ -41,3 +41,21 @@ def test_bf16_close_to_fp32(model):
     a = Upscaler(model, 3, torch.device("cpu"), "fp32").upscale(lr)
     b = Upscaler(model, 3, torch.device("cpu"), "bf16").upscale(lr)
     assert np.abs(a - b).mean() < 0.02
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_model_and_input_share_one_memory_format(precision):
+    """A contiguous model fed a channels_last input converts layouts at every layer (1.3-1.5x slower
+    fp32, benchmarks/bench_infer.py): the upscaler keeps both channels_last, and the output is the
+    plain model's."""
+    torch.manual_seed(0)
+    model = create_generator("edsr", scale=3, channels=8, num_blocks=2).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    up = Upscaler(model, 3, torch.device("cpu"), precision, tile=0, normalize=False)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in up.model.parameters() if p.dim() == 4)
+    lr = np.random.default_rng(4).random((40, 44), dtype=np.float32)
+    with torch.no_grad():
+        plain = ((model(torch.from_numpy(lr)[None, None] * 2 - 1) + 1) / 2).clamp(0, 1)[0, 0].numpy()
+    assert np.abs(up.upscale(lr) - plain).max() < (1e-5 if precision == "fp32" else 0.03)

@@ -72,7 +72,9 @@ def train_cmd(out: Path, steps: int, checkpoint_every: int = 3) -> list[str]:
     from test_cli import TINY
 
     return ["train", "configs/default.yaml", "--set", f"out_dir={out}", "--set", "epochs=1", "--set", f"steps_per_epoch={steps}",
-            "--set", f"checkpoint_every={checkpoint_every}", "--set", "keep_checkpoints=2", *TINY]
+            "--set", f"checkpoint_every={checkpoint_every}", "--set", "keep_checkpoints=2", *TINY,
+            # the default recipe's mixed batches with their random noise and JPEG (no volumes: the data is synthetic)
+            "--set", "init_from=null", "--set", "mix={paper: 0.5, native: 0.5, jpeg: 0.5, noise: 0.5}"]
 
 
 def newest_step(run: Path) -> int:

@@ -6,6 +6,7 @@ Each command imports its part of medsr when it runs, so `medsr --help` and a typ
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -97,6 +98,8 @@ def _upscale(args) -> int:
         through_plane = ThroughPlane(args.slice_spacing, args.slice_thickness, args.adapt_minutes, device=args.device, precision=args.precision)
     elif args.slice_spacing or args.slice_thickness or args.adapt_minutes:
         raise MedsrError("--slice-spacing, --slice-thickness and --adapt-minutes go with --through-plane; add it")
+    if args.ray_address and args.engine != "ray":
+        raise MedsrError("--ray-address goes with --engine ray; add it")
     # --through-plane alone makes slices thin and keeps the in-plane grid; --model or --scale adds in-plane SR
     in_plane = not args.through_plane or args.model is not None or args.scale is not None
     args.model = args.model or zoo.default_model(args.scale)
@@ -108,7 +111,7 @@ def _upscale(args) -> int:
     if summary_path.resolve() in {p.resolve() for p, _ in pairs}:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
     upscaler, meta = _load_upscaler(args, args.model) if in_plane else (None, {})
-    reference = reference_meta = None
+    reference = reference_meta = reference_name = None
     if args.uncertainty:
         from medsr.inference import hallucination
 
@@ -132,10 +135,23 @@ def _upscale(args) -> int:
     if args.uncertainty and any(job.series for job in jobs):
         print("medsr: note: hallucination maps are drawn for single files; the DICOM series here get none", file=sys.stderr)
     progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
+    ledger = out_dir / batch.LEDGER_NAME
     try:
-        summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, uncertainty=args.uncertainty, reference=reference,
-                                  through_plane=through_plane, workers=args.workers, settings=settings, ledger=out_dir / batch.LEDGER_NAME,
-                                  force=args.force, on_result=progress)
+        if args.engine == "ray":
+            from medsr.inference import ray_engine
+
+            scale = upscaler.scale if upscaler else 1
+            full_settings = batch.batch_settings(settings, scale, args.format, args.uncertainty, through_plane)
+            setup = ray_engine.WorkerSetup(
+                args.model if in_plane else None, args.scale, args.device, args.precision, args.tile, args.tile_overlap,
+                getattr(args, "runtime", "torch"), reference_name, json.dumps(full_settings),
+                name, args.format, args.uncertainty, through_plane, tuple(str(p.resolve()) for p, _ in pairs))
+            summary = ray_engine.run_batch_ray(jobs, setup, ledger=ledger, force=args.force, on_result=progress,
+                                               address=args.ray_address)
+        else:
+            summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, uncertainty=args.uncertainty,
+                                      reference=reference, through_plane=through_plane, workers=args.workers, settings=settings,
+                                      ledger=ledger, force=args.force, on_result=progress)
     finally:
         progress.close()
     summary.write_csv(summary_path)
@@ -294,8 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --through-plane: the slices' thickness when it differs from their spacing (gaps; default: the spacing)")
     p.add_argument("--adapt-minutes", type=float, default=0, metavar="N",
                    help="with --through-plane: first fine-tune the model on each volume's own in-plane detail for N minutes")
-    p.add_argument("--workers", type=int, default=2, help="threads that decode and write files around the model (0: none)")
+    p.add_argument("--workers", type=int, default=2, help="local engine: threads that decode and write files around the model (0: none)")
     p.add_argument("--force", action="store_true", help="redo every file, also those a previous run completed")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this machine; ray: spread the files over a Ray cluster (pip install -e \".[ray]\"; README)")
+    p.add_argument("--ray-address", help="the Ray cluster to join (HOST:PORT or auto); default: start one on this machine")
     p.add_argument("--summary", help="CSV of every file's status and reason (default: OUTPUT/medsr-summary.csv)")
     p.set_defaults(func=_upscale)
 
@@ -304,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p, "comma-separated models to evaluate besides the interpolations (shipped names, files, run folders)")
     p.add_argument("--protocol", default="paper", choices=["paper", "native"])
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    p.add_argument("--limit", type=int, help="evaluate at most this many images")
+    p.add_argument("--limit", type=int, help="evaluate at most this many images, spread evenly over the split (every class)")
     p.add_argument("--out", default="evaluation", help="folder for per_image.csv, summary.csv, results.json")
     p.add_argument("--task", default="quality", choices=["quality", "classify"],
                    help="quality: PSNR/SSIM/MS-SSIM; classify: does a classifier trained on HR images still get the "

@@ -16,6 +16,7 @@ whether a method restores texture. `hf_energy_ratio` measures that (see docs/RES
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure as _ms_ssim,
 )
@@ -86,3 +87,37 @@ def hf_energy_ratio(sr: torch.Tensor, hr: torch.Tensor, scale: int, border: int 
         return (torch.fft.fft2(x).abs() ** 2 * band).sum(dim=(-3, -2, -1))
 
     return band_power(sr) / band_power(hr).clamp_min(1e-12)
+
+
+def edge_overshoot(sr: torch.Tensor, lr: torch.Tensor, scale: int, tolerance: float = 0.05) -> torch.Tensor:
+    """Per-image share of output pixels that leave the range of their source neighbourhood, shape (B,).
+
+    An output pixel's source neighbourhood is the 3x3 block of LR pixels around the one it lies in;
+    it overshoots when it is above that block's maximum or below its minimum by more than
+    `tolerance` of the LR image's own range. Ringing at hard edges (a bright-and-dark double line
+    along a skull-stripped brain's border) overshoots; a faithful upscale of a smooth or flat
+    region does not. Interpolation with negative lobes (bicubic, Lanczos) overshoots a little at
+    steep edges too, so compare methods, not against zero.
+    """
+    sr, lr = sr.float(), lr.float()
+    high = F.interpolate(F.max_pool2d(lr, 3, stride=1, padding=1), scale_factor=scale, mode="nearest")
+    low = F.interpolate(-F.max_pool2d(-lr, 3, stride=1, padding=1), scale_factor=scale, mode="nearest")
+    span = (lr.amax(dim=(-3, -2, -1)) - lr.amin(dim=(-3, -2, -1))).clamp_min(1e-12)[:, None, None, None]
+    out = (sr > high + tolerance * span) | (sr < low - tolerance * span)
+    return out.float().mean(dim=(-3, -2, -1))
+
+
+def block_grid_ratio(images: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """Per-image jump ratio at a block grid, shape (B,): the mean absolute step between neighbouring
+    pixels across the grid lines (between pixels block*k - 1 and block*k, rows and columns), over the
+    mean step everywhere else. JPEG's 8x8 blocks give a ratio above 1; an image upscaled s times
+    carries them on a grid of 8*s. About 1 means no visible grid."""
+    images = images.float()
+    steps = [images.diff(dim=-1).abs(), images.diff(dim=-2).abs().transpose(-2, -1)]  # steps along columns, then rows
+    on_grid = [s[..., block - 1::block] for s in steps]
+    off_mask = [torch.ones(s.shape[-1], dtype=torch.bool) for s in steps]
+    for mask in off_mask:
+        mask[block - 1::block] = False
+    on = torch.cat([s.flatten(1) for s in on_grid], 1).mean(1)
+    off = torch.cat([s[..., m].flatten(1) for s, m in zip(steps, off_mask)], 1).mean(1)
+    return on / off.clamp_min(1e-12)

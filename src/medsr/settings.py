@@ -6,6 +6,9 @@ Kept free of heavy imports, so that `medsr --help` can offer them without loadin
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware does it natively, else fp32
 DEVICES = ("auto", "cpu", "cuda")  # cuda:N is accepted too
 RUNTIMES = ("torch", "onnx")  # onnx: onnxruntime, fp32 only
-# 256-pixel LR tiles with 16 pixels of context, wider than the default model's receptive field, so
-# tiled and untiled outputs agree and memory stays bounded on any image size.
-TILE, TILE_OVERLAP = 256, 16
+# 512-pixel LR tiles with 16 pixels of context, so tiled and untiled outputs agree to float rounding
+# and memory stays bounded on any image size. In the tile sweep of benchmarks/bench_infer.py
+# (docs/PERFORMANCE.md) 256, 384, 512 and one untiled call were equally fast on the 2-core
+# development CPU, within its run-to-run noise, and 128 was slower (its overlap is recomputed);
+# 512 makes a 512x512 scan one call.
+TILE, TILE_OVERLAP = 512, 16

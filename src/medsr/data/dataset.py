@@ -8,6 +8,7 @@ image stays a test image whatever root a command is given.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from medsr.models.value_range import to_signed, to_unit
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-DEGRADATIONS = ("bicubic", "realesrgan")
+DEGRADATIONS = ("bicubic", "realesrgan", "light")
 
 
 @dataclass(frozen=True)
@@ -101,18 +102,20 @@ class PairSampler:
         uint8/uint16), LR by antialiased bicubic downscale, random flips.
       - "mnist": 28x28 digits from an IDX file, LR = HR / scale.
     degradation "realesrgan" replaces each batch's LR with Real-ESRGAN's second-order degradation
-    of its HR (medsr.data.realistic); `augment` adds flips, quarter turns and CutBlur (whose
+    of its HR (medsr.data.realistic); "light" adds mild noise and JPEG to the bicubic LR, as in
+    exported scans (LightDegradation); `augment` adds flips, quarter turns and CutBlur (whose
     LR input is then the folded HR-sized image, see medsr.data.augment).
     The sampler's own torch.Generator makes the stream reproducible and resumable (state_dict).
     """
 
     def __init__(self, arrays: list[np.ndarray], protocol: str, scale: int, hr_size: int, seed: int = 0, flips: bool = True,
-                 augment: aug_lib.Augment | None = None, degradation: str = "bicubic"):
+                 augment: aug_lib.Augment | None = None, degradation: str = "bicubic", light: LightDegradation | None = None):
         if protocol not in ("paper", "patch", "mnist"):
             raise MedsrError(f"unknown protocol '{protocol}'; use paper, patch or mnist")
         if degradation not in DEGRADATIONS:
             raise MedsrError(f"unknown degradation '{degradation}'; use {' or '.join(DEGRADATIONS)}")
         self.augment, self.degradation = augment or aug_lib.Augment(), degradation
+        self.light = light or LightDegradation()
         if hr_size % scale:
             raise MedsrError(f"hr_size {hr_size} is not divisible by scale {scale}; choose a multiple of the scale")
         self.protocol, self.scale, self.hr_size, self.flips = protocol, scale, hr_size, flips
@@ -146,6 +149,8 @@ class PairSampler:
         lr, hr = self._pairs(self._next_indices(batch_size))
         if self.degradation == "realesrgan":
             lr = to_signed(realistic.degrade(to_unit(hr), self.scale, self.generator))
+        elif self.degradation == "light":
+            lr = to_signed(self.light.apply(to_unit(lr), self.generator))
         if self.augment.hflip or self.augment.vflip or self.augment.rot90:
             lr, hr = aug_lib.geometric(lr, hr, self.augment, self.generator)
         if self.augment.cutblur:
@@ -189,6 +194,120 @@ class PairSampler:
         self.perm, self.pos = state["perm"], state["pos"]
 
 
+@dataclass
+class LightDegradation:
+    """What exported scans carry on top of a clean downscale: with probability `noise`, Gaussian noise
+    of sigma U(`noise_sigma`) 8-bit levels; then with probability `jpeg`, an 8-bit JPEG round trip
+    at an integer quality in `jpeg_quality`. Draws come from the sampler's generator (resumable)."""
+
+    jpeg: float = 0.5
+    jpeg_quality: tuple = (30, 95)
+    noise: float = 0.3
+    noise_sigma: tuple = (0.5, 3.0)
+
+    def apply(self, lr01: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(B, 1, h, w) [0, 1] -> the same, each image degraded on its own."""
+        out = []
+        for image in lr01.split(1):
+            if float(torch.rand((), generator=generator)) < self.noise:
+                low, high = self.noise_sigma
+                sigma = (low + (high - low) * float(torch.rand((), generator=generator))) / 255.0
+                image = (image + sigma * torch.randn(image.shape, generator=generator)).clamp(0, 1)
+            if float(torch.rand((), generator=generator)) < self.jpeg:
+                image = realistic.jpeg(image, generator, self.jpeg_quality)
+            out.append(image)
+        return torch.cat(out)
+
+
+MIX_SOURCES = ("paper", "native", "volumes")
+
+
+class MixedSampler:
+    """protocol "mixed": each batch mixes the sources in the shares the recipe's `mix` gives.
+
+    paper:   the paper protocol's pairs (HR 150, clean), so its figures do not regress;
+    native:  random hr_size crops of the images at their own resolution, LR with LightDegradation;
+    volumes: random hr_size crops of the slices of NIfTI volumes (often skull-stripped, a zero
+             background), LR with LightDegradation; whole volumes are held out by name
+             (`volume_val`, `volume_test`), as in the through-plane recipe.
+    """
+
+    def __init__(self, sources: dict[str, PairSampler], shares: dict[str, float]):
+        self.sources, self.shares = sources, shares
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources.values())
+
+    def _counts(self, total: int) -> dict[str, int]:
+        names = list(self.sources)
+        weight = sum(self.shares[n] for n in names)
+        counts = {n: int(round(total * self.shares[n] / weight)) for n in names[:-1]}
+        counts[names[-1]] = total - sum(counts.values())
+        return counts
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.sources[n].next_batch(c) for n, c in self._counts(batch_size).items() if c > 0]
+        return torch.cat([lr for lr, _ in pairs]), torch.cat([hr for _, hr in pairs])
+
+    def fixed_pairs(self, max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each source's validation pairs, evenly spread over its images, in the training shares."""
+        lrs, hrs = [], []
+        for name, count in self._counts(max_images or 64).items():
+            lr, hr = self.sources[name].fixed_pairs(None)
+            pick = torch.linspace(0, len(lr) - 1, min(count, len(lr))).round().long()
+            lrs.append(lr[pick])
+            hrs.append(hr[pick])
+        return torch.cat(lrs), torch.cat(hrs)
+
+    def state_dict(self) -> dict:
+        return {name: source.state_dict() for name, source in self.sources.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, source in self.sources.items():
+            source.load_state_dict(state[name])
+
+
+def volume_slices(files: list[Path], min_foreground: float = 0.15) -> list[np.ndarray]:
+    """The slices of NIfTI volumes as medsr reads them (slices first), 16-bit, those with at least
+    `min_foreground` of their pixels above zero."""
+    slices = []
+    for path in files:
+        for frame in read_image(path).pixels:
+            if (frame > 0).mean() >= min_foreground:
+                slices.append(to_uint(frame, 16))
+    return slices
+
+
+def build_mixed_sampler(data_dirs: list[str], split: str, scale: int, hr_size: int, seed: int, limit: int | None,
+                        split_fractions: dict, mix: dict) -> MixedSampler:
+    options = dict(mix)
+    shares = {name: float(options.pop(name, 0)) for name in MIX_SOURCES}
+    volume_data = options.pop("volume_data", None)
+    holdout = {"val": options.pop("volume_val", []), "test": options.pop("volume_test", [])}
+    light_keys = {f.name for f in dataclasses.fields(LightDegradation)}
+    if set(options) - light_keys:
+        raise MedsrError(f"unknown mix option(s) {sorted(set(options) - light_keys)}; known: {', '.join(MIX_SOURCES)}, "
+                         f"volume_data, volume_val, volume_test, {', '.join(sorted(light_keys))}")
+    light = LightDegradation(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    degradation = "light" if split == "train" else "bicubic"  # validation stays the clean protocol
+    sources = {}
+    if shares["paper"] > 0 or shares["native"] > 0:
+        arrays, _ = load_arrays(select(scan(data_dirs), split, **split_fractions), limit)
+        if shares["paper"] > 0:
+            sources["paper"] = PairSampler(arrays, "paper", scale, hr_size, seed=seed)
+        if shares["native"] > 0:
+            sources["native"] = PairSampler(arrays, "patch", scale, hr_size, seed=seed + 1, degradation=degradation, light=light)
+    if shares["volumes"] > 0:
+        if not volume_data:
+            raise MedsrError("mix.volumes needs mix.volume_data, a folder of NIfTI volumes (e.g. ${MEDSR_DATA}/nifti)")
+        files = slice_profile.volume_files([volume_data], split, holdout)
+        sources["volumes"] = PairSampler(volume_slices(files), "patch", scale, hr_size, seed=seed + 2, degradation=degradation,
+                                         light=light)
+    if not sources:
+        raise MedsrError(f"mix {mix}: give at least one of {', '.join(MIX_SOURCES)} a share above 0")
+    return MixedSampler(sources, shares)
+
+
 def mnist_arrays(folder: str | Path, split: str | None, val_fraction: float = 0.1, test_fraction: float = 0.1) -> list[np.ndarray]:
     """MNIST digits from an IDX file in `folder`, split by a hash of the digit's index."""
     folder = Path(folder)
@@ -201,9 +320,14 @@ def mnist_arrays(folder: str | Path, split: str | None, val_fraction: float = 0.
 
 def build_sampler(data_dirs: list[str], split: str, protocol: str, scale: int, hr_size: int, seed: int = 0,
                   limit: int | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                  augment: aug_lib.Augment | None = None, degradation: str = "bicubic", through_plane: dict | None = None) -> PairSampler:
+                  augment: aug_lib.Augment | None = None, degradation: str = "bicubic", through_plane: dict | None = None,
+                  mix: dict | None = None) -> PairSampler:
     """Scan, split, decode once, and wrap in a PairSampler: the whole data path in one call.
-    protocol "through-plane": planes of NIfTI volumes degraded by thick slices (medsr.data.slice_profile)."""
+    protocol "through-plane": planes of NIfTI volumes degraded by thick slices (medsr.data.slice_profile);
+    protocol "mixed": paper pairs, native crops and volume slices in one batch (MixedSampler)."""
+    if protocol == "mixed":
+        fractions = dict(val_fraction=val_fraction, test_fraction=test_fraction)
+        return build_mixed_sampler(data_dirs, split, scale, hr_size, seed, limit, fractions, mix or {})
     if protocol == "through-plane":
         return slice_profile.build_through_plane_sampler(data_dirs, split, hr_size, seed=seed, limit=limit, options=through_plane)
     if protocol == "mnist":

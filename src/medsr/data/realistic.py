@@ -309,7 +309,8 @@ def _add_noise(x: torch.Tensor, g: torch.Generator, stage: _Stage) -> torch.Tens
     return (x + scale * shot).clamp(0, 1)
 
 
-def _jpeg(x: torch.Tensor, g: torch.Generator, quality_range) -> torch.Tensor:
+def jpeg(x: torch.Tensor, g: torch.Generator, quality_range) -> torch.Tensor:
+    """A (1, 1, h, w) [0, 1] image through an 8-bit gray JPEG at a random integer quality in `quality_range`."""
     quality = round(_uniform(g, *quality_range))
     pixels = (x[0, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     buffer = io.BytesIO()
@@ -336,7 +337,7 @@ def _degrade_one(hr: torch.Tensor, scale: int, g: torch.Generator, options: Real
     x = filter2d(hr, kernel1)
     x = _random_resize(x, g, first, h, w, options.resize_modes)
     x = _add_noise(x, g, first)
-    x = _jpeg(x, g, first.jpeg_range)
+    x = jpeg(x, g, first.jpeg_range)
 
     if _rand(g) < options.second_blur_prob:
         x = filter2d(x, kernel2)
@@ -346,9 +347,9 @@ def _degrade_one(hr: torch.Tensor, scale: int, g: torch.Generator, options: Real
     # the original found that other orders of these last steps draw twisted lines
     if _rand(g) < 0.5:
         x = _resize_and_sinc(x, g, lr_size, options.resize_modes, sinc)
-        x = _jpeg(x, g, second.jpeg_range)
+        x = jpeg(x, g, second.jpeg_range)
     else:
-        x = _jpeg(x, g, second.jpeg_range)
+        x = jpeg(x, g, second.jpeg_range)
         x = _resize_and_sinc(x, g, lr_size, options.resize_modes, sinc)
     return (x * 255).round().clamp(0, 255) / 255
 

@@ -24,7 +24,9 @@ from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit
 
 BASELINES = ("nearest", "bicubic", "lanczos")
-METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio")
+METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio", "overshoot", "block_grid", "input_block_grid")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+GRID_CROP = 256  # the block-grid measure upscales this centre crop of each JPEG file, cut on its 8-pixel grid
 
 
 @dataclass
@@ -41,15 +43,32 @@ class Method:
 
 def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: str = "paper", split: str = "test",
              limit: int | None = None) -> list[dict]:
-    """Per-image rows {file, label, method, psnr, ssim, ms_ssim, hf_ratio}."""
+    """Per-image rows {file, label, method, psnr, ssim, ms_ssim, hf_ratio, overshoot, block_grid, input_block_grid}
+    for the split's images (`limit`: that many, spread evenly over the sorted list, so every class is in).
+
+    overshoot: metrics.edge_overshoot of the output against its LR input. block_grid (JPEG files
+    only, else NaN): the file itself, not a downscale, is what a user upscales, so a centre crop of
+    it on its 8-pixel grid is upscaled and metrics.block_grid_ratio compares output (on the 8*scale
+    grid) with input (input_block_grid)."""
     items = select(scan(data_dirs), split)
     if not items:
         raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
-    arrays, kept = load_arrays(items, limit)
+    if limit is not None and limit < len(items):
+        items = [items[i * len(items) // limit] for i in range(limit)]
+    arrays, kept = load_arrays(items)
+    named = [(str(item.path), item.label, as_unit(array)[0], item.path.suffix.lower() in JPEG_SUFFIXES)
+             for array, item in zip(arrays, kept)]
+    return evaluate_arrays(named, methods, scale, protocol)
+
+
+def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: list[Method], scale: int,
+                    protocol: str = "native") -> list[dict]:
+    """evaluate's rows for (name, label, [0, 1] 2-D array, is_jpeg) tuples, e.g. the slices of a volume."""
     rows = []
-    for array, item in tqdm(list(zip(arrays, kept)), desc="evaluate", unit="img", dynamic_ncols=True):
-        lr, hr = degrade.make_pair(as_unit(array)[0], protocol, scale)
-        hr_t = torch.from_numpy(hr)[None, None]
+    for name, label, image, is_jpeg in tqdm(images, desc="evaluate", unit="img", dynamic_ncols=True):
+        lr, hr = degrade.make_pair(image, protocol, scale)
+        hr_t, lr_t = torch.from_numpy(hr)[None, None], torch.from_numpy(lr)[None, None]
+        jpeg = _grid_crop(image) if is_jpeg else None
         for method in methods:
             sr_t = torch.from_numpy(method.run(lr, scale))[None, None]
             scores = {
@@ -57,9 +76,24 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
                 "ssim": metrics.ssim(sr_t, hr_t, scale).item(),
                 "ms_ssim": metrics.ms_ssim(sr_t, hr_t, scale).item(),
                 "hf_ratio": metrics.hf_energy_ratio(sr_t, hr_t, scale, scale).item(),
+                "overshoot": metrics.edge_overshoot(sr_t, lr_t, scale).item(),
+                "block_grid": float("nan"),
+                "input_block_grid": float("nan"),
             }
-            rows.append({"file": str(item.path), "label": item.label, "method": method.name, **scores})
+            if jpeg is not None:
+                out = torch.from_numpy(method.run(jpeg, scale))[None, None]
+                scores["block_grid"] = metrics.block_grid_ratio(out, 8 * scale).item()
+                scores["input_block_grid"] = metrics.block_grid_ratio(torch.from_numpy(jpeg)[None, None], 8).item()
+            rows.append({"file": name, "label": label, "method": method.name, **scores})
     return rows
+
+
+def _grid_crop(image: np.ndarray) -> np.ndarray:
+    """The centre GRID_CROP square (or less on a smaller image) cut on the 8-pixel JPEG grid."""
+    h, w = image.shape
+    side = min(GRID_CROP, h // 8 * 8, w // 8 * 8)
+    top, left = (h - side) // 2 // 8 * 8, (w - side) // 2 // 8 * 8
+    return np.ascontiguousarray(image[top:top + side, left:left + side])
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -78,7 +112,10 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown_table(summary: list[dict], reference: str = "bicubic") -> str:
     ref = next((s for s in summary if s["method"] == reference), None)
-    header = ["method", "images", "PSNR (dB)", "vs bicubic (dB)", "SSIM", "MS-SSIM", "fine detail (HF ratio, 1 = HR)"]
+    header = ["method", "images", "PSNR (dB)", "vs bicubic (dB)", "SSIM", "MS-SSIM", "fine detail (HF ratio, 1 = HR)",
+              "edge overshoot (%)", "JPEG block grid (input)"]
+    grid = lambda s: "n/a" if math.isnan(s["block_grid"]) else f"{s['block_grid']:.2f} ({s['input_block_grid']:.2f})"
     rows = [[s["method"], str(s["images"]), f"{s['psnr']:.2f}", f"{s['psnr'] - ref['psnr']:+.2f}" if ref else "",
-             f"{s['ssim']:.4f}", f"{s['ms_ssim']:.4f}", f"{s['hf_ratio']:.3f}"] for s in summary]
+             f"{s['ssim']:.4f}", f"{s['ms_ssim']:.4f}", f"{s['hf_ratio']:.3f}", f"{100 * s['overshoot']:.3f}", grid(s)]
+            for s in summary]
     return report.markdown_table(header, rows)

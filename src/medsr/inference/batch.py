@@ -72,7 +72,7 @@ class JobResult:
     reason: str = ""
     seconds: float = 0.0
     files: list[dict[str, Any]] = field(default_factory=list)  # {"path", "size", "sha256"} of each file written
-    record: dict[str, Any] | None = None  # the ledger record of a "done" job
+    state: dict[str, Any] = field(default_factory=dict)  # the input as it was read (_input_state), for the ledger
 
 
 @dataclass
@@ -261,6 +261,110 @@ def _finished(result: JobResult) -> Future:
     return future
 
 
+@dataclass
+class JobRunner:
+    """The work of one job in three steps, read -> upscale -> write, so the local engine can run them
+    on different threads and a distributed one (medsr.inference.ray_engine) can run all three on a
+    worker. The steps never touch the ledger: the caller records what `write` returns.
+
+    `upscaler` needs `.scale` and `.upscale(pixels01)`; None skips the in-plane step (then
+    `through_plane` must be set). `protect`: input files that no output may overwrite."""
+
+    upscaler: Any
+    settings: dict[str, Any]
+    model_name: str = ""
+    format: str | None = None
+    uncertainty: bool = False
+    reference: Any = None
+    through_plane: volume_sr.ThroughPlane | None = None
+    protect: set[Path] = field(default_factory=set)
+
+    @property
+    def scale(self) -> int:
+        return self.upscaler.scale if self.upscaler is not None else 1
+
+    def read(self, job: Job) -> JobResult | tuple[Image | list[np.ndarray], dict, float]:
+        """Decode the input (a series: each volume's pixels); a JobResult if that failed."""
+        started = time.perf_counter()
+        try:
+            state = _input_state(job) if job.series or job.input.is_file() else {}
+            data = [volume.pixels for volume in job.series.volumes] if job.series else read_image(job.input)
+            return data, state, time.perf_counter() - started
+        except (MedsrError, MemoryError, OSError) as err:
+            return _failure(job, err, time.perf_counter() - started)
+
+    def upscale(self, job: Job, data) -> tuple[Any, dict | None]:
+        """The model's part: (result, hallucination maps or None). Raises MedsrError or MemoryError."""
+        if job.series is not None:  # the maps are drawn for single files only
+            return volume_sr.upscale_series(job.series, data, self.upscaler, self.through_plane), None
+        sr = volume_sr.upscale_image(data, self.upscaler, self.through_plane)
+        maps = None if not self.uncertainty else hallucination.hallucination_maps(data.pixels, self.upscaler, self.reference,
+                                                                                  sr01=sr.pixels)
+        return sr, maps
+
+    def write(self, job: Job, image, maps: dict | None, state: dict, spent: float) -> JobResult:
+        """Write the output (and maps), then hash what was written. `spent`: seconds already taken."""
+        started = time.perf_counter() - spent  # seconds = reading + model + writing, not time queued
+        try:
+            if job.series is not None:
+                stacks, grid = image
+                written = series_io.write_derived_series(job.series, stacks, job.output, model_name=self.model_name,
+                                                         settings=json.dumps(self.settings, sort_keys=True), **grid)
+            else:
+                written = [write_image(job.output, image, scale=self.scale, model_name=self.model_name, format=self.format)]
+            if maps is not None:
+                written += hallucination.write_maps(hallucination.stem_for(written[0]), maps, protect=self.protect)
+            files = [_file_record(path) for path in written]
+        except (MedsrError, MemoryError, OSError) as err:
+            return _failure(job, err, time.perf_counter() - started)
+        return JobResult(job, "done", "", time.perf_counter() - started, files, state)
+
+    def run(self, job: Job) -> JobResult:
+        """All three steps on this thread."""
+        prepared = self.read(job)
+        if isinstance(prepared, JobResult):
+            return prepared
+        data, state, spent = prepared
+        started = time.perf_counter() - spent
+        try:
+            sr, maps = self.upscale(job, data)
+        except (MedsrError, MemoryError) as err:
+            return _failure(job, err, time.perf_counter() - started)
+        return self.write(job, sr, maps, state, time.perf_counter() - started)
+
+
+def batch_settings(settings: dict[str, Any] | None, scale: int, format: str | None, uncertainty: bool,
+                   through_plane: volume_sr.ThroughPlane | None) -> dict[str, Any]:
+    """What makes an earlier output reusable on a rerun: the caller's settings plus how this batch runs."""
+    return dict(settings or {}, scale=int(scale), format=format, uncertainty=uncertainty,
+                through_plane=None if through_plane is None else dataclasses.asdict(through_plane))
+
+
+def input_paths(jobs: list[Job]) -> set[Path]:
+    return {path.resolve() for job in jobs for path in (job.series.paths if job.series else [job.input])}
+
+
+def refused_jobs(jobs: list[Job], inputs: set[Path]) -> dict[int, str]:
+    """Jobs that must not run at all, by index: their output would overwrite an input or another job's output."""
+    refused, claimed = {}, {}
+    for index, job in enumerate(jobs):
+        target = job.record_path.resolve()
+        if target in inputs:
+            refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
+        elif target in claimed:
+            refused[index] = (f"{job.input}: its output {job.output} was already written from {claimed[target]}; "
+                              "rename one of them or drop --format")
+        else:
+            claimed[target] = job.input
+    return refused
+
+
+def open_ledger(ledger: Path | None, inputs: set[Path]) -> Ledger | None:
+    if ledger is not None and Path(ledger).resolve() in inputs:
+        raise MedsrError(f"{ledger}: the resume ledger would overwrite this input; choose another -o folder")
+    return Ledger(ledger) if ledger is not None else None
+
+
 def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | None = None,
               uncertainty: bool = False, reference=None, through_plane: volume_sr.ThroughPlane | None = None,
               workers: int = 2, settings: dict[str, Any] | None = None, ledger: Path | None = None,
@@ -279,56 +383,24 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
     scale = upscaler.scale if upscaler is not None else 1
-    settings = dict(settings or {}, scale=int(scale), format=format, uncertainty=uncertainty,
-                    through_plane=None if through_plane is None else dataclasses.asdict(through_plane))
-    inputs = {path.resolve() for job in jobs for path in (job.series.paths if job.series else [job.input])}
-    if ledger is not None and Path(ledger).resolve() in inputs:
-        raise MedsrError(f"{ledger}: the resume ledger would overwrite this input; choose another -o folder")
-    # Jobs that must not run at all, found before any work: their lines still come in job order.
-    refused, claimed = {}, {}
-    for index, job in enumerate(jobs):
-        target = job.record_path.resolve()
-        if target in inputs:
-            refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
-        elif target in claimed:
-            refused[index] = (f"{job.input}: its output {job.output} was already written from {claimed[target]}; "
-                              "rename one of them or drop --format")
-        else:
-            claimed[target] = job.input
+    settings = batch_settings(settings, scale, format, uncertainty, through_plane)
+    inputs = input_paths(jobs)
+    book = open_ledger(ledger, inputs)
+    refused = refused_jobs(jobs, inputs)
     temp_removed = remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
-    book = Ledger(ledger) if ledger is not None else None
+    runner = JobRunner(upscaler, settings, model_name, format, uncertainty, reference, through_plane, inputs)
 
     def prepare(index: int, job: Job) -> JobResult | tuple[Image | list[np.ndarray], dict, float]:
-        """Off the model's thread: skip a complete job, or decode its input (a series: each volume's pixels)."""
-        started = time.perf_counter()
+        """Off the model's thread: skip a complete job, or decode its input."""
         if index in refused:
             return JobResult(job, "failed", refused[index])
+        started = time.perf_counter()
         try:
             if book is not None and not force and book.is_complete(job, settings):
                 return JobResult(job, "skipped", "already complete", time.perf_counter() - started)
-            state = _input_state(job) if job.series or job.input.is_file() else {}
-            data = [volume.pixels for volume in job.series.volumes] if job.series else read_image(job.input)
-            return data, state, time.perf_counter() - started
-        except (MedsrError, MemoryError, OSError) as err:
+        except (MedsrError, OSError) as err:
             return _failure(job, err, time.perf_counter() - started)
-
-    def write(job: Job, image: Image | tuple[list[np.ndarray], dict], maps: dict | None, state: dict, spent: float) -> JobResult:
-        """Off the model's thread: write the output (and maps), then hash what was written."""
-        started = time.perf_counter() - spent  # seconds = reading + model + writing, not time queued
-        try:
-            if job.series is not None:
-                stacks, grid = image
-                written = series_io.write_derived_series(job.series, stacks, job.output, model_name=model_name,
-                                                         settings=json.dumps(settings, sort_keys=True), **grid)
-            else:
-                written = [write_image(job.output, image, scale=scale, model_name=model_name, format=format)]
-            if maps is not None:
-                written += hallucination.write_maps(hallucination.stem_for(written[0]), maps, protect=inputs)
-            files = [_file_record(path) for path in written]
-        except (MedsrError, MemoryError, OSError) as err:
-            return _failure(job, err, time.perf_counter() - started)
-        record = None if book is None else book.record(job, state, settings, files)
-        return JobResult(job, "done", "", time.perf_counter() - started, files, record)
+        return runner.read(job)
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="medsr-io") if workers else None
 
@@ -350,8 +422,8 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         """Report finished results from the front, in job order, waiting until at most `keep` are unreported."""
         while writing and (writing[0].done() or len(writing) > keep):
             result = writing.popleft().result()
-            if result.record is not None:
-                book.append(result.record)
+            if book is not None and result.status == "done":
+                book.append(book.record(result.job, result.state, settings, result.files))
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -370,12 +442,8 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                     data, state, spent = prepared
                     started = time.perf_counter() - spent
                     try:
-                        if job.series is not None:  # the maps are drawn for single files only
-                            sr, maps = volume_sr.upscale_series(job.series, data, upscaler, through_plane), None
-                        else:
-                            sr = volume_sr.upscale_image(data, upscaler, through_plane)
-                            maps = None if not uncertainty else hallucination.hallucination_maps(data.pixels, upscaler, reference, sr01=sr.pixels)
-                        writing.append(submit(write, job, sr, maps, state, time.perf_counter() - started))
+                        sr, maps = runner.upscale(job, data)
+                        writing.append(submit(runner.write, job, sr, maps, state, time.perf_counter() - started))
                     except (MedsrError, MemoryError) as err:
                         writing.append(_finished(_failure(job, err, time.perf_counter() - started)))
                 drain(keep=write_behind)

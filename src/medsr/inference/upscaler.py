@@ -72,9 +72,10 @@ class Upscaler(TiledUpscaler):
         model = model.to(device).eval()
         if hasattr(model, "fused_for_inference"):
             model = model.fused_for_inference()  # same function, fewer operations
-        self.model = model
-        if self.dtype is not None or device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # Model and input share one memory format: channels_last, the faster one for oneDNN's
+        # convolutions in fp32 and bf16 alike (benchmarks/bench_infer.py); a mismatch costs a
+        # layout conversion at every layer.
+        self.model = model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def _run(self, lr01: np.ndarray) -> np.ndarray:

@@ -134,7 +134,9 @@ def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = No
     bits = 16 if image.meta.bit_depth > 8 and fmt in ("png", "tiff") else 8
     frames = [pixels] if pixels.ndim == 2 else list(pixels)
     pages = [PILImage.fromarray(to_uint(f, bits)) for f in frames]
-    options = {"quality": 95} if fmt == "jpeg" else {}
+    # PNG: zlib level 1, lossless like every level, several times faster to write than Pillow's
+    # default 6 for somewhat larger files (benchmarks/bench_batch.py measures both)
+    options = {"quality": 95} if fmt == "jpeg" else {"compress_level": 1} if fmt == "png" else {}
     if len(pages) > 1:
         options.update(save_all=True, append_images=pages[1:])
     pages[0].save(path, format=_PIL_FORMATS[fmt], **options)

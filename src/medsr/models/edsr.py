@@ -4,7 +4,11 @@ Differences from the paper generator, each for quality per CPU-second:
 - no batch norm (it hurts SR: it normalises away the absolute intensities the output needs);
 - the network learns only the residual over bicubic upsampling (a global skip), so it starts
   at bicubic quality and trains much faster;
-- no tanh: a linear output, clamped to the valid range at inference.
+- no tanh: a linear output, clamped to the valid range at inference;
+- `clamp_margin` (optional): every output pixel is kept within the range of its source pixel's
+  3x3 LR neighbourhood, widened by `clamp_margin` of the full range. Bright or dark lines beyond
+  what the input holds nearby (ringing at hard edges, such as a skull-stripped brain's border)
+  cannot appear. The clamp is part of the function trained, so the network learns under it.
 
 `hr_input=True` makes the first conv take the HR-sized CutBlur input folded onto the LR grid
 (s*s channels per image channel, see medsr.data.augment); a plain LR input still works: it is
@@ -27,24 +31,28 @@ from medsr.models.layers import scale_factors
 class ResBlock(nn.Module):
     def __init__(self, channels: int, res_scale: float):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1))
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
         self.res_scale = res_scale
 
     def forward(self, x):
-        return x + self.body(x) * self.res_scale
+        body = self.body(x)
+        return x + (body if self.res_scale == 1 else body * self.res_scale)  # no multiply by 1 (2 % of inference)
 
 
 class EDSR(nn.Module):
     SUPPORTED_SCALES = (2, 3, 4, 8)
 
     def __init__(self, scale: int = 3, in_channels: int = 1, channels: int = 48, num_blocks: int = 8, res_scale: float = 1.0,
-                 hr_input: bool = False):
+                 hr_input: bool = False, clamp_margin: float | None = None):
         super().__init__()
         factors = scale_factors(scale)
         self.scale = scale
-        self.in_channels, self.hr_input = in_channels, hr_input
+        self.in_channels, self.hr_input, self.clamp_margin = in_channels, hr_input, clamp_margin
         self.config = dict(scale=scale, in_channels=in_channels, channels=channels, num_blocks=num_blocks, res_scale=res_scale,
                            hr_input=hr_input)
+        if clamp_margin is not None:  # only when set, so older checkpoints' configs stay as they were
+            self.config["clamp_margin"] = clamp_margin
         self.head = nn.Conv2d(in_channels * (scale * scale if hr_input else 1), channels, 3, padding=1)
         self.body = nn.Sequential(*[ResBlock(channels, res_scale) for _ in range(num_blocks)], nn.Conv2d(channels, channels, 3, padding=1))
         up = []
@@ -66,7 +74,8 @@ class EDSR(nn.Module):
         base = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
         feat = self.head(x)
         feat = feat + self.body(feat)
-        return base + self.tail(self.upsample(feat))
+        out = base + self.tail(self.upsample(feat))
+        return out if self.clamp_margin is None else neighbourhood_clamp(out, lr, self.scale, self.clamp_margin)
 
     def fused_for_inference(self) -> "EDSR":
         """A copy computing the same function faster: upsample + tail become one conv on the LR
@@ -76,20 +85,33 @@ class EDSR(nn.Module):
         reach = sum(isinstance(m, nn.Conv2d) for m in path.modules())  # LR pixels the path can reach, at most 1 per conv
         k, side, centre = 2 * reach + 1, 4 * reach + 1, 2 * reach
         param = next(self.parameters())
-        # Probe the linear map with one unit impulse per (channel, offset), plus an all-zero input for the bias,
-        # and read the s x s output pixels of the centre LR pixel.
-        probes = torch.zeros(channels * k * k + 1, channels, side, side, dtype=param.dtype, device=param.device)
-        index = torch.arange(channels * k * k)
-        probes[index, index // (k * k), centre + index // k % k - reach, centre + index % k - reach] = 1.0
+        # The map is linear and shifts with the LR grid, so one unit impulse per channel at the centre
+        # (plus an all-zero input for the bias) gives every weight: the fused kernel's tap at offset d
+        # is the impulse's response in the s x s output block of the LR pixel d - reach away.
+        probes = torch.zeros(channels + 1, channels, side, side, dtype=param.dtype, device=param.device)
+        probes[torch.arange(channels), torch.arange(channels), centre, centre] = 1.0
         with torch.no_grad():
-            out = path(probes)[:, :, centre * s:(centre + 1) * s, centre * s:(centre + 1) * s].reshape(len(probes), s * s)
+            out = path(probes)[:, 0]  # (channels + 1, side * s, side * s)
+            blocks = (out[:-1] - out[-1]).reshape(channels, side, s, side, s).permute(0, 2, 4, 1, 3)  # (c, i, j, y, x)
+            taps = centre + reach - torch.arange(k, device=param.device)  # the LR block that tap d reads
+            weight = blocks[:, :, :, taps][:, :, :, :, taps]  # (c, i, j, dy, dx)
             conv = nn.Conv2d(channels, s * s, k, padding=reach).to(param.device, param.dtype)
-            conv.weight.copy_((out[:-1] - out[-1]).T.reshape(s * s, channels, k, k))  # phases in PixelShuffle's order
-            conv.bias.copy_(out[-1])
+            conv.weight.copy_(weight.permute(1, 2, 0, 3, 4).reshape(s * s, channels, k, k))  # phases in PixelShuffle's order
+            conv.bias.copy_(out[-1, centre * s:(centre + 1) * s, centre * s:(centre + 1) * s].reshape(s * s))
         fused = copy.deepcopy(self)
         fused.upsample = FusedUpsample(conv, copy.deepcopy(path), s, reach)
         fused.tail = nn.Identity()
         return fused.eval()
+
+
+def neighbourhood_clamp(sr: torch.Tensor, lr: torch.Tensor, scale: int, margin: float) -> torch.Tensor:
+    """`sr` kept within [min - m, max + m] of each pixel's 3x3 source neighbourhood in `lr`; values
+    are in [-1, 1], so `margin` (a share of the full range) is m = 2 * margin."""
+    high = F.max_pool2d(lr, 3, stride=1, padding=1)
+    low = -F.max_pool2d(-lr, 3, stride=1, padding=1)
+    high = F.interpolate(high, scale_factor=scale, mode="nearest") + 2 * margin
+    low = F.interpolate(low, scale_factor=scale, mode="nearest") - 2 * margin
+    return torch.minimum(torch.maximum(sr, low.to(sr.dtype)), high.to(sr.dtype))
 
 
 class FusedUpsample(nn.Module):

@@ -21,7 +21,7 @@ class TrainConfig:
     seed: int = 0
     # data
     data: list = field(default_factory=lambda: ["${MEDSR_DATA}/brain-mri", "${MEDSR_DATA}/chest-xray"])
-    protocol: str = "paper"  # paper | patch | mnist (see medsr.data.PairSampler) | through-plane (medsr.data.slice_profile)
+    protocol: str = "paper"  # paper | patch | mnist (see medsr.data.PairSampler) | mixed | through-plane (medsr.data.slice_profile)
     scale: int = 3
     hr_size: int = 150  # HR side: the paper's 150, or the patch size
     max_train_images: int | None = None
@@ -30,10 +30,12 @@ class TrainConfig:
     test_fraction: float = 0.1
     degradation: str = "bicubic"  # how training LR images are made: bicubic | realesrgan (val/test stay bicubic)
     augment: dict = field(default_factory=dict)  # probabilities: {hflip, vflip, rot90, cutblur, cutblur_alpha}
+    mix: dict = field(default_factory=dict)  # protocol mixed: source shares and light degradation (medsr.data.MixedSampler)
     through_plane: dict = field(default_factory=dict)  # protocol through-plane: {val: [stems], test: [stems], factors: [lo, hi], ...}
     # model
     model: str = "paper"
     init_from: str | None = None  # start the generator from this model file / run folder / shipped name
+    init_partial: bool = False  # init_from may differ in some layers' shapes (e.g. another scale): those start fresh
     generator: dict = field(default_factory=dict)  # constructor overrides, e.g. {channels: 32}
     discriminator: dict = field(default_factory=dict)
     # schedule

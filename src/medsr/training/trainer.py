@@ -81,7 +81,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed + self.rank)
         data = [expand_data_path(d) for d in cfg.data]
-        split = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, through_plane=cfg.through_plane)
+        mix = dict(cfg.mix, volume_data=expand_data_path(cfg.mix["volume_data"])) if "volume_data" in cfg.mix else cfg.mix
+        split = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, through_plane=cfg.through_plane, mix=mix)
         augment = Augment.from_dict(cfg.augment)
         self.sampler = build_sampler(data, "train", cfg.protocol, cfg.scale, cfg.hr_size, seed=cfg.seed + self.rank,
                                      limit=cfg.max_train_images, augment=augment, degradation=cfg.degradation, **split)
@@ -97,11 +98,7 @@ class Trainer:
 
         self.generator = create_generator(cfg.model, scale=cfg.scale, **cfg.generator).to(self.device, memory_format=self.memory_format)
         if cfg.init_from:
-            start, meta = zoo.load(cfg.init_from)
-            if meta["medsr_arch"] != cfg.model or start.config != self.generator.config:
-                raise MedsrError(f"{meta['path']}: init_from holds a {meta['medsr_arch']} {start.config}, not this recipe's {cfg.model} "
-                                 f"{self.generator.config}; match model/generator/scale to it")
-            self.generator.load_state_dict(start.state_dict())
+            self._init_from(cfg.init_from, cfg.init_partial)
         if augment.cutblur and not getattr(self.generator, "hr_input", False):
             raise MedsrError(f"augment.cutblur needs a generator that takes CutBlur's HR-sized input; use model: edsr with "
                              f"generator.hr_input: true (the {cfg.model} generator does not have it)")
@@ -134,6 +131,19 @@ class Trainer:
         self._stop_requested = False
         self.train_seconds = 0.0  # wall time of the run (data loading and validation included), summed over resumes
         self._clock = time.monotonic()
+
+    def _init_from(self, name: str, partial: bool) -> None:
+        """Start the generator from a model's weights: all of them, or with `partial` those whose
+        shapes match (EDSR's way of starting x3/x4 from a trained x2 model); the rest keep their init."""
+        start, meta = zoo.load(name)
+        own = self.generator.state_dict()
+        kept = {k: v for k, v in start.state_dict().items() if k in own and own[k].shape == v.shape}
+        if meta["medsr_arch"] != self.cfg.model or (len(kept) < len(own) and not partial):
+            raise MedsrError(f"{meta['path']}: init_from holds a {meta['medsr_arch']} {start.config}, not this recipe's {self.cfg.model} "
+                             f"{self.generator.config}; match model/generator/scale to it, or set init_partial: true")
+        self.generator.load_state_dict(kept, strict=False)
+        if len(kept) < len(own) and self.rank == 0:
+            tqdm.write(f"init_from {name}: {len(kept)} of {len(own)} tensors loaded; fresh: {', '.join(sorted(set(own) - set(kept)))}")
 
     # ---- one training step -------------------------------------------------------------
     def _set_learning_rates(self) -> float:

@@ -1,0 +1,71 @@
+"""What this machine can do, measured in this run: the ceiling that inference figures are shares of.
+
+- matrix multiply peak: a 2048^3 torch.mm in fp32 and bf16 (GFLOP/s);
+- convolution throughput at the default model's layer shapes on a 512x512 input, channels_last,
+  fp32 and bf16 autocast, as medsr runs them (GFLOP/s), and at 32 and 64 channels: do other
+  channel counts suit the matrix units better?
+- memory bandwidth: copying a 512 MB tensor (GB/s, bytes read + written).
+
+    python benchmarks/bench_ceiling.py
+"""
+
+import torch
+from common import best_of, machine
+
+SIDE = 512  # the LR side of the inference benchmark's image
+# (name, in channels, out channels, kernel) of the fused default model (medsr.models.edsr)
+LAYERS = (("head conv 1->48 3x3", 1, 48, 3), ("body conv 48->48 3x3 (x17)", 48, 48, 3), ("fused upsample conv 48->9 5x5", 48, 9, 5),
+          ("for comparison: body conv 32->32 3x3", 32, 32, 3), ("for comparison: body conv 64->64 3x3", 64, 64, 3))
+
+
+def autocast(dtype):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
+def matmul_gflops(dtype: str, n: int = 2048) -> float:
+    a = torch.randn(n, n, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    b = torch.randn_like(a)
+    return 2 * n**3 / best_of(lambda: torch.mm(a, b), 5) / 1e9
+
+
+@torch.inference_mode()
+def conv_gflops(dtype: str, cin: int, cout: int, k: int, side: int = SIDE) -> float:
+    conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, cin, side, side).contiguous(memory_format=torch.channels_last)
+
+    def run():
+        with autocast(dtype):
+            conv(x)
+
+    return 2 * cin * cout * k * k * side * side / best_of(run, 5) / 1e9
+
+
+def bandwidth_gbs(megabytes: int = 512) -> float:
+    src = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / best_of(lambda: dst.copy_(src), 5) / 1e9
+
+
+def measure() -> dict:
+    result = {"matmul": {d: matmul_gflops(d) for d in ("fp32", "bf16")}, "bandwidth": bandwidth_gbs(), "conv": {}}
+    for name, cin, cout, k in LAYERS:
+        result["conv"][name] = {d: conv_gflops(d, cin, cout, k) for d in ("fp32", "bf16")}
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = ["| what | fp32 (GFLOP/s) | bf16 (GFLOP/s) |", "|---|---:|---:|",
+             f"| matrix multiply 2048^3 (peak) | {result['matmul']['fp32']:.0f} | {result['matmul']['bf16']:.0f} |"]
+    for name, by_dtype in result["conv"].items():
+        lines.append(f"| {name}, {SIDE}x{SIDE} | {by_dtype['fp32']:.0f} | {by_dtype['bf16']:.0f} |")
+    lines += ["", f"Memory bandwidth (copying 512 MB): {result['bandwidth']:.1f} GB/s."]
+    return "\n".join(lines)
+
+
+def main():
+    print(f"{machine()}\n")
+    print(markdown(measure()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""`medsr upscale --engine ray`: the batch runner's jobs spread over a Ray cluster with Ray Data.
+
+The driver (the `medsr upscale` process) does what needs the whole archive in one place: it
+refuses jobs that would overwrite inputs, skips jobs the ledger says are complete, owns the ledger
+and the summary, and reports progress. The rest, read -> upscale -> write (medsr.inference.batch.JobRunner,
+the local engine's own steps, so the outputs are the same bytes), runs in Ray Data `map_batches`
+tasks on any node, one job per batch. A DICOM series is one job, so it is never split.
+
+Each Ray worker process loads the models once (a cache keyed by what the CLI asked for) and keeps
+them for every later task it runs: one loaded model per worker, as an actor pool would have. Tasks
+rather than actors, because Ray retries a task whose node died on any node with a free CPU, while a
+fixed actor pool waits for its dead actor's place to come back. A retried job writes the same bytes
+again through an atomic rename, so nothing is lost, duplicated or left half-written; the temp files
+of writes cut short are removed at the end. Workers read inputs and write outputs by path, so every
+node must see the input and output folders at the same paths (a shared file system).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medsr.errors import MedsrError
+from medsr.inference import batch
+from medsr.inference import volume as volume_sr
+from medsr.inference.upscaler import load_upscaler
+from medsr.io.types import quiet_libraries
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to rebuild the driver's JobRunner: load_upscaler's arguments and the runner's options."""
+
+    model: str | None  # None: no in-plane step (--through-plane alone)
+    scale: int | None
+    device: str
+    precision: str
+    tile: int
+    tile_overlap: int
+    runtime: str
+    reference: str | None
+    settings_json: str
+    model_name: str
+    format: str | None
+    uncertainty: bool
+    through_plane: volume_sr.ThroughPlane | None
+    protect: tuple[str, ...]
+
+
+@functools.cache
+def _runner(setup: WorkerSetup) -> batch.JobRunner:
+    """The worker process's JobRunner for `setup`, its models loaded on first use and kept."""
+    def load(name: str | None):
+        if name is None:
+            return None
+        return load_upscaler(name, scale=setup.scale, device=setup.device, precision=setup.precision, tile=setup.tile,
+                             tile_overlap=setup.tile_overlap, runtime=setup.runtime)[0]
+
+    return batch.JobRunner(load(setup.model), json.loads(setup.settings_json), setup.model_name, setup.format, setup.uncertainty,
+                           load(setup.reference), setup.through_plane, {Path(p) for p in setup.protect})
+
+
+def _run_jobs(rows: dict[str, np.ndarray], setup: WorkerSetup) -> dict[str, np.ndarray]:
+    """map_batches' function: each row's pickled Job -> its pickled JobResult."""
+    runner = _runner(setup)
+    results = []
+    with quiet_libraries():
+        for blob in rows["job"]:
+            results.append(pickle.dumps(runner.run(pickle.loads(blob))))
+    return {"index": rows["index"], "result": np.array(results, dtype=object)}
+
+
+def require_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data is the part medsr uses
+    except ImportError:
+        raise MedsrError("--engine ray needs Ray: pip install -e \".[ray]\" (or pip install \"ray[data]\")") from None
+    return ray
+
+
+def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | None = None, force: bool = False,
+                  on_result: Callable[[batch.JobResult], None] | None = None, address: str | None = None,
+                  cpus_per_job: float = 1.0) -> batch.BatchSummary:
+    """batch.run_batch's contract on a Ray cluster (`address`: "auto", "HOST:PORT", or None to start a
+    local one). `setup` carries the runner's options (settings already complete, batch.batch_settings).
+    `on_result` is called on this thread as jobs finish, in the order they finish."""
+    ray = require_ray()
+    settings = json.loads(setup.settings_json)
+    inputs = batch.input_paths(jobs)
+    book = batch.open_ledger(ledger, inputs)
+    refused = batch.refused_jobs(jobs, inputs)
+    temp_removed = batch.remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
+    results: dict[int, batch.JobResult] = {}
+
+    def report(index: int, result: batch.JobResult) -> None:
+        results[index] = result
+        if book is not None and result.status == "done":
+            book.append(book.record(result.job, result.state, settings, result.files))
+        if on_result is not None:
+            on_result(result)
+
+    todo = []
+    for index, job in enumerate(jobs):
+        if index in refused:
+            report(index, batch.JobResult(job, "failed", refused[index]))
+        elif book is not None and not force and book.is_complete(job, settings):
+            report(index, batch.JobResult(job, "skipped", "already complete"))
+        else:
+            todo.append(index)
+    interrupted = False
+    try:
+        if todo:
+            _start(ray, address)
+            rows = [{"index": i, "job": pickle.dumps(jobs[i])} for i in todo]
+            dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                _run_jobs, fn_kwargs={"setup": setup}, batch_size=1, num_cpus=cpus_per_job, batch_format="numpy")
+            for row in dataset.iter_rows():
+                index = int(row["index"])
+                result = pickle.loads(row["result"])
+                report(index, batch.JobResult(jobs[index], result.status, result.reason, result.seconds, result.files, result.state))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if book is not None:
+            book.close()
+        batch.remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)  # writes cut short by a lost worker
+    ordered = [results.get(i) or batch.JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume")
+               for i, job in enumerate(jobs)]
+    return batch.BatchSummary(ordered, temp_removed, interrupted)
+
+
+def _start(ray, address: str | None) -> None:
+    """Join the cluster at `address`, or start a local one; quietly, as medsr's own output is the report."""
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=True,
+                 include_dashboard=False if address is None else None)
+    except ConnectionError as err:
+        raise MedsrError(f"--ray-address {address}: no Ray cluster there ({str(err).splitlines()[0]}); start one with "
+                         "'ray start --head' or check the address") from None
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines ("execution finished") would interleave
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # medsr reports progress itself
+    context.execution_options.verbose_progress = False
+

@@ -1,0 +1,141 @@
+"""The native-resolution recipe (issue 14): the artefact measures, the neighbourhood clamp, the light
+degradation, the mixed sampler and partial initialisation."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_train import tiny_config
+
+from medsr import metrics, zoo
+from medsr.data import degrade
+from medsr.data.dataset import LightDegradation, build_sampler, volume_slices
+from medsr.errors import MedsrError
+from medsr.evaluation import quality
+from medsr.models import create_generator
+from medsr.training.trainer import Trainer
+
+
+def test_edge_overshoot_flags_ringing_not_faithful_edges():
+    lr = torch.zeros(1, 1, 12, 12)
+    lr[..., 6:] = 1.0  # a hard vertical edge
+    faithful = degrade.upscale_baseline(lr, 3, "nearest")
+    assert metrics.edge_overshoot(faithful, lr, 3).item() == 0
+    ringing = faithful.clone()
+    ringing[..., 16:20] = 1.3  # a bright line along the edge, beyond anything in the input
+    ringing[..., 14:16] = -0.2  # and its dark twin
+    share = metrics.edge_overshoot(ringing, lr, 3).item()
+    assert share == pytest.approx(6 / 36)
+    assert metrics.edge_overshoot(ringing, lr, 3, tolerance=0.5).item() == 0  # within half the range: tolerated
+
+
+def test_block_grid_ratio_sees_jpeg_blocks():
+    rng = np.random.default_rng(0)
+    smooth = torch.from_numpy(rng.random((1, 1, 64, 64), dtype=np.float32)).cumsum(-1).cumsum(-2)
+    smooth = smooth / smooth.max()
+    assert metrics.block_grid_ratio(smooth, 8).item() == pytest.approx(1.0, abs=0.15)
+    blocks = smooth.clone()
+    blocks += torch.from_numpy(rng.random((8, 8), dtype=np.float32)).repeat_interleave(8, 0).repeat_interleave(8, 1) * 0.05
+    assert metrics.block_grid_ratio(blocks, 8).item() > 2
+    # an 8-pixel JPEG grid upscaled x3 is seen on the 24-pixel grid, not on the 8-pixel one
+    up = degrade.upscale_baseline(blocks, 3, "nearest")
+    assert metrics.block_grid_ratio(up, 24).item() > 2 * metrics.block_grid_ratio(up, 8).item()
+
+
+def test_a_real_jpeg_has_a_grid_and_evaluate_reports_it(tmp_path):
+    rng = np.random.default_rng(1)
+    image = (np.clip(rng.random((64, 64)).cumsum(0).cumsum(1) / 1500, 0, 1) * 255).astype(np.uint8)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(10):
+            Image.fromarray(np.roll(image, 5 * i, axis=1)).save(tmp_path / label / f"s{i}.jpg", quality=20)
+    rows = quality.evaluate([str(tmp_path)], [quality.Method("bicubic")], 3, "native", "all", limit=4)
+    assert {r["label"] for r in rows} == {"a", "b"}  # --limit spreads over the classes
+    assert all(r["input_block_grid"] > 1.2 and not np.isnan(r["block_grid"]) and r["overshoot"] >= 0 for r in rows)
+
+
+def test_neighbourhood_clamp_bounds_the_output_and_is_trained_through():
+    torch.manual_seed(0)
+    model = create_generator("edsr", scale=3, channels=8, num_blocks=1, clamp_margin=0.02).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)  # a wild network: its residual would ring far beyond the input
+    lr = torch.zeros(1, 1, 16, 16) - 1
+    lr[..., 8:] = 1
+    sr = model(lr)
+    high = torch.nn.functional.interpolate(torch.nn.functional.max_pool2d(lr, 3, 1, 1), scale_factor=3)
+    low = -torch.nn.functional.interpolate(torch.nn.functional.max_pool2d(-lr, 3, 1, 1), scale_factor=3)
+    assert (sr <= high + 0.04 + 1e-6).all() and (sr >= low - 0.04 - 1e-6).all()
+    unclamped = create_generator("edsr", scale=3, channels=8, num_blocks=1).eval()
+    unclamped.load_state_dict(model.state_dict())
+    assert metrics.edge_overshoot(unclamped(lr), lr, 3).item() > 0.01  # the clamp is what removed it
+    assert metrics.edge_overshoot(sr, lr, 3).item() == 0
+    with torch.no_grad():
+        torch.testing.assert_close(model.fused_for_inference()(lr), sr, atol=2e-5, rtol=0)
+    sr.sum().backward()  # gradients reach the network where the clamp does not bite
+    assert model.head.weight.grad.abs().sum() > 0
+    assert model.config["clamp_margin"] == 0.02  # saved with the weights, so a loaded model clamps as trained
+    assert "clamp_margin" not in unclamped.config  # older models' configs are unchanged
+
+
+def test_light_degradation_is_seeded_and_does_what_it_says():
+    lr = torch.rand(4, 1, 40, 40)
+    none = LightDegradation(jpeg=0, noise=0).apply(lr, torch.Generator().manual_seed(0))
+    assert torch.equal(none, lr)
+    heavy = LightDegradation(jpeg=1, jpeg_quality=(10, 10), noise=1, noise_sigma=(5, 5))
+    a = heavy.apply(lr, torch.Generator().manual_seed(0))
+    b = heavy.apply(lr, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and not torch.equal(a, lr)
+    assert torch.equal(a, (a * 255).round() / 255)  # an 8-bit JPEG round trip
+
+
+@pytest.fixture
+def mixed_data(tmp_path, image_folder):
+    """Synthetic NIfTI volumes: a bright ball on zero background, as a skull-stripped brain is."""
+    volumes = tmp_path / "nifti"
+    volumes.mkdir()
+    zz, yy, xx = np.mgrid[0:20, 0:72, 0:72]
+    for i in range(4):
+        ball = ((yy - 36) ** 2 + (xx - 36) ** 2 + (3 * (zz - 10)) ** 2 < (28 + i) ** 2) * (500.0 + 100 * i)
+        nib.save(nib.Nifti1Image(ball.astype(np.float32).T, np.eye(4)), str(volumes / f"vol-{i}.nii.gz"))
+    mix = {"paper": 0.5, "native": 0.25, "volumes": 0.25, "volume_data": str(volumes), "volume_val": ["vol-2"], "volume_test": ["vol-3"]}
+    return image_folder, mix
+
+
+def test_mixed_sampler_batches_hold_out_volumes_and_resume(mixed_data):
+    folder, mix = mixed_data
+    sampler = build_sampler([str(folder)], "train", "mixed", 3, 48, seed=0, mix=mix)
+    assert set(sampler.sources) == {"paper", "native", "volumes"}
+    volumes = sorted(Path(mix["volume_data"]).glob("*.nii.gz"))
+    counts = [len(volume_slices([v])) for v in volumes]
+    assert 0 < counts[0] < 20  # the end slices, nearly empty, are left out
+    assert len(sampler.sources["volumes"]) == counts[0] + counts[1]  # vol-2 is val, vol-3 test
+    lr, hr = sampler.next_batch(8)
+    assert lr.shape == (8, 1, 16, 16) and hr.shape == (8, 1, 48, 48)
+    assert (hr[-2:] == -1).any()  # the volume crops carry the zero background (-1 in [-1, 1])
+    state = sampler.state_dict()
+    first = sampler.next_batch(8)
+    sampler.load_state_dict(state)
+    again = sampler.next_batch(8)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    val = build_sampler([str(folder)], "val", "mixed", 3, 48, mix=mix)
+    assert len(val.sources["volumes"]) == counts[2]
+    vlr, vhr = val.fixed_pairs(8)
+    assert 4 <= len(vlr) <= 8 and torch.equal(vlr, val.fixed_pairs(8)[0])  # fewer where a source has fewer val images
+    with pytest.raises(MedsrError, match="unknown mix option"):
+        build_sampler([str(folder)], "train", "mixed", 3, 48, mix={**mix, "jpg": 0.5})
+
+
+def test_init_partial_starts_another_scale_from_a_trained_model(image_folder, tmp_path):
+    x3 = Trainer(tiny_config(image_folder, tmp_path / "a", model="edsr", adversarial_weight=0, epochs=1)).fit()
+    start, _ = zoo.load(x3)
+    with pytest.raises(MedsrError, match="init_partial"):
+        Trainer(tiny_config(image_folder, tmp_path / "b", model="edsr", adversarial_weight=0, scale=2, init_from=str(x3)))
+    trainer = Trainer(tiny_config(image_folder, tmp_path / "c", model="edsr", adversarial_weight=0, scale=2, init_from=str(x3),
+                                  init_partial="true"))
+    own = trainer.generator.state_dict()
+    assert torch.equal(own["head.weight"], start.state_dict()["head.weight"])
+    assert own["upsample.0.weight"].shape != start.state_dict()["upsample.0.weight"].shape
