@@ -1,8 +1,8 @@
 """Batch throughput: `medsr upscale` over a folder of synthetic 512x512 8-bit PNGs with the default
-model (x3, to 1536x1536), files/s with 0, 1 and 2 I/O threads (--workers), the time of a
-resume pass that finds every output complete and skips it, the marginal time per image, each
-step's share of a job, the Ray engine against the local one (a one-machine cluster), PNG encoding
-at two zlib levels, and a fresh process's start-up.
+model (x3, to 1536x1536), files/s with 0, 1 and 2 I/O threads (--workers) and with --precision
+int8, the time of a resume pass that finds every output complete and skips it, the marginal time
+per image (auto and int8), each step's share of a job, the Ray engine against the local one (a
+one-machine cluster), PNG encoding at two zlib levels, and a fresh process's start-up.
 
     python benchmarks/bench_batch.py [--files 40] [--workers 0,1,2]
 
@@ -148,7 +148,11 @@ def main():
         for i in range(args.files):
             Image.fromarray(synthetic_scan(rng)).save(src / f"scan_{i:04d}.png")
         upscale([str(src / "scan_0000.png"), str(src / "scan_0001.png"), "-o", str(Path(tmp) / "warmup")])
-        print(f"{args.files} files of 512x512 -> 1536x1536, default model, --precision auto\n")
+        few = src.parent / "few"  # a quarter of the files: the difference in time is the marginal cost of the rest
+        few.mkdir()
+        for path in sorted(src.iterdir())[: args.files // 4]:
+            (few / path.name).write_bytes(path.read_bytes())
+        print(f"{args.files} files of 512x512 -> 1536x1536, default model, --precision auto unless the row says int8\n")
         print("| run | seconds | files/s |\n|---|---:|---:|")
         for workers in args.workers.split(","):
             out = Path(tmp) / f"out-{workers}"
@@ -157,14 +161,14 @@ def main():
         full = seconds
         seconds = upscale([str(src), "-o", str(out), "--workers", workers])
         print(f"| resume, all complete (--workers {workers}) | {seconds:.2f} | {args.files / seconds:.0f} |")
-        few = src.parent / "few"
-        few.mkdir()
-        for path in sorted(src.iterdir())[: args.files // 4]:
-            (few / path.name).write_bytes(path.read_bytes())
-        part = upscale([str(few), "-o", str(Path(tmp) / "out-few"), "--workers", workers])
-        marginal = (full - part) / (args.files - args.files // 4)
-        print(f"\nMarginal time per image (--workers {workers}): {marginal:.3f} s "
-              f"(({full:.1f} s for {args.files} files - {part:.1f} s for {args.files // 4}) / {args.files - args.files // 4}).")
+        int8 = ["--workers", workers, "--precision", "int8"]
+        full_int8 = upscale([str(src), "-o", str(Path(tmp) / "out-int8"), *int8])
+        print(f"| --workers {workers} --precision int8 | {full_int8:.1f} | {args.files / full_int8:.2f} |")
+        rest = args.files - args.files // 4
+        for label, total, options in (("", full, ["--workers", workers]), (" --precision int8", full_int8, int8)):
+            part = upscale([str(few), "-o", str(Path(tmp) / f"out-few{label.replace(' ', '')}"), *options])
+            print(f"\nMarginal time per image (--workers {workers}{label}): {(total - part) / rest:.3f} s "
+                  f"(({total:.1f} s for {args.files} files - {part:.1f} s for {args.files // 4}) / {rest}).")
 
         stages = stage_seconds(sorted(src.iterdir())[:6], Path(tmp) / "stages")
         print("\nOne job's steps, one after another on this thread (6 files): "

@@ -2,8 +2,10 @@
 
 - per model, a 512x512 image upscaled x3 to 1536x1536 in one call: fp32 as medsr ran it until
   2026-11-29 (model contiguous, input channels_last: a layout conversion at every layer), fp32 and
-  bf16 as medsr runs them now (both channels_last); and the test-split PSNR change bf16 brings,
-  on test images spread evenly over brain MRI and chest X-ray (paper protocol);
+  bf16 as medsr runs them now (both channels_last), and int8 (--precision int8: the residual body in
+  int8, medsr.models.int8) for the models calibrated for it; the test-split PSNR change bf16 brings
+  over fp32 (paper protocol) and int8 over bf16 (paper and native protocols), on test images spread
+  evenly over brain MRI and chest X-ray;
 - where the default model's time goes (torch.profiler) and its convolutions' throughput as a share
   of the bf16 matrix-multiply peak and of the same layer alone (benchmarks/bench_ceiling.py);
 - tile sizes on a 1024x1024 image, and two ways to fuse the elementwise work into the convolutions
@@ -36,10 +38,10 @@ def smooth_image(side: int, seed: int = 0) -> np.ndarray:
     return torch.nn.functional.interpolate(coarse, size=(side, side), mode="bicubic").clamp(0, 1)[0, 0].numpy()
 
 
-def test_pairs(count: int) -> list:
+def test_pairs(count: int, protocol: str) -> list:
     items = select(scan([DATA / "brain-mri", DATA / "chest-xray"]), "test")
     arrays, _ = load_arrays(spread(items, count))
-    return [degrade.make_pair(as_unit(a)[0], "paper", 3) for a in arrays]
+    return [degrade.make_pair(as_unit(a)[0], protocol, 3) for a in arrays]
 
 
 def mean_psnr(upscaler: Upscaler, pairs: list) -> float:
@@ -48,7 +50,8 @@ def mean_psnr(upscaler: Upscaler, pairs: list) -> float:
 
 
 def old_fp32(model) -> Upscaler:
-    """fp32 as shipped before: the model left contiguous while its input is channels_last."""
+    """fp32 as shipped before: the model left contiguous while its input is channels_last. Built
+    once, outside the timed calls, as the new paths are."""
     up = Upscaler(model, 3, CPU, "fp32", tile=0)
     up.model = up.model.to(memory_format=torch.contiguous_format)
     return up
@@ -79,18 +82,29 @@ def main():
     ceiling = bench_ceiling.measure()
     print(bench_ceiling.markdown(ceiling), "\n")
     image = smooth_image(512)
-    pairs = test_pairs(args.images) if DATA.is_dir() else None
+    pairs = {p: test_pairs(args.images, p) for p in ("paper", "native")} if DATA.is_dir() else None
 
-    print(f"| model | fp32, old layout (s) | fp32 (s) | bf16 (s) | fp32 speed-up | bf16 vs fp32 | bf16 - fp32 test PSNR (dB, {len(pairs or [])} images) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    def delta(a: Upscaler, b: Upscaler, protocol: str) -> str:
+        return f"{mean_psnr(a, pairs[protocol]) - mean_psnr(b, pairs[protocol]):+.3f}" if pairs else "n/a"
+
+    count = len(pairs["paper"]) if pairs else 0
+    print("| model | fp32, old layout (s) | fp32 (s) | bf16 (s) | int8 (s) | fp32 speed-up | bf16 vs fp32 | int8 vs bf16 | "
+          "bf16 - fp32 test PSNR, paper (dB) | int8 - bf16 test PSNR, paper / native (dB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
         model = zoo.load(name)[0]
-        fp32, bf16 = Upscaler(model, 3, CPU, "fp32", tile=0), Upscaler(model, 3, CPU, "bf16", tile=0)
-        old = best_of(lambda: old_fp32(model).upscale(image), 3) if name == "default" else float("nan")
-        seconds = {p: best_of(lambda u=u: u.upscale(image), 3) for p, u in (("fp32", fp32), ("bf16", bf16))}
-        delta = f"{mean_psnr(bf16, pairs) - mean_psnr(fp32, pairs):+.3f}" if pairs else "n/a"
-        print(f"| {name} | {old:.2f} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {old / seconds['fp32']:.2f}x | "
-              f"{seconds['fp32'] / seconds['bf16']:.2f}x | {delta} |", flush=True)
+        runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in ("fp32", "bf16", *(("int8",) if hasattr(model, "int8_qparams") else ()))}
+        if name == "default":
+            runs["old"] = old_fp32(model)
+        seconds = {p: best_of(lambda u=u: u.upscale(image), 3) for p, u in runs.items()}
+        old, int8 = seconds.get("old", float("nan")), seconds.get("int8", float("nan"))
+        int8_delta = "n/a"
+        if "int8" in runs:
+            int8_delta = f"{delta(runs['int8'], runs['bf16'], 'paper')} / {delta(runs['int8'], runs['bf16'], 'native')}"
+        print(f"| {name} | {old:.2f} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {int8:.2f} | {old / seconds['fp32']:.2f}x | "
+              f"{seconds['fp32'] / seconds['bf16']:.2f}x | {seconds['bf16'] / int8:.2f}x | {delta(runs['bf16'], runs['fp32'], 'paper')} | "
+              f"{int8_delta} |", flush=True)
+    print(f"\n(PSNR changes over {count} test images per protocol.)")
 
     default = Upscaler(zoo.load("default")[0], 3, CPU, "auto", tile=0)
     by_op = profile(default, image)

@@ -9,6 +9,9 @@ Both consume the same batches, drawn beforehand from the recipe's own sampler, s
 compute only. Data: the Trainer's sampler making a batch (pairs decoded once at start-up; the
 default recipe adds crops, noise and JPEG per image), beside a loop that decodes its 16 files
 from disk and degrades them at every step.
+The default recipe is also run as it was until 2026-11-29, with EDSR's "convs" upsampler (two
+convs and a pixel shuffle on 432 channels) instead of the "fused" one it trains now (one 5x5 conv
+on the LR grid, the same linear map): the ratio of the two medsr columns is the step's speed-up.
 
     python benchmarks/bench_train.py [--steps 10]
 """
@@ -66,9 +69,13 @@ def main():
     print(f"{machine()}\n\nbatch of 16, {args.steps} timed steps each after 2 warm-up steps\n")
     print("| recipe | naive (img/s) | medsr (img/s) | speed-up, compute only | medsr sampler, one batch (s) | "
           "decoding and degrading 16 files per step (s) |\n|---|---:|---:|---:|---:|---:|")
-    for recipe in ("configs/paper.yaml", "configs/default.yaml"):
+    before = "generator={channels: 48, num_blocks: 8, clamp_margin: 0.04}"  # the default's upsampler until 2026-11-29
+    rows = {"configs/paper.yaml": ("configs/paper.yaml", []),
+            "configs/default.yaml, convs upsampler (before)": ("configs/default.yaml", [before]),
+            "configs/default.yaml": ("configs/default.yaml", [])}
+    for row, (recipe, extra) in rows.items():
         cfg = load_config(ROOT / recipe, [f"data={data}", "max_train_images=64", "max_val_images=4", "out_dir=/tmp/medsr-bench",
-                                          "init_from=null"])
+                                          "init_from=null", *extra])
         trainer = Trainer(cfg)
         bs = cfg.batch_size
         sampler_seconds = timed(lambda: trainer.sampler.next_batch(bs), args.steps)
@@ -78,7 +85,7 @@ def main():
         fast = timed(trainer.step, args.steps)
         decode = timed(lambda: [degrade.paper_pair(read_image(p).pixels, cfg.hr_size, cfg.scale) for p in random.sample(files, bs)],
                        args.steps // 2 or 1, warmup=0)
-        print(f"| {recipe} | {bs / naive:.1f} | {bs / fast:.1f} | {naive / fast:.2f}x | {sampler_seconds:.3f} | {decode:.2f} |", flush=True)
+        print(f"| {row} | {bs / naive:.1f} | {bs / fast:.1f} | {naive / fast:.2f}x | {sampler_seconds:.3f} | {decode:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -54,9 +54,19 @@ def bf16_support() -> str:
     return "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "none (fp32 only)"
 
 
+def int8_support() -> str:
+    """What int8 dot-product instructions the CPU has: AMX-INT8, AVX-512 VNNI, AVX-VNNI, or none."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    names = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI"}
+    return ", ".join(label for flag, label in names.items() if flag in flags) or "none"
+
+
 def machine() -> str:
     """One line naming what every figure was measured on."""
-    return (f"{cpu_model()}, {os.cpu_count()} cores, bf16: {bf16_support()}, torch {torch.__version__}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, bf16: {bf16_support()}, int8: {int8_support()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
 
 

@@ -11,7 +11,6 @@ import torch
 from common import DATA, ROOT
 
 from medsr import hardware, zoo
-from medsr.data.dataset import volume_slices
 from medsr.evaluation import quality, report
 from medsr.inference.upscaler import Upscaler
 
@@ -98,8 +97,7 @@ def main():
             results[modality, protocol] = {row["method"]: row for row in summary}
             tables += [f"## {modality}, {protocol} protocol", "", quality.markdown_table(summary), ""]
             print(tables[-3], tables[-2], sep="\n")
-    slices = volume_slices([DATA / "nifti" / f"{TEST_VOLUME}.nii.gz"])[:: 4 if args.limit is None else 16]
-    named = [(f"{TEST_VOLUME}[{i}]", "T1", s.astype("float32") / 65535, False) for i, s in enumerate(slices)]
+    named = quality.volume_slice_images(DATA / "nifti" / f"{TEST_VOLUME}.nii.gz", 4 if args.limit is None else 16)
     rows = quality.evaluate_arrays(named, methods, 3, "native")
     summary = quality.summarize(rows)
     report.write_reports(rows, summary, ROOT / "docs" / "results" / "t1-volume-native",

@@ -1,10 +1,11 @@
 """Copy a finished run's model into the package (src/medsr/zoo/NAME.safetensors) and write its
 model card (NAME.md) from the run's record and the figures in docs/results/.
 
-    python benchmarks/ship_model.py --run runs/default --name default --command "medsr train configs/default.yaml" [--note TEXT] [--half]
+    python benchmarks/ship_model.py --run runs/default --name default --command "medsr train configs/default.yaml" [--note TEXT] [--half] [--int8]
 
 Run it again after benchmarks/make_results.py (or make_comparison.py) to put the new figures into the card.
 --half stores the weights as float16 (half the size; the comparison models are shipped so).
+--int8 adds int8 calibration for `--precision int8` (benchmarks/calibrate_int8.py; EDSR models).
 """
 
 import argparse
@@ -12,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import calibrate_int8
 import yaml
 from safetensors.torch import load_file, save_file
 
@@ -27,6 +29,7 @@ def main():
     parser.add_argument("--command", required=True, help="the exact command that trained it")
     parser.add_argument("--note", default="", help="a line for the card, e.g. how the budget differs from the recipe's")
     parser.add_argument("--half", action="store_true", help="store float16 weights")
+    parser.add_argument("--int8", action="store_true", help="calibrate it for --precision int8 (EDSR models)")
     args = parser.parse_args()
     source = args.run / "model.safetensors"
     meta = zoo.read_metadata(source)
@@ -40,6 +43,7 @@ def main():
         target.chmod(0o644)  # safetensors writes owner-only files; a package file must be readable by all
     else:
         shutil.copyfile(source, target)
+    int8_images = calibrate_int8.calibrate_file(target) if args.int8 else 0
     model, _ = zoo.load(target)
     recipe = (args.run / "config.yaml").read_text()
     mix = (yaml.safe_load(recipe) or {}).get("mix") or {}
@@ -53,6 +57,9 @@ def main():
              + volumes,
              f"- trained with: `{args.command}`",
              f"- steps: {meta['medsr_step']}; wall time on the 2-core development CPU (bf16): {int(seconds) / 60:.0f} min",
+             *([f"- int8: `--precision int8` runs its residual body in int8, activations calibrated on {int8_images} train-split "
+                "LR images (`python benchmarks/calibrate_int8.py`); its speed and test-split PSNR change: docs/PERFORMANCE.md"]
+               if int8_images else []),
              *([f"- note: {args.note}"] if args.note else []),
              "", "## Test-split figures (from docs/RESULTS.md or docs/COMPARISON.md)", ""]
     results = sorted((ROOT / "docs" / "results").glob("*/results.json")) + sorted((ROOT / "runs" / "comparison").glob("*/results.json"))

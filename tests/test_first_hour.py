@@ -2,6 +2,7 @@
 errors and defaults, --version and --help. Run through the installed console script."""
 
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,3 +117,11 @@ def test_the_page_explains_the_hallucination_colours():
     assert (legend["from_percent"], legend["to_percent"]) == (2.0, 5.0)
     assert "10% of the input image's intensity range" in legend["text"]
     assert 'id="legend"' in page and '$("legend").hidden = !$("overlay").checked' in page
+
+
+def test_upscaling_an_image_does_not_load_the_volume_libraries():
+    """Start-up: `medsr upscale` of a PNG imports what it needs; nibabel and scipy load on first use."""
+    code = ("import sys, medsr.cli, medsr.inference.batch, medsr.inference.upscaler; "
+            "print(sorted(m for m in ('nibabel', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

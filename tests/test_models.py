@@ -232,3 +232,27 @@ def test_edsr_fused_for_inference_is_the_same_function(scale, size):
     x = torch.rand(2, 1, *size) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_edsr_fused_upsampler_is_the_trained_convs_away_from_the_border(scale):
+    torch.manual_seed(0)
+    model = create_generator("edsr", scale=scale, channels=8, num_blocks=1).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    fused = model.with_fused_upsampler()
+    assert fused.config["upsampler"] == "fused" and isinstance(fused.tail, nn.Identity)
+    rebuilt = create_generator("edsr", **fused.config)  # the config names the upsampler
+    rebuilt.load_state_dict(fused.state_dict())
+    x = torch.rand(2, 1, 20, 23) * 2 - 1
+    border = (model._reach() + 1) * scale  # LR pixels the original convs reach, and one more
+    with torch.no_grad():
+        a, b, c = model(x), fused(x), rebuilt(x)
+        torch.testing.assert_close(b[..., border:-border, border:-border], a[..., border:-border, border:-border], atol=2e-5, rtol=0)
+        assert (a - b).abs().max() > 1e-3  # the borders differ (zero padding on the LR grid), so the check above can fail
+        torch.testing.assert_close(c, b)
+        torch.testing.assert_close(fused.fused_for_inference()(x), b)  # nothing left to fuse
+    assert create_generator("edsr", scale=scale, channels=8, num_blocks=1, upsampler="fused")(x).shape == a.shape
+    with pytest.raises(ValueError, match="unknown upsampler"):
+        create_generator("edsr", upsampler="subpixel")

@@ -139,3 +139,15 @@ def test_init_partial_starts_another_scale_from_a_trained_model(image_folder, tm
     own = trainer.generator.state_dict()
     assert torch.equal(own["head.weight"], start.state_dict()["head.weight"])
     assert own["upsample.0.weight"].shape != start.state_dict()["upsample.0.weight"].shape
+
+
+def test_a_fused_upsampler_recipe_starts_from_a_convs_model(image_folder, tmp_path):
+    source = Trainer(tiny_config(image_folder, tmp_path / "a", model="edsr", adversarial_weight=0, epochs=1)).fit()
+    start, _ = zoo.load(source)
+    trainer = Trainer(tiny_config(image_folder, tmp_path / "b", model="edsr", adversarial_weight=0, init_from=str(source),
+                                  generator="{channels: 8, num_blocks: 1, upsampler: fused}"))
+    expected = start.with_fused_upsampler().state_dict()
+    own = trainer.generator.state_dict()
+    assert set(own) == set(expected)
+    for key in own:
+        assert torch.equal(own[key], expected[key]), key

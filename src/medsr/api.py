@@ -74,7 +74,7 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
         model: shipped model name (see `list_models()`), .safetensors file, run folder, or, with
             runtime="onnx", an .onnx file. None: the shipped default for `scale` (x3: "default").
         scale: the expected factor; must be the model's own (None: whatever the model does).
-        device: "auto", "cpu" or "cuda". precision: "auto" (bf16 where native), "fp32" or "bf16".
+        device: "auto", "cpu" or "cuda". precision: "auto" (bf16 where native), "fp32", "bf16" or "int8" (CPU; default models).
         tile: tile size in input pixels (0 = whole image at once); bounds memory on big images.
         runtime: "torch", or "onnx" (onnxruntime, fp32).
 

@@ -246,7 +246,8 @@ def _models(args) -> int:
 
 
 def _device_options(p) -> None:
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 where the hardware does it natively, else fp32")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 where the hardware does it natively, else fp32; "
+                   "int8: auto with the model's residual body in int8 (CPU; shipped default models; faster, slightly less exact: docs/PERFORMANCE.md)")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
 
 

@@ -37,9 +37,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
     auto = bf16 where the hardware does it natively (CUDA with bf16, CPUs with AMX/AVX-512 BF16),
     else fp32. Asking for bf16 where it is not native is allowed (it is emulated, and slow).
+    int8 is no autocast dtype: it is for upscaling (medsr.inference.upscaler), whose float layers run as auto.
     """
+    if name == "int8":
+        raise MedsrError("--precision int8 is for upscaling with an EDSR model that carries int8 calibration; use auto, fp32 or bf16 here")
     if name not in PRECISIONS:
-        raise MedsrError(f"unknown precision '{name}'; use auto, fp32 or bf16")
+        raise MedsrError(f"unknown precision '{name}'; use {', '.join(PRECISIONS)}")
     if name == "fp32":
         return None
     if name == "bf16":

@@ -16,10 +16,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
-from scipy import ndimage
 
 from medsr.errors import MedsrError
 from medsr.models.value_range import to_signed
@@ -69,6 +67,8 @@ def interpolation_matrix(n_coarse: int, coords: np.ndarray, order: int = 3) -> n
     coords = np.asarray(coords, dtype=np.float64)
     # One call: the 2-D spline of the identity, read at integer columns, is the 1-D spline of each unit vector.
     rows, cols = np.broadcast_arrays(coords[:, None], np.arange(n_coarse)[None, :])
+    from scipy import ndimage  # here: a plain image upscale never needs scipy (start-up time)
+
     return ndimage.map_coordinates(np.eye(n_coarse), [rows, cols], order=order, mode="reflect").astype(np.float32)
 
 
@@ -123,6 +123,8 @@ def intensity_scale(volume: np.ndarray) -> float:
 def read_volume(path: Path) -> np.ndarray:
     """A 3-D NIfTI as float32 in its own axis order (not medsr.io's slices-first record: the recipe
     draws planes of every orientation), scaled so its white level is 1."""
+    import nibabel as nib  # here, as medsr.io does: importing medsr.data must not load nibabel (start-up time)
+
     try:
         volume = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
     except Exception as err:  # noqa: BLE001 - every unreadable file gets the same advice

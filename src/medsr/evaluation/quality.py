@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from medsr import metrics
 from medsr.data import degrade, load_arrays, scan, select
+from medsr.data.dataset import volume_slices
 from medsr.errors import MedsrError
 from medsr.evaluation import report
 from medsr.inference.upscaler import Upscaler
@@ -86,6 +88,13 @@ def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: li
                 scores["input_block_grid"] = metrics.block_grid_ratio(torch.from_numpy(jpeg)[None, None], 8).item()
             rows.append({"file": name, "label": label, "method": method.name, **scores})
     return rows
+
+
+def volume_slice_images(path: Path, step: int = 1) -> list[tuple[str, str, np.ndarray, bool]]:
+    """evaluate_arrays' tuples for every `step`-th slice of a NIfTI volume among those with some head
+    in them (medsr.data.dataset.volume_slices), in [0, 1]."""
+    slices = volume_slices([path])[::step]
+    return [(f"{Path(path).name.split('.')[0]}[{i}]", "T1", s.astype(np.float32) / 65535, False) for i, s in enumerate(slices)]
 
 
 def _grid_crop(image: np.ndarray) -> np.ndarray:

@@ -213,6 +213,14 @@ class Ledger:
             self._file = None
 
 
+def report_result(result: JobResult, book: Ledger | None, settings: dict[str, Any], on_result: Callable | None) -> None:
+    """A finished job: booked in the ledger when done (at once, so a killed run keeps it), then handed to on_result."""
+    if book is not None and result.status == "done":
+        book.append(book.record(result.job, result.state, settings, result.files))
+    if on_result is not None:
+        on_result(result)
+
+
 def _input_state(job: Job) -> dict[str, Any]:
     """What must not have changed for an output to count as complete: the input file(s) (path, size, mtime)."""
     if job.series is not None:
@@ -422,11 +430,8 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         """Report finished results from the front, in job order, waiting until at most `keep` are unreported."""
         while writing and (writing[0].done() or len(writing) > keep):
             result = writing.popleft().result()
-            if book is not None and result.status == "done":
-                book.append(book.record(result.job, result.state, settings, result.files))
             results.append(result)
-            if on_result is not None:
-                on_result(result)
+            report_result(result, book, settings, on_result)
 
     try:
         with quiet_libraries():  # entered once here: the readers' own per-file enter/exit is not thread-safe

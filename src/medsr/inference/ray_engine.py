@@ -102,10 +102,7 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
 
     def report(index: int, result: batch.JobResult) -> None:
         results[index] = result
-        if book is not None and result.status == "done":
-            book.append(book.record(result.job, result.state, settings, result.files))
-        if on_result is not None:
-            on_result(result)
+        batch.report_result(result, book, settings, on_result)
 
     todo = []
     for index, job in enumerate(jobs):

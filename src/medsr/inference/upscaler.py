@@ -16,6 +16,7 @@ import torch
 from medsr import hardware, zoo
 from medsr.errors import MedsrError
 from medsr.inference import onnx
+from medsr.models import int8
 from medsr.models.value_range import to_signed, to_unit
 from medsr.settings import RUNTIMES, TILE, TILE_OVERLAP
 
@@ -68,10 +69,18 @@ class Upscaler(TiledUpscaler):
                  tile: int = TILE, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
         super().__init__(scale, tile, tile_overlap, normalize)
         self.device = device
-        self.dtype = hardware.resolve_precision(precision, device)
+        self.dtype = hardware.resolve_precision("auto" if precision == "int8" else precision, device)
+        qparams = getattr(model, "int8_qparams", None)  # set by zoo.load from the file's medsr_int8 metadata
         model = model.to(device).eval()
         if hasattr(model, "fused_for_inference"):
             model = model.fused_for_inference()  # same function, fewer operations
+        if precision == "int8":
+            if qparams is None:
+                raise MedsrError("--precision int8 needs a model file with int8 calibration (the shipped default, default-x2, "
+                                 "default-x4 and default-gan have one); use --precision auto with this model")
+            if device.type != "cpu":
+                raise MedsrError(f"--precision int8 runs on the CPU only; add --device cpu or use --precision auto on {device.type}")
+            model = int8.quantized(model, qparams)
         # Model and input share one memory format: channels_last, the faster one for oneDNN's
         # convolutions in fp32 and bf16 alike (benchmarks/bench_infer.py); a mismatch costs a
         # layout conversion at every layer.

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from medsr import hardware, zoo
 from medsr.data import slice_profile
 from medsr.errors import MedsrError
-from medsr.io import Image, nifti
+from medsr.io import Image
 from medsr.io.series import Series
 from medsr.models.value_range import to_signed, to_unit
 
@@ -165,7 +165,8 @@ def upscale_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, model
         raise MedsrError(f"{name}: slice thickness {slice_thickness} must be a positive number of mm")
     grid = through_plane_grid(volume.shape[axis], spacing[axis], target)
     torch_device = hardware.resolve_device(device)
-    dtype = hardware.resolve_precision(precision, torch_device)
+    # int8 concerns the in-plane models (medsr.models.int8); the through-plane network runs as auto then
+    dtype = hardware.resolve_precision("auto" if precision == "int8" else precision, torch_device)
     network = _load_model(model, torch_device)
 
     # The network's convention: the slice axis first in each plane, intensities with white ~ 1.
@@ -224,6 +225,8 @@ class ThroughPlane:
 def through_plane_image(image: Image, options: ThroughPlane) -> Image:
     """A NIfTI volume from read_image (slices first) made thin along its slice axis, with the
     metadata of the new grid (same field of view), which write_image turns into the exact affine."""
+    from medsr.io import nifti  # on first use, as medsr.io imports its format modules (nibabel is slow to import)
+
     spacing = nifti.slice_spacing(image.meta)
     result = options.apply(image.pixels, spacing, image.meta.pixel_spacing, image.meta.path)
     return Image(result.array, nifti.resliced(image.meta, result.spacing[0]))

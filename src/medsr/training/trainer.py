@@ -136,6 +136,8 @@ class Trainer:
         """Start the generator from a model's weights: all of them, or with `partial` those whose
         shapes match (EDSR's way of starting x3/x4 from a trained x2 model); the rest keep their init."""
         start, meta = zoo.load(name)
+        if self.generator.config.get("upsampler") == "fused" and hasattr(start, "with_fused_upsampler"):
+            start = start.with_fused_upsampler()  # an EDSR trained with the "convs" upsampler, as this recipe's "fused" one
         own = self.generator.state_dict()
         kept = {k: v for k, v in start.state_dict().items() if k in own and own[k].shape == v.shape}
         if meta["medsr_arch"] != self.cfg.model or (len(kept) < len(own) and not partial):

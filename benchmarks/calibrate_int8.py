@@ -1,0 +1,71 @@
+"""Give shipped EDSR models int8 calibration (`--precision int8`): the activations' quantization
+parameters, found on TRAIN-split images, written into each model file's metadata (`medsr_int8`);
+the weights are not changed.
+
+    python benchmarks/calibrate_int8.py default default-x2 default-x4 default-gan [--images 16]
+
+Calibration images: `--images` files spread over both data sets' train split, each as a paper-protocol
+and a native-protocol LR at the model's scale, plus every 20th head-holding slice of a train T1
+volume (16-bit data). Choosing the calibration (how many images, which tensors stay float) was done
+on the validation split; docs/PERFORMANCE.md (bench_infer.py) reports the test-split PSNR change.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import DATA, machine, spread
+from safetensors.torch import load_file, save_file
+
+from medsr import zoo
+from medsr.data import degrade, load_arrays, scan, select
+from medsr.evaluation import quality
+from medsr.files import atomic_write
+from medsr.io.types import as_unit
+from medsr.models import int8
+from medsr.models.value_range import to_signed
+
+TRAIN_VOLUME = "brain-t1-sub-01"  # not the validation (sub-08) or test (sub-09) subject of configs/default.yaml
+
+
+def calibration_images(scale: int, count: int) -> list[torch.Tensor]:
+    items = select(scan([str(DATA / "brain-mri"), str(DATA / "chest-xray")]), "train")
+    arrays, _ = load_arrays(spread(items, count))
+    images = [as_unit(array)[0] for array in arrays]
+    images += [image for _, _, image, _ in quality.volume_slice_images(DATA / "nifti" / f"{TRAIN_VOLUME}.nii.gz", 20)]
+    lrs = []
+    for image in images:
+        image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)  # stretched to [0, 1], as the Upscaler does
+        for protocol in ("paper", "native"):
+            lr, _ = degrade.make_pair(image, protocol, scale)
+            lrs.append(to_signed(torch.from_numpy(lr)[None, None]))
+    return lrs
+
+
+def calibrate_file(path: Path, count: int = 16) -> int:
+    """Write int8 calibration into the model file at `path` (weights unchanged); returns the number
+    of calibration images."""
+    model, _ = zoo.load(path)
+    lrs = calibration_images(model.scale, count)
+    metadata = dict(zoo.read_metadata(path), medsr_int8=json.dumps(int8.calibrate(model, lrs)))
+    tensors = load_file(str(path))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    path.chmod(0o644)  # safetensors writes owner-only files; a package file must be readable by all
+    return len(lrs)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("names", nargs="+", help="shipped EDSR models")
+    parser.add_argument("--images", type=int, default=16, help="train-split files per calibration (spread over both data sets)")
+    args = parser.parse_args()
+    print(machine())
+    for name in args.names:
+        count = calibrate_file(zoo.shipped_models()[name], args.images)
+        print(f"{name}: int8 calibration from {count} train-split LR images")
+
+
+if __name__ == "__main__":
+    main()
