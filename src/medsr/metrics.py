@@ -16,7 +16,6 @@ whether a method restores texture. `hf_energy_ratio` measures that (see docs/RES
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure as _ms_ssim,
 )
@@ -26,6 +25,8 @@ from torchmetrics.functional.image import (
 from torchmetrics.functional.image import (
     structural_similarity_index_measure as _ssim,
 )
+
+from medsr.models.layers import source_range
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
@@ -100,8 +101,7 @@ def edge_overshoot(sr: torch.Tensor, lr: torch.Tensor, scale: int, tolerance: fl
     steep edges too, so compare methods, not against zero.
     """
     sr, lr = sr.float(), lr.float()
-    high = F.interpolate(F.max_pool2d(lr, 3, stride=1, padding=1), scale_factor=scale, mode="nearest")
-    low = F.interpolate(-F.max_pool2d(-lr, 3, stride=1, padding=1), scale_factor=scale, mode="nearest")
+    low, high = source_range(lr, scale)
     span = (lr.amax(dim=(-3, -2, -1)) - lr.amin(dim=(-3, -2, -1))).clamp_min(1e-12)[:, None, None, None]
     out = (sr > high + tolerance * span) | (sr < low - tolerance * span)
     return out.float().mean(dim=(-3, -2, -1))

@@ -71,6 +71,7 @@ def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: li
         lr, hr = degrade.make_pair(image, protocol, scale)
         hr_t, lr_t = torch.from_numpy(hr)[None, None], torch.from_numpy(lr)[None, None]
         jpeg = _grid_crop(image) if is_jpeg else None
+        input_grid = float("nan") if jpeg is None else metrics.block_grid_ratio(torch.from_numpy(jpeg)[None, None], 8).item()
         for method in methods:
             sr_t = torch.from_numpy(method.run(lr, scale))[None, None]
             scores = {
@@ -80,12 +81,11 @@ def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: li
                 "hf_ratio": metrics.hf_energy_ratio(sr_t, hr_t, scale, scale).item(),
                 "overshoot": metrics.edge_overshoot(sr_t, lr_t, scale).item(),
                 "block_grid": float("nan"),
-                "input_block_grid": float("nan"),
+                "input_block_grid": input_grid,
             }
             if jpeg is not None:
                 out = torch.from_numpy(method.run(jpeg, scale))[None, None]
                 scores["block_grid"] = metrics.block_grid_ratio(out, 8 * scale).item()
-                scores["input_block_grid"] = metrics.block_grid_ratio(torch.from_numpy(jpeg)[None, None], 8).item()
             rows.append({"file": name, "label": label, "method": method.name, **scores})
     return rows
 

@@ -213,6 +213,20 @@ class Ledger:
             self._file = None
 
 
+def settled_result(job: Job, refusal: str | None, book: Ledger | None, settings: dict[str, Any], force: bool) -> JobResult | None:
+    """A job's result without running it: failed when refused (refused_jobs), skipped when the ledger
+    says its output is complete (unless `force`); None when it must run."""
+    if refusal is not None:
+        return JobResult(job, "failed", refusal)
+    started = time.perf_counter()
+    try:
+        if book is not None and not force and book.is_complete(job, settings):
+            return JobResult(job, "skipped", "already complete", time.perf_counter() - started)
+    except (MedsrError, OSError) as err:
+        return _failure(job, err, time.perf_counter() - started)
+    return None
+
+
 def report_result(result: JobResult, book: Ledger | None, settings: dict[str, Any], on_result: Callable | None) -> None:
     """A finished job: booked in the ledger when done (at once, so a killed run keeps it), then handed to on_result."""
     if book is not None and result.status == "done":
@@ -400,15 +414,8 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
 
     def prepare(index: int, job: Job) -> JobResult | tuple[Image | list[np.ndarray], dict, float]:
         """Off the model's thread: skip a complete job, or decode its input."""
-        if index in refused:
-            return JobResult(job, "failed", refused[index])
-        started = time.perf_counter()
-        try:
-            if book is not None and not force and book.is_complete(job, settings):
-                return JobResult(job, "skipped", "already complete", time.perf_counter() - started)
-        except (MedsrError, OSError) as err:
-            return _failure(job, err, time.perf_counter() - started)
-        return runner.read(job)
+        settled = settled_result(job, refused.get(index), book, settings, force)
+        return settled if settled is not None else runner.read(job)
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="medsr-io") if workers else None
 

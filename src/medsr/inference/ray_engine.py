@@ -17,6 +17,7 @@ node must see the input and output folders at the same paths (a shared file syst
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -106,10 +107,9 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
 
     todo = []
     for index, job in enumerate(jobs):
-        if index in refused:
-            report(index, batch.JobResult(job, "failed", refused[index]))
-        elif book is not None and not force and book.is_complete(job, settings):
-            report(index, batch.JobResult(job, "skipped", "already complete"))
+        settled = batch.settled_result(job, refused.get(index), book, settings, force)
+        if settled is not None:
+            report(index, settled)
         else:
             todo.append(index)
     interrupted = False
@@ -121,8 +121,7 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
                 _run_jobs, fn_kwargs={"setup": setup}, batch_size=1, num_cpus=cpus_per_job, batch_format="numpy")
             for row in dataset.iter_rows():
                 index = int(row["index"])
-                result = pickle.loads(row["result"])
-                report(index, batch.JobResult(jobs[index], result.status, result.reason, result.seconds, result.files, result.state))
+                report(index, dataclasses.replace(pickle.loads(row["result"]), job=jobs[index]))  # the driver's own Job object
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from medsr.models.layers import scale_factors
+from medsr.models.layers import scale_factors, source_range
 
 UPSAMPLERS = ("convs", "fused")
 
@@ -141,11 +141,8 @@ class EDSR(nn.Module):
 def neighbourhood_clamp(sr: torch.Tensor, lr: torch.Tensor, scale: int, margin: float) -> torch.Tensor:
     """`sr` kept within [min - m, max + m] of each pixel's 3x3 source neighbourhood in `lr`; values
     are in [-1, 1], so `margin` (a share of the full range) is m = 2 * margin."""
-    high = F.max_pool2d(lr, 3, stride=1, padding=1)
-    low = -F.max_pool2d(-lr, 3, stride=1, padding=1)
-    high = F.interpolate(high, scale_factor=scale, mode="nearest") + 2 * margin
-    low = F.interpolate(low, scale_factor=scale, mode="nearest") - 2 * margin
-    return torch.minimum(torch.maximum(sr, low.to(sr.dtype)), high.to(sr.dtype))
+    low, high = source_range(lr, scale)
+    return torch.minimum(torch.maximum(sr, (low - 2 * margin).to(sr.dtype)), (high + 2 * margin).to(sr.dtype))
 
 
 class FusedUpsample(nn.Module):

@@ -1,7 +1,9 @@
-"""Small pieces shared by the model files: activations, sub-pixel upsampling, size arithmetic."""
+"""Small pieces shared by the model files: activations, sub-pixel upsampling, size arithmetic, the
+source neighbourhood range (also medsr.metrics' edge overshoot)."""
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from medsr.errors import MedsrError
 
@@ -77,3 +79,11 @@ class Dropout(nn.Dropout):
         random_bytes = words.view(torch.uint8)[:n].as_strided(x.shape, x.stride())
         mask = (random_bytes >= drop).to(x.dtype).mul_(256 / (256 - drop))
         return x * mask
+
+
+def source_range(lr: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) on the upscaled grid: for each output pixel, the min and max of the 3x3 block of LR
+    pixels around the one it lies in."""
+    high = F.max_pool2d(lr, 3, stride=1, padding=1)
+    low = -F.max_pool2d(-lr, 3, stride=1, padding=1)
+    return F.interpolate(low, scale_factor=scale, mode="nearest"), F.interpolate(high, scale_factor=scale, mode="nearest")
