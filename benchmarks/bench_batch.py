@@ -1,8 +1,9 @@
 """Batch throughput: `medsr upscale` over a folder of synthetic 512x512 8-bit PNGs with the default
-model (x3, to 1536x1536), files/s with 0, 1 and 2 I/O threads (--workers) and with --precision
-int8, the time of a resume pass that finds every output complete and skips it, the marginal time
-per image (auto and int8), each step's share of a job, the Ray engine against the local one (a
-one-machine cluster), PNG encoding at two zlib levels, and a fresh process's start-up.
+model (x3, to 1536x1536), files/s with 0, 1 and 2 I/O threads (--workers), with one or two model
+streams (--streams) and with --precision int8, the time of a resume pass that finds every output
+complete and skips it, the marginal time per image, each step's cost on one thread and what that
+makes the least possible marginal time on this machine's cores, the Ray engine against the local
+one (a one-machine cluster), PNG encoding at two zlib levels, and a fresh process's start-up.
 
     python benchmarks/bench_batch.py [--files 40] [--workers 0,1,2]
 
@@ -28,6 +29,7 @@ from PIL import Image
 from medsr import cli
 from medsr.inference import batch
 from medsr.inference.upscaler import load_upscaler
+from medsr.io.raster import PNG_OPTIONS
 
 
 def synthetic_scan(rng: np.random.Generator, size: int = 512) -> np.ndarray:
@@ -52,10 +54,10 @@ def upscale(args: list[str]) -> float:
     return seconds
 
 
-def png_seconds(pixels: np.ndarray, level: int) -> tuple[float, int]:
-    """Seconds to encode one PNG at zlib `level`, and its size in bytes."""
+def png_seconds(pixels: np.ndarray, **options) -> tuple[float, int]:
+    """Seconds to encode one PNG with Pillow's `options`, and its size in bytes."""
     buffer = io.BytesIO()
-    seconds = best_of(lambda: (buffer.seek(0), buffer.truncate(), Image.fromarray(pixels).save(buffer, format="PNG", compress_level=level)), 3)
+    seconds = best_of(lambda: (buffer.seek(0), buffer.truncate(), Image.fromarray(pixels).save(buffer, format="PNG", **options)), 3)
     return seconds, len(buffer.getvalue())
 
 
@@ -66,9 +68,9 @@ def command_seconds(args: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def stage_seconds(files: list[Path], out: Path) -> dict[str, float]:
+def stage_seconds(files: list[Path], out: Path, precision: str = "auto") -> dict[str, float]:
     """Mean seconds per file of each step of a job (medsr.inference.batch.JobRunner), on this thread."""
-    upscaler, _ = load_upscaler("default")
+    upscaler, _ = load_upscaler("default", precision=precision)
     runner = batch.JobRunner(upscaler, {})
     totals = {"read": 0.0, "model": 0.0, "write (PNG, hash)": 0.0}
     for path in files:
@@ -83,6 +85,24 @@ def stage_seconds(files: list[Path], out: Path) -> dict[str, float]:
         totals["model"] += model - read
         totals["write (PNG, hash)"] += time.perf_counter() - model
     return {k: v / len(files) for k, v in totals.items()}
+
+
+def one_thread_floor(files: list[Path], out: Path) -> str:
+    """Each step's cost on one thread (CPU-seconds per image, auto and int8), and the marginal time
+    they allow at best: all of this machine's cores busy, nothing lost to waiting."""
+    threads, cores = torch.get_num_threads(), os.cpu_count()
+    torch.set_num_threads(1)
+    try:
+        costs = {precision: stage_seconds(files, out / precision, precision) for precision in ("auto", "int8")}
+    finally:
+        torch.set_num_threads(threads)
+    lines = ["\n| one image's steps, one thread (CPU-seconds) | " + " | ".join(costs["auto"]) + " | total | best marginal time on "
+             f"{cores} cores (total / {cores}) |", "|---|" + "---:|" * (len(costs["auto"]) + 2)]
+    for precision, steps in costs.items():
+        total = sum(steps.values())
+        lines.append(f"| --precision {precision} | " + " | ".join(f"{v:.3f}" for v in steps.values()) + f" | {total:.3f} | "
+                     f"{total / cores:.3f} s |")
+    return "\n".join(lines)
 
 
 def ray_seconds(src: Path, out: Path, files: int) -> tuple[float, float] | None:
@@ -152,23 +172,29 @@ def main():
         few.mkdir()
         for path in sorted(src.iterdir())[: args.files // 4]:
             (few / path.name).write_bytes(path.read_bytes())
-        print(f"{args.files} files of 512x512 -> 1536x1536, default model, --precision auto unless the row says int8\n")
+        print(f"{args.files} files of 512x512 -> 1536x1536, default model, --precision auto unless the row says int8; "
+              f"--streams 1 is one image at a time on all {torch.get_num_threads()} threads (medsr before 2026-11-29), "
+              "no --streams the default (2 here)\n")
         print("| run | seconds | files/s |\n|---|---:|---:|")
         for workers in args.workers.split(","):
             out = Path(tmp) / f"out-{workers}"
-            seconds = upscale([str(src), "-o", str(out), "--workers", workers])
-            print(f"| --workers {workers} | {seconds:.1f} | {args.files / seconds:.2f} |", flush=True)
-        full = seconds
-        seconds = upscale([str(src), "-o", str(out), "--workers", workers])
-        print(f"| resume, all complete (--workers {workers}) | {seconds:.2f} | {args.files / seconds:.0f} |")
-        int8 = ["--workers", workers, "--precision", "int8"]
-        full_int8 = upscale([str(src), "-o", str(Path(tmp) / "out-int8"), *int8])
-        print(f"| --workers {workers} --precision int8 | {full_int8:.1f} | {args.files / full_int8:.2f} |")
+            seconds = upscale([str(src), "-o", str(out), "--workers", workers, "--streams", "1"])
+            print(f"| --workers {workers} --streams 1 | {seconds:.1f} | {args.files / seconds:.2f} |", flush=True)
         rest = args.files - args.files // 4
-        for label, total, options in (("", full, ["--workers", workers]), (" --precision int8", full_int8, int8)):
-            part = upscale([str(few), "-o", str(Path(tmp) / f"out-few{label.replace(' ', '')}"), *options])
-            print(f"\nMarginal time per image (--workers {workers}{label}): {(total - part) / rest:.3f} s "
-                  f"(({total:.1f} s for {args.files} files - {part:.1f} s for {args.files // 4}) / {rest}).")
+        runs = {"--streams 1": seconds}  # options (with the last --workers) -> seconds for all the files
+        for options in ([], ["--precision", "int8", "--streams", "1"], ["--precision", "int8"]):
+            out = Path(tmp) / f"run-{len(runs)}"
+            runs[" ".join(options)] = seconds = upscale([str(src), "-o", str(out), "--workers", workers, *options])
+            print(f"| {' '.join(['--workers', workers, *options])} | {seconds:.1f} | {args.files / seconds:.2f} |", flush=True)
+        full = runs[""]
+        seconds = upscale([str(src), "-o", str(Path(tmp) / "run-1"), "--workers", workers])  # the defaults run, again
+        print(f"| resume, all complete (--workers {workers}) | {seconds:.2f} | {args.files / seconds:.0f} |")
+        print(f"\n| marginal time per image, --workers {workers} | seconds |\n|---|---:|")
+        for label, total in runs.items():
+            part = upscale([str(few), "-o", str(Path(tmp) / f"out-few-{label.replace(' ', '')}"), "--workers", workers, *label.split()])
+            print(f"| {label or '(defaults)'} | {(total - part) / rest:.3f} (({total:.1f} s for {args.files} files - {part:.1f} s "
+                  f"for {args.files // 4}) / {rest}) |", flush=True)
+        print(one_thread_floor(sorted(src.iterdir())[:4], Path(tmp) / "floor"))
 
         stages = stage_seconds(sorted(src.iterdir())[:6], Path(tmp) / "stages")
         print("\nOne job's steps, one after another on this thread (6 files): "
@@ -188,9 +214,10 @@ def main():
 
         output = np.asarray(Image.open(next((Path(tmp) / "out-0").glob("*.png"))))
         print("\n| PNG encoding of one 1536x1536 8-bit output | seconds | bytes |\n|---|---:|---:|")
-        for level, who in ((6, "Pillow's default"), (1, "medsr's")):
-            seconds, size = png_seconds(output, level)
-            print(f"| zlib level {level} ({who}) | {seconds:.3f} | {size:,} |")
+        for label, options in (("zlib level 6 (Pillow's default)", {"compress_level": 6}), ("zlib level 1", {"compress_level": 1}),
+                               ("zlib level 1, run-length matching (medsr's)", PNG_OPTIONS)):
+            seconds, size = png_seconds(output, **options)
+            print(f"| {label} | {seconds:.3f} | {size:,} |")
 
         one = str(src / "scan_0000.png")
         version = command_seconds(["--version"])

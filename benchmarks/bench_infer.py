@@ -11,7 +11,7 @@
 - tile sizes on a 1024x1024 image, and two ways to fuse the elementwise work into the convolutions
   (TorchScript freezing, torch.compile) against eager.
 
-    python benchmarks/bench_infer.py [--models default,default-gan,paper] [--images 40] [--no-compile]
+    python benchmarks/bench_infer.py [--models default,large,default-gan,paper] [--images 40] [--no-compile]
 """
 
 import argparse
@@ -74,7 +74,7 @@ def profile(upscaler: Upscaler, image: np.ndarray) -> dict[str, float]:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="default,default-gan,paper")
+    parser.add_argument("--models", default="default,large,default-gan,paper")
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
@@ -116,7 +116,8 @@ def main():
                                                                  sorted(by_op.items(), key=lambda kv: -kv[1])[1:6]))
     print(f"Convolutions: {flops / 1e9:.0f} GFLOP in {conv:.3f} s = {flops / conv / 1e9:.0f} GFLOP/s, "
           f"{100 * flops / conv / 1e9 / ceiling['matmul']['bf16']:.0f} % of the bf16 matrix-multiply peak and "
-          f"{100 * flops / conv / 1e9 / body:.0f} % of the body layer alone (bf16).")
+          f"{100 * flops / conv / 1e9 / body:.0f} % of the body layer alone (bf16). At the peak, these convolutions alone "
+          f"would need {flops / 1e9 / ceiling['matmul']['bf16']:.3f} s: the least a 512x512 image can take in bf16 on this CPU.")
 
     big = smooth_image(1024, seed=1)
     print("\n| tile (LR px, 16 px overlap) | 512x512 (s) | 1024x1024 (s) |\n|---|---:|---:|")

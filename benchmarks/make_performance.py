@@ -35,9 +35,13 @@ keeping parts of the body in float; PSNR change from bf16 on validation images."
     ("Whole runs: `medsr upscale` on a folder", ["bench_batch.py"], """\
 40 synthetic 512x512 PNGs upscaled x3 with the default model, one `medsr upscale` call per row in
 one process (model loading included, Python start-up not). `--workers` threads read ahead and
-write behind while the model runs. The marginal time is what one more image costs in a long run.
-PNGs are written at zlib level 1: lossless like every level, much faster than Pillow's default 6,
-for somewhat larger files."""),
+write behind while the model runs. `--streams 2` (the default on a CPU with 2 or more threads)
+upscales two files at once, each on half the threads; `--streams 1` is one file at a time on all
+of them, as medsr ran before 2026-11-29. The outputs are the same bytes either way (tests/test_batch.py).
+The marginal time is what one more image costs in a long run. The one-thread table is the floor:
+what one image costs in CPU-seconds, step by step, and so the least marginal time this machine's
+cores allow with every core busy. PNGs are written at zlib level 1 with run-length matching:
+lossless like every setting, much faster than Pillow's default level 6, for somewhat larger files."""),
     ("A DICOM series", ["bench_series.py"], """\
 A synthetic 130-slice 256x256 series (nilearn's MNI152 template, written as DICOM) upscaled x3
 in-plane as one job, then read back by dcm2niix."""),

@@ -58,14 +58,35 @@ def outputs(out: Path) -> dict[Path, bytes]:
     return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and not p.name.startswith("medsr-")}
 
 
-def test_parallel_equals_serial_bit_for_bit(tmp_path, tiny_model):
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_parallel_equals_serial_bit_for_bit(tmp_path, tiny_model, streams):
     src = make_inputs(tmp_path / "in", 20)
-    serial = run(src, tmp_path / "serial", tiny_model, workers=0)
-    parallel = run(src, tmp_path / "parallel", tiny_model, workers=3)
-    assert serial.done == parallel.done == 20
+    (src / "img_05.png").write_bytes(b"not a png")  # a bad file fails alone, in its place
+    threads = torch.get_num_threads()
+    serial = run(src, tmp_path / "serial", tiny_model, workers=0, streams=1)
+    parallel = run(src, tmp_path / "parallel", tiny_model, workers=3, streams=streams)
+    assert torch.get_num_threads() == threads  # the streams' share of the threads is given back
+    assert serial.done == parallel.done == 19
+    assert [r.job.input.name for r in parallel.failed] == ["img_05.png"]
     assert [r.job.input for r in parallel.results] == [j.input for j in jobs_for(src, tmp_path)]  # job order kept
     assert outputs(tmp_path / "serial") == outputs(tmp_path / "parallel")
-    assert len(outputs(tmp_path / "serial")) == 20
+    assert len(outputs(tmp_path / "serial")) == 19
+
+
+def test_streams_default_to_two_on_a_multi_threaded_cpu(tiny_model):
+    upscaler, _ = load_upscaler(tiny_model, precision="fp32", device="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert batch.auto_streams(upscaler) == 2
+        assert batch.auto_streams(upscaler, batch.volume_sr.ThroughPlane()) == 1  # volumes keep all threads
+        torch.set_num_threads(1)
+        assert batch.auto_streams(upscaler) == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert batch.auto_streams(None) == 1  # no in-plane model (through-plane alone)
+    with pytest.raises(batch.MedsrError, match="--streams"):
+        batch.run_batch([], upscaler, streams=0)
 
 
 def test_rerun_skips_complete_outputs_without_rewriting_them(tmp_path, tiny_model):

@@ -120,8 +120,8 @@ def test_the_page_explains_the_hallucination_colours():
 
 
 def test_upscaling_an_image_does_not_load_the_volume_libraries():
-    """Start-up: `medsr upscale` of a PNG imports what it needs; nibabel and scipy load on first use."""
+    """Start-up: `medsr upscale` of a PNG imports what it needs; nibabel, scipy and pydicom load on first use."""
     code = ("import sys, medsr.cli, medsr.inference.batch, medsr.inference.upscaler; "
-            "print(sorted(m for m in ('nibabel', 'scipy') if m in sys.modules))")
+            "print(sorted(m for m in ('nibabel', 'scipy', 'pydicom') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

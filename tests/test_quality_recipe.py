@@ -17,6 +17,7 @@ from medsr.errors import MedsrError
 from medsr.evaluation import quality
 from medsr.models import create_generator
 from medsr.training.trainer import Trainer
+from medsr.zoo import save_model
 
 
 def test_edge_overshoot_flags_ringing_not_faithful_edges():
@@ -151,3 +152,23 @@ def test_a_fused_upsampler_recipe_starts_from_a_convs_model(image_folder, tmp_pa
     assert set(own) == set(expected)
     for key in own:
         assert torch.equal(own[key], expected[key]), key
+
+
+def test_a_deeper_recipe_starts_as_the_trained_model(image_folder, tmp_path):
+    torch.manual_seed(0)
+    start = create_generator("edsr", channels=8, num_blocks=1, clamp_margin=0.04, upsampler="fused").eval()
+    with torch.no_grad():
+        for p in start.parameters():
+            p.normal_(0, 0.1)
+    save_model(tmp_path / "start.safetensors", start.state_dict(), "edsr", start.config)
+    trainer = Trainer(tiny_config(image_folder, tmp_path, model="edsr", adversarial_weight=0, init_from=str(tmp_path / "start.safetensors"),
+                                  generator="{channels: 8, num_blocks: 3, clamp_margin: 0.04, upsampler: fused}"))
+    deep = trainer.generator.eval()
+    assert len(deep.body) == 4 and deep.config["num_blocks"] == 3
+    assert torch.equal(deep.state_dict()["body.3.weight"], start.state_dict()["body.1.weight"])  # the closing conv moved
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x), start(x), atol=1e-6, rtol=0)
+        assert (start(x) - create_generator("edsr", **deep.config).eval()(x)).abs().max() > 1e-3  # a fresh one differs
+    with pytest.raises(ValueError, match="fewer"):
+        deep.deepened(2)

@@ -64,16 +64,18 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> lis
     one job that writes one derived series; a series that cannot form a volume is said so (one line)
     and done file by file."""
     from medsr.inference import batch
-    from medsr.io import series as series_io
     from medsr.io.formats import format_of_path
 
     dicom_files = [path for path, _ in pairs if fmt in (None, "dcm") and getattr(format_of_path(path), "name", "") == "dicom"]
     series_of = {}
-    for found in series_io.scan_series(dicom_files) if dicom_files else []:
-        if found.volumes:
-            series_of.update(dict.fromkeys(found.paths, found))
-        elif len(found.paths) > 1 and found.spatial:  # radiographs without positions are not series to warn about
-            print(f"medsr: note: {found.message}", file=sys.stderr)
+    if dicom_files:  # pydicom loads only when there are DICOM files
+        from medsr.io import series as series_io
+
+        for found in series_io.scan_series(dicom_files):
+            if found.volumes:
+                series_of.update(dict.fromkeys(found.paths, found))
+            elif len(found.paths) > 1 and found.spatial:  # radiographs without positions are not series to warn about
+                print(f"medsr: note: {found.message}", file=sys.stderr)
     jobs, started = [], set()
     for path, rel in pairs:
         found = series_of.get(path)
@@ -150,8 +152,8 @@ def _upscale(args) -> int:
                                                address=args.ray_address)
         else:
             summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, uncertainty=args.uncertainty,
-                                      reference=reference, through_plane=through_plane, workers=args.workers, settings=settings,
-                                      ledger=ledger, force=args.force, on_result=progress)
+                                      reference=reference, through_plane=through_plane, workers=args.workers, streams=args.streams,
+                                      settings=settings, ledger=ledger, force=args.force, on_result=progress)
     finally:
         progress.close()
     summary.write_csv(summary_path)
@@ -312,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-minutes", type=float, default=0, metavar="N",
                    help="with --through-plane: first fine-tune the model on each volume's own in-plane detail for N minutes")
     p.add_argument("--workers", type=int, default=2, help="local engine: threads that decode and write files around the model (0: none)")
+    p.add_argument("--streams", type=int, help="local engine: files upscaled at once, each with its share of the CPU threads "
+                   "(default: 2 on a CPU with 2 or more threads, else 1; faster on 2 cores: docs/PERFORMANCE.md)")
     p.add_argument("--force", action="store_true", help="redo every file, also those a previous run completed")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this machine; ray: spread the files over a Ray cluster (pip install -e \".[ray]\"; README)")

@@ -6,6 +6,11 @@ next files ahead of it (bounded, so memory stays bounded for any number of files
 finished ones behind it. Only I/O moves to threads, so the outputs are the same bytes as a serial
 run (`workers=0`).
 
+With `streams` > 1, that many jobs are upscaled (and written) at once, each on its own thread
+with an equal share of torch's CPU threads. On a 2-core CPU two single-threaded images at once
+beat one image on both cores: no core waits for the other at the end of every layer, and a file
+being encoded costs one stream a little time instead of stalling both (benchmarks/bench_batch.py).
+
 Resume: every finished output is recorded in a JSON-lines ledger in the output folder (appended
 and flushed at once). A rerun skips a job only when its record matches the input (path, size,
 mtime), the settings (model and its hash, scale, format, ...) and every file it wrote still has
@@ -28,9 +33,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from medsr.errors import MedsrError
@@ -38,9 +44,10 @@ from medsr.files import atomic_write
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, read_image, write_image
-from medsr.io import series as series_io
-from medsr.io.series import Series
 from medsr.io.types import quiet_libraries
+
+if TYPE_CHECKING:  # pydicom loads only when a series is written
+    from medsr.io.series import Series
 
 LEDGER_NAME = "medsr-ledger.jsonl"
 SUMMARY_NAME = "medsr-summary.csv"
@@ -329,6 +336,8 @@ class JobRunner:
         started = time.perf_counter() - spent  # seconds = reading + model + writing, not time queued
         try:
             if job.series is not None:
+                from medsr.io import series as series_io
+
                 stacks, grid = image
                 written = series_io.write_derived_series(job.series, stacks, job.output, model_name=self.model_name,
                                                          settings=json.dumps(self.settings, sort_keys=True), **grid)
@@ -341,12 +350,8 @@ class JobRunner:
             return _failure(job, err, time.perf_counter() - started)
         return JobResult(job, "done", "", time.perf_counter() - started, files, state)
 
-    def run(self, job: Job) -> JobResult:
-        """All three steps on this thread."""
-        prepared = self.read(job)
-        if isinstance(prepared, JobResult):
-            return prepared
-        data, state, spent = prepared
+    def finish(self, job: Job, data, state: dict, spent: float) -> JobResult:
+        """Upscale and write a job `read` decoded (`spent`: seconds that took)."""
         started = time.perf_counter() - spent
         try:
             sr, maps = self.upscale(job, data)
@@ -354,12 +359,26 @@ class JobRunner:
             return _failure(job, err, time.perf_counter() - started)
         return self.write(job, sr, maps, state, time.perf_counter() - started)
 
+    def run(self, job: Job) -> JobResult:
+        """All three steps on this thread."""
+        prepared = self.read(job)
+        return prepared if isinstance(prepared, JobResult) else self.finish(job, *prepared)
+
 
 def batch_settings(settings: dict[str, Any] | None, scale: int, format: str | None, uncertainty: bool,
                    through_plane: volume_sr.ThroughPlane | None) -> dict[str, Any]:
     """What makes an earlier output reusable on a rerun: the caller's settings plus how this batch runs."""
     return dict(settings or {}, scale=int(scale), format=format, uncertainty=uncertainty,
                 through_plane=None if through_plane is None else dataclasses.asdict(through_plane))
+
+
+def auto_streams(upscaler, through_plane: volume_sr.ThroughPlane | None = None) -> int:
+    """Jobs to upscale at once: 2 for a PyTorch model on a CPU with 2 or more threads (two images
+    with half the threads each outdo one with all, benchmarks/bench_batch.py), else 1. Also 1 with
+    `through_plane`: volumes are big jobs, and --adapt-minutes should have the whole CPU for its minutes."""
+    device = getattr(upscaler, "device", None)
+    cpu = isinstance(device, torch.device) and device.type == "cpu"
+    return 2 if cpu and through_plane is None and torch.get_num_threads() >= 2 else 1
 
 
 def input_paths(jobs: list[Job]) -> set[Path]:
@@ -389,7 +408,7 @@ def open_ledger(ledger: Path | None, inputs: set[Path]) -> Ledger | None:
 
 def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | None = None,
               uncertainty: bool = False, reference=None, through_plane: volume_sr.ThroughPlane | None = None,
-              workers: int = 2, settings: dict[str, Any] | None = None, ledger: Path | None = None,
+              workers: int = 2, streams: int | None = None, settings: dict[str, Any] | None = None, ledger: Path | None = None,
               force: bool = False, on_result: Callable[[JobResult], None] | None = None) -> BatchSummary:
     """Upscale every job's input into its output; returns the results in job order.
 
@@ -397,13 +416,18 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     that interface); `uncertainty` adds hallucination maps (medsr.inference.hallucination) next to each output, with the
     disagreement with `reference` when one is given (medsr.inference.hallucination.hallucination_maps).
     `through_plane` first makes the thick slices of NIfTI volumes and DICOM series thin
-    (medsr.inference.volume); `upscaler` None then skips the in-plane step. `workers` threads decode ahead and write behind (0: everything on this thread). With a
+    (medsr.inference.volume); `upscaler` None then skips the in-plane step. `workers` threads decode
+    ahead and write behind (0: everything on this thread). `streams` jobs are upscaled at once, each
+    with its share of torch's threads (None: `auto_streams`). With a
     `ledger` path, finished outputs are recorded there and jobs already complete with the same
     `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
     """
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
+    if streams is not None and streams < 1:
+        raise MedsrError(f"--streams must be 1 or more, got {streams}")
+    streams = min(auto_streams(upscaler, through_plane) if streams is None else streams, max(1, len(jobs)))
     scale = upscaler.scale if upscaler is not None else 1
     settings = batch_settings(settings, scale, format, uncertainty, through_plane)
     inputs = input_paths(jobs)
@@ -418,6 +442,11 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         return settled if settled is not None else runner.read(job)
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="medsr-io") if workers else None
+    threads = torch.get_num_threads()
+    model_pool = None
+    if streams > 1:  # before the streams' threads start, so each runs with its share
+        torch.set_num_threads(max(1, threads // streams))
+        model_pool = ThreadPoolExecutor(streams, thread_name_prefix="medsr-model")
 
     def submit(fn, *args) -> Future:
         return pool.submit(fn, *args) if pool else _finished(fn(*args))
@@ -427,7 +456,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     reading: deque[tuple[Job, Future]] = deque()  # inputs being decoded ahead of the model, in job order
     writing: deque[Future] = deque()  # results in job order; those still writing hold an SR image
     pending = iter(enumerate(jobs))
-    read_ahead, write_behind = 2 * workers, workers + 1
+    read_ahead, write_behind = 2 * workers + streams - 1, workers + streams
 
     def read_next() -> None:
         if (nxt := next(pending, None)) is not None:
@@ -436,7 +465,10 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     def drain(keep: int) -> None:
         """Report finished results from the front, in job order, waiting until at most `keep` are unreported."""
         while writing and (writing[0].done() or len(writing) > keep):
-            result = writing.popleft().result()
+            future = writing.popleft()
+            if future.cancelled():  # a job Ctrl-C kept from starting: listed as not started below
+                continue
+            result = future.result()
             results.append(result)
             report_result(result, book, settings, on_result)
 
@@ -450,6 +482,8 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                 read_next()
                 if isinstance(prepared, JobResult):
                     writing.append(_finished(prepared))
+                elif model_pool is not None:
+                    writing.append(model_pool.submit(runner.finish, job, *prepared))
                 else:
                     data, state, spent = prepared
                     started = time.perf_counter() - spent
@@ -465,12 +499,16 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         interrupted = True
         for _, future in reading:
             future.cancel()
+        for future in writing if model_pool is not None else ():
+            future.cancel()  # jobs still waiting for a stream (those on one finish)
         drain(keep=0)
         done = {id(r.job) for r in results}
         results += [JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs if id(job) not in done]
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for executor in (model_pool, pool):
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
         if book is not None:
             book.close()
     return BatchSummary(results, temp_removed, interrupted)

@@ -77,7 +77,7 @@ class Upscaler(TiledUpscaler):
         if precision == "int8":
             if qparams is None:
                 raise MedsrError("--precision int8 needs a model file with int8 calibration (the shipped default, default-x2, "
-                                 "default-x4 and default-gan have one); use --precision auto with this model")
+                                 "default-x4, default-gan and large have one); use --precision auto with this model")
             if device.type != "cpu":
                 raise MedsrError(f"--precision int8 runs on the CPU only; add --device cpu or use --precision auto on {device.type}")
             model = int8.quantized(model, qparams)

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -30,8 +30,10 @@ from medsr import hardware, zoo
 from medsr.data import slice_profile
 from medsr.errors import MedsrError
 from medsr.io import Image
-from medsr.io.series import Series
 from medsr.models.value_range import to_signed, to_unit
+
+if TYPE_CHECKING:  # pydicom loads only when a series is upscaled
+    from medsr.io.series import Series
 
 MODEL = "through-plane"  # the shipped model (src/medsr/zoo/through-plane.md)
 BATCH_PIXELS = 1 << 20  # fine-grid pixels per forward pass: bounds the network's working memory

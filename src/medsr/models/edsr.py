@@ -20,6 +20,10 @@ a pixel shuffle (x3 on a 512x512 input: 50 GMAC -> 3 GMAC, a third of the whole 
 `upsampler="fused"` trains that small conv directly (k = 2n + 1 for n upsampling convs plus the
 tail; 5x5 at x2 and x3, 7x7 at x4): the same linear maps away from the image border, with a third
 less work per training step. `with_fused_upsampler` converts a trained "convs" model to it.
+
+`deepened(num_blocks)` grows a trained model deeper without changing what it computes: the new
+residual blocks come after the trained ones with their last conv at zero, so each starts as the
+identity. A larger model trained from it starts at the smaller one's quality (medsr's `large`).
 """
 
 import copy
@@ -110,6 +114,23 @@ class EDSR(nn.Module):
         out.load_state_dict({k: v for k, v in self.state_dict().items() if k.startswith(("head.", "body."))}, strict=False)
         conv = self._fused_conv()
         out.upsample[0].load_state_dict(conv.state_dict())
+        return out
+
+    def deepened(self, num_blocks: int) -> "EDSR":
+        """This model with `num_blocks` residual blocks: the same function, the extra blocks identities
+        (their last conv zero) placed after the trained ones, before the body's closing conv."""
+        old = self.config["num_blocks"]
+        if num_blocks < old:
+            raise ValueError(f"deepened: {num_blocks} blocks is fewer than this model's {old}")
+        out = EDSR(**{**self.config, "num_blocks": num_blocks}).to(next(self.parameters()).device)
+        out.clamp_margin = self.clamp_margin
+        closing = f"body.{old}."  # the body's closing conv moves to the end
+        out.load_state_dict({k.replace(closing, f"body.{num_blocks}.", 1) if k.startswith(closing) else k: v
+                             for k, v in self.state_dict().items()}, strict=False)
+        with torch.no_grad():
+            for block in out.body[old:num_blocks]:
+                nn.init.zeros_(block.body[-1].weight)
+                nn.init.zeros_(block.body[-1].bias)
         return out
 
     def _reach(self) -> int:

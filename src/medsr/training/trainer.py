@@ -134,10 +134,14 @@ class Trainer:
 
     def _init_from(self, name: str, partial: bool) -> None:
         """Start the generator from a model's weights: all of them, or with `partial` those whose
-        shapes match (EDSR's way of starting x3/x4 from a trained x2 model); the rest keep their init."""
+        shapes match (EDSR's way of starting x3/x4 from a trained x2 model); the rest keep their init.
+        A shallower EDSR is first deepened to this recipe's depth, computing what it did."""
         start, meta = zoo.load(name)
         if self.generator.config.get("upsampler") == "fused" and hasattr(start, "with_fused_upsampler"):
             start = start.with_fused_upsampler()  # an EDSR trained with the "convs" upsampler, as this recipe's "fused" one
+        blocks = self.generator.config.get("num_blocks", 0)
+        if hasattr(start, "deepened") and start.config["num_blocks"] < blocks:
+            start = start.deepened(blocks)  # a deeper recipe starts as the trained model, its extra blocks identities
         own = self.generator.state_dict()
         kept = {k: v for k, v in start.state_dict().items() if k in own and own[k].shape == v.shape}
         if meta["medsr_arch"] != self.cfg.model or (len(kept) < len(own) and not partial):
