@@ -465,12 +465,14 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     def drain(keep: int) -> None:
         """Report finished results from the front, in job order, waiting until at most `keep` are unreported."""
         while writing and (writing[0].done() or len(writing) > keep):
-            future = writing.popleft()
-            if future.cancelled():  # a job Ctrl-C kept from starting: listed as not started below
-                continue
-            result = future.result()
-            results.append(result)
-            report_result(result, book, settings, on_result)
+            future = writing[0]
+            # a job Ctrl-C kept from starting is listed as not started below; a Ctrl-C while waiting
+            # here leaves the job in `writing`, for the drain after it
+            result = None if future.cancelled() else future.result()
+            writing.popleft()
+            if result is not None:
+                results.append(result)
+                report_result(result, book, settings, on_result)
 
     try:
         with quiet_libraries():  # entered once here: the readers' own per-file enter/exit is not thread-safe
@@ -502,6 +504,10 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         for future in writing if model_pool is not None else ():
             future.cancel()  # jobs still waiting for a stream (those on one finish)
         drain(keep=0)
+        for result in results if book is not None else ():  # a Ctrl-C between a result and its ledger line
+            record = book.record(result.job, result.state, settings, result.files) if result.status == "done" else None
+            if record is not None and book.get(result.job.record_path) != record:
+                book.append(record)
         done = {id(r.job) for r in results}
         results += [JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs if id(job) not in done]
     finally:
