@@ -1,6 +1,6 @@
 """Batch throughput: `medsr upscale` over a folder of synthetic 512x512 8-bit PNGs with the default
 model (x3, to 1536x1536), files/s with 0, 1 and 2 I/O threads (--workers), with one or two model
-streams (--streams) and with --precision int8, the time of a resume pass that finds every output
+streams (--streams), in int8 (`auto` on CPUs with int8 units) and bf16, the time of a resume pass that finds every output
 complete and skips it, the marginal time per image, each step's cost on one thread and what that
 makes the least possible marginal time on this machine's cores, the Ray engine against the local
 one (a one-machine cluster), PNG encoding at two zlib levels, and a fresh process's start-up.
@@ -88,16 +88,16 @@ def stage_seconds(files: list[Path], out: Path, precision: str = "auto") -> dict
 
 
 def one_thread_floor(files: list[Path], out: Path) -> str:
-    """Each step's cost on one thread (CPU-seconds per image, auto and int8), and the marginal time
+    """Each step's cost on one thread (CPU-seconds per image, bf16 and int8), and the marginal time
     they allow at best: all of this machine's cores busy, nothing lost to waiting."""
     threads, cores = torch.get_num_threads(), os.cpu_count()
     torch.set_num_threads(1)
     try:
-        costs = {precision: stage_seconds(files, out / precision, precision) for precision in ("auto", "int8")}
+        costs = {precision: stage_seconds(files, out / precision, precision) for precision in ("bf16", "int8")}
     finally:
         torch.set_num_threads(threads)
-    lines = ["\n| one image's steps, one thread (CPU-seconds) | " + " | ".join(costs["auto"]) + " | total | best marginal time on "
-             f"{cores} cores (total / {cores}) |", "|---|" + "---:|" * (len(costs["auto"]) + 2)]
+    lines = ["\n| one image's steps, one thread (CPU-seconds) | " + " | ".join(costs["bf16"]) + " | total | best marginal time on "
+             f"{cores} cores (total / {cores}) |", "|---|" + "---:|" * (len(costs["bf16"]) + 2)]
     for precision, steps in costs.items():
         total = sum(steps.values())
         lines.append(f"| --precision {precision} | " + " | ".join(f"{v:.3f}" for v in steps.values()) + f" | {total:.3f} | "
@@ -138,11 +138,13 @@ def projection(stages: dict[str, float], ray_seconds: float, files: int, src: Pa
     node_rate = files / ray_seconds
     storage = 1e9  # bytes/s: an ASSUMED shared file system (a good NFS server or object-store gateway), not measured
     saturate = storage / (in_bytes + out_bytes) / node_rate
+    overhead = (f"Ray's scheduling and transfer add at least {per_cpu - work:.2f} CPU-seconds per job" if per_cpu > work else
+                "Ray's scheduling and transfer cost is within that bound: too small to measure this way")
     return "\n".join([
         "", "**Scaling out, measured on this machine:** one job's steps take "
         + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()) + f" with torch's {torch.get_num_threads()} threads (at most "
-        f"{work:.2f} CPU-seconds); under the Ray engine, one job per CPU, a job costs {per_cpu:.2f} CPU-seconds, so Ray's "
-        f"scheduling and transfer add at least {per_cpu - work:+.2f} CPU-seconds per job. A job reads {in_bytes / 1e6:.2f} MB "
+        f"{work:.2f} CPU-seconds); under the Ray engine, one job per CPU, a job costs {per_cpu:.2f} CPU-seconds, so {overhead}. "
+        f"A job reads {in_bytes / 1e6:.2f} MB "
         f"and writes {out_bytes / 1e6:.2f} MB.",
         "", f"**Projected, not measured:** N machines like this one give about N x {node_rate:.2f} files/s while nothing is "
         "shared but the file system and Ray's head: 100 of them about "
@@ -172,22 +174,24 @@ def main():
         few.mkdir()
         for path in sorted(src.iterdir())[: args.files // 4]:
             (few / path.name).write_bytes(path.read_bytes())
-        print(f"{args.files} files of 512x512 -> 1536x1536, default model, --precision auto unless the row says int8; "
-              f"--streams 1 is one image at a time on all {torch.get_num_threads()} threads (medsr before 2026-11-29), "
-              "no --streams the default (2 here)\n")
+        auto = load_upscaler("default")[0].precision
+        print(f"{args.files} files of 512x512 -> 1536x1536, default model; no --precision is auto ({auto} on this CPU); "
+              f"--streams 1 is one image at a time on all {torch.get_num_threads()} threads, no --streams the default (2 here); "
+              "`--precision bf16 --streams 1` is how medsr ran before 2026-11-29\n")
         print("| run | seconds | files/s |\n|---|---:|---:|")
+        before = ["--precision", "bf16", "--streams", "1"]
         for workers in args.workers.split(","):
             out = Path(tmp) / f"out-{workers}"
-            seconds = upscale([str(src), "-o", str(out), "--workers", workers, "--streams", "1"])
-            print(f"| --workers {workers} --streams 1 | {seconds:.1f} | {args.files / seconds:.2f} |", flush=True)
+            seconds = upscale([str(src), "-o", str(out), "--workers", workers, *before])
+            print(f"| --workers {workers} {' '.join(before)} | {seconds:.1f} | {args.files / seconds:.2f} |", flush=True)
         rest = args.files - args.files // 4
-        runs = {"--streams 1": seconds}  # options (with the last --workers) -> seconds for all the files
-        for options in ([], ["--precision", "int8", "--streams", "1"], ["--precision", "int8"]):
+        runs = {" ".join(before): seconds}  # options (with the last --workers) -> seconds for all the files
+        for options in (["--precision", "bf16"], ["--streams", "1"], []):
             out = Path(tmp) / f"run-{len(runs)}"
             runs[" ".join(options)] = seconds = upscale([str(src), "-o", str(out), "--workers", workers, *options])
             print(f"| {' '.join(['--workers', workers, *options])} | {seconds:.1f} | {args.files / seconds:.2f} |", flush=True)
         full = runs[""]
-        seconds = upscale([str(src), "-o", str(Path(tmp) / "run-1"), "--workers", workers])  # the defaults run, again
+        seconds = upscale([str(src), "-o", str(out), "--workers", workers])  # the defaults run (the last), again
         print(f"| resume, all complete (--workers {workers}) | {seconds:.2f} | {args.files / seconds:.0f} |")
         print(f"\n| marginal time per image, --workers {workers} | seconds |\n|---|---:|")
         for label, total in runs.items():

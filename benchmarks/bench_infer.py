@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from common import DATA, best_of, machine, spread
 
-from medsr import metrics, zoo
+from medsr import hardware, metrics, zoo
 from medsr.data import degrade, load_arrays, scan, select
 from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit
 
 CPU = torch.device("cpu")
+FLOAT = "bf16" if hardware.cpu_has_fast_bf16() else "fp32"  # what auto runs where int8 does not
 TILES = (0, 128, 256, 384, 512)
 
 
@@ -89,11 +90,11 @@ def main():
 
     count = len(pairs["paper"]) if pairs else 0
     print("| model | fp32, old layout (s) | fp32 (s) | bf16 (s) | int8 (s) | fp32 speed-up | bf16 vs fp32 | int8 vs bf16 | "
-          "bf16 - fp32 test PSNR, paper (dB) | int8 - bf16 test PSNR, paper / native (dB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "bf16 - fp32 test PSNR, paper (dB) | int8 - bf16 test PSNR, paper / native (dB) | auto runs |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name in args.models.split(","):
         model = zoo.load(name)[0]
-        runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in ("fp32", "bf16", *(("int8",) if hasattr(model, "int8_qparams") else ()))}
+        runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in ("fp32", "bf16", *(("int8",) if hasattr(model, "int8_calibration") else ()))}
         if name == "default":
             runs["old"] = old_fp32(model)
         seconds = {p: best_of(lambda u=u: u.upscale(image), 3) for p, u in runs.items()}
@@ -103,15 +104,15 @@ def main():
             int8_delta = f"{delta(runs['int8'], runs['bf16'], 'paper')} / {delta(runs['int8'], runs['bf16'], 'native')}"
         print(f"| {name} | {old:.2f} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {int8:.2f} | {old / seconds['fp32']:.2f}x | "
               f"{seconds['fp32'] / seconds['bf16']:.2f}x | {seconds['bf16'] / int8:.2f}x | {delta(runs['bf16'], runs['fp32'], 'paper')} | "
-              f"{int8_delta} |", flush=True)
+              f"{int8_delta} | {Upscaler(model, 3, CPU, 'auto', tile=0).precision} |", flush=True)
     print(f"\n(PSNR changes over {count} test images per protocol.)")
 
-    default = Upscaler(zoo.load("default")[0], 3, CPU, "auto", tile=0)
+    default = Upscaler(zoo.load("default")[0], 3, CPU, FLOAT, tile=0)
     by_op = profile(default, image)
     total, conv = sum(by_op.values()), by_op.get("aten::mkldnn_convolution", 0.0)
     flops = conv_flops(default.model, 512)
     body = ceiling["conv"]["body conv 48->48 3x3 (x17)"]["bf16"]
-    print(f"\nDefault model, precision auto, one 512x512 call, profiled: {total:.3f} s of operator time, convolutions {conv:.3f} s "
+    print(f"\nDefault model, {FLOAT}, one 512x512 call, profiled: {total:.3f} s of operator time, convolutions {conv:.3f} s "
           f"({100 * conv / total:.0f} %); the rest: " + ", ".join(f"{k.removeprefix('aten::')} {v * 1000:.0f} ms" for k, v in
                                                                  sorted(by_op.items(), key=lambda kv: -kv[1])[1:6]))
     print(f"Convolutions: {flops / 1e9:.0f} GFLOP in {conv:.3f} s = {flops / conv / 1e9:.0f} GFLOP/s, "
@@ -122,20 +123,20 @@ def main():
     big = smooth_image(1024, seed=1)
     print("\n| tile (LR px, 16 px overlap) | 512x512 (s) | 1024x1024 (s) |\n|---|---:|---:|")
     for tile in TILES:
-        up = Upscaler(default.model, 3, CPU, "auto", tile=tile)
+        up = Upscaler(default.model, 3, CPU, FLOAT, tile=tile)
         print(f"| {tile or 'none (one call)'} | {best_of(lambda: up.upscale(image), 3):.2f} | {best_of(lambda: up.upscale(big), 2):.2f} |",
               flush=True)
 
-    frozen = Upscaler(default.model, 3, CPU, "auto", tile=0)
+    frozen = Upscaler(default.model, 3, CPU, FLOAT, tile=0)
     example = torch.zeros(1, 1, 512, 512).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=frozen.dtype is not None):
         # TorchScript freezing hands the graph to oneDNN's fusion passes (conv + ReLU, conv + add as post-ops)
         frozen.model = torch.jit.freeze(torch.jit.trace(frozen.model, example, check_trace=False))
-    print(f"\nTraced and frozen (TorchScript, oneDNN fusion), 512x512, precision auto: {best_of(lambda: frozen.upscale(image), 3):.2f} s; "
+    print(f"\nTraced and frozen (TorchScript, oneDNN fusion), 512x512, {FLOAT}: {best_of(lambda: frozen.upscale(image), 3):.2f} s; "
           f"eager {best_of(lambda: default.upscale(image), 3):.2f} s.")
 
     if not args.no_compile:
-        compiled = Upscaler(default.model, 3, CPU, "auto", tile=0)
+        compiled = Upscaler(default.model, 3, CPU, FLOAT, tile=0)
         compiled.model = torch.compile(compiled.model)
         start = time.perf_counter()
         try:
@@ -144,7 +145,7 @@ def main():
             print(f"\ntorch.compile failed: {type(err).__name__}: {str(err).splitlines()[0]}")
             return
         first = time.perf_counter() - start
-        print(f"\ntorch.compile (inductor, default mode), 512x512, precision auto: first call {first:.1f} s, then "
+        print(f"\ntorch.compile (inductor, default mode), 512x512, {FLOAT}: first call {first:.1f} s, then "
               f"{best_of(lambda: compiled.upscale(image), 3):.2f} s per call; eager {best_of(lambda: default.upscale(image), 3):.2f} s.")
 
 

@@ -8,6 +8,9 @@ Calibration images: `--images` files spread over both data sets' train split, ea
 and a native-protocol LR at the model's scale, plus every 20th head-holding slice of a train T1
 volume (16-bit data). Choosing the calibration (how many images, which tensors stay float) was done
 on the validation split; docs/PERFORMANCE.md (bench_infer.py) reports the test-split PSNR change.
+Each file also records int8's PSNR change from bf16 on 48 validation images per protocol: where it
+is within medsr.models.int8.AUTO_BUDGET_DB (0.05 dB), `--precision auto` runs the model in int8 on
+CPUs with int8 units.
 """
 
 import argparse
@@ -23,6 +26,7 @@ from medsr import zoo
 from medsr.data import degrade, load_arrays, scan, select
 from medsr.evaluation import quality
 from medsr.files import atomic_write
+from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit
 from medsr.models import int8
 from medsr.models.value_range import to_signed
@@ -44,16 +48,34 @@ def calibration_images(scale: int, count: int) -> list[torch.Tensor]:
     return lrs
 
 
-def calibrate_file(path: Path, count: int = 16) -> int:
-    """Write int8 calibration into the model file at `path` (weights unchanged); returns the number
-    of calibration images."""
+def validation_change(model, calibration: dict, limit: int = 48) -> dict[str, float]:
+    """int8's PSNR change from bf16 per protocol, on `limit` VALIDATION images of both data sets."""
+    cpu = torch.device("cpu")
+    bf16 = Upscaler(model, model.scale, cpu, "bf16", tile=0)
+    quantized = Upscaler(model, model.scale, cpu, "bf16", tile=0)  # the float layers in bf16, as int8 runs them on these CPUs
+    quantized.model = int8.quantized(quantized.model, calibration)
+    methods = [quality.Method("bf16", bf16), quality.Method("int8", quantized)]
+    data = [str(DATA / "brain-mri"), str(DATA / "chest-xray")]
+    changes = {}
+    for protocol in ("paper", "native"):
+        psnr = {s["method"]: s["psnr"] for s in quality.summarize(quality.evaluate(data, methods, model.scale, protocol, "val", limit))}
+        changes[protocol] = round(psnr["int8"] - psnr["bf16"], 4)
+    return changes
+
+
+def calibrate_file(path: Path, count: int = 16) -> tuple[int, dict[str, float]]:
+    """Write int8 calibration into the model file at `path` (weights unchanged), with its
+    validation-split PSNR change (which decides whether `auto` runs it); returns the number of
+    calibration images and that change."""
     model, _ = zoo.load(path)
     lrs = calibration_images(model.scale, count)
-    metadata = dict(zoo.read_metadata(path), medsr_int8=json.dumps(int8.calibrate(model, lrs)))
+    calibration = int8.calibrate(model, lrs)
+    calibration["validation_db"] = validation_change(model, calibration)
+    metadata = dict(zoo.read_metadata(path), medsr_int8=json.dumps(calibration))
     tensors = load_file(str(path))
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     path.chmod(0o644)  # safetensors writes owner-only files; a package file must be readable by all
-    return len(lrs)
+    return len(lrs), calibration["validation_db"]
 
 
 def main():
@@ -63,8 +85,11 @@ def main():
     args = parser.parse_args()
     print(machine())
     for name in args.names:
-        count = calibrate_file(zoo.shipped_models()[name], args.images)
-        print(f"{name}: int8 calibration from {count} train-split LR images")
+        count, changes = calibrate_file(zoo.shipped_models()[name], args.images)
+        within = "within" if int8.within_budget({"validation_db": changes}) else "outside"
+        print(f"{name}: int8 calibration from {count} train-split LR images; PSNR change from bf16 on the validation split: "
+              f"paper {changes['paper']:+.3f} dB, native {changes['native']:+.3f} dB, {within} the {int8.AUTO_BUDGET_DB} dB "
+              "for `auto`", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """How int8 is set up (`--precision int8`), chosen on the VALIDATION split: the shipped calibration
-(benchmarks/calibrate_int8.py: 16 train-split files) against more calibration images and against
-keeping parts of the default model's body in float, each as PSNR change from bf16 (`auto`). The
+(benchmarks/calibrate_int8.py: 16 train-split files, equalized blocks, the onednn backend's fused
+conv + residual addition) against each of its ideas left out and against more calibration images,
+each as PSNR change from bf16 (`auto`). The
 test-split change and the speed of the shipped choice are in bench_infer.py.
 
     python benchmarks/int8_validation.py [--limit 48]
@@ -18,12 +19,12 @@ from medsr.inference.upscaler import Upscaler
 from medsr.models import int8
 
 CPU = torch.device("cpu")
-VARIANTS = {  # name: (calibration files, parts of the body kept in float)
-    "shipped: 16 files, all of the body in int8": (16, ()),
-    "64 calibration files": (64, ()),
-    "first residual block in float": (16, ("0",)),
-    "last body conv in float": (16, ("8",)),
-    "residual additions in float": (16, ("add",)),
+VARIANTS = {  # name: (calibration files, equalize, backend)
+    "shipped: 16 files, equalized, onednn (conv + add fused)": (16, True, "onednn"),
+    "not equalized": (16, False, "onednn"),
+    "x86 backend (conv and add rounded apart)": (16, True, "x86"),
+    "neither (medsr's int8 until 2026-11-29)": (16, False, "x86"),
+    "64 calibration files": (64, True, "onednn"),
 }
 
 
@@ -34,9 +35,9 @@ def main():
     print(f"{machine()}\n")
     model, _ = zoo.load("default")
     upscalers = {"bf16 (auto)": Upscaler(model, 3, CPU, "auto", tile=0)}
-    for name, (files, keep_float) in VARIANTS.items():
+    for name, (files, equalize, backend) in VARIANTS.items():
         up = Upscaler(model, 3, CPU, "auto", tile=0)  # the float layers as `auto` runs them, as --precision int8 does
-        up.model = int8.quantized(up.model, int8.calibrate(model, calibration_images(3, files), keep_float), keep_float)
+        up.model = int8.quantized(up.model, int8.calibrate(model, calibration_images(3, files), equalize, backend))
         upscalers[name] = up
     methods = [quality.Method(name, up) for name, up in upscalers.items()]
     data = [str(DATA / "brain-mri"), str(DATA / "chest-xray")]

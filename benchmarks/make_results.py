@@ -76,13 +76,19 @@ def main():
     args = parser.parse_args()
     cpu = torch.device("cpu")
     methods = [quality.Method(name) for name in quality.BASELINES]
+    in_int8 = []
     for name in args.models.split(","):
         model, meta = zoo.load(name)
-        methods.append(quality.Method(name, Upscaler(model, int(meta["medsr_scale"]), cpu, "auto", tile=0)))
+        upscaler = Upscaler(model, int(meta["medsr_scale"]), cpu, "auto", tile=0)
+        methods.append(quality.Method(name, upscaler))
+        in_int8 += [name] if upscaler.precision == "int8" else []
+    float_precision = "bf16" if hardware.cpu_has_fast_bf16() else "fp32"
     command = "python benchmarks/make_results.py" + (f" --models {args.models}" if args.models != MODELS else "") + \
         (f" --limit {args.limit}" if args.limit else "")
     lines = ["# Results", "", f"Produced by `{command}` (test split, x3, "
-             f"precision {'bf16' if hardware.cpu_has_fast_bf16() else 'fp32'}; {time.strftime('%Y-%m-%d')}).",
+             f"precision auto, as `medsr upscale` runs on this CPU: {float_precision}"
+             + (f", int8 for {', '.join(in_int8)} (within 0.05 dB of bf16 on the validation split)" if in_int8 else "")
+             + f"; {time.strftime('%Y-%m-%d')}).",
              "PSNR and SSIM after a border crop of 3 px; data range of the images' bit depth (8-bit here).",
              "paper protocol: HR = centre square resized to 150x150, LR 50x50; native protocol: HR at the image's",
              "own resolution, centre-cropped to at most 1500 px, LR = HR / 3. Both LR by antialiased bicubic.",

@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from medsr import zoo
+from medsr.models import int8
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def main():
         target.chmod(0o644)  # safetensors writes owner-only files; a package file must be readable by all
     else:
         shutil.copyfile(source, target)
-    int8_images = calibrate_int8.calibrate_file(target) if args.int8 else 0
+    int8_images, int8_change = calibrate_int8.calibrate_file(target) if args.int8 else (0, {})
     model, _ = zoo.load(target)
     recipe = (args.run / "config.yaml").read_text()
     mix = (yaml.safe_load(recipe) or {}).get("mix") or {}
@@ -58,7 +59,10 @@ def main():
              f"- trained with: `{args.command}`",
              f"- steps: {meta['medsr_step']}; wall time on the 2-core development CPU (bf16): {int(seconds) / 60:.0f} min",
              *([f"- int8: `--precision int8` runs its residual body in int8, activations calibrated on {int8_images} train-split "
-                "LR images (`python benchmarks/calibrate_int8.py`); its speed and test-split PSNR change: docs/PERFORMANCE.md"]
+                "LR images (`python benchmarks/calibrate_int8.py`); PSNR change from bf16 on the validation split: paper "
+                f"{int8_change['paper']:+.3f} dB, native {int8_change['native']:+.3f} dB, so `--precision auto` runs it in "
+                f"{'int8' if int8.within_budget({'validation_db': int8_change}) else 'bf16'} on CPUs with int8 units; "
+                "its speed and test-split PSNR change: docs/PERFORMANCE.md"]
                if int8_images else []),
              *([f"- note: {args.note}"] if args.note else []),
              "", "## Test-split figures (from docs/RESULTS.md or docs/COMPARISON.md)", ""]

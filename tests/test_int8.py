@@ -37,6 +37,9 @@ def test_the_shipped_default_runs_in_int8_close_to_fp32():
     fp32, _ = load_upscaler("default", precision="fp32")
     quantized, _ = load_upscaler("default", precision="int8")
     assert any(isinstance(m, int8.Int8Body) for m in quantized.model.modules())  # the int8 path did run
+    # each block's second conv and its residual addition are one int8 op (the onednn backend)
+    assert sum(type(m).__name__ == "ConvAdd2d" for m in quantized.model.modules()) == 8
+    torch.backends.quantized.engine = "x86"  # whatever else set torch's process-wide engine, the body picks its own
     out, reference = quantized.upscale(image), fp32.upscale(image)
     assert out.shape == (288, 288)
     assert 45 < psnr(out, reference) < 200  # int8 rounding: close to fp32, not identical
@@ -49,15 +52,64 @@ def test_quantized_follows_the_float_model(trained_like):
     up = Upscaler(model, 3, CPU, "fp32")
     up.model = int8.quantized(up.model, qparams)
     assert psnr(up.upscale(image), fp32) > 40
-    wrong = [[scale * 50, zero_point] for scale, zero_point in qparams]  # 50x too coarse: the test above can fail
-    up.model = int8.quantized(Upscaler(model, 3, CPU, "fp32").model, wrong)
+    wrong = dict(qparams, activations=[[scale * 50, zero_point] for scale, zero_point in qparams["activations"]])
+    up.model = int8.quantized(Upscaler(model, 3, CPU, "fp32").model, wrong)  # 50x too coarse: the test above can fail
     assert psnr(up.upscale(image), fp32) < 40
+
+
+def test_equalization_keeps_the_float_function_and_evens_the_channels(trained_like):
+    model, calibration = trained_like
+    factors = calibration["equalization"]
+    assert len(factors) == 2 and all(len(f) == 16 for f in factors)
+    assert max(max(f) for f in factors) > 1.2 and min(min(f) for f in factors) == 1.0  # the widest channel stays, others grow
+    x = torch.from_numpy(smooth(32, seed=5)).mul(2).sub(1)[None, None]
+    equalized = int8._equalize(model, factors)
+    torch.testing.assert_close(equalized(x), model(x), atol=1e-5, rtol=1e-5)
+    block = equalized.body[0].body
+    peaks = block[1](block[0](equalized.head(x))).amax(dim=(0, 2, 3))
+    original = model.body[0].body
+    before = original[1](original[0](model.head(x))).amax(dim=(0, 2, 3))
+    assert peaks.min() / peaks.max() > before.min() / before.max()
+
+
+def test_equalization_brings_int8_closer_to_float():
+    model, _ = zoo.load("default")
+    calibration = [torch.from_numpy(smooth(64, seed)).mul(2).sub(1)[None, None] for seed in range(3)]
+    image = smooth(96, seed=11)
+    reference = Upscaler(model, 3, CPU, "fp32").upscale(image)
+    scores = {}
+    for equalize in (True, False):
+        up = Upscaler(model, 3, CPU, "fp32")
+        up.model = int8.quantized(up.model, int8.calibrate(model, calibration, equalize))
+        scores[equalize] = psnr(up.upscale(image), reference)
+    assert scores[True] > scores[False]
+
+
+@pytest.mark.parametrize("has_int8_units, change, runs", [(True, -0.04, "int8"), (True, -0.06, "auto"), (False, -0.04, "auto")])
+def test_auto_runs_int8_only_within_budget_on_int8_cpus(trained_like, monkeypatch, has_int8_units, change, runs):
+    model, calibration = trained_like
+    model.int8_calibration = dict(calibration, validation_db={"paper": -0.01, "native": change})
+    monkeypatch.setattr(hardware, "cpu_has_fast_int8", lambda: has_int8_units)
+    up = Upscaler(model, 3, CPU, "auto")
+    assert up.precision == runs
+    assert any(isinstance(m, int8.Int8Body) for m in up.model.modules()) == (runs == "int8")
+    assert Upscaler(model, 3, CPU, "bf16").precision == "bf16"  # only auto picks int8
+    del model.int8_calibration
+
+
+def test_within_budget():
+    assert int8.within_budget({"validation_db": {"paper": -0.02, "native": -0.05}})
+    assert not int8.within_budget({"validation_db": {"paper": -0.02, "native": -0.051}})
+    assert not int8.within_budget({"backend": "onednn"})  # never validated
+    assert not int8.within_budget(None)
 
 
 def test_calibration_must_match_the_model(trained_like):
     model, qparams = trained_like
     with pytest.raises(ValueError, match="calibrate this model again"):
-        int8.quantized(model, qparams[:-1])
+        int8.quantized(model, dict(qparams, activations=qparams["activations"][:-1]))
+    with pytest.raises(ValueError, match="calibrate this model again"):
+        int8.quantized(model, qparams["activations"])  # the format before equalization
 
 
 def test_int8_needs_a_calibrated_model():
@@ -71,7 +123,10 @@ def test_int8_needs_a_calibrated_model():
 def test_shipped_default_models_carry_calibration():
     for name in ("default", "default-x2", "default-x4", "default-gan", "large"):
         model, _ = zoo.load(name)
-        assert isinstance(int8.quantized(model, model.int8_qparams).body, int8.Int8Body), name  # one pair per tensor, or it raises
+        assert isinstance(int8.quantized(model, model.int8_calibration).body, int8.Int8Body), name  # one pair per tensor, or it raises
+        assert set(model.int8_calibration["validation_db"]) == {"paper", "native"}, name
+    model, _ = zoo.load("default")
+    assert int8.within_budget(model.int8_calibration)  # so `auto` runs the default in int8 on CPUs with int8 units
 
 
 def test_int8_is_only_for_upscaling():

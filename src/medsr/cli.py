@@ -129,8 +129,10 @@ def _upscale(args) -> int:
     if through_plane:
         names.append(f"through-plane model {through_plane.model}")
     name = " + ".join(names)
-    # What makes an earlier output reusable on --resume: same weights, same way of running them.
-    settings = {"model": batch.model_identity(args.model, meta) if in_plane else None, "precision": args.precision, "tile": args.tile,
+    # What makes an earlier output reusable on --resume: same weights, same way of running them
+    # (the precision that runs: auto is int8 or a float one, depending on the CPU and the model).
+    settings = {"model": batch.model_identity(args.model, meta) if in_plane else None,
+                "precision": getattr(upscaler, "precision", args.precision), "tile": args.tile,
                 "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
                 "reference": reference_meta and batch.model_identity(args.reference_model, reference_meta)}
     jobs = _jobs(pairs, out_dir, args.format)
@@ -145,7 +147,7 @@ def _upscale(args) -> int:
             scale = upscaler.scale if upscaler else 1
             full_settings = batch.batch_settings(settings, scale, args.format, args.uncertainty, through_plane)
             setup = ray_engine.WorkerSetup(
-                args.model if in_plane else None, args.scale, args.device, args.precision, args.tile, args.tile_overlap,
+                args.model if in_plane else None, args.scale, args.device, settings["precision"], args.tile, args.tile_overlap,
                 getattr(args, "runtime", "torch"), reference_name, json.dumps(full_settings),
                 name, args.format, args.uncertainty, through_plane, tuple(str(p.resolve()) for p, _ in pairs))
             summary = ray_engine.run_batch_ray(jobs, setup, ledger=ledger, force=args.force, on_result=progress,
@@ -248,8 +250,11 @@ def _models(args) -> int:
 
 
 def _device_options(p) -> None:
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 where the hardware does it natively, else fp32; "
-                   "int8: auto with the model's residual body in int8 (CPU; shipped default models; faster, slightly less exact: docs/PERFORMANCE.md)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="int8: the model's residual body in int8 (CPU; shipped default models and large; faster, slightly less exact: "
+                   "docs/PERFORMANCE.md); auto: int8 on CPUs with int8 units (VNNI, AMX) for models whose int8 is within 0.05 dB "
+                   "of bf16 on the validation split (as shipped: default, default-gan, default-x4; see their cards), else bf16 where the "
+                   "hardware does it natively, else fp32")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
 
 

@@ -22,6 +22,16 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
 
 
+@functools.cache
+def cpu_has_fast_int8() -> bool:
+    """True when the CPU has int8 dot-product units (AMX-INT8, AVX-512 VNNI or AVX-VNNI); read at run time."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("amx_int8", "avx512_vnni", "avx_vnni"))
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -234,10 +234,18 @@ def settled_result(job: Job, refusal: str | None, book: Ledger | None, settings:
     return None
 
 
+def book_result(result: JobResult, book: Ledger | None, settings: dict[str, Any]) -> None:
+    """A done job's record appended to the ledger, unless the ledger holds that very record already."""
+    if book is None or result.status != "done":
+        return
+    record = book.record(result.job, result.state, settings, result.files)
+    if book.get(result.job.record_path) != record:
+        book.append(record)
+
+
 def report_result(result: JobResult, book: Ledger | None, settings: dict[str, Any], on_result: Callable | None) -> None:
     """A finished job: booked in the ledger when done (at once, so a killed run keeps it), then handed to on_result."""
-    if book is not None and result.status == "done":
-        book.append(book.record(result.job, result.state, settings, result.files))
+    book_result(result, book, settings)
     if on_result is not None:
         on_result(result)
 
@@ -504,10 +512,8 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         for future in writing if model_pool is not None else ():
             future.cancel()  # jobs still waiting for a stream (those on one finish)
         drain(keep=0)
-        for result in results if book is not None else ():  # a Ctrl-C between a result and its ledger line
-            record = book.record(result.job, result.state, settings, result.files) if result.status == "done" else None
-            if record is not None and book.get(result.job.record_path) != record:
-                book.append(record)
+        for result in results:  # a Ctrl-C between a result and its ledger line
+            book_result(result, book, settings)
         done = {id(r.job) for r in results}
         results += [JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs if id(job) not in done]
     finally:

@@ -70,17 +70,20 @@ class Upscaler(TiledUpscaler):
         super().__init__(scale, tile, tile_overlap, normalize)
         self.device = device
         self.dtype = hardware.resolve_precision("auto" if precision == "int8" else precision, device)
-        qparams = getattr(model, "int8_qparams", None)  # set by zoo.load from the file's medsr_int8 metadata
+        calibration = getattr(model, "int8_calibration", None)  # set by zoo.load from the file's medsr_int8 metadata
+        if precision == "auto" and device.type == "cpu" and hardware.cpu_has_fast_int8() and int8.within_budget(calibration):
+            precision = "int8"  # as exact as bf16 within int8.AUTO_BUDGET_DB, and faster
+        self.precision = precision  # what runs: int8, or the float precision asked for
         model = model.to(device).eval()
         if hasattr(model, "fused_for_inference"):
             model = model.fused_for_inference()  # same function, fewer operations
         if precision == "int8":
-            if qparams is None:
+            if calibration is None:
                 raise MedsrError("--precision int8 needs a model file with int8 calibration (the shipped default, default-x2, "
                                  "default-x4, default-gan and large have one); use --precision auto with this model")
             if device.type != "cpu":
                 raise MedsrError(f"--precision int8 runs on the CPU only; add --device cpu or use --precision auto on {device.type}")
-            model = int8.quantized(model, qparams)
+            model = int8.quantized(model, calibration)
         # Model and input share one memory format: channels_last, the faster one for oneDNN's
         # convolutions in fp32 and bf16 alike (benchmarks/bench_infer.py); a mismatch costs a
         # layout conversion at every layer.

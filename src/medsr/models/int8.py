@@ -1,44 +1,60 @@
 """int8 inference for EDSR's residual body, on CPUs with int8 dot-product units (VNNI, AMX-INT8).
 
 The body (8 residual blocks and a conv: 97 % of the default model's convolution FLOPs) runs in int8 through
-PyTorch's static quantization (FX graph mode, the x86 backend: oneDNN kernels). Weights are
-quantized per output channel from the float weights at load time, so a model file only needs the
-activations' quantization parameters: one (scale, zero point) pair per quantized tensor, found
-once by `calibrate` on training images and stored in the file's metadata (`medsr_int8`). The head,
-the upsampling, the bicubic base and the clamp stay in float: the input keeps its full bit depth
-and only the residual over bicubic passes through int8. Activations use all 8 bits (no
+PyTorch's static quantization (FX graph mode) and oneDNN's kernels. Weights are quantized per
+output channel from the float weights at load time, so a model file only needs its calibration,
+found once by `calibrate` on training images and stored in the file's metadata (`medsr_int8`):
+- the activations' quantization parameters: one (scale, zero point) pair per quantized tensor;
+- equalization factors: inside each residual block, conv1's output channels are scaled up and
+  conv2's matching input channels down (ReLU passes positive factors through), the same function
+  in float, so that every channel between them spans the same range and one per-tensor int8 scale
+  suits them all;
+- the backend: "onednn" runs each block's second conv and its residual addition as one int8 op,
+  one rounding and one pass over memory fewer than "x86", which rounds the conv's output and the sum;
+- `validation_db`, the PSNR change from bf16 on the validation split: a model whose change is
+  within AUTO_BUDGET_DB runs in int8 under `--precision auto` on CPUs with int8 units.
+The head, the upsampling, the bicubic base and the clamp stay in float: the input keeps its full
+bit depth and only the residual over bicubic passes through int8. Activations use all 8 bits (no
 reduce_range), which is exact on VNNI and AMX; older CPUs' int8 kernels may saturate a little.
+How these were chosen, on the validation split: benchmarks/int8_validation.py.
 """
 
 from __future__ import annotations
 
 import copy
-import operator
 import warnings
 
 import torch
 import torch.nn as nn
 
 QUANT_MIN, QUANT_MAX = 0, 255  # quint8 activations over the full 8 bits
+BACKENDS = ("onednn", "x86")
+AUTO_BUDGET_DB = 0.05  # the most PSNR int8 may lose against bf16, on the validation split, and still run as `auto`
 
 
-def _qconfig_mapping(observer, keep_float: tuple[str, ...]):
+def within_budget(calibration: dict | None) -> bool:
+    """Whether a model's int8 calibration lost at most AUTO_BUDGET_DB against bf16 on every protocol of
+    the validation split (its `validation_db`, measured when it shipped: benchmarks/calibrate_int8.py)."""
+    changes = calibration.get("validation_db") if isinstance(calibration, dict) else None
+    return bool(changes) and all(change >= -AUTO_BUDGET_DB for change in changes.values())
+
+
+def _prepare(body: nn.Module, observer, backend: str):
     from torch.ao.quantization import PerChannelMinMaxObserver, QConfig, QConfigMapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
     weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     mapping = QConfigMapping().set_global(QConfig(activation=observer, weight=weight))
-    for name in keep_float:
-        mapping = mapping.set_object_type(operator.add, None) if name == "add" else mapping.set_module_name(name, None)
-    return mapping
-
-
-def _prepare(body: nn.Module, observer, keep_float: tuple[str, ...]):
-    from torch.ao.quantization.quantize_fx import prepare_fx
-    torch.backends.quantized.engine = "x86"
-    mapping = _qconfig_mapping(observer, keep_float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the eager/FX quantization API warns of its future deprecation
-        prepared = prepare_fx(copy.deepcopy(body).float().eval(), mapping, (torch.zeros(1, _channels(body), 8, 8),))
-    return prepared
+        return prepare_fx(copy.deepcopy(body).float().eval(), mapping, (torch.zeros(1, _channels(body), 8, 8),),
+                          backend_config=_backend_config(backend))
+
+
+def _backend_config(backend: str):
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown int8 backend '{backend}'; use {' or '.join(BACKENDS)}")
+    from torch.ao.quantization.backend_config import get_onednn_backend_config
+    return get_onednn_backend_config() if backend == "onednn" else None  # None: torch's default (native) patterns
 
 
 def _channels(body: nn.Module) -> int:
@@ -49,53 +65,101 @@ def _observers(prepared: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in prepared.named_children() if name.startswith("activation_post_process")]
 
 
+def _blocks(model: nn.Module) -> list[nn.Sequential]:
+    """Each residual block's conv, ReLU, conv."""
+    return [block.body for block in model.body if hasattr(block, "body")]
+
+
 @torch.no_grad()
-def calibrate(model: nn.Module, lr_images: list[torch.Tensor], keep_float: tuple[str, ...] = ()) -> list[list[float]]:
-    """The activations' (scale, zero point) pairs of `model`'s body (an EDSR), from histograms of
-    its values on `lr_images` ((1, 1, H, W) tensors in [-1, 1]); each pair minimises that tensor's
-    quantization error over what it saw. `keep_float` names parts of the body left in float: a
-    submodule ("0" the first residual block, "8" the last conv) or "add" (the residual additions);
-    the shipped calibrations keep none (benchmarks/int8_validation.py)."""
+def _equalization(model: nn.Module, lr_images: list[torch.Tensor]) -> list[list[float]]:
+    """Per residual block, the factor for each channel between its convs that brings the channel's
+    largest value on `lr_images` up to the block's largest (1 for a channel that never fires)."""
+    blocks = _blocks(model)
+    peaks = [torch.zeros(block[0].out_channels) for block in blocks]
+
+    def record(i):
+        def hook(module, inputs, out):
+            torch.maximum(peaks[i], out.float().amax(dim=(0, 2, 3)), out=peaks[i])
+        return hook
+
+    hooks = [block[1].register_forward_hook(record(i)) for i, block in enumerate(blocks)]
+    try:
+        for lr in lr_images:
+            model.body(model.head(lr.float()))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [torch.where(peak > 0, peak.max() / peak.clamp_min(1e-12), torch.ones_like(peak)).tolist() for peak in peaks]
+
+
+@torch.no_grad()
+def _equalize(model: nn.Module, factors: list[list[float]]) -> nn.Module:
+    """A copy of `model` with each block's in-between channels scaled by `factors`: the same function."""
+    model = copy.deepcopy(model)
+    blocks = _blocks(model)
+    if len(blocks) != len(factors):
+        raise ValueError(f"int8 calibration has {len(factors)} blocks, the model {len(blocks)}: calibrate this model again")
+    for block, block_factors in zip(blocks, factors):
+        a = torch.tensor(block_factors, dtype=block[0].weight.dtype)
+        block[0].weight.mul_(a[:, None, None, None])
+        block[0].bias.mul_(a)
+        block[2].weight.div_(a[None, :, None, None])
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, lr_images: list[torch.Tensor], equalize: bool = True, backend: str = "onednn") -> dict:
+    """The int8 calibration of `model`'s body (an EDSR) from `lr_images` ((1, 1, H, W) tensors in
+    [-1, 1]): equalization factors (None with `equalize=False`), then each activation's (scale,
+    zero point), the pair that minimises that tensor's quantization error over its histogram."""
     from torch.ao.quantization import HistogramObserver
     model = model.float().eval()
+    factors = _equalization(model, lr_images) if equalize else None
+    if factors is not None:
+        model = _equalize(model, factors)
     prepared = _prepare(model.body, HistogramObserver.with_args(dtype=torch.quint8, quant_min=QUANT_MIN, quant_max=QUANT_MAX),
-                        keep_float)
+                        backend)
     for lr in lr_images:
         prepared(model.head(lr.float()))
-    pairs = []
-    for _, observer in _observers(prepared):
-        scale, zero_point = observer.calculate_qparams()
-        pairs.append([float(scale), int(zero_point)])
-    return pairs
+    pairs = [[float(scale), int(zero_point)] for scale, zero_point in (obs.calculate_qparams() for _, obs in _observers(prepared))]
+    return {"backend": backend, "equalization": factors, "activations": pairs}
 
 
-def quantized(model: nn.Module, qparams: list[list[float]], keep_float: tuple[str, ...] = ()) -> nn.Module:
-    """A copy of `model` (an EDSR, fused or not) whose body runs in int8 with the calibrated `qparams`
-    (from `calibrate` with the same `keep_float`)."""
+def quantized(model: nn.Module, calibration: dict) -> nn.Module:
+    """A copy of `model` (an EDSR, fused or not) whose body runs in int8 with `calibration` (from `calibrate`)."""
     from torch.ao.quantization.observer import FixedQParamsObserver
     from torch.ao.quantization.quantize_fx import convert_fx
+    if not isinstance(calibration, dict):
+        raise ValueError("int8 calibration is in an older format: calibrate this model again (benchmarks/calibrate_int8.py)")
+    backend, pairs = calibration["backend"], calibration["activations"]
+    if calibration["equalization"] is not None:
+        model = _equalize(model, calibration["equalization"])
+    torch.backends.quantized.engine = backend  # the engine packs the weights at conversion
     prepared = _prepare(model.body, FixedQParamsObserver.with_args(scale=1.0, zero_point=0, dtype=torch.quint8,
-                                                                   quant_min=QUANT_MIN, quant_max=QUANT_MAX), keep_float)
+                                                                   quant_min=QUANT_MIN, quant_max=QUANT_MAX), backend)
     observers = _observers(prepared)
-    if len(observers) != len(qparams):
-        raise ValueError(f"int8 calibration has {len(qparams)} tensors, the model's body {len(observers)}: calibrate this model again")
-    for (name, _), (scale, zero_point) in zip(observers, qparams):
+    if len(observers) != len(pairs):
+        raise ValueError(f"int8 calibration has {len(pairs)} tensors, the model's body {len(observers)}: calibrate this model again")
+    for (name, _), (scale, zero_point) in zip(observers, pairs):
         setattr(prepared, name, FixedQParamsObserver(scale, int(zero_point), dtype=torch.quint8, quant_min=QUANT_MIN, quant_max=QUANT_MAX))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        body = convert_fx(prepared)
+        body = convert_fx(prepared, backend_config=_backend_config(backend))
     out = copy.deepcopy(model)
-    out.body = Int8Body(body)
+    out.body = Int8Body(body, backend)
     return out.eval()
 
 
 class Int8Body(nn.Module):
     """The quantized body between float tensors (it quantizes its input and dequantizes its output);
-    under bf16 autocast its input arrives as bf16, which quantization does not take."""
+    under bf16 autocast its input arrives as bf16, which quantization does not take. torch picks
+    quantized kernels by a process-wide engine, set here to the one the weights were packed for."""
 
-    def __init__(self, body: nn.Module):
+    def __init__(self, body: nn.Module, engine: str):
         super().__init__()
-        self.body = body
+        self.body, self.engine = body, engine
 
     def forward(self, x):
+        if torch.backends.quantized.engine != self.engine:
+            torch.backends.quantized.engine = self.engine
         return self.body(x.float())

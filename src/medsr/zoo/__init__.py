@@ -2,7 +2,7 @@
 
 A model file's metadata holds `medsr_arch` (a name in medsr.models.GENERATORS),
 `medsr_config` (the generator's constructor arguments as JSON) and `medsr_scale`; shipped EDSR
-models also `medsr_int8` (activation quantization parameters for --precision int8). Training
+models also `medsr_int8` (int8 calibration for --precision int8). Training
 checkpoints use the same format with extra "discriminator." tensors, so a checkpoint can be
 given wherever a model is expected.
 
@@ -166,6 +166,6 @@ def load(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[
         raise MedsrError(f"{path}: weights do not match the '{meta['medsr_arch']}' architecture ({first}); the file is damaged or from another version") from None
     meta["path"] = str(path)
     meta["parameters"] = str(sum(p.numel() for p in model.parameters()))
-    if "medsr_int8" in meta:  # the activations' int8 parameters (medsr.models.int8), for --precision int8
-        model.int8_qparams = json.loads(meta["medsr_int8"])
+    if "medsr_int8" in meta:  # int8 calibration (medsr.models.int8), for --precision int8
+        model.int8_calibration = json.loads(meta["medsr_int8"])
     return model.to(device).eval(), meta
