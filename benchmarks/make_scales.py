@@ -10,7 +10,7 @@ import time
 import torch
 from common import DATA, ROOT
 
-from medsr import hardware, zoo
+from medsr import zoo
 from medsr.evaluation import quality, report
 from medsr.inference.upscaler import Upscaler
 
@@ -23,8 +23,8 @@ def main():
     args = parser.parse_args()
     command = "python benchmarks/make_scales.py" + (f" --limit {args.limit}" if args.limit else "")
     lines = ["# One recipe, three scales", "",
-             f"Produced by `{command}` (test split, paper protocol, precision "
-             f"{'bf16' if hardware.cpu_has_fast_bf16() else 'fp32'}; {time.strftime('%Y-%m-%d')}). The three models share",
+             f"Produced by `{command}` (test split, paper protocol, precision auto as `medsr upscale` runs it on this CPU, "
+             f"named in each heading; {time.strftime('%Y-%m-%d')}). The three models share",
              "configs/default.yaml's network, loss and data mix (paper pairs, native crops, volume slices, light degradation);",
              "`default` fine-tuned default-paper for 3000 steps, `default-x2` and `default-x4` started from `default` for 1500",
              "(configs/default-x2.yaml, configs/default-x4.yaml; each model card has its steps and wall time).",
@@ -32,14 +32,15 @@ def main():
              "resized to 150x150 (148x148 at x4, so that it divides), LR = HR / scale by antialiased bicubic.", ""]
     for scale, name in MODELS.items():
         model, meta = zoo.load(name)
-        methods = [quality.Method(b) for b in quality.BASELINES] + [quality.Method(name, Upscaler(model, scale, torch.device("cpu"), "auto", tile=0))]
+        upscaler = Upscaler(model, scale, torch.device("cpu"), "auto", tile=0)
+        methods = [quality.Method(b) for b in quality.BASELINES] + [quality.Method(name, upscaler)]
         for modality in ("brain-mri", "chest-xray"):
             rows = quality.evaluate([str(DATA / modality)], methods, scale, "paper", "test", args.limit)
             summary = quality.summarize(rows)
             if scale != 3:  # x3 is docs/results/<modality>-paper, written by make_results.py
                 report.write_reports(rows, summary, ROOT / "docs" / "results" / f"{modality}-paper-x{scale}",
                                  {"data": modality, "protocol": "paper", "split": "test", "scale": scale})
-            lines += [f"## x{scale}, {modality}", "", quality.markdown_table(summary), ""]
+            lines += [f"## x{scale}, {modality} ({name} in {upscaler.precision})", "", quality.markdown_table(summary), ""]
             print("\n".join(lines[-4:]))
     (ROOT / "docs" / "SCALES.md").write_text("\n".join(lines))
     print(f"wrote {ROOT / 'docs' / 'SCALES.md'}")

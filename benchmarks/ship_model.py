@@ -3,7 +3,10 @@ model card (NAME.md) from the run's record and the figures in docs/results/.
 
     python benchmarks/ship_model.py --run runs/default --name default --command "medsr train configs/default.yaml" [--note TEXT] [--half] [--int8]
 
-Run it again after benchmarks/make_results.py (or make_comparison.py) to put the new figures into the card.
+After benchmarks/make_results.py (or make_comparison.py), put the new figures into shipped cards
+without shipping again:
+
+    python benchmarks/ship_model.py --figures-only --name default [--name default-gan ...]
 --half stores the weights as float16 (half the size; the comparison models are shipped so).
 --int8 adds int8 calibration for `--precision int8` (benchmarks/calibrate_int8.py; EDSR models).
 """
@@ -21,17 +24,50 @@ from medsr import zoo
 from medsr.models import int8
 
 ROOT = Path(__file__).resolve().parents[1]
+FIGURES = "## Test-split figures (from docs/RESULTS.md or docs/COMPARISON.md)"
+
+
+def test_figures(name: str) -> list[str]:
+    """One line per results table that has the model: its PSNR and SSIM against bicubic's."""
+    lines = []
+    results = sorted((ROOT / "docs" / "results").glob("*/results.json")) + sorted((ROOT / "runs" / "comparison").glob("*/results.json"))
+    for result in results:
+        data = json.loads(result.read_text())
+        by_name = {s["method"]: s for s in data["summary"]}
+        if name in by_name:
+            mine, bicubic = by_name[name], by_name["bicubic"]
+            where = ", ".join(Path(d).name for d in data["data"]) if isinstance(data["data"], list) else data["data"]
+            lines.append(f"- {where}, {data['protocol']} protocol ({mine['images']} images): PSNR {mine['psnr']:.2f} dB "
+                         f"({mine['psnr'] - bicubic['psnr']:+.2f} vs bicubic), SSIM {mine['ssim']:.4f} (bicubic {bicubic['ssim']:.4f})"
+                         + (f", edge overshoot {100 * mine['overshoot']:.3f} % (bicubic {100 * bicubic['overshoot']:.3f} %)"
+                            if "overshoot" in mine else ""))
+    return lines
+
+
+def refresh_figures(name: str) -> None:
+    """Replace the test-split figures in a shipped model's card with those in docs/results/ now."""
+    card = zoo.ZOO_DIR / f"{name}.md"
+    head, rest = card.read_text().split(FIGURES + "\n", 1)
+    card.write_text(head + FIGURES + "\n\n" + "\n".join(test_figures(name)) + "\n" + rest[rest.index("\n## "):])
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run", required=True, type=Path)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--command", required=True, help="the exact command that trained it")
+    parser.add_argument("--run", type=Path, help="the training run to ship")
+    parser.add_argument("--name", required=True, action="append", help="the shipped name (several only with --figures-only)")
+    parser.add_argument("--command", help="the exact command that trained it")
     parser.add_argument("--note", default="", help="a line for the card, e.g. how the budget differs from the recipe's")
     parser.add_argument("--half", action="store_true", help="store float16 weights")
     parser.add_argument("--int8", action="store_true", help="calibrate it for --precision int8 (EDSR models)")
+    parser.add_argument("--figures-only", action="store_true", help="only put the figures in docs/results/ into the named cards")
     args = parser.parse_args()
+    if args.figures_only:
+        for name in args.name:
+            refresh_figures(name)
+        return
+    if args.run is None or args.command is None or len(args.name) != 1:
+        parser.error("shipping a model takes --run, --command and one --name")
+    args.name = args.name[0]
     source = args.run / "model.safetensors"
     meta = zoo.read_metadata(source)
     seconds = meta.get("medsr_train_seconds")
@@ -65,18 +101,7 @@ def main():
                 "its speed and test-split PSNR change: docs/PERFORMANCE.md"]
                if int8_images else []),
              *([f"- note: {args.note}"] if args.note else []),
-             "", "## Test-split figures (from docs/RESULTS.md or docs/COMPARISON.md)", ""]
-    results = sorted((ROOT / "docs" / "results").glob("*/results.json")) + sorted((ROOT / "runs" / "comparison").glob("*/results.json"))
-    for result in results:
-        data = json.loads(result.read_text())
-        by_name = {s["method"]: s for s in data["summary"]}
-        if args.name in by_name:
-            mine, bicubic = by_name[args.name], by_name["bicubic"]
-            where = ", ".join(Path(d).name for d in data["data"]) if isinstance(data["data"], list) else data["data"]
-            lines.append(f"- {where}, {data['protocol']} protocol ({mine['images']} images): PSNR {mine['psnr']:.2f} dB "
-                         f"({mine['psnr'] - bicubic['psnr']:+.2f} vs bicubic), SSIM {mine['ssim']:.4f} (bicubic {bicubic['ssim']:.4f})"
-                         + (f", edge overshoot {100 * mine['overshoot']:.3f} % (bicubic {100 * bicubic['overshoot']:.3f} %)"
-                            if "overshoot" in mine else ""))
+             "", FIGURES, "", *test_figures(args.name)]
     lines += ["", "## Recipe", "", "```yaml", recipe.strip(), "```", ""]
     (zoo.ZOO_DIR / f"{args.name}.md").write_text("\n".join(lines))
     print(f"shipped {target} ({target.stat().st_size / 1e6:.1f} MB) and {args.name}.md")

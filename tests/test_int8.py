@@ -57,6 +57,29 @@ def test_quantized_follows_the_float_model(trained_like):
     assert psnr(up.upscale(image), fp32) < 40
 
 
+@pytest.mark.parametrize("backend", int8.BACKENDS)
+def test_the_hand_built_body_is_torchs_fx_conversion(trained_like, backend):
+    """Int8Body builds by hand what torch's FX graph mode quantization builds from the same
+    calibration (whose tensor order it follows); the outputs are the same numbers."""
+    from torch.ao.quantization.observer import FixedQParamsObserver
+    from torch.ao.quantization.quantize_fx import convert_fx
+    model, _ = trained_like
+    calibration = int8.calibrate(model, [torch.from_numpy(smooth(48, seed)).mul(2).sub(1)[None, None] for seed in range(4)],
+                                 backend=backend)
+    equalized = int8._equalize(model, calibration["equalization"])
+    observer = FixedQParamsObserver.with_args(scale=1.0, zero_point=0, dtype=torch.quint8, quant_min=0, quant_max=255)
+    prepared = int8._prepare(equalized.body, observer, backend)
+    for (name, _), (scale, zero_point) in zip(int8._observers(prepared), calibration["activations"], strict=True):
+        setattr(prepared, name, FixedQParamsObserver(scale, zero_point, dtype=torch.quint8, quant_min=0, quant_max=255))
+    torch.backends.quantized.engine = backend
+    reference = convert_fx(prepared, backend_config=int8._backend_config(backend))
+    features = model.head(torch.from_numpy(smooth(40, seed=7)).mul(2).sub(1)[None, None])
+    with torch.no_grad():
+        ours = int8.quantized(model, calibration).body(features)
+        assert torch.equal(ours, reference(features))
+        assert not torch.equal(ours, model.body(features))  # it is int8, not the float body
+
+
 def test_equalization_keeps_the_float_function_and_evens_the_channels(trained_like):
     model, calibration = trained_like
     factors = calibration["equalization"]
@@ -85,13 +108,13 @@ def test_equalization_brings_int8_closer_to_float():
     assert scores[True] > scores[False]
 
 
-@pytest.mark.parametrize("has_int8_units, change, runs", [(True, -0.04, "int8"), (True, -0.06, "auto"), (False, -0.04, "auto")])
+@pytest.mark.parametrize("has_int8_units, change, runs", [(True, -0.04, "int8"), (True, -0.06, "float"), (False, -0.04, "float")])
 def test_auto_runs_int8_only_within_budget_on_int8_cpus(trained_like, monkeypatch, has_int8_units, change, runs):
     model, calibration = trained_like
     model.int8_calibration = dict(calibration, validation_db={"paper": -0.01, "native": change})
     monkeypatch.setattr(hardware, "cpu_has_fast_int8", lambda: has_int8_units)
     up = Upscaler(model, 3, CPU, "auto")
-    assert up.precision == runs
+    assert up.precision == (runs if runs == "int8" else "bf16" if hardware.cpu_has_fast_bf16() else "fp32")
     assert any(isinstance(m, int8.Int8Body) for m in up.model.modules()) == (runs == "int8")
     assert Upscaler(model, 3, CPU, "bf16").precision == "bf16"  # only auto picks int8
     del model.int8_calibration

@@ -73,7 +73,7 @@ class Upscaler(TiledUpscaler):
         calibration = getattr(model, "int8_calibration", None)  # set by zoo.load from the file's medsr_int8 metadata
         if precision == "auto" and device.type == "cpu" and hardware.cpu_has_fast_int8() and int8.within_budget(calibration):
             precision = "int8"  # as exact as bf16 within int8.AUTO_BUDGET_DB, and faster
-        self.precision = precision  # what runs: int8, or the float precision asked for
+        self.precision = "int8" if precision == "int8" else "bf16" if self.dtype == torch.bfloat16 else "fp32"  # what runs
         model = model.to(device).eval()
         if hasattr(model, "fused_for_inference"):
             model = model.fused_for_inference()  # same function, fewer operations

@@ -1,9 +1,10 @@
 """int8 inference for EDSR's residual body, on CPUs with int8 dot-product units (VNNI, AMX-INT8).
 
 The body (8 residual blocks and a conv: 97 % of the default model's convolution FLOPs) runs in int8 through
-PyTorch's static quantization (FX graph mode) and oneDNN's kernels. Weights are quantized per
-output channel from the float weights at load time, so a model file only needs its calibration,
-found once by `calibrate` on training images and stored in the file's metadata (`medsr_int8`):
+PyTorch's int8 modules and oneDNN's kernels (Int8Body). Weights are quantized per output channel
+from the float weights at load time, so a model file only needs its calibration, found once by
+`calibrate` (PyTorch's FX graph mode static quantization) on training images and stored in the
+file's metadata (`medsr_int8`):
 - the activations' quantization parameters: one (scale, zero point) pair per quantized tensor;
 - equalization factors: inside each residual block, conv1's output channels are scaled up and
   conv2's matching input channels down (ReLU passes positive factors through), the same function
@@ -127,39 +128,73 @@ def calibrate(model: nn.Module, lr_images: list[torch.Tensor], equalize: bool = 
 
 def quantized(model: nn.Module, calibration: dict) -> nn.Module:
     """A copy of `model` (an EDSR, fused or not) whose body runs in int8 with `calibration` (from `calibrate`)."""
-    from torch.ao.quantization.observer import FixedQParamsObserver
-    from torch.ao.quantization.quantize_fx import convert_fx
     if not isinstance(calibration, dict):
         raise ValueError("int8 calibration is in an older format: calibrate this model again (benchmarks/calibrate_int8.py)")
-    backend, pairs = calibration["backend"], calibration["activations"]
     if calibration["equalization"] is not None:
         model = _equalize(model, calibration["equalization"])
-    torch.backends.quantized.engine = backend  # the engine packs the weights at conversion
-    prepared = _prepare(model.body, FixedQParamsObserver.with_args(scale=1.0, zero_point=0, dtype=torch.quint8,
-                                                                   quant_min=QUANT_MIN, quant_max=QUANT_MAX), backend)
-    observers = _observers(prepared)
-    if len(observers) != len(pairs):
-        raise ValueError(f"int8 calibration has {len(pairs)} tensors, the model's body {len(observers)}: calibrate this model again")
-    for (name, _), (scale, zero_point) in zip(observers, pairs):
-        setattr(prepared, name, FixedQParamsObserver(scale, int(zero_point), dtype=torch.quint8, quant_min=QUANT_MIN, quant_max=QUANT_MAX))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        body = convert_fx(prepared, backend_config=_backend_config(backend))
     out = copy.deepcopy(model)
-    out.body = Int8Body(body, backend)
+    out.body = Int8Body(model.body, calibration["activations"], calibration["backend"])
     return out.eval()
 
 
-class Int8Body(nn.Module):
-    """The quantized body between float tensors (it quantizes its input and dequantizes its output);
-    under bf16 autocast its input arrives as bf16, which quantization does not take. torch picks
-    quantized kernels by a process-wide engine, set here to the one the weights were packed for."""
+def _quantized_conv(cls, conv: nn.Conv2d, activation: list[float]) -> nn.Module:
+    """`conv` as the int8 module `cls`: weights per output channel, symmetric (as torch's
+    PerChannelMinMaxObserver makes them), bias in float, output at the calibrated (scale, zero point)."""
+    weight = conv.weight.detach().float().contiguous()
+    scales = (weight.abs().amax(dim=(1, 2, 3)) / 127.5).clamp_min(torch.finfo(torch.float32).eps)
+    zero = torch.zeros(len(scales), dtype=torch.long)
+    out = cls(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+    out.set_weight_bias(torch.quantize_per_channel(weight, scales.double(), zero, 0, torch.qint8), conv.bias.detach().float())
+    out.scale, out.zero_point = float(activation[0]), int(activation[1])
+    return out
 
-    def __init__(self, body: nn.Module, engine: str):
+
+class Int8Body(nn.Module):
+    """EDSR's body (residual blocks of conv, ReLU, conv, then a conv) in int8, between float tensors.
+
+    Built by hand from torch's int8 modules, with `activations` in the order of torch's FX graph
+    mode quantization, which `calibrate` runs: the body's input; per block the first conv's output
+    (ReLU fused) and, with "onednn", the second conv's output fused with its residual addition, or
+    with "x86" the second conv's output and the sum; the last conv's output. (FX graph mode would
+    build the same modules, tests/test_int8.py checks so, but it imports a second of torch's
+    compiler stack at start-up.) Under bf16 autocast the input arrives as bf16, which quantization
+    does not take. torch picks int8 kernels by a process-wide engine, set here to the backend's."""
+
+    def __init__(self, body: nn.Sequential, activations: list[list[float]], backend: str):
         super().__init__()
-        self.body, self.engine = body, engine
+        import torch.ao.nn.intrinsic.quantized as nniq
+        import torch.ao.nn.quantized as nnq
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown int8 backend '{backend}'; use {' or '.join(BACKENDS)}")
+        blocks = [block for block in body if hasattr(block, "body")]
+        if any(getattr(block, "res_scale", 1) != 1 for block in blocks):
+            raise ValueError("int8: residual blocks with res_scale other than 1 are not supported; use --precision auto")
+        per_block = 2 if backend == "onednn" else 3
+        if len(activations) != 2 + per_block * len(blocks):
+            raise ValueError(f"int8 calibration has {len(activations)} tensors, the model's body {2 + per_block * len(blocks)}: "
+                             "calibrate this model again")
+        self.engine = torch.backends.quantized.engine = backend  # the engine packs the weights
+        self.input_scale, self.input_zero_point = float(activations[0][0]), int(activations[0][1])
+        self.convs, self.sums = nn.ModuleList(), []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized tensors warn (once) of their future deprecation; medsr pins torch
+            for i, block in enumerate(blocks):
+                first, second, *rest = activations[1 + per_block * i: 1 + per_block * (i + 1)]
+                conv1, conv2 = block.body[0], block.body[2]
+                self.convs.append(_quantized_conv(nniq.ConvReLU2d, conv1, first))
+                self.convs.append(_quantized_conv(nniq.ConvAdd2d if backend == "onednn" else nnq.Conv2d, conv2, second))
+                self.sums += rest  # x86: the residual sum's (scale, zero point)
+            self.last = _quantized_conv(nnq.Conv2d, body[-1], activations[-1])
 
     def forward(self, x):
         if torch.backends.quantized.engine != self.engine:
             torch.backends.quantized.engine = self.engine
-        return self.body(x.float())
+        x = torch.quantize_per_tensor(x.float(), self.input_scale, self.input_zero_point, torch.quint8)
+        for i in range(0, len(self.convs), 2):
+            inner = self.convs[i](x)
+            if self.sums:
+                scale, zero_point = self.sums[i // 2]
+                x = torch.ops.quantized.add(x, self.convs[i + 1](inner), float(scale), int(zero_point))
+            else:
+                x = self.convs[i + 1](inner, x)  # conv(inner) + x, rounded once
+        return self.last(x).dequantize()
