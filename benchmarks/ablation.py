@@ -19,7 +19,7 @@ import argparse
 import time
 
 import torch
-from common import DATA, ROOT, machine
+from common import DATA, FLOAT, ROOT, machine
 
 from medsr import zoo
 from medsr.evaluation import quality
@@ -47,7 +47,7 @@ def margin_tables(limit: int) -> list[str]:
         model, _ = zoo.load("default")
         model.clamp_margin = margin
         methods.append(quality.Method(f"default, margin {margin if margin is not None else 'none (no clamp)'}",
-                                      Upscaler(model, 3, torch.device("cpu"), "auto", tile=0)))
+                                      Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0)))
     lines = ["## The clamp's margin (the shipped default, margin changed at inference; brain MRI, validation)", ""]
     for protocol in ("paper", "native"):
         summary = quality.summarize(quality.evaluate([str(DATA / "brain-mri")], methods, 3, protocol, "val", limit))
@@ -69,7 +69,7 @@ def main():
                                                                   f"steps_per_epoch={args.steps}", *overrides])
             Trainer(cfg).fit()
         model, meta = zoo.load(runs / name)
-        methods.append(quality.Method(label, Upscaler(model, 3, torch.device("cpu"), "auto", tile=0)))
+        methods.append(quality.Method(label, Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0)))
         steps.append(f"| {label} | {meta['medsr_step']} |")
     command = f"python benchmarks/ablation.py --steps {args.steps} --limit {args.limit}"
     lines = ["# Ablation: what the default recipe's ideas bring (validation split)", "",

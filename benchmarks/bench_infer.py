@@ -20,15 +20,14 @@ import time
 import bench_ceiling
 import numpy as np
 import torch
-from common import DATA, best_of, machine, spread
+from common import DATA, FLOAT, best_of, machine, spread
 
-from medsr import hardware, metrics, zoo
+from medsr import metrics, zoo
 from medsr.data import degrade, load_arrays, scan, select
 from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit
 
 CPU = torch.device("cpu")
-FLOAT = "bf16" if hardware.cpu_has_fast_bf16() else "fp32"  # what auto runs where int8 does not
 TILES = (0, 128, 256, 384, 512)
 
 

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import torch
 
+from medsr import hardware
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSR_DATA", ROOT.parent / "shared" / "data")).resolve()
+# The float precision `auto` runs where it does not pick int8: for baselines that must stay float.
+FLOAT = "bf16" if hardware.cpu_has_fast_bf16() else "fp32"
 os.environ["MEDSR_DATA"] = str(DATA)  # recipes say ${MEDSR_DATA}/...; right from whatever folder a script runs in
 
 

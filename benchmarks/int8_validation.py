@@ -1,7 +1,7 @@
 """How int8 is set up (`--precision int8`), chosen on the VALIDATION split: the shipped calibration
 (benchmarks/calibrate_int8.py: 16 train-split files, equalized blocks, the onednn backend's fused
 conv + residual addition) against each of its ideas left out and against more calibration images,
-each as PSNR change from bf16 (`auto`). The
+each as PSNR change from bf16 (fp32 on CPUs without it). The
 test-split change and the speed of the shipped choice are in bench_infer.py.
 
     python benchmarks/int8_validation.py [--limit 48]
@@ -11,7 +11,7 @@ import argparse
 
 import torch
 from calibrate_int8 import calibration_images
-from common import DATA, machine
+from common import DATA, FLOAT, machine
 
 from medsr import zoo
 from medsr.evaluation import quality
@@ -34,9 +34,9 @@ def main():
     args = parser.parse_args()
     print(f"{machine()}\n")
     model, _ = zoo.load("default")
-    upscalers = {"bf16 (auto)": Upscaler(model, 3, CPU, "auto", tile=0)}
+    upscalers = {FLOAT: Upscaler(model, 3, CPU, FLOAT, tile=0)}
     for name, (files, equalize, backend) in VARIANTS.items():
-        up = Upscaler(model, 3, CPU, "auto", tile=0)  # the float layers as `auto` runs them, as --precision int8 does
+        up = Upscaler(model, 3, CPU, FLOAT, tile=0)  # the float layers as --precision int8 runs them
         up.model = int8.quantized(up.model, int8.calibrate(model, calibration_images(3, files), equalize, backend))
         upscalers[name] = up
     methods = [quality.Method(name, up) for name, up in upscalers.items()]
@@ -48,7 +48,7 @@ def main():
     print(f"default model, validation split ({args.limit} images per protocol, both data sets), x3\n")
     print("| int8 set-up | PSNR change vs bf16, paper (dB) | native (dB) |\n|---|---:|---:|")
     for name, up in upscalers.items():
-        changes = [psnr[name, p] - psnr["bf16 (auto)", p] for p in ("paper", "native")]
+        changes = [psnr[name, p] - psnr[FLOAT, p] for p in ("paper", "native")]
         print(f"| {name} | {changes[0]:+.3f} | {changes[1]:+.3f} |", flush=True)
 
 

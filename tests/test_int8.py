@@ -133,6 +133,13 @@ def test_calibration_must_match_the_model(trained_like):
         int8.quantized(model, dict(qparams, activations=qparams["activations"][:-1]))
     with pytest.raises(ValueError, match="calibrate this model again"):
         int8.quantized(model, qparams["activations"])  # the format before equalization
+    model.int8_calibration = qparams["activations"]
+    try:
+        with pytest.raises(MedsrError, match="--precision int8: .*calibrate this model again"):  # one line, no traceback
+            Upscaler(model, 3, CPU, "int8")
+        assert Upscaler(model, 3, CPU, "auto").precision != "int8"  # auto falls back to float with it
+    finally:
+        del model.int8_calibration
 
 
 def test_int8_needs_a_calibrated_model():

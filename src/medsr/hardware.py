@@ -13,23 +13,23 @@ from medsr.settings import PRECISIONS
 
 
 @functools.cache
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux's /proc/cpuinfo), read at run time; empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AMX or AVX-512 BF16); read at run time."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+    """True when the CPU has native bf16 arithmetic (AMX or AVX-512 BF16)."""
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
-@functools.cache
 def cpu_has_fast_int8() -> bool:
-    """True when the CPU has int8 dot-product units (AMX-INT8, AVX-512 VNNI or AVX-VNNI); read at run time."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("amx_int8", "avx512_vnni", "avx_vnni"))
+    """True when the CPU has int8 dot-product units (AMX-INT8, AVX-512 VNNI or AVX-VNNI)."""
+    return bool(_cpu_flags() & {"amx_int8", "avx512_vnni", "avx_vnni"})
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -83,7 +83,10 @@ class Upscaler(TiledUpscaler):
                                  "default-x4, default-gan and large have one); use --precision auto with this model")
             if device.type != "cpu":
                 raise MedsrError(f"--precision int8 runs on the CPU only; add --device cpu or use --precision auto on {device.type}")
-            model = int8.quantized(model, calibration)
+            try:
+                model = int8.quantized(model, calibration)
+            except ValueError as err:  # a calibration from another version of the model or of medsr
+                raise MedsrError(f"--precision int8: {err}") from None
         # Model and input share one memory format: channels_last, the faster one for oneDNN's
         # convolutions in fp32 and bf16 alike (benchmarks/bench_infer.py); a mismatch costs a
         # layout conversion at every layer.
