@@ -6,11 +6,11 @@ the weights are not changed.
 
 Calibration images: `--images` files spread over both data sets' train split, each as a paper-protocol
 and a native-protocol LR at the model's scale, plus every 20th head-holding slice of a train T1
-volume (16-bit data). Choosing the calibration (how many images, which tensors stay float) was done
-on the validation split; docs/PERFORMANCE.md (bench_infer.py) reports the test-split PSNR change.
-Each file also records int8's PSNR change from bf16 on 48 validation images per protocol: where it
-is within medsr.models.int8.AUTO_BUDGET_DB (0.05 dB), `--precision auto` runs the model in int8 on
-CPUs with int8 units.
+volume (16-bit data). Choosing the calibration (how many images, equalization, the backend) was
+done on the validation split (int8_validation.py); docs/PERFORMANCE.md (bench_infer.py) reports the
+test-split PSNR change. Each file also records int8's PSNR change from bf16 (fp32 on CPUs without
+it) on 48 validation images per protocol: where it is within medsr.models.int8.AUTO_BUDGET_DB
+(0.05 dB), `--precision auto` runs the model in int8 on CPUs with int8 units.
 """
 
 import argparse
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DATA, machine, spread
+from common import DATA, FLOAT, machine, spread
 from safetensors.torch import load_file, save_file
 
 from medsr import zoo
@@ -48,18 +48,24 @@ def calibration_images(scale: int, count: int) -> list[torch.Tensor]:
     return lrs
 
 
-def validation_change(model, calibration: dict, limit: int = 48) -> dict[str, float]:
-    """int8's PSNR change from bf16 per protocol, on `limit` VALIDATION images of both data sets."""
-    cpu = torch.device("cpu")
-    bf16 = Upscaler(model, model.scale, cpu, "bf16", tile=0)
-    quantized = Upscaler(model, model.scale, cpu, "bf16", tile=0)  # the float layers in bf16, as int8 runs them on these CPUs
-    quantized.model = int8.quantized(quantized.model, calibration)
-    methods = [quality.Method("bf16", bf16), quality.Method("int8", quantized)]
+def int8_upscaler(model, calibration: dict) -> Upscaler:
+    """`model` with its body in int8 by `calibration`, the rest in FLOAT, as --precision int8 runs it."""
+    upscaler = Upscaler(model, model.scale, torch.device("cpu"), FLOAT, tile=0)
+    upscaler.model = int8.quantized(upscaler.model, calibration)
+    return upscaler
+
+
+def validation_changes(model, int8_upscalers: dict[str, Upscaler], limit: int = 48) -> dict[str, dict[str, float]]:
+    """Each of `int8_upscalers`' PSNR change from `model` in FLOAT, per protocol, on `limit` VALIDATION
+    images of both data sets (one pass over the images for all of them)."""
+    upscalers = {FLOAT: Upscaler(model, model.scale, torch.device("cpu"), FLOAT, tile=0), **int8_upscalers}
+    methods = [quality.Method(name, up) for name, up in upscalers.items()]
     data = [str(DATA / "brain-mri"), str(DATA / "chest-xray")]
-    changes = {}
+    changes = {name: {} for name in int8_upscalers}
     for protocol in ("paper", "native"):
         psnr = {s["method"]: s["psnr"] for s in quality.summarize(quality.evaluate(data, methods, model.scale, protocol, "val", limit))}
-        changes[protocol] = round(psnr["int8"] - psnr["bf16"], 4)
+        for name in int8_upscalers:
+            changes[name][protocol] = psnr[name] - psnr[FLOAT]
     return changes
 
 
@@ -70,7 +76,8 @@ def calibrate_file(path: Path, count: int = 16) -> tuple[int, dict[str, float]]:
     model, _ = zoo.load(path)
     lrs = calibration_images(model.scale, count)
     calibration = int8.calibrate(model, lrs)
-    calibration["validation_db"] = validation_change(model, calibration)
+    change = validation_changes(model, {"int8": int8_upscaler(model, calibration)})["int8"]
+    calibration["validation_db"] = {protocol: round(db, 4) for protocol, db in change.items()}
     metadata = dict(zoo.read_metadata(path), medsr_int8=json.dumps(calibration))
     tensors = load_file(str(path))
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -87,7 +94,7 @@ def main():
     for name in args.names:
         count, changes = calibrate_file(zoo.shipped_models()[name], args.images)
         within = "within" if int8.within_budget({"validation_db": changes}) else "outside"
-        print(f"{name}: int8 calibration from {count} train-split LR images; PSNR change from bf16 on the validation split: "
+        print(f"{name}: int8 calibration from {count} train-split LR images; PSNR change from {FLOAT} on the validation split: "
               f"paper {changes['paper']:+.3f} dB, native {changes['native']:+.3f} dB, {within} the {int8.AUTO_BUDGET_DB} dB "
               "for `auto`", flush=True)
 

@@ -9,16 +9,12 @@ test-split change and the speed of the shipped choice are in bench_infer.py.
 
 import argparse
 
-import torch
-from calibrate_int8 import calibration_images
-from common import DATA, FLOAT, machine
+from calibrate_int8 import calibration_images, int8_upscaler, validation_changes
+from common import FLOAT, machine
 
 from medsr import zoo
-from medsr.evaluation import quality
-from medsr.inference.upscaler import Upscaler
 from medsr.models import int8
 
-CPU = torch.device("cpu")
 VARIANTS = {  # name: (calibration files, equalize, backend)
     "shipped: 16 files, equalized, onednn (conv + add fused)": (16, True, "onednn"),
     "not equalized": (16, False, "onednn"),
@@ -34,23 +30,14 @@ def main():
     args = parser.parse_args()
     print(f"{machine()}\n")
     model, _ = zoo.load("default")
-    upscalers = {FLOAT: Upscaler(model, 3, CPU, FLOAT, tile=0)}
-    for name, (files, equalize, backend) in VARIANTS.items():
-        up = Upscaler(model, 3, CPU, FLOAT, tile=0)  # the float layers as --precision int8 runs them
-        up.model = int8.quantized(up.model, int8.calibrate(model, calibration_images(3, files), equalize, backend))
-        upscalers[name] = up
-    methods = [quality.Method(name, up) for name, up in upscalers.items()]
-    data = [str(DATA / "brain-mri"), str(DATA / "chest-xray")]
-    psnr = {}
-    for protocol in ("paper", "native"):
-        for s in quality.summarize(quality.evaluate(data, methods, 3, protocol, "val", args.limit)):
-            psnr[s["method"], protocol] = s["psnr"]
+    upscalers = {name: int8_upscaler(model, int8.calibrate(model, calibration_images(3, files), equalize, backend))
+                 for name, (files, equalize, backend) in VARIANTS.items()}
+    changes = validation_changes(model, upscalers, args.limit)
     print(f"default model, validation split ({args.limit} images per protocol, both data sets), x3\n")
-    print("| int8 set-up | PSNR change vs bf16, paper (dB) | native (dB) |\n|---|---:|---:|")
-    for name, up in upscalers.items():
-        changes = [psnr[name, p] - psnr[FLOAT, p] for p in ("paper", "native")]
-        print(f"| {name} | {changes[0]:+.3f} | {changes[1]:+.3f} |", flush=True)
-
+    print(f"| int8 set-up | PSNR change vs {FLOAT}, paper (dB) | native (dB) |\n|---|---:|---:|")
+    print(f"| {FLOAT} | +0.000 | +0.000 |")
+    for name, change in changes.items():
+        print(f"| {name} | {change['paper']:+.3f} | {change['native']:+.3f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -66,16 +66,16 @@ def _observers(prepared: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in prepared.named_children() if name.startswith("activation_post_process")]
 
 
-def _blocks(model: nn.Module) -> list[nn.Sequential]:
-    """Each residual block's conv, ReLU, conv."""
-    return [block.body for block in model.body if hasattr(block, "body")]
+def _blocks(body: nn.Sequential) -> list[nn.Module]:
+    """The residual blocks of an EDSR body (each block's `body` is its conv, ReLU, conv)."""
+    return [block for block in body if hasattr(block, "body")]
 
 
 @torch.no_grad()
 def _equalization(model: nn.Module, lr_images: list[torch.Tensor]) -> list[list[float]]:
     """Per residual block, the factor for each channel between its convs that brings the channel's
     largest value on `lr_images` up to the block's largest (1 for a channel that never fires)."""
-    blocks = _blocks(model)
+    blocks = [block.body for block in _blocks(model.body)]
     peaks = [torch.zeros(block[0].out_channels) for block in blocks]
 
     def record(i):
@@ -97,7 +97,7 @@ def _equalization(model: nn.Module, lr_images: list[torch.Tensor]) -> list[list[
 def _equalize(model: nn.Module, factors: list[list[float]]) -> nn.Module:
     """A copy of `model` with each block's in-between channels scaled by `factors`: the same function."""
     model = copy.deepcopy(model)
-    blocks = _blocks(model)
+    blocks = [block.body for block in _blocks(model.body)]
     if len(blocks) != len(factors):
         raise ValueError(f"int8 calibration has {len(factors)} blocks, the model {len(blocks)}: calibrate this model again")
     for block, block_factors in zip(blocks, factors):
@@ -130,10 +130,9 @@ def quantized(model: nn.Module, calibration: dict) -> nn.Module:
     """A copy of `model` (an EDSR, fused or not) whose body runs in int8 with `calibration` (from `calibrate`)."""
     if not isinstance(calibration, dict):
         raise ValueError("int8 calibration is in an older format: calibrate this model again (benchmarks/calibrate_int8.py)")
-    if calibration["equalization"] is not None:
-        model = _equalize(model, calibration["equalization"])
-    out = copy.deepcopy(model)
-    out.body = Int8Body(model.body, calibration["activations"], calibration["backend"])
+    factors = calibration["equalization"]
+    out = copy.deepcopy(model) if factors is None else _equalize(model, factors)
+    out.body = Int8Body(out.body, calibration["activations"], calibration["backend"])
     return out.eval()
 
 
@@ -166,7 +165,7 @@ class Int8Body(nn.Module):
         import torch.ao.nn.quantized as nnq
         if backend not in BACKENDS:
             raise ValueError(f"unknown int8 backend '{backend}'; use {' or '.join(BACKENDS)}")
-        blocks = [block for block in body if hasattr(block, "body")]
+        blocks = _blocks(body)
         if any(getattr(block, "res_scale", 1) != 1 for block in blocks):
             raise ValueError("int8: residual blocks with res_scale other than 1 are not supported; use --precision auto")
         per_block = 2 if backend == "onednn" else 3
