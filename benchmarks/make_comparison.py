@@ -24,7 +24,7 @@ from medsr.inference.upscaler import Upscaler
 from medsr.models.value_range import to_unit
 
 RUNS = ROOT / "runs" / "compare"
-TRAINED = ["paper", "default", "srgan", "esrgan", "real-esrgan", "swinir", "resshift"]
+TRAINED = ["paper", "default-paper", "srgan", "esrgan", "real-esrgan", "swinir", "resshift"]
 DOCS = ROOT / "docs" / "comparison"
 READING = "## Reading of these numbers"  # written by hand below the generated part; kept when it is regenerated
 
@@ -84,8 +84,10 @@ def main():
              "Reduced sizes (see each recipe) so that each architecture gets a fair number of steps in the budget.",
              "The perceptual term of srgan / esrgan / real-esrgan is the weight-free `ssim-grad` loss (MS-SSIM + image",
              "gradients), because medsr downloads no VGG19 weights; `--set perceptual_loss=vgg19 --set vgg_weights=PATH`",
-             "switches to VGG19 features (see configs/). The shipped `default` and `paper` models were trained longer",
-             "(docs/RESULTS.md); here they get the same budget as the others.", ""]
+             "switches to VGG19 features (see configs/). medsr's own network is here as `default-paper`, trained from scratch",
+             "like the others (today's `default` continues from that model on native-resolution data, so it cannot start",
+             "from scratch). The shipped `default-paper` and `paper` models were trained longer (docs/RESULTS.md); here",
+             "they get the same budget as the others.", ""]
     DOCS.mkdir(parents=True, exist_ok=True)
     for modality in ("brain-mri", "chest-xray"):
         out = ROOT / "runs" / "comparison" / modality

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-8}
-for recipe in paper default srgan esrgan real-esrgan swinir resshift mnist-baseline; do
+for recipe in paper default-paper srgan esrgan real-esrgan swinir resshift mnist-baseline; do
     run=runs/compare/$recipe
     [ -f "$run/model.safetensors" ] && continue
     resume=$([ -d "$run/checkpoints" ] && echo --resume || true)

@@ -186,3 +186,19 @@ def test_ragan_with_the_weight_free_perceptual_loss(image_folder, tmp_path):
         Trainer(tiny_config(image_folder, tmp_path / "x", gan_loss="wgan"))
     with pytest.raises(MedsrError, match="vgg_weights"):
         Trainer(tiny_config(image_folder, tmp_path / "y", perceptual_loss="vgg19"))
+
+
+def test_distillation_adds_the_teachers_output_as_a_target(image_folder, tmp_path):
+    options = dict(model="edsr", adversarial_weight=0, warmup_epochs=0, epochs=1)
+    teacher = Trainer(tiny_config(image_folder, tmp_path / "t", lr_generator=0.01, **options)).fit()  # far from bicubic
+    student = Trainer(tiny_config(image_folder, tmp_path / "s", init_from=str(teacher), teacher=str(teacher), teacher_weight=0.5,
+                                  **options))
+    logs = student.step()
+    assert logs["loss/g_teacher"] < 1e-7  # it starts as the teacher, so nothing to learn from it
+    fresh = Trainer(tiny_config(image_folder, tmp_path / "f", teacher=str(teacher), teacher_weight=0.5, **options))
+    logs = fresh.step()
+    assert logs["loss/g_teacher"] > 1e-5
+    assert logs["loss/g"] == pytest.approx(logs["loss/g_pixel"] + 0.5 * logs["loss/g_teacher"], rel=1e-5)
+    assert "loss/g_teacher" not in Trainer(tiny_config(image_folder, tmp_path / "n", **options)).step()
+    with pytest.raises(MedsrError, match="cannot teach"):
+        Trainer(tiny_config(image_folder, tmp_path / "x", teacher="default-x2", teacher_weight=0.5, **options))

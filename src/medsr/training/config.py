@@ -49,6 +49,8 @@ class TrainConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     pixel_loss: str = "mse"
     pixel_weight: float = 1.0
+    teacher: str | None = None  # a model (shipped name, file or run folder) whose outputs the generator also learns
+    teacher_weight: float = 0.0  # weight of the pixel loss against the teacher's output on the same LR batch
     perceptual_loss: str | None = None  # vgg19 (needs vgg_weights, a local file) | ssim-grad (no weights)
     perceptual_weight: float = 1.0
     vgg_weights: str | None = None  # torchvision's vgg19 state dict (.pth or .safetensors)

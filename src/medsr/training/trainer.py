@@ -120,6 +120,13 @@ class Trainer:
         if cfg.gan_loss not in losses.GAN_LOSSES:
             raise MedsrError(f"unknown gan_loss '{cfg.gan_loss}'; use {' or '.join(losses.GAN_LOSSES)}")
         self.pixel_loss = losses.pixel_loss(cfg.pixel_loss)
+        self.teacher = None
+        if cfg.teacher and cfg.teacher_weight > 0:
+            teacher, meta = zoo.load(cfg.teacher, self.device)
+            if int(meta.get("medsr_scale", 0)) != cfg.scale or meta["medsr_arch"] == "through-plane":
+                raise MedsrError(f"teacher {cfg.teacher}: a x{meta.get('medsr_scale', '?')} {meta['medsr_arch']} model cannot teach "
+                                 f"this x{cfg.scale} recipe; name a model of the same scale")
+            self.teacher = teacher.to(memory_format=self.memory_format).eval().requires_grad_(False)
         self.perceptual = None
         if cfg.perceptual_loss:
             self.perceptual = losses.perceptual_loss(cfg.perceptual_loss, cfg.vgg_weights, cfg.vgg_layers).to(self.device)
@@ -201,6 +208,12 @@ class Trainer:
 
         pixel = own.float() if self.own_loss else self.pixel_loss(sr.float(), hr.float())
         g_loss = cfg.pixel_weight * pixel
+        if self.teacher is not None:  # distillation: a larger model's output as a second target
+            with torch.no_grad(), hardware.autocast(self.device, self.dtype):
+                taught = self.teacher(lr)
+            distill = self.pixel_loss(sr.float(), taught.float())
+            g_loss = g_loss + cfg.teacher_weight * distill
+            logs["loss/g_teacher"] = distill.item()
         if self.perceptual is not None:
             with hardware.autocast(self.device, self.dtype):
                 perceptual = self.perceptual(sr, hr)
