@@ -68,7 +68,8 @@ def client():
 def test_a_zipped_series_is_upscaled_as_one_series(client):
     answer = client.post("/api/upscale?model=default&name=head.zip", content=zipped_series()).json()
     assert answer["input"] == {"width": 42, "height": 64, "format": "dicom series", "frames": 5}
-    assert answer["volumes"] == 1 and answer["frame"] == 2 and answer["download_name"] == "head-medsr-default-x3.zip"
+    assert answer["volumes"] == 1 and answer["series"] == 1 and answer["frame"] == 2
+    assert answer["download_name"] == "head-medsr-default-x3.zip"
     for k in range(5):
         picture = Image.open(io.BytesIO(client.get(f"{answer['after']}?slice={k}").content))
         assert picture.size == (126, 192)
@@ -79,6 +80,27 @@ def test_a_zipped_series_is_upscaled_as_one_series(client):
     assert {(ds.Rows, ds.Columns) for ds in derived} == {(192, 126)}
     sources = [pydicom.dcmread(p) for p in SIEMENS.glob("*.dcm")]
     assert {ds.StudyInstanceUID for ds in derived} == {ds.StudyInstanceUID for ds in sources}
+
+
+@needs_data
+def test_a_zipped_study_of_two_series_gives_both_in_the_download(client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(SIEMENS.glob("*.dcm")):
+            archive.write(path, f"a/{path.name}")
+            ds = pydicom.dcmread(path)  # the same slices as a second series of the study
+            ds.SeriesInstanceUID += ".2"
+            ds.SOPInstanceUID += ".2"
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            copy = io.BytesIO()
+            ds.save_as(copy)
+            archive.writestr(f"b/{path.name}", copy.getvalue())
+    answer = client.post("/api/upscale?model=default&name=study.zip", content=buffer.getvalue()).json()
+    assert answer["series"] == 2 and answer["volumes"] == 1 and answer["input"]["frames"] == 5
+    with zipfile.ZipFile(io.BytesIO(client.get(answer["download"]).content)) as archive:
+        derived = [pydicom.dcmread(archive.open(name)) for name in archive.namelist()]
+    assert len(derived) == 10 and len({ds.SeriesInstanceUID for ds in derived}) == 2
+    assert {(ds.Rows, ds.Columns) for ds in derived} == {(192, 126)}
 
 
 def test_a_zip_without_dicom_files_gets_a_plain_message(client):

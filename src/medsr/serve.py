@@ -246,37 +246,40 @@ class Server:
         return self._upscale(job, Image(lr, meta), model, truth=hr)
 
     def upscale_series(self, job: Job, path: Path, model: str, through: bool = False) -> dict:
-        """A zipped DICOM series: its first series that forms a volume, upscaled slice by slice; the
-        download is a zip of the derived series (series_io.write_derived_series)."""
+        """A zipped DICOM study or series: every series in it that forms a volume, upscaled slice by
+        slice, as `medsr upscale` does a folder; the download is a zip of the derived series
+        (series_io.write_derived_series), and the page shows the first."""
         files = _unzip(path, job.folder / "series", job.name, 4 * self.max_upload_bytes)
         found = series_io.scan_series(files)
         volumes = [series for series in found if series.volumes]
         if not volumes:
             why = next((series.reason for series in found if series.uid), "no file in it is a DICOM image")
             raise UserError(f"{job.name}: holds no DICOM series that forms a volume ({why}); zip the files of one series")
-        series = volumes[0]
-        pixels = [volume.pixels for volume in series.volumes]
-        if sum(p.size for p in pixels) > MAX_INPUT_PIXELS:
-            raise UserError(f"{job.name} has {sum(p.size for p in pixels):,} pixels; this page upscales up to {MAX_INPUT_PIXELS:,}; "
+        stacks = [[volume.pixels for volume in series.volumes] for series in volumes]
+        total = sum(p.size for stack in stacks for p in stack)
+        if total > MAX_INPUT_PIXELS:
+            raise UserError(f"{job.name} has {total:,} pixels; this page upscales up to {MAX_INPUT_PIXELS:,}; "
                             "use 'medsr upscale' for larger series", 413)
         upscaler = self.upscaler_for(model)
         started = time.perf_counter()
         options = volume_sr.ThroughPlane(device=self.device, precision=self.precision) if through else None
         with self.lock:
-            results, grid = volume_sr.upscale_series(series, pixels, upscaler, options)
-        shown = pixels[0]
+            done = [volume_sr.upscale_series(series, stack, upscaler, options) for series, stack in zip(volumes, stacks)]
+        shown = stacks[0][0]
         if through:  # the new slices are as thick as their spacing
-            volume = series.volumes[0]
-            shown = self._cubic(job, shown, volume.slice_spacing, volume.pixel_spacing, grid["slice_thickness"])
+            volume = volumes[0].volumes[0]
+            shown = self._cubic(job, shown, volume.slice_spacing, volume.pixel_spacing, done[0][1]["slice_thickness"])
         seconds = time.perf_counter() - started
-        written = series_io.write_derived_series(series, results, job.folder / "derived", model_name=f"medsr {model}", **grid)
+        written = [file for series, (results, grid) in zip(volumes, done)  # file names hold the series UID: no clashes
+                   for file in series_io.write_derived_series(series, results, job.folder / "derived", model_name=f"medsr {model}", **grid)]
         download = job.folder / f"{_stem(job.name)}-medsr-{model}-x{upscaler.scale}.zip"
         with zipfile.ZipFile(download, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in written:
                 archive.write(file, file.name)
         job.files["download"] = download
-        answer = self._keep(job, shown, results[0], upscaler.scale, model, seconds, "dicom series")
-        answer["volumes"] = len(series.volumes)
+        answer = self._keep(job, shown, done[0][0][0], upscaler.scale, model, seconds, "dicom series")
+        answer["volumes"] = len(volumes[0].volumes)
+        answer["series"] = len(volumes)
         return answer
 
     def _upscale(self, job: Job, image: Image, model: str, truth: np.ndarray | None, through: bool = False) -> dict:
