@@ -6,7 +6,10 @@ the same number of steps, each adding one idea to the one before:
   2. + native-resolution crops of both data sets and crops of T1 volume slices (clean LR);
   3. + mild noise and JPEG on those crops' LR (the light degradation);
   4. + the neighbourhood clamp of the output (clamp_margin 0.04): the shipped recipe.
-All four train the "fused" upsampler, as the shipped recipe does (docs/ABLATION.md was last made
+Then ideas tried on top of 4 and not shipped, one change each:
+  5. JPEG at qualities 80-98 instead of 30-95 (those of the data sets' own files);
+  6. distillation from `large` (teacher_weight 1: its output as a second target).
+All train the "fused" upsampler, as the shipped recipe does (docs/ABLATION.md was last made
 with the recipe before it: the "convs" upsampler and a 0.02 clamp).
 Each is scored on the validation split only (recipes are chosen there; the test split is for
 reporting, docs/RESULTS.md): both data sets under the paper and native protocols, with the edge
@@ -35,6 +38,8 @@ VARIANTS = {
     "2. + native crops and volume slices": [CLEAN_MIX, PLAIN],
     "3. + noise and JPEG on their LR": [PLAIN],
     "4. + neighbourhood clamp (the default recipe)": [],
+    "5. not shipped: 4, JPEG quality 80-98": ["mix.jpeg_quality=[80, 98]"],
+    "6. not shipped: 4 + distillation from large": ["teacher=large", "teacher_weight=1.0"],
 }
 VAL_VOLUME = "brain-t1-sub-08"
 MARGINS = (None, 0.02, 0.03, 0.04, 0.05)
