@@ -235,6 +235,36 @@ def test_upscale_uses_the_shipped_default(tmp_path, medsr_cli):
     assert Image.open(tmp_path / "out" / "x.png").size == (150, 120)
 
 
+def test_jpeg_files_get_the_model_trained_for_them(tmp_path, medsr_cli):
+    from medsr import api, zoo
+    from medsr.inference import batch
+
+    assert zoo.default_model(3, [tmp_path / "a.JPG", "b.jpeg"]) == zoo.JPEG_MODEL == "default-jpeg"
+    assert zoo.default_model(None, ["a.jpg", "b.png"]) == zoo.default_model(3) == "default"
+    assert zoo.default_model(2, ["a.jpg"]) == "default-x2"
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.jpg", quality=90)
+    Image.fromarray(pixels).save(tmp_path / "y.png")
+    used = {}
+    for name, inputs in (("jpeg", ["x.jpg"]), ("mixed", ["x.jpg", "y.png"])):
+        result = run(medsr_cli + ["upscale", *(str(tmp_path / i) for i in inputs), "-o", str(tmp_path / name)])
+        assert result.returncode == 0, result.stderr[-2000:]
+        record = json.loads((tmp_path / name / batch.LEDGER_NAME).read_text().splitlines()[0])
+        used[name] = record["settings"]["model"]["sha256"]
+    assert "default-jpeg upscales them" in run(medsr_cli + ["upscale", str(tmp_path / "x.jpg"), "-o", str(tmp_path / "again")]).stderr
+    assert used["jpeg"] == batch.sha256_file(zoo.shipped_models()["default-jpeg"])
+    assert used["mixed"] == batch.sha256_file(zoo.shipped_models()["default"])  # one model per run: the default, with a note
+    picked = []
+    original = api.load_model
+    api.load_model = lambda model, **kw: picked.append(model) or original(model, **kw)
+    try:
+        api.upscale_file(tmp_path / "x.jpg", tmp_path / "api.png")
+        api.upscale(tmp_path / "y.png")
+    finally:
+        api.load_model = original
+    assert picked == ["default-jpeg", "default"]
+
+
 def test_every_shipped_model_has_a_card_and_they_stay_small():
     from medsr import zoo
 

@@ -1,8 +1,12 @@
+import io
+
 import numpy as np
 import pytest
 import torch
 from conftest import DATA, needs_data
+from PIL import Image
 
+from medsr import metrics
 from medsr.data import PairSampler, degrade, load_arrays, scan, select, split_of
 from medsr.errors import MedsrError
 
@@ -13,6 +17,22 @@ def test_paper_pair_shapes_and_range():
     assert hr.shape == (1, 1, 150, 150) and lr.shape == (1, 1, 50, 50)
     for t in (hr, lr):
         assert t.min() >= 0 and t.max() <= 1
+
+
+def test_native_jpeg_protocol_is_the_native_pair_with_a_jpeg_input():
+    yy, xx = np.mgrid[0:240, 0:300]
+    image = (0.5 + 0.3 * np.sin(xx / 7.0) * np.cos(yy / 11.0)).astype(np.float32)  # smooth: no grid of its own
+    lr, hr = degrade.make_pair(image, "native", 3)
+    lr_jpeg, hr_jpeg = degrade.make_pair(image, "native-jpeg", 3)
+    assert np.array_equal(hr, hr_jpeg) and lr.shape == lr_jpeg.shape == (80, 100)
+    assert 0 < np.abs(lr - lr_jpeg).max() < 0.05  # quality 90: close, not equal
+    buffer = io.BytesIO()  # what a scan exported to JPEG at quality 90 holds
+    Image.fromarray(np.round(lr * 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    assert np.array_equal(lr_jpeg * 255, np.asarray(Image.open(buffer), dtype=np.float32))
+    grid = lambda a: metrics.block_grid_ratio(torch.from_numpy(a)[None, None], 8).item()
+    assert grid(lr_jpeg) > grid(lr)  # the 8x8 block grid is in the input
+    with pytest.raises(MedsrError, match="native-jpeg"):
+        degrade.make_pair(image, "jpeg", 3)
 
 
 def test_center_square_takes_the_middle():

@@ -151,7 +151,7 @@ def test_int8_needs_a_calibrated_model():
 
 
 def test_shipped_default_models_carry_calibration():
-    for name in ("default", "default-x2", "default-x4", "default-gan", "large"):
+    for name in ("default", "default-jpeg", "default-x2", "default-x4", "default-gan", "large"):
         model, _ = zoo.load(name)
         assert isinstance(int8.quantized(model, model.int8_calibration).body, int8.Int8Body), name  # one pair per tensor, or it raises
         assert set(model.int8_calibration["validation_db"]) == {"paper", "native"}, name

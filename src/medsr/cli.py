@@ -14,7 +14,7 @@ from pathlib import Path
 from medsr import __version__
 from medsr.errors import MedsrError
 from medsr.io.formats import FORMAT_CHOICES, with_format_extension
-from medsr.settings import DEVICES, PRECISIONS, RUNTIMES, TILE, TILE_OVERLAP
+from medsr.settings import DEVICES, PRECISIONS, PROTOCOLS, RUNTIMES, TILE, TILE_OVERLAP
 
 
 def _train(args) -> int:
@@ -87,6 +87,22 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> lis
     return jobs
 
 
+def _say_which_default(model: str, inputs: list[Path]) -> None:
+    """One note on stderr where the default model depends on the inputs being JPEG files."""
+    from medsr import zoo
+    from medsr.io.formats import is_jpeg
+
+    jpeg = sum(map(is_jpeg, inputs))
+    if model == zoo.JPEG_MODEL:
+        print(f"medsr: note: the input(s) are JPEG files, so {zoo.JPEG_MODEL} upscales them: trained on JPEG inputs, it does "
+              f"not sharpen their 8x8 block grid (--model {zoo.DEFAULT_MODEL} is closer to the original for near-lossless "
+              "JPEGs, quality 95 and up, but sharpens the grid: docs/results/jpeg-quality.md)", file=sys.stderr)
+    elif model == zoo.DEFAULT_MODEL and 0 < jpeg < len(inputs) and zoo.JPEG_MODEL in zoo.shipped_models():
+        print(f"medsr: note: {jpeg} of the {len(inputs)} inputs are JPEG files; {zoo.DEFAULT_MODEL} may sharpen their 8x8 "
+              f"block grid: upscale them in a run of their own (then {zoo.JPEG_MODEL} does them) or pass --model "
+              f"{zoo.JPEG_MODEL}", file=sys.stderr)
+
+
 def _upscale(args) -> int:
     from medsr import zoo
     from medsr.inference import batch
@@ -104,9 +120,12 @@ def _upscale(args) -> int:
         raise MedsrError("--ray-address goes with --engine ray; add it")
     # --through-plane alone makes slices thin and keeps the in-plane grid; --model or --scale adds in-plane SR
     in_plane = not args.through_plane or args.model is not None or args.scale is not None
-    args.model = args.model or zoo.default_model(args.scale)
     out_dir = Path(args.output)
     pairs = _collect_inputs(args.inputs, out_dir)
+    if args.model is None and in_plane:
+        args.model = zoo.default_model(args.scale, [path for path, _ in pairs])
+        _say_which_default(args.model, [path for path, _ in pairs])
+    args.model = args.model or zoo.default_model(args.scale)
     if out_dir.exists() and not out_dir.is_dir():
         raise MedsrError(f"{out_dir}: -o must name a folder, and this is a file; choose another -o")
     summary_path = Path(args.summary) if args.summary else out_dir / batch.SUMMARY_NAME
@@ -253,7 +272,7 @@ def _device_options(p) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="int8: the model's residual body in int8 (CPU; shipped default models and large; faster, slightly less exact: "
                    "docs/PERFORMANCE.md); auto: int8 on CPUs with int8 units (VNNI, AMX) for models whose int8 is within 0.05 dB "
-                   "of bf16 on the validation split (as shipped: default, default-gan, default-x4; see their cards), else bf16 where the "
+                   "of bf16 on the validation split (as shipped: default, default-jpeg, default-gan, default-x4; see their cards), else bf16 where the "
                    "hardware does it natively, else fp32")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
 
@@ -304,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="upscale image files or folders", epilog=UPSCALE_EXAMPLES, formatter_class=formatter)
     p.add_argument("inputs", nargs="+", help="files or folders (walked recursively; structure mirrored)")
     p.add_argument("-o", "--output", required=True, help="output folder (never the same file as an input)")
-    _model_options(p, shipped_help + " (x3: default, x2: default-x2, x4: default-x4)")
+    _model_options(p, shipped_help + " (x3: default, or default-jpeg when every input is a JPEG file; x2: default-x2, x4: default-x4)")
     p.add_argument("--format", choices=FORMAT_CHOICES, help="output format (default: the input's)")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")
@@ -331,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="PSNR/SSIM/MS-SSIM of models and baselines on a data split", formatter_class=formatter)
     p.add_argument("--data", nargs="+", required=True, help="data folder(s)")
     _model_options(p, "comma-separated models to evaluate besides the interpolations (shipped names, files, run folders)")
-    p.add_argument("--protocol", default="paper", choices=["paper", "native"])
+    p.add_argument("--protocol", default="paper", choices=PROTOCOLS)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="evaluate at most this many images, spread evenly over the split (every class)")
     p.add_argument("--out", default="evaluation", help="folder for per_image.csv, summary.csv, results.json")
@@ -348,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="bicubic,paper,default", help="comma-separated: interpolations (nearest, bicubic, lanczos), "
                    "shipped model names, .safetensors/.pth files or run folders; LABEL=PATH names one in the table")
     p.add_argument("--out", default="comparison", help="output folder")
-    p.add_argument("--protocol", default="paper", choices=["paper", "native"])
+    p.add_argument("--protocol", default="paper", choices=PROTOCOLS)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="at most this many images")
     p.add_argument("--figures", type=int, default=4, help="per-image figures to draw")

@@ -14,3 +14,4 @@ RUNTIMES = ("torch", "onnx")  # onnx: onnxruntime, fp32 only
 # development CPU, within its run-to-run noise, and 128 was slower (its overlap is recomputed);
 # 512 makes a 512x512 scan one call.
 TILE, TILE_OVERLAP = 512, 16
+PROTOCOLS = ("paper", "native", "native-jpeg")  # evaluation protocols (medsr.data.degrade.make_pair)

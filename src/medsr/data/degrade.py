@@ -6,16 +6,20 @@ come in ([0, 1] or [-1, 1]); resizing is antialiased bicubic, the standard in SR
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from medsr.errors import MedsrError
+from medsr.settings import PROTOCOLS
 
 PAPER_HR_SIZE = 150
 PAPER_LR_SIZE = 50
 NATIVE_CAP = 1500  # the native protocol's largest HR side, which bounds evaluation time on huge radiographs
+JPEG_PROTOCOL_QUALITY = 90  # native-jpeg's LR quality: that of exported scans (the data sets' own files are 90-95)
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -93,13 +97,28 @@ def make_pair(image01: np.ndarray, protocol: str, scale: int, *, native_cap: int
     paper:  the seed paper's pair: HR 150 px at x3; at other scales the nearest side the scale
             divides (x2: 150, x4: 148);
     native: HR = the image at its own resolution, centre-cropped to at most `native_cap` pixels per
-            side (None: no cap) and to a multiple of the scale, LR = HR / scale.
+            side (None: no cap) and to a multiple of the scale, LR = HR / scale;
+    native-jpeg: the native pair with its LR saved as an 8-bit JPEG at quality 90 and read back,
+            as a scan exported to JPEG arrives.
     """
     if protocol == "paper":
         lr, hr = paper_pair(image01, PAPER_HR_SIZE // scale * scale, scale)
-    elif protocol == "native":
+    elif protocol in ("native", "native-jpeg"):
         hr = torch.from_numpy(native_hr(image01, scale, native_cap).copy())[None, None]
         lr = downscale(hr, scale).clamp(0, 1)
+        if protocol == "native-jpeg":
+            lr = jpeg_round_trip(lr, JPEG_PROTOCOL_QUALITY)
     else:
-        raise MedsrError(f"unknown protocol '{protocol}'; use paper or native")
+        raise MedsrError(f"unknown protocol '{protocol}'; use {', '.join(PROTOCOLS)}")
     return lr[0, 0].numpy(), hr[0, 0].numpy()
+
+
+def jpeg_round_trip(image01: torch.Tensor, quality: int) -> torch.Tensor:
+    """A (1, 1, h, w) [0, 1] image saved as an 8-bit gray JPEG at `quality` and decoded again."""
+    pixels = (image01[0, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        out = np.asarray(decoded.convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(out.copy())[None, None]

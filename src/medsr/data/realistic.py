@@ -25,15 +25,14 @@ What differs from the official pipeline:
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from medsr.data.degrade import jpeg_round_trip
 from medsr.errors import MedsrError
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
@@ -311,14 +310,7 @@ def _add_noise(x: torch.Tensor, g: torch.Generator, stage: _Stage) -> torch.Tens
 
 def jpeg(x: torch.Tensor, g: torch.Generator, quality_range) -> torch.Tensor:
     """A (1, 1, h, w) [0, 1] image through an 8-bit gray JPEG at a random integer quality in `quality_range`."""
-    quality = round(_uniform(g, *quality_range))
-    pixels = (x[0, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        out = np.asarray(decoded.convert("L"), dtype=np.float32) / 255.0
-    return torch.from_numpy(out.copy())[None, None]
+    return jpeg_round_trip(x, round(_uniform(g, *quality_range)))
 
 
 def _resize_and_sinc(x, g, size, modes, sinc: torch.Tensor | None) -> torch.Tensor:

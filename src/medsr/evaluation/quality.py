@@ -23,11 +23,11 @@ from medsr.data.dataset import volume_slices
 from medsr.errors import MedsrError
 from medsr.evaluation import report
 from medsr.inference.upscaler import Upscaler
+from medsr.io import formats
 from medsr.io.types import as_unit
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio", "overshoot", "block_grid", "input_block_grid")
-JPEG_SUFFIXES = (".jpg", ".jpeg")
 GRID_CROP = 256  # the block-grid measure upscales this centre crop of each JPEG file, cut on its 8-pixel grid
 
 
@@ -58,7 +58,7 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
     if limit is not None and limit < len(items):
         items = [items[i * len(items) // limit] for i in range(limit)]
     arrays, kept = load_arrays(items)
-    named = [(str(item.path), item.label, as_unit(array)[0], item.path.suffix.lower() in JPEG_SUFFIXES)
+    named = [(str(item.path), item.label, as_unit(array)[0], formats.is_jpeg(item.path))
              for array, item in zip(arrays, kept)]
     return evaluate_arrays(named, methods, scale, protocol)
 

@@ -79,8 +79,8 @@ class Upscaler(TiledUpscaler):
             model = model.fused_for_inference()  # same function, fewer operations
         if precision == "int8":
             if calibration is None:
-                raise MedsrError("--precision int8 needs a model file with int8 calibration (the shipped default, default-x2, "
-                                 "default-x4, default-gan and large have one); use --precision auto with this model")
+                raise MedsrError("--precision int8 needs a model file with int8 calibration (the shipped default, default-jpeg, "
+                                 "default-x2, default-x4, default-gan and large have one); use --precision auto with this model")
             if device.type != "cpu":
                 raise MedsrError(f"--precision int8 runs on the CPU only; add --device cpu or use --precision auto on {device.type}")
             try:

@@ -52,6 +52,10 @@ def format_of_extension(path: Path) -> Format | None:
     return _BY_EXTENSION.get(file_extension(path))
 
 
+def is_jpeg(path: str | os.PathLike) -> bool:
+    return getattr(format_of_extension(Path(path)), "name", "") == "jpeg"
+
+
 def format_of_path(path: Path) -> Format | None:
     """The format named by the extension; files without a known one are sniffed for DICM."""
     found = format_of_extension(path)

@@ -15,6 +15,8 @@ weights are adapted to gray (see each architecture's `convert_official`).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -23,10 +25,12 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from medsr.errors import MedsrError
 from medsr.files import atomic_write
+from medsr.io.formats import is_jpeg
 from medsr.models import OFFICIAL_CONVERTERS, create_generator
 
 ZOO_DIR = Path(__file__).parent
 DEFAULT_MODEL = "default"
+JPEG_MODEL = "default-jpeg"  # the x3 default for JPEG files
 # A training checkpoint's model.safetensors holds each network's tensors under its own prefix.
 GENERATOR_PREFIX, DISCRIMINATOR_PREFIX, EMA_PREFIX = "generator.", "discriminator.", "ema."
 
@@ -44,10 +48,15 @@ def save_model(path: Path, tensors: dict[str, torch.Tensor], arch: str, config: 
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def default_model(scale: int | None = None) -> str:
+def default_model(scale: int | None = None, inputs: Iterable[str | os.PathLike] = ()) -> str:
     """The shipped model `medsr upscale` uses when no --model is given: `default` at x3, or the
-    default recipe's model of another scale (default-x2, default-x4)."""
+    default recipe's model of another scale (default-x2, default-x4). At x3, when `inputs` (the
+    files to upscale) are all JPEG files, `default-jpeg`, trained on JPEG inputs: `default` would
+    sharpen their 8x8 block grid (docs/RESULTS.md)."""
     if scale is None or scale == 3:
+        inputs = list(inputs)
+        if inputs and all(map(is_jpeg, inputs)) and JPEG_MODEL in shipped_models():
+            return JPEG_MODEL
         return DEFAULT_MODEL
     name = f"{DEFAULT_MODEL}-x{scale}"
     if name not in shipped_models():
