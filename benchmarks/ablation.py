@@ -7,7 +7,7 @@ the same number of steps, each adding one idea to the one before:
   3. + mild noise and JPEG on those crops' LR (the light degradation);
   4. + the neighbourhood clamp of the output (clamp_margin 0.04): the shipped recipe.
 Then ideas tried on top of 4 and not shipped, one change each:
-  5. JPEG at qualities 80-98 instead of 30-95 (those of the data sets' own files);
+  5. JPEG at high qualities only (80-98 instead of 30-95);
   6. distillation from `large` (teacher_weight 1: its output as a second target).
 All train the "fused" upsampler, as the shipped recipe does (docs/ABLATION.md was last made
 with the recipe before it: the "convs" upsampler and a 0.02 clamp).
