@@ -9,8 +9,8 @@ the same number of steps, each adding one idea to the one before:
 Then ideas tried on top of 4 and not shipped, one change each:
   5. JPEG at high qualities only (80-98 instead of 30-95);
   6. distillation from `large` (teacher_weight 1: its output as a second target).
-All train the "fused" upsampler, as the shipped recipe does (docs/ABLATION.md was last made
-with the recipe before it: the "convs" upsampler and a 0.02 clamp).
+All train the "fused" upsampler, as the shipped recipe does. Finished variants are reused from
+runs/ablation/ by name and step count: delete them after changing the recipe.
 Each is scored on the validation split only (recipes are chosen there; the test split is for
 reporting, docs/RESULTS.md): both data sets under the paper and native protocols, with the edge
 overshoot and the JPEG block-grid ratio, and the slices of the validation volume (sub-08).

@@ -10,9 +10,9 @@ import argparse
 import time
 
 import torch
-from common import DATA, ROOT
+from common import DATA, FLOAT, ROOT
 
-from medsr import hardware, zoo
+from medsr import zoo
 from medsr.evaluation import quality, report
 from medsr.inference.upscaler import Upscaler
 from medsr.settings import PROTOCOLS
@@ -46,7 +46,8 @@ def bar_lines(results: dict) -> list[str]:
                          f"{'yes' if mine <= bicubic else 'no'} |")
     for model in BAR_MODELS:
         # a JPEG file is upscaled by the model `medsr upscale` picks for it: default-jpeg where `default` is asked for
-        runs, label = (zoo.default_model(3, ["scan.jpg"]), f"{model} (JPEG files: {zoo.JPEG_MODEL})") if model == "default" else (model, model)
+        runs = zoo.JPEG_MODEL if model == zoo.DEFAULT_MODEL else model
+        label = f"{model} (JPEG files: {runs})" if runs != model else model
         for modality in ("brain-mri", "chest-xray"):
             scores = results.get((modality, "native"), {}).get(runs)
             if scores and scores["block_grid"] == scores["block_grid"]:
@@ -92,11 +93,10 @@ def main():
         upscaler = Upscaler(model, int(meta["medsr_scale"]), cpu, "auto", tile=0)
         methods.append(quality.Method(name, upscaler))
         in_int8 += [name] if upscaler.precision == "int8" else []
-    float_precision = "bf16" if hardware.cpu_has_fast_bf16() else "fp32"
     command = "python benchmarks/make_results.py" + (f" --models {args.models}" if args.models != MODELS else "") + \
         (f" --limit {args.limit}" if args.limit else "")
     lines = ["# Results", "", f"Produced by `{command}` (test split, x3, "
-             f"precision auto, as `medsr upscale` runs on this CPU: {float_precision}"
+             f"precision auto, as `medsr upscale` runs on this CPU: {FLOAT}"
              + (f", int8 for {', '.join(in_int8)} (within 0.05 dB of bf16 on the validation split)" if in_int8 else "")
              + f"; {time.strftime('%Y-%m-%d')}).",
              "PSNR and SSIM after a border crop of 3 px; data range of the images' bit depth (8-bit here).",

@@ -122,10 +122,10 @@ def _upscale(args) -> int:
     in_plane = not args.through_plane or args.model is not None or args.scale is not None
     out_dir = Path(args.output)
     pairs = _collect_inputs(args.inputs, out_dir)
-    if args.model is None and in_plane:
-        args.model = zoo.default_model(args.scale, [path for path, _ in pairs])
-        _say_which_default(args.model, [path for path, _ in pairs])
-    args.model = args.model or zoo.default_model(args.scale)
+    if args.model is None:
+        inputs = [path for path, _ in pairs] if in_plane else []  # through-plane alone uses no in-plane model
+        args.model = zoo.default_model(args.scale, inputs)
+        _say_which_default(args.model, inputs)
     if out_dir.exists() and not out_dir.is_dir():
         raise MedsrError(f"{out_dir}: -o must name a folder, and this is a file; choose another -o")
     summary_path = Path(args.summary) if args.summary else out_dir / batch.SUMMARY_NAME
