@@ -10,7 +10,9 @@ Then ideas tried on top of 4 and not shipped, one change each:
   5. JPEG at high qualities only (80-98 instead of 30-95);
   6. distillation from `large` (teacher_weight 1: its output as a second target).
 All train the "fused" upsampler, as the shipped recipe does. Finished variants are reused from
-runs/ablation/ by name and step count: delete them after changing the recipe.
+runs/ablation/: a variant's folder is named by its number and a hash of its whole recipe (steps
+included), so a changed recipe trains again. The hash does not cover the weights it starts from
+(default-paper, and `large` for variant 6): delete runs/ablation/ after reshipping those.
 Each is scored on the validation split only (recipes are chosen there; the test split is for
 reporting, docs/RESULTS.md): both data sets under the paper and native protocols, with the edge
 overshoot and the JPEG block-grid ratio, and the slices of the validation volume (sub-08).
@@ -19,6 +21,9 @@ overshoot and the JPEG block-grid ratio, and the slices of the validation volume
 """
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import time
 
 import torch
@@ -45,6 +50,12 @@ VAL_VOLUME = "brain-t1-sub-08"
 MARGINS = (None, 0.02, 0.03, 0.04, 0.05)
 
 
+def recipe_hash(cfg) -> str:
+    """Eight hex digits of the recipe's every field but its name and output folder."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("name", "out_dir")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def margin_tables(limit: int) -> list[str]:
     """The shipped default with its clamp margin changed at inference, on the brain MRI validation images."""
     methods = [quality.Method("bicubic")]
@@ -68,11 +79,11 @@ def main():
     runs = ROOT / "runs" / "ablation"
     methods, steps = [quality.Method("bicubic")], []
     for i, (label, overrides) in enumerate(VARIANTS.items()):
-        name = f"variant-{i + 1}-{args.steps}"
+        recipe = ["epochs=1", f"steps_per_epoch={args.steps}", *overrides]
+        cfg = load_config(ROOT / "configs" / "default.yaml", recipe)
+        name = f"variant-{i + 1}-{recipe_hash(cfg)}"
         if not (runs / name / "model.safetensors").is_file():
-            cfg = load_config(ROOT / "configs" / "default.yaml", [f"name={name}", f"out_dir={runs}", "epochs=1",
-                                                                  f"steps_per_epoch={args.steps}", *overrides])
-            Trainer(cfg).fit()
+            Trainer(dataclasses.replace(cfg, name=name, out_dir=str(runs))).fit()
         model, meta = zoo.load(runs / name)
         methods.append(quality.Method(label, Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0)))
         steps.append(f"| {label} | {meta['medsr_step']} |")

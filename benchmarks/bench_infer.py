@@ -5,7 +5,8 @@
   bf16 as medsr runs them now (both channels_last), and int8 (--precision int8: the residual body in
   int8, medsr.models.int8) for the models calibrated for it; the test-split PSNR change bf16 brings
   over fp32 (paper protocol) and int8 over bf16 (paper and native protocols), on test images spread
-  evenly over brain MRI and chest X-ray;
+  evenly over brain MRI and chest X-ray. A model's paths are timed in turns, best of 5 each, so a
+  slow spell of the host does not fall on one of them alone;
 - where the default model's time goes (torch.profiler) and its convolutions' throughput as a share
   of the bf16 matrix-multiply peak and of the same layer alone (benchmarks/bench_ceiling.py);
 - tile sizes on a 1024x1024 image, and two ways to fuse the elementwise work into the convolutions
@@ -20,7 +21,7 @@ import time
 import bench_ceiling
 import numpy as np
 import torch
-from common import DATA, FLOAT, best_of, machine, spread
+from common import DATA, FLOAT, best_of, best_of_interleaved, machine, spread
 
 from medsr import metrics, zoo
 from medsr.data import degrade, load_arrays, scan, select
@@ -55,6 +56,11 @@ def old_fp32(model) -> Upscaler:
     up = Upscaler(model, 3, CPU, "fp32", tile=0)
     up.model = up.model.to(memory_format=torch.contiguous_format)
     return up
+
+
+def figure(value: float, unit: str) -> str:
+    """A table cell: seconds to two decimals, a ratio with its x, "n/a" where the path was not run."""
+    return "n/a" if np.isnan(value) else f"{value:.2f}" + ("x" if unit == "x" else "")
 
 
 def conv_flops(model: torch.nn.Module, side: int) -> float:
@@ -96,13 +102,14 @@ def main():
         runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in ("fp32", "bf16", *(("int8",) if hasattr(model, "int8_calibration") else ()))}
         if name == "default":
             runs["old"] = old_fp32(model)
-        seconds = {p: best_of(lambda u=u: u.upscale(image), 3) for p, u in runs.items()}
+        seconds = best_of_interleaved({p: lambda u=u: u.upscale(image) for p, u in runs.items()}, 5)
         old, int8 = seconds.get("old", float("nan")), seconds.get("int8", float("nan"))
         int8_delta = "n/a"
         if "int8" in runs:
             int8_delta = f"{delta(runs['int8'], runs['bf16'], 'paper')} / {delta(runs['int8'], runs['bf16'], 'native')}"
-        print(f"| {name} | {old:.2f} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {int8:.2f} | {old / seconds['fp32']:.2f}x | "
-              f"{seconds['fp32'] / seconds['bf16']:.2f}x | {seconds['bf16'] / int8:.2f}x | {delta(runs['bf16'], runs['fp32'], 'paper')} | "
+        print(f"| {name} | {figure(old, 's')} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {figure(int8, 's')} | "
+              f"{figure(old / seconds['fp32'], 'x')} | {seconds['fp32'] / seconds['bf16']:.2f}x | {figure(seconds['bf16'] / int8, 'x')} | "
+              f"{delta(runs['bf16'], runs['fp32'], 'paper')} | "
               f"{int8_delta} | {Upscaler(model, 3, CPU, 'auto', tile=0).precision} |", flush=True)
     print(f"\n(PSNR changes over {count} test images per protocol.)")
 

@@ -39,6 +39,21 @@ def best_of(fn, repeats: int, warmup: int = 1) -> float:
     return min(times)
 
 
+def best_of_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """best_of for several calls that are to be compared, taken in turns (a, b, c, a, b, c, ...), so
+    that a slow spell of a shared host falls on all of them rather than on whichever ran then."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

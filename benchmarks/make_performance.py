@@ -22,7 +22,8 @@ shapes, measured in the same run; the model's convolutions are then given as a s
 "fp32, old layout" is fp32 as medsr ran it until 2026-11-29: the model contiguous while its input
 was channels_last, so oneDNN converted layouts at every layer. Now model and input are both
 channels_last in every precision, so the fp32 column is a fair baseline for the bf16 one. "old
-layout" is built once outside the timed calls, as the others are. int8 is `--precision int8`
+layout" is built once outside the timed calls, as the others are, and a model's paths are timed
+in turns (best of 5 each), so that a slow spell of this shared host does not fall on one alone. int8 is `--precision int8`
 (medsr.models.int8): the residual body in int8 through oneDNN's VNNI / AMX kernels, calibrated on
 train-split images when the model shipped. The PSNR columns are over test images spread evenly over
 brain MRI and chest X-ray. `auto` runs a model in int8 on CPUs with int8 units when its int8 lost at

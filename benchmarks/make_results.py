@@ -108,8 +108,10 @@ def main():
              "resolution (issue 14); `large` is the default's recipe on a network 3x as deep (2.8x its compute per pixel); `paper`",
              "had 10 of its recipe's 50 epochs (docs/PAPER.md).",
              "Edge overshoot: the share of output pixels beyond their 3x3 source neighbourhood's range by more than 5 % of the image's",
-             "range (`medsr.metrics.edge_overshoot`). JPEG block grid: the step ratio at the 8x8 grid of the JPEG files themselves",
-             "upscaled (centre 256 px), the input's own ratio in brackets (`medsr.metrics.block_grid_ratio`).",
+             "range (`medsr.metrics.edge_overshoot`); real detail finer than an LR pixel counts too, so the original images score",
+             "above zero (docs/results/truth-overshoot.md, `benchmarks/truth_overshoot.py`). JPEG block grid: the step ratio at the",
+             "8x8 grid of the JPEG files themselves upscaled (centre 256 px), the input's own ratio in brackets",
+             "(`medsr.metrics.block_grid_ratio`).",
              "", HF_RATIO_TEXT]
     results, tables = {}, []
     for modality in ("brain-mri", "chest-xray"):

@@ -100,6 +100,27 @@ def test_models_of_every_scale_are_offered_and_their_maps_made():
             assert Image.open(io.BytesIO(overlay.content)).size == (16 * scale, 20 * scale)
 
 
+def jpeg_bytes(height: int, width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(height, width))).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_auto_runs_what_medsr_upscale_picks_default_jpeg_for_jpeg_files():
+    app = create_app(models=["default", "default-jpeg"], precision="fp32")
+    with TestClient(app) as test_client:
+        first = test_client.get("/api/info").json()["models"][0]
+        assert first["name"] == "auto" and "default-jpeg for JPEG" in first["label"]
+        ran = {name: test_client.post(f"/api/upscale?name={name}", content=body).json()["model"]
+               for name, body in (("scan.jpg", jpeg_bytes(16, 16)), ("scan.png", png_bytes(16, 16)))}
+        assert ran == {"scan.jpg": "default-jpeg", "scan.png": "default"}
+        named = test_client.post("/api/upscale?model=default&name=scan.jpg", content=jpeg_bytes(16, 16)).json()
+        assert named["model"] == "default" and named["download_name"] == "scan-medsr-default-x3.jpg"
+    without = create_app(models=["default"], precision="fp32")  # auto is offered only with both models
+    with TestClient(without) as test_client:
+        assert [m["name"] for m in test_client.get("/api/info").json()["models"]] == ["default"]
+
+
 def test_demo_images_are_scored_against_their_original(client):
     demos = client.get("/api/info").json()["demos"]
     if "brain-mri" not in demos:

@@ -56,6 +56,7 @@ log = logging.getLogger("medsr.serve")
 KEEP_JOBS = 8  # older jobs' files are deleted, so a long session cannot fill the disk
 MAX_INPUT_PIXELS = 16_000_000  # about 4000x4000: larger scans take minutes on a CPU; use `medsr upscale`
 CHUNK = 1 << 20
+AUTO = "auto"  # the menu's first choice: the model `medsr upscale` picks when none is named
 
 
 @dataclass
@@ -159,8 +160,12 @@ class Server:
             return {}
 
     def info(self) -> dict:
+        models = [{"name": n, "label": n, "scale": s} for n, s in self.models.items()]
+        if {zoo.DEFAULT_MODEL, zoo.JPEG_MODEL} <= self.models.keys():
+            label = f"{AUTO}: {zoo.JPEG_MODEL} for JPEG files, else {zoo.DEFAULT_MODEL}"
+            models.insert(0, {"name": AUTO, "label": label, "scale": self.models[zoo.DEFAULT_MODEL]})
         return {
-            "models": [{"name": n, "scale": s} for n, s in self.models.items()],
+            "models": models,
             "demos": sorted(self.demo_images),
             "max_upload_mb": self.max_upload_bytes / 1024 / 1024,
             "max_input_pixels": MAX_INPUT_PIXELS,
@@ -170,6 +175,14 @@ class Server:
                                    "text": hallucination.map_description()},
             "extensions": list(SUPPORTED_EXTENSIONS),
         }
+
+    def choose(self, model: str, name: str) -> str:
+        """The model that runs: `model` itself, or for "auto" what `medsr upscale` would pick for a
+        file called `name` (default-jpeg for a JPEG file), among the models this server offers."""
+        if model != AUTO:
+            return model
+        picked = zoo.default_model(None, [name])
+        return picked if picked in self.models else zoo.DEFAULT_MODEL
 
     def upscaler_for(self, model: str):
         if model not in self.models:
@@ -419,8 +432,9 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
         return server.info()
 
     @app.post("/api/upscale")
-    async def upscale(request: Request, model: str = "default", name: str = "upload", demo: str | None = None, through: bool = False) -> dict:
+    async def upscale(request: Request, model: str = AUTO, name: str = "upload", demo: str | None = None, through: bool = False) -> dict:
         name = _safe_name(demo or name)
+        model = server.choose(model, name)
         if demo:
             server.upscaler_for(model)
             job = server._new_job(name + ".png", model)
