@@ -162,7 +162,7 @@ class Server:
     def info(self) -> dict:
         models = [{"name": n, "label": n, "scale": s} for n, s in self.models.items()]
         if {zoo.DEFAULT_MODEL, zoo.JPEG_MODEL} <= self.models.keys():
-            label = f"{AUTO}: {zoo.JPEG_MODEL} for JPEG files, else {zoo.DEFAULT_MODEL}"
+            label = f"{AUTO}: {zoo.DEFAULT_MODEL}, {zoo.JPEG_MODEL} for JPEG files"
             models.insert(0, {"name": AUTO, "label": label, "scale": self.models[zoo.DEFAULT_MODEL]})
         return {
             "models": models,
