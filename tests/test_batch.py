@@ -182,7 +182,7 @@ def test_cli_summary_csv_progress_and_exit_code(tmp_path, tiny_model, medsr_cli)
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["input"].endswith("broken.png") and "not a readable image" in failed[0]["reason"]
     assert sum(r["status"] == "done" for r in rows) == 12
-    assert "upscaled 12 of 13" in result.stdout and "1 failed" in result.stdout
+    assert "upscaled 12 of 13 file(s) x3" in result.stdout and "1 failed" in result.stdout
 
     (src / "broken.png").unlink()
     result = subprocess.run(medsr_cli + ["upscale", str(src), "-o", str(out), "--model", str(tiny_model),

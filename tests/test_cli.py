@@ -220,8 +220,9 @@ def test_models_lists_shipped(medsr_cli):
 
     result = run(medsr_cli + ["models"])
     assert result.returncode == 0
-    for name in zoo.shipped_models():
-        assert f"| {name} |" in result.stdout
+    rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == sorted(zoo.shipped_models())  # by name: default before default-gan
+    assert f"{zoo.JPEG_MODEL} when every input is a JPEG file" in result.stdout
 
 
 def test_upscale_uses_the_shipped_default(tmp_path, medsr_cli):

@@ -39,7 +39,7 @@ def test_a_series_comes_back_as_one_series_with_the_right_affine(name, tmp_path,
     out = tmp_path / "out"
     result = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0"])
     assert result.returncode == 0, result.stderr
-    assert "upscaled 1 of 1" in result.stdout  # the whole series is one unit of work
+    assert "upscaled 1 of 1 series" in result.stdout  # the whole series is one unit of work
 
     before, after = convert(source, tmp_path / "nii-source"), convert(out, tmp_path / "nii-derived")
     assert len(after) == len(before) == 1, "one derived series, converted as one (4-D for the time points) image"

@@ -98,7 +98,8 @@ def _say_which_default(model: str, inputs: list[Path]) -> None:
               f"not sharpen their 8x8 block grid (--model {zoo.DEFAULT_MODEL} is closer to the original for near-lossless "
               "JPEGs, quality 95 and up, but sharpens the grid: docs/results/jpeg-quality.md)", file=sys.stderr)
     elif model == zoo.DEFAULT_MODEL and 0 < jpeg < len(inputs) and zoo.JPEG_MODEL in zoo.shipped_models():
-        print(f"medsr: note: {jpeg} of the {len(inputs)} inputs are JPEG files; {zoo.DEFAULT_MODEL} may sharpen their 8x8 "
+        are = "is a JPEG file" if jpeg == 1 else "are JPEG files"
+        print(f"medsr: note: {jpeg} of the {len(inputs)} inputs {are}; {zoo.DEFAULT_MODEL} may sharpen their 8x8 "
               f"block grid: upscale them in a run of their own (then {zoo.JPEG_MODEL} does them) or pass --model "
               f"{zoo.JPEG_MODEL}", file=sys.stderr)
 
@@ -264,7 +265,8 @@ def _models(args) -> int:
     for name, path in shipped.items():
         meta = zoo.load(path)[1]
         print(f"| {name} | {meta['medsr_arch']} | x{meta['medsr_scale']} | {int(meta['parameters']):,} | {path} |")
-    print(f"\nmodel cards: {zoo.ZOO_DIR}/<name>.md; default for 'medsr upscale': {zoo.DEFAULT_MODEL}")
+    print(f"\nmodel cards: {zoo.ZOO_DIR}/<name>.md; default for 'medsr upscale': {zoo.DEFAULT_MODEL} "
+          f"({zoo.JPEG_MODEL} when every input is a JPEG file; default-x2 / default-x4 with --scale 2 / 4)")
     return 0
 
 

@@ -108,7 +108,9 @@ class BatchSummary:
     def describe(self, out_dir: Path, scale: int, show_failures: int = 10) -> str:
         """The end-of-run summary: counts on one line, then the first failures with their reasons."""
         failed = self.failed
-        text = f"upscaled {self.done} of {len(self.results)} file(s) x{scale} into {out_dir}"
+        series = sum(r.job.series is not None for r in self.results)
+        counted = "file(s)" if not series else "file(s) and series" if series < len(self.results) else "series"
+        text = f"upscaled {self.done} of {len(self.results)} {counted} x{scale} into {out_dir}"
         if self.skipped:
             text += f"; {self.skipped} skipped (complete)"
         if failed:

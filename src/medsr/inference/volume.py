@@ -81,7 +81,8 @@ def _check(volume: np.ndarray, spacing, slice_axis: int, target_spacing: float |
         raise MedsrError(f"{name}: target spacing {target_spacing} must be a positive number of mm")
     if through_plane_grid(volume.shape[axis], spacing[axis], target).count <= volume.shape[axis]:
         raise MedsrError(f"{name}: slice spacing {spacing[axis]:g} mm is not coarser than the target {target:g} mm; "
-                         f"nothing to do (pick the thick axis as slice_axis, or a smaller target_spacing)")
+                         "nothing to thin; ask for a smaller target (--slice-spacing, target_spacing=), name the thick axis "
+                         "(slice_axis=), or upscale in-plane instead (without --through-plane)")
     if not np.all(np.isfinite(volume)):
         raise MedsrError(f"{name}: the volume holds NaN or infinite values; fix or mask them first")
     return volume.astype(np.float32, copy=False), spacing, axis, target

@@ -37,7 +37,7 @@ GENERATOR_PREFIX, DISCRIMINATOR_PREFIX, EMA_PREFIX = "generator.", "discriminato
 
 def shipped_models() -> dict[str, Path]:
     """Shipped model names -> files (the .safetensors files inside this folder)."""
-    return {p.stem: p for p in sorted(ZOO_DIR.glob("*.safetensors"))}
+    return {p.stem: p for p in sorted(ZOO_DIR.glob("*.safetensors"), key=lambda p: p.stem)}
 
 
 def save_model(path: Path, tensors: dict[str, torch.Tensor], arch: str, config: dict, extra: dict | None = None) -> None:
