@@ -75,7 +75,8 @@ def _declared_pixels(ds: Dataset, path: Path) -> int:
     return math.prod(dims)
 
 
-def _spacing_pair(value) -> tuple[float, float] | None:
+def spacing_pair(value) -> tuple[float, float] | None:
+    """A (row, column) spacing in mm from a two-valued element, or None where it is missing, malformed or 0."""
     try:
         row, col = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -86,11 +87,11 @@ def _spacing_pair(value) -> tuple[float, float] | None:
 def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in ds:
-            return _spacing_pair(ds.get(keyword))
+            return spacing_pair(ds.get(keyword))
     # Enhanced multi-frame objects keep it inside the functional group sequences.
     for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         try:
-            return _spacing_pair(ds[groups][0].PixelMeasuresSequence[0].PixelSpacing)
+            return spacing_pair(ds[groups][0].PixelMeasuresSequence[0].PixelSpacing)
         except (KeyError, IndexError, AttributeError):
             continue
     return None
@@ -107,7 +108,8 @@ def _parse(path: Path, force: bool = False) -> Dataset:
     return ds
 
 
-def _read_dataset(path: Path) -> Dataset:
+def read_dataset(path: Path) -> Dataset:
+    """The file's dataset, fully parsed; a one-line MedsrError for damaged or non-DICOM files."""
     try:
         return _parse(path)
     except InvalidDicomError:
@@ -134,7 +136,7 @@ def read_dicom(path: Path) -> Image:
 
 
 def _read_dicom(path: Path) -> Image:
-    ds = _read_dataset(path)
+    ds = read_dataset(path)
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise MedsrError(f"{path}: DICOM float pixel data is not supported; export it with integer pixel data")
     if "PixelData" not in ds:
@@ -265,7 +267,8 @@ def derived_uid(kind: str, *parts) -> str:
     return generate_uid(entropy_srcs=["medsr", kind, *(str(p) for p in parts)])
 
 
-def _vector(value, size: int) -> np.ndarray | None:
+def float_vector(value, size: int) -> np.ndarray | None:
+    """`size` finite floats from a multi-valued element (a position, an orientation), else None."""
     try:
         vector = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError):
@@ -273,7 +276,7 @@ def _vector(value, size: int) -> np.ndarray | None:
     return vector if vector.shape == (size,) and np.all(np.isfinite(vector)) else None
 
 
-def _group(item: Dataset | None, shared: Dataset | None, sequence: str) -> Dataset | None:
+def functional_group(item: Dataset | None, shared: Dataset | None, sequence: str) -> Dataset | None:
     """An enhanced frame's functional group macro: the frame's own, else the shared one."""
     for where in (item, shared):
         if where is not None and where.get(sequence):
@@ -289,18 +292,18 @@ def _shift_to_finer_grid(ds: Dataset, scale: float) -> None:
     triplet runs along a row (increasing column index, step PixelSpacing[1]), the second down a
     column (step PixelSpacing[0]). Call before _divide_spacing: this needs the old spacing.
     """
-    shared = _group(ds, None, "SharedFunctionalGroupsSequence")
+    shared = functional_group(ds, None, "SharedFunctionalGroupsSequence")
     places = {id(ds): (ds, ds, ds)}  # (holds the position, the orientation, the spacing)
     for item in ds.get("PerFrameFunctionalGroupsSequence") or [None]:
-        where = tuple(_group(item, shared, name) for name in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence"))
+        where = tuple(functional_group(item, shared, name) for name in ("PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence"))
         if where[0] is not None:
             places.setdefault(id(where[0]), where)  # a shared position is moved once, not once per frame
     for position, orientation, measures in places.values():
         if orientation is None or measures is None:
             continue
-        ipp = _vector(position.get("ImagePositionPatient"), 3)
-        iop = _vector(orientation.get("ImageOrientationPatient"), 6)
-        spacing = _spacing_pair(measures.get("PixelSpacing"))
+        ipp = float_vector(position.get("ImagePositionPatient"), 3)
+        iop = float_vector(orientation.get("ImageOrientationPatient"), 6)
+        spacing = spacing_pair(measures.get("PixelSpacing"))
         if ipp is None or iop is None or spacing is None:
             continue
         step = (1 - 1 / scale) / 2

@@ -221,7 +221,7 @@ def _frame_slices(path: Path, ds: Dataset) -> list[_Slice]:
     slices = []
     for frame, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
         content, diffusion, echo, position, orientation, measures = (
-            dicom._group(item, shared, name) or Dataset()
+            dicom.functional_group(item, shared, name) or Dataset()
             for name in ("FrameContentSequence", "MRDiffusionSequence", "MREchoSequence",
                          "PlanePositionSequence", "PlaneOrientationSequence", "PixelMeasuresSequence")
         )
@@ -242,8 +242,8 @@ def _frame_slices(path: Path, ds: Dataset) -> list[_Slice]:
 def _slice(path: Path, ds: Dataset, frame: int | None, position: Dataset, orientation: Dataset, measures: Dataset,
            identity: tuple, order: tuple, problem: str | None = None) -> _Slice:
     """A slice whose geometry is read where each tag lives: the file itself, or a frame's functional groups."""
-    return _Slice(path, ds, frame, dicom._vector(position.get("ImagePositionPatient"), 3),
-                  dicom._vector(orientation.get("ImageOrientationPatient"), 6), dicom._spacing_pair(measures.get("PixelSpacing")),
+    return _Slice(path, ds, frame, dicom.float_vector(position.get("ImagePositionPatient"), 3),
+                  dicom.float_vector(orientation.get("ImageOrientationPatient"), 6), dicom.spacing_pair(measures.get("PixelSpacing")),
                   _layout(ds), identity, order, problem)
 
 
@@ -255,7 +255,7 @@ def _file_slices(path: Path) -> tuple[str, list[_Slice]]:
     """(SeriesInstanceUID, slices) of one file; an unreadable file gives one slice with a problem."""
     try:
         with quiet_libraries():
-            ds = dicom._read_dataset(path)
+            ds = dicom.read_dataset(path)
     except MedsrError as err:
         return "", [_Slice(path, Dataset(), None, None, None, None, (), (), (), problem=str(err).split(": ", 1)[-1])]
     has_pixels = "PixelData" in ds
@@ -546,7 +546,7 @@ def write_derived_series(
                 image = Image(result[k], dataclasses.replace(volume.metas[i], source=volume.datasets[i]))
                 ds = _derived(image, grid.scale, model_name, target)  # IPP, spacing, pixels, source reference
                 if grid.through:
-                    moved = dicom._vector(ds.ImagePositionPatient, 3) + (position - volume.positions[i]) * volume.normal
+                    moved = dicom.float_vector(ds.ImagePositionPatient, 3) + (position - volume.positions[i]) * volume.normal
                     ds.ImagePositionPatient = [_ds(v) for v in moved]
                     ds.SliceThickness = _ds(grid.thickness)
                     ds.SpacingBetweenSlices = _ds(grid.spacing)
@@ -623,16 +623,16 @@ def _derived_enhanced(volumes: list[Volume], pixels: list[np.ndarray], grid: _Gr
     ds = _derived(image, grid.scale, model_name, target)  # IPP per frame, spacing, pixels
     if not grid.through:
         return ds
-    shared = dicom._group(ds, None, "SharedFunctionalGroupsSequence")
+    shared = dicom.functional_group(ds, None, "SharedFunctionalGroupsSequence")
     in_stack = _in_stack_dimension(ds)
     frames = ds.PerFrameFunctionalGroupsSequence
     for v, volume in enumerate(volumes):
         for k, i in enumerate(grid.nearest):
             item = frames[v * len(grid.nearest) + k]
-            plane = dicom._group(item, shared, "PlanePositionSequence")
-            moved = dicom._vector(plane.ImagePositionPatient, 3) + (grid.positions[k] - volume.positions[i]) * volume.normal
+            plane = dicom.functional_group(item, shared, "PlanePositionSequence")
+            moved = dicom.float_vector(plane.ImagePositionPatient, 3) + (grid.positions[k] - volume.positions[i]) * volume.normal
             plane.ImagePositionPatient = [_ds(v) for v in moved]
-            content = dicom._group(item, None, "FrameContentSequence")
+            content = dicom.functional_group(item, None, "FrameContentSequence")
             if content is not None and "InStackPositionNumber" in content:
                 content.InStackPositionNumber = k + 1
             if content is not None and in_stack is not None and "DimensionIndexValues" in content:
@@ -640,7 +640,7 @@ def _derived_enhanced(volumes: list[Volume], pixels: list[np.ndarray], grid: _Gr
                 values[in_stack] = k + 1
                 content.DimensionIndexValues = values
     for item in [shared, *ds.PerFrameFunctionalGroupsSequence]:
-        measures = dicom._group(item, None, "PixelMeasuresSequence")
+        measures = dicom.functional_group(item, None, "PixelMeasuresSequence")
         if measures is not None:
             measures.SliceThickness = _ds(grid.thickness)
             measures.SpacingBetweenSlices = _ds(grid.spacing)
