@@ -10,7 +10,6 @@ CPU has it. PSNR against the HR image, border 3 px, mean over the images.
 """
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -36,7 +35,7 @@ def main():
     upscalers = {name: load_upscaler(name, precision=FLOAT, tile=0)[0] for name in MODELS}
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     lines = ["## JPEG inputs by quality: default or default-jpeg (validation split)", "",
-             f"Produced by `python benchmarks/jpeg_quality.py` ({machine()}, {time.strftime('%Y-%m-%d')}).",
+             f"Produced by `python benchmarks/jpeg_quality.py` ({machine()}).",
              f"{len(pairs)} validation images of both data sets, native protocol, the LR saved as a JPEG at each quality;",
              f"PSNR over bicubic of the same JPEG input, {FLOAT}.", "",
              "| JPEG quality | bicubic (dB) | default vs bicubic (dB) | default-jpeg vs bicubic (dB) | default-jpeg − default (dB) |",

@@ -77,7 +77,8 @@ def bar_lines(results: dict) -> list[str]:
             closer = abs(gan["hf_ratio"] - 1) < abs(default["hf_ratio"] - 1)
             lines.append(f"| default-gan HF ratio closer to 1 than default, {modality}, {protocol} | {gan['hf_ratio']:.3f} "
                          f"| default {default['hf_ratio']:.3f} | {'yes' if closer else 'no'} |")
-    return lines + [""]
+    return lines + ["", "How far the networks can go at all (each fitted to the validation images it is then scored on):",
+                    "docs/results/fit-bound-default.md and fit-bound-large.md (`benchmarks/fit_bound.py`).", ""]
 
 
 def main():

@@ -12,7 +12,6 @@ how much of a method's overshoot any faithful upscale would have, and so how str
 """
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ def main():
     parser.add_argument("--limit", type=int, default=50)
     args = parser.parse_args()
     lines = ["## Edge overshoot of the truth (test split)", "",
-             f"Produced by `python benchmarks/truth_overshoot.py --limit {args.limit}` ({machine()}, {time.strftime('%Y-%m-%d')}).",
+             f"Produced by `python benchmarks/truth_overshoot.py --limit {args.limit}` ({machine()}).",
              "Share of pixels more than 5 % of the LR image's range outside their 3x3 LR source neighbourhood (x3),",
              "for the HR image itself and for bicubic. A faithful upscale overshoots about as often as the truth does.", "",
              "| images | protocol | count | HR itself (%) | bicubic (%) |", "|---|---|---:|---:|---:|"]
