@@ -58,9 +58,9 @@ def old_fp32(model) -> Upscaler:
     return up
 
 
-def figure(value: float, unit: str) -> str:
-    """A table cell: seconds to two decimals, a ratio with its x, "n/a" where the path was not run."""
-    return "n/a" if np.isnan(value) else f"{value:.2f}" + ("x" if unit == "x" else "")
+def cell(value: float, suffix: str = "") -> str:
+    """A table cell to two decimals ("x" after a ratio), or "n/a" where the path was not run."""
+    return "n/a" if np.isnan(value) else f"{value:.2f}{suffix}"
 
 
 def conv_flops(model: torch.nn.Module, side: int) -> float:
@@ -107,8 +107,8 @@ def main():
         int8_delta = "n/a"
         if "int8" in runs:
             int8_delta = f"{delta(runs['int8'], runs['bf16'], 'paper')} / {delta(runs['int8'], runs['bf16'], 'native')}"
-        print(f"| {name} | {figure(old, 's')} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {figure(int8, 's')} | "
-              f"{figure(old / seconds['fp32'], 'x')} | {seconds['fp32'] / seconds['bf16']:.2f}x | {figure(seconds['bf16'] / int8, 'x')} | "
+        print(f"| {name} | {cell(old)} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {cell(int8)} | "
+              f"{cell(old / seconds['fp32'], 'x')} | {seconds['fp32'] / seconds['bf16']:.2f}x | {cell(seconds['bf16'] / int8, 'x')} | "
               f"{delta(runs['bf16'], runs['fp32'], 'paper')} | "
               f"{int8_delta} | {Upscaler(model, 3, CPU, 'auto', tile=0).precision} |", flush=True)
     print(f"\n(PSNR changes over {count} test images per protocol.)")
