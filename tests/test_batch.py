@@ -18,6 +18,7 @@ from PIL import Image
 from medsr import zoo
 from medsr.inference import batch
 from medsr.inference.upscaler import load_upscaler
+from medsr.io import raster
 from medsr.models import create_generator
 
 
@@ -167,6 +168,21 @@ def test_library_reports_bad_files_and_goes_on(tmp_path, tiny_model):
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def test_colour_inputs_are_said_to_become_gray_and_gray_saved_as_rgb_is_not(tmp_path, tiny_model, medsr_cli):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    gray = np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)
+    Image.fromarray(np.stack([gray, gray, gray], -1)).save(src / "gray-as-rgb.jpg", quality=90)  # how X-rays are often exported
+    tinted = np.stack([gray, gray // 2, 255 - gray], -1).astype(np.uint8)
+    Image.fromarray(tinted).save(src / "colour.png")
+    result = subprocess.run(medsr_cli + ["upscale", str(src), "-o", str(out), "--model", str(tiny_model)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    reasons = {Path(r["input"]).name: r["reason"] for r in read_csv(out / batch.SUMMARY_NAME)}
+    assert reasons == {"colour.png": raster.COLOUR_NOTE, "gray-as-rgb.jpg": ""}
+    assert f"colour.png: {raster.COLOUR_NOTE}" in result.stderr and "gray-as-rgb.jpg: in colour" not in result.stderr
 
 
 def test_cli_summary_csv_progress_and_exit_code(tmp_path, tiny_model, medsr_cli):

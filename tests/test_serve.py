@@ -121,6 +121,15 @@ def test_auto_runs_what_medsr_upscale_picks_default_jpeg_for_jpeg_files():
         assert [m["name"] for m in test_client.get("/api/info").json()["models"]] == ["default"]
 
 
+def test_a_colour_upload_is_said_to_be_upscaled_as_gray(client):
+    rgb = (np.random.default_rng(0).random((12, 14, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    answer = client.post("/api/upscale?model=default&name=photo.png", content=buffer.getvalue()).json()
+    assert answer["note"].startswith("photo.png is in colour; upscaled as one gray channel")
+    assert "note" not in client.post("/api/upscale?model=default&name=gray.png", content=png_bytes(12, 14)).json()
+
+
 def test_demo_images_are_scored_against_their_original(client):
     demos = client.get("/api/info").json()["demos"]
     if "brain-mri" not in demos:

@@ -46,6 +46,7 @@ from medsr.io import (
     ImageMeta,
     file_extension,
     nifti,
+    raster,
     read_image,
     write_image,
 )
@@ -311,6 +312,8 @@ class Server:
         download_name = f"{_stem(job.name)}-medsr-{model}-x{s}{_suffix(job.name) or '.dcm'}"
         job.files["download"] = write_image(job.folder / download_name, result, scale=s, model_name=f"medsr {model}")
         answer = self._keep(job, lr, sr, s, model, seconds, image.meta.format)
+        if image.meta.extra.get("colour"):
+            answer["note"] = f"{job.name} is {raster.COLOUR_NOTE}."
         if truth is not None:
             score = {k: metrics.psnr(torch.from_numpy(v)[None, None], torch.from_numpy(truth)[None, None], s).item()
                      for k, v in (("bicubic", self._bicubic(job, 0)), ("medsr", sr))}

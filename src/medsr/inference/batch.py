@@ -43,7 +43,7 @@ from medsr.errors import MedsrError
 from medsr.files import atomic_write
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
-from medsr.io import Image, read_image, write_image
+from medsr.io import Image, raster, read_image, write_image
 from medsr.io.types import quiet_libraries
 
 if TYPE_CHECKING:  # pydicom loads only when a series is written
@@ -358,7 +358,8 @@ class JobRunner:
             files = [_file_record(path) for path in written]
         except (MedsrError, MemoryError, OSError) as err:
             return _failure(job, err, time.perf_counter() - started)
-        return JobResult(job, "done", "", time.perf_counter() - started, files, state)
+        note = raster.COLOUR_NOTE if job.series is None and image.meta.extra.get("colour") else ""
+        return JobResult(job, "done", note, time.perf_counter() - started, files, state)
 
     def finish(self, job: Job, data, state: dict, spent: float) -> JobResult:
         """Upscale and write a job `read` decoded (`spent`: seconds that took)."""
@@ -546,6 +547,8 @@ class Progress:
     def __call__(self, result: JobResult) -> None:
         if result.status == "failed":
             tqdm.write(f"medsr: skipped: {result.reason}", file=sys.stderr)
+        elif result.status == "done" and result.reason:
+            tqdm.write(f"medsr: note: {result.job.input}: {result.reason}", file=sys.stderr)
         for item in result.files:
             tqdm.write(f"{result.job.input} -> {item['path']}")
         self.counts[result.status] += 1

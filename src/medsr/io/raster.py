@@ -43,8 +43,20 @@ def _sample_bits(page: PILImage.Image, path: Path) -> int:
     return 8
 
 
-def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int]:
-    """One Pillow page -> (grayscale integer array, bit depth 8 or 16)."""
+COLOUR_NOTE = "in colour; upscaled as one gray channel (its luminance), as medsr does every scan"  # said where one was read
+
+
+def has_colour(rgb: np.ndarray, tolerance: int = 8, share: float = 0.001) -> bool:
+    """Whether an 8-bit (..., 3) array holds real colour: more than `share` of its pixels have channels
+    more than `tolerance` apart. A gray scan saved as RGB (common for exported X-rays) has R = G = B
+    up to JPEG's rounding, and is not colour."""
+    rgb = rgb.astype(np.int16)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return bool(np.mean(spread > tolerance) > share)
+
+
+def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int, bool]:
+    """One Pillow page -> (grayscale integer array, bit depth 8 or 16, whether it held colour)."""
     mode = page.mode
     if mode not in ("1", "L", "P", "I", "F") and not mode.startswith("I;"):
         bits = _sample_bits(page, path)
@@ -55,20 +67,21 @@ def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int]:
                 "save it as 16-bit grayscale (one channel, no alpha) first"
             )
     if mode in _SIXTEEN_BIT_MODES:
-        return np.array(page).astype(np.uint16), 16
+        return np.array(page).astype(np.uint16), 16, False
     if mode == "I":
         # 32-bit integer mode: also how some Pillow versions hand over 16-bit PNGs.
         arr = np.array(page)
         if arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise MedsrError(f"{path}: unsupported bit depth (32-bit integer values beyond 0..65535); convert to 8- or 16-bit")
-        return arr.astype(np.uint16), 16
+        return arr.astype(np.uint16), 16, False
     if mode == "F" or mode.startswith("I;"):
         raise MedsrError(f"{path}: unsupported bit depth (Pillow mode {mode}, float or signed samples); convert to 8- or 16-bit")
     if mode in ("P", "PA"):
         page = page.convert("RGB")  # palette indices mean nothing as intensities
+    colour = page.mode not in ("1", "L", "LA", "La") and has_colour(np.asarray(page.convert("RGB")))
     if page.mode != "L":
         page = page.convert("L")  # RGB by luminance; alpha channels dropped
-    return np.array(page), 8
+    return np.array(page), 8, colour
 
 
 def read_raster(path: Path) -> Image:
@@ -102,11 +115,12 @@ def read_raster(path: Path) -> Image:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MedsrError(f"{path}: not a readable image file (truncated, corrupt or wrong extension: {reason}); check the file or re-export it")
 
-    arr, bits = pages[0]
+    arr, bits, colour = pages[0]
     # Pages of a different size or depth are thumbnails or unrelated images: keep the first only.
-    same = all(a.shape == arr.shape and b == bits for a, b in pages[1:])
+    same = all(a.shape == arr.shape and b == bits for a, b, _ in pages[1:])
     if len(pages) > 1 and same:
-        arr = np.stack([a for a, _ in pages])
+        arr = np.stack([a for a, _, _ in pages])
+        colour = any(c for _, _, c in pages)
     pixels = from_uint(arr, bits)
     meta = ImageMeta(
         path=str(path),
@@ -114,6 +128,7 @@ def read_raster(path: Path) -> Image:
         bit_depth=bits,
         value_range=(0.0, float(2**bits - 1)),
         pixel_spacing=None,
+        extra={"colour": True} if colour else {},
     )
     return Image(pixels, meta)
 
