@@ -110,6 +110,7 @@ def test_colour_and_odd_modes_become_grayscale(tmp_path, mode):
     assert img.pixels[0, -1] == pytest.approx(1.0)
     if mode != "1":  # 1-bit dithers red to black or white
         assert img.pixels[0, 0] == pytest.approx(0.299, abs=0.01)  # luminance of pure red
+    assert img.meta.extra.get("colour", False) == (mode in ("RGB", "RGBA", "P"))  # half of it is red: colour, said so
 
 
 def test_multipage_tiff_stack_round_trip_and_png_stack_refused(tmp_path):
@@ -315,7 +316,7 @@ def test_dicom_rgb_becomes_gray_and_writes_monochrome2(tmp_path):
     ds.PixelData = rgb.tobytes()
     ds.save_as(path, enforce_file_format=True)
     img = read_image(path)
-    assert img.pixels.shape == (4, 6) and img.meta.photometric == "RGB"
+    assert img.pixels.shape == (4, 6) and img.meta.photometric == "RGB" and img.meta.extra["colour"]
     assert img.pixels[0, 0] == pytest.approx(0.299, abs=0.01) and img.pixels[0, -1] == pytest.approx(1.0)
     new = pydicom.dcmread(write_image(tmp_path / "gray.dcm", img))
     assert new.PhotometricInterpretation == "MONOCHROME2" and new.SamplesPerPixel == 1

@@ -23,6 +23,7 @@ from pydicom.uid import (
 from pydicom.valuerep import DSfloat
 
 from medsr.errors import MedsrError
+from medsr.io.raster import has_colour
 from medsr.io.types import (
     MAX_PIXELS,
     Image,
@@ -170,6 +171,7 @@ def _read_dicom(path: Path) -> Image:
         raise MedsrError(f"{path}: not a readable DICOM file (pixel data truncated or corrupt: {reason}); check the file or re-export it")
 
     lo, hi = _stored_range(ds)
+    colour = photometric in _COLOR and has_colour(stored * (255 / max(hi, 1)))
     if photometric in _COLOR:
         # pydicom already converted YBR to RGB; colour carries no modality rescale.
         stored = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -196,7 +198,7 @@ def _read_dicom(path: Path) -> Image:
         pixel_spacing=spacing,
         photometric=photometric,
         source=ds,
-        extra={"transfer_syntax": str(syntax), "modality": str(ds.get("Modality", ""))},
+        extra={"transfer_syntax": str(syntax), "modality": str(ds.get("Modality", "")), **({"colour": True} if colour else {})},
     )
     return Image(pixels.astype(np.float32), meta)
 

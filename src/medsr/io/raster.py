@@ -47,10 +47,10 @@ COLOUR_NOTE = "in colour; upscaled as one gray channel (its luminance), as medsr
 
 
 def has_colour(rgb: np.ndarray, tolerance: int = 8, share: float = 0.001) -> bool:
-    """Whether an 8-bit (..., 3) array holds real colour: more than `share` of its pixels have channels
-    more than `tolerance` apart. A gray scan saved as RGB (common for exported X-rays) has R = G = B
-    up to JPEG's rounding, and is not colour."""
-    rgb = rgb.astype(np.int16)
+    """Whether a (..., 3) array on a 0-255 scale holds real colour: more than `share` of its pixels have
+    channels more than `tolerance` apart. A gray scan saved as RGB (common for exported X-rays) has
+    R = G = B up to JPEG's rounding, and is not colour."""
+    rgb = np.asarray(rgb, dtype=np.float32)
     spread = rgb.max(axis=-1) - rgb.min(axis=-1)
     return bool(np.mean(spread > tolerance) > share)
 
