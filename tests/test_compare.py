@@ -157,6 +157,15 @@ def test_compare_end_to_end_with_an_official_checkpoint(image_folder, tmp_path, 
                                      str(tmp_path / "x4"), "--limit", "3", "--figures", "1", "--no-timing"],
                         capture_output=True, text=True, timeout=600)
     assert x4.returncode == 0, x4.stderr[-2000:]
+    # --limit spreads the scored images over the split; the figures show some of those very images
+    few = subprocess.run(medsr_cli + ["compare", "--data", str(image_folder), "--models", f"bicubic,{final}", "--out",
+                                      str(tmp_path / "few"), "--limit", "2", "--figures", "2", "--no-timing"],
+                         capture_output=True, text=True, timeout=600)
+    assert few.returncode == 0, few.stderr[-2000:]
+    scored = {Path(r["file"]).stem for r in read_csv(tmp_path / "few" / "per_image.csv")}
+    shown = {p.stem.split("-", 1)[1] for p in (tmp_path / "few" / "figures").glob("*.png")}
+    assert len(scored) == 2 and shown == scored
+    assert "nan" not in (tmp_path / "few" / "table.md").read_text()  # --no-timing: "-", not nan
 
 
 def test_unknown_checkpoints_are_one_line_errors(tmp_path, image_folder, medsr_cli):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medsr import figures
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays
 from medsr.errors import MedsrError
 from medsr.evaluation import quality, report
 from medsr.inference.upscaler import load_upscaler
@@ -118,7 +118,7 @@ def comparison_table(summary: list[dict], entries: list[Entry]) -> str:
         e = info[s["method"]]
         rows.append([s["method"], f"{e.params / 1e6:.2f} M" if e.params else "-", f"{e.train_minutes:.0f}" if e.train_minutes else "-",
                      f"{s['psnr']:.2f}", f"{s['psnr'] - ref['psnr']:+.2f}" if ref else "", f"{s['ssim']:.4f}", f"{s['ms_ssim']:.4f}",
-                     f"{s['hf_ratio']:.3f}", f"{e.ms_per_512:.0f}"])
+                     f"{s['hf_ratio']:.3f}", "-" if np.isnan(e.ms_per_512) else f"{e.ms_per_512:.0f}"])
     return report.markdown_table(header, rows)
 
 
@@ -142,8 +142,8 @@ def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str
     table = comparison_table(summary, entries)
     (out_dir / "table.md").write_text(table + "\n")
 
-    # figures: images spread evenly over the split, so every data folder shows up
-    arrays, kept = load_arrays(select(scan(data_dirs), split), limit)
+    # figures: some of the images just scored, spread evenly, so every data folder shows up
+    arrays, kept = load_arrays(quality.split_items(data_dirs, split, limit))
     picks = np.unique(np.linspace(0, len(arrays) - 1, max(1, n_figures)).round().astype(int))
     (out_dir / "figures").mkdir(exist_ok=True)
     samples, figure_paths = [], []

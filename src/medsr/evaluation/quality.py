@@ -43,6 +43,17 @@ class Method:
         return self.upscaler.upscale_plane(lr01)
 
 
+def split_items(data_dirs: list[str], split: str, limit: int | None = None) -> list:
+    """The files `evaluate` scores: the split's images, or `limit` of them spread evenly over the
+    sorted list, so every class is in."""
+    items = select(scan(data_dirs), split)
+    if not items:
+        raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
+    if limit is not None and limit < len(items):
+        items = [items[i * len(items) // limit] for i in range(limit)]
+    return items
+
+
 def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: str = "paper", split: str = "test",
              limit: int | None = None) -> list[dict]:
     """Per-image rows {file, label, method, psnr, ssim, ms_ssim, hf_ratio, overshoot, block_grid, input_block_grid}
@@ -52,12 +63,7 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
     only, else NaN): the file itself, not a downscale, is what a user upscales, so a centre crop of
     it on its 8-pixel grid is upscaled and metrics.block_grid_ratio compares output (on the 8*scale
     grid) with input (input_block_grid)."""
-    items = select(scan(data_dirs), split)
-    if not items:
-        raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
-    if limit is not None and limit < len(items):
-        items = [items[i * len(items) // limit] for i in range(limit)]
-    arrays, kept = load_arrays(items)
+    arrays, kept = load_arrays(split_items(data_dirs, split, limit))
     named = [(str(item.path), item.label, as_unit(array)[0], formats.is_jpeg(item.path))
              for array, item in zip(arrays, kept)]
     return evaluate_arrays(named, methods, scale, protocol)
