@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 import torch
-from common import DATA, FLOAT, ROOT, machine, spread
+from common import DATA, FLOAT, ROOT, machine
 
 from medsr import hardware, zoo
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays
 from medsr.evaluation import quality
 from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit
@@ -69,7 +69,8 @@ def main():
     args = parser.parse_args()
     images = []
     for modality in ("brain-mri", "chest-xray"):
-        arrays, _ = load_arrays(spread(select(scan([str(DATA / modality)]), "val"), args.limit))
+        # the very images quality.evaluate scores below
+        arrays, _ = load_arrays(quality.split_items([str(DATA / modality)], "val", args.limit))
         images += [as_unit(array)[0] for array in arrays]
     started = time.perf_counter()
     fitted = fit(zoo.load(args.model)[0], images, args.steps)

@@ -15,10 +15,10 @@ import argparse
 
 import numpy as np
 import torch
-from common import DATA, ROOT, machine, spread
+from common import DATA, ROOT, machine
 
 from medsr import metrics
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays
 from medsr.evaluation import quality
 from medsr.io.types import as_unit
 
@@ -45,7 +45,7 @@ def main():
              "for the HR image itself and for bicubic. A faithful upscale overshoots about as often as the truth does.", "",
              "| images | protocol | count | HR itself (%) | bicubic (%) |", "|---|---|---:|---:|---:|"]
     for modality in ("brain-mri", "chest-xray"):
-        arrays, _ = load_arrays(spread(select(scan([str(DATA / modality)]), "test"), args.limit))
+        arrays, _ = load_arrays(quality.split_items([str(DATA / modality)], "test", args.limit))  # make_results' images
         images = [as_unit(array)[0] for array in arrays]
         for protocol in ("paper", "native"):
             lines.append(f"| {modality} | {protocol} | {len(images)} | %.3f | %.3f |" % overshoot(images, protocol))
