@@ -21,10 +21,10 @@ import time
 import bench_ceiling
 import numpy as np
 import torch
-from common import DATA, FLOAT, best_of, best_of_interleaved, machine, spread
+from common import DATA, FLOAT, best_of, best_of_interleaved, machine
 
 from medsr import metrics, zoo
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays, scan, select, spread
 from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit
 

@@ -12,10 +12,10 @@ import argparse
 
 import numpy as np
 import torch
-from common import DATA, machine, spread
+from common import DATA, machine
 
 from medsr import zoo
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays, scan, select, spread
 from medsr.inference import hallucination
 from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit

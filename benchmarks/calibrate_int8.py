@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DATA, FLOAT, machine, spread
+from common import DATA, FLOAT, machine
 from safetensors.torch import load_file, save_file
 
 from medsr import zoo
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays, scan, select, spread
 from medsr.evaluation import quality
 from medsr.files import atomic_write
 from medsr.inference.upscaler import Upscaler

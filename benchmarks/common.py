@@ -87,12 +87,3 @@ def machine() -> str:
     """One line naming what every figure was measured on."""
     return (f"{cpu_model()}, {os.cpu_count()} cores, bf16: {bf16_support()}, int8: {int8_support()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
-
-
-def spread(items: list, count: int | None) -> list:
-    """`count` items evenly spread over the list (all of them when count is None or larger): the
-    first N of a sorted list would all be of one class or data set."""
-    if count is None or count >= len(items):
-        return list(items)
-    step = len(items) / count
-    return [items[int(i * step)] for i in range(count)]

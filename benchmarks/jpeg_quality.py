@@ -13,10 +13,10 @@ import argparse
 
 import numpy as np
 import torch
-from common import DATA, FLOAT, ROOT, machine, spread
+from common import DATA, FLOAT, ROOT, machine
 
 from medsr import metrics
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays, scan, select, spread
 from medsr.inference.upscaler import load_upscaler
 from medsr.io.types import as_unit
 

@@ -22,9 +22,13 @@ from medsr.io import raster
 from medsr.models import create_generator
 
 
-def save_tiny_model(path: Path, seed: int = 0, channels: int = 4, num_blocks: int = 1) -> Path:
+def save_tiny_model(path: Path, seed: int = 0, channels: int = 4, num_blocks: int = 1, scale: int = 3, noise: float = 0.0) -> Path:
+    """A tiny EDSR; it starts as bicubic (its last conv zero) unless `noise` is added to every weight."""
     torch.manual_seed(seed)
-    model = create_generator("edsr", scale=3, channels=channels, num_blocks=num_blocks)
+    model = create_generator("edsr", scale=scale, channels=channels, num_blocks=num_blocks)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(noise * torch.randn_like(weight))
     zoo.save_model(path, model.state_dict(), "edsr", model.config)
     return path
 
@@ -90,6 +94,39 @@ def test_streams_default_to_two_on_a_multi_threaded_cpu(tiny_model):
         batch.run_batch([], upscaler, streams=0)
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_jpeg_model_does_the_jpeg_files_and_only_them(tmp_path, tiny_model, streams):
+    """run_batch's `jpeg`: JPEG files get that model (as a run of their own would), the rest the other,
+    and each ledger record holds the settings of the model that made it, so a rerun skips them all."""
+    src = make_inputs(tmp_path / "in", 6)
+    for path in list(src.rglob("img_0[03].png")):
+        Image.open(path).save(path.with_suffix(".jpg"), quality=80)
+        path.unlink()
+    tiny = load_upscaler(tiny_model, precision="fp32")[0]
+    jpeg = batch.BatchModel(load_upscaler(save_tiny_model(tmp_path / "other.safetensors", seed=1, noise=0.1), precision="fp32")[0],
+                            "jpeg model", {"model": "other"})
+
+    def upscale(folder: str, pattern: str, upscaler, **kw) -> dict[Path, bytes]:
+        jobs = [batch.Job(p, tmp_path / folder / p.relative_to(src)) for p in sorted(src.rglob(pattern))]
+        batch.run_batch(jobs, upscaler, **kw)
+        return outputs(tmp_path / folder)
+
+    mixed = dict(settings={"model": "tiny"}, ledger=tmp_path / "out" / batch.LEDGER_NAME, jpeg=jpeg, streams=streams)
+    upscale("alone", "*.jpg", jpeg.upscaler)  # each file in a run of one model: the JPEG files with that model,
+    alone = upscale("alone", "*.png", tiny)  # the rest with the other
+    assert sorted(p.suffix for p in alone) == [".jpg", ".jpg", ".png", ".png", ".png", ".png"]
+    assert upscale("out", "*.*", tiny, **mixed) == alone
+    assert upscale("all-tiny", "*.*", tiny) != alone  # the two models differ
+    records = [json.loads(line) for line in (tmp_path / "out" / batch.LEDGER_NAME).read_text().splitlines()]
+    assert {r["output"]: r["settings"]["model"] for r in records} == {
+        p.as_posix(): "other" if p.suffix == ".jpg" else "tiny" for p in alone}
+    jobs = [batch.Job(p, tmp_path / "out" / p.relative_to(src)) for p in sorted(src.rglob("*.*"))]
+    assert batch.run_batch(jobs, tiny, **mixed).skipped == 6
+    x2 = load_upscaler(save_tiny_model(tmp_path / "x2.safetensors", scale=2), precision="fp32")[0]
+    with pytest.raises(batch.MedsrError, match="both must have one scale"):
+        batch.run_batch(jobs, tiny, jpeg=batch.BatchModel(x2, "x2", {}))
+
+
 def test_rerun_skips_complete_outputs_without_rewriting_them(tmp_path, tiny_model):
     src, out = make_inputs(tmp_path / "in", 12), tmp_path / "out"
     assert run(src, out, tiny_model).done == 12
@@ -139,7 +176,7 @@ def test_damaged_outputs_changed_inputs_and_temp_files_are_redone(tmp_path, tiny
 def test_model_identity_is_the_weights_not_the_name(tmp_path, tiny_model):
     copy = tmp_path / "renamed.safetensors"
     copy.write_bytes(tiny_model.read_bytes())
-    other = save_tiny_model(tmp_path / "other.safetensors", seed=1)
+    other = save_tiny_model(tmp_path / "other.safetensors", seed=1, noise=0.1)
     same = [batch.model_identity(p.name, {"path": str(p)}) for p in (tiny_model, copy)]
     assert same[0] == same[1] != batch.model_identity("other", {"path": str(other)})
 

@@ -222,7 +222,7 @@ def test_models_lists_shipped(medsr_cli):
     assert result.returncode == 0
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows == sorted(zoo.shipped_models())  # by name: default before default-gan
-    assert f"{zoo.JPEG_MODEL} when every input is a JPEG file" in result.stdout
+    assert f"{zoo.JPEG_MODEL} on JPEG files" in result.stdout
 
 
 def test_upscale_uses_the_shipped_default(tmp_path, medsr_cli):
@@ -243,18 +243,34 @@ def test_jpeg_files_get_the_model_trained_for_them(tmp_path, medsr_cli):
     assert zoo.default_model(3, [tmp_path / "a.JPG", "b.jpeg"]) == zoo.JPEG_MODEL == "default-jpeg"
     assert zoo.default_model(None, ["a.jpg", "b.png"]) == zoo.default_model(3) == "default"
     assert zoo.default_model(2, ["a.jpg"]) == "default-x2"
+    assert zoo.jpeg_default(3, ["a.jpg", "b.png"]) == zoo.jpeg_default(None, ["b.png", "a.JPEG"]) == "default-jpeg"
+    assert zoo.jpeg_default(3, ["a.jpg"]) is zoo.jpeg_default(3, ["b.png"]) is zoo.jpeg_default(2, ["a.jpg", "b.png"]) is None
     pixels = np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "x.jpg", quality=90)
     Image.fromarray(pixels).save(tmp_path / "y.png")
-    used = {}
-    for name, inputs in (("jpeg", ["x.jpg"]), ("mixed", ["x.jpg", "y.png"])):
+    used, notes = {}, {}
+    for name, inputs in (("jpeg", ["x.jpg"]), ("png", ["y.png"]), ("mixed", ["x.jpg", "y.png"])):
         result = run(medsr_cli + ["upscale", *(str(tmp_path / i) for i in inputs), "-o", str(tmp_path / name)])
         assert result.returncode == 0, result.stderr[-2000:]
-        record = json.loads((tmp_path / name / batch.LEDGER_NAME).read_text().splitlines()[0])
-        used[name] = record["settings"]["model"]["sha256"]
-    assert "default-jpeg upscales them" in run(medsr_cli + ["upscale", str(tmp_path / "x.jpg"), "-o", str(tmp_path / "again")]).stderr
-    assert used["jpeg"] == batch.sha256_file(zoo.shipped_models()["default-jpeg"])
-    assert used["mixed"] == batch.sha256_file(zoo.shipped_models()["default"])  # one model per run: the default, with a note
+        notes[name] = result.stderr
+        for line in (tmp_path / name / batch.LEDGER_NAME).read_text().splitlines():
+            record = json.loads(line)
+            used[name, record["output"]] = record["settings"]["model"]["sha256"]
+    sha = {model: batch.sha256_file(zoo.shipped_models()[model]) for model in ("default", "default-jpeg")}
+    assert "default-jpeg upscales them" in notes["jpeg"]
+    assert "1 of the 2 inputs is a JPEG file: default-jpeg upscales it" in notes["mixed"], notes["mixed"]
+    # in a mixed run each file gets the model it would get in a run of its own, with the same bytes out
+    assert used["jpeg", "x.jpg"] == used["mixed", "x.jpg"] == sha["default-jpeg"]
+    assert used["png", "y.png"] == used["mixed", "y.png"] == sha["default"]
+    for name, output in (("jpeg", "x.jpg"), ("png", "y.png")):
+        assert (tmp_path / name / output).read_bytes() == (tmp_path / "mixed" / output).read_bytes()
+    again = run(medsr_cli + ["upscale", str(tmp_path / "x.jpg"), str(tmp_path / "y.png"), "-o", str(tmp_path / "mixed")])
+    assert "2 skipped (complete)" in again.stdout, again.stdout  # each file's record holds its own model
+    one = run(medsr_cli + ["upscale", str(tmp_path / "x.jpg"), str(tmp_path / "y.png"), "-o", str(tmp_path / "one"),
+                           "--model", "default"])
+    assert one.returncode == 0 and "JPEG" not in one.stderr, one.stderr
+    records = [json.loads(line) for line in (tmp_path / "one" / batch.LEDGER_NAME).read_text().splitlines()]
+    assert {r["settings"]["model"]["sha256"] for r in records} == {sha["default"]}  # --model: one model for all
     picked = []
     original = api.load_model
     api.load_model = lambda model, **kw: picked.append(model) or original(model, **kw)

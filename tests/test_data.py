@@ -7,7 +7,7 @@ from conftest import DATA, needs_data
 from PIL import Image
 
 from medsr import metrics
-from medsr.data import PairSampler, degrade, load_arrays, scan, select, split_of
+from medsr.data import PairSampler, degrade, load_arrays, scan, select, split_of, spread
 from medsr.errors import MedsrError
 
 
@@ -196,3 +196,11 @@ def test_hf_energy_ratio_separates_blur_from_detail():
     assert (metrics.hf_energy_ratio(bicubic, hr, 3) < 0.5).all()
     assert (metrics.hf_energy_ratio(noisy, hr, 3) > 1.5).all()
     assert metrics.hf_energy_ratio(bicubic, hr, 3, border=3).shape == (4,)
+
+
+def test_spread_takes_evenly_spaced_items_so_every_class_is_in():
+    items = [f"a/{i}" for i in range(5)] + [f"b/{i}" for i in range(5)]  # a sorted list: class a first
+    assert spread(items, 4) == ["a/0", "a/2", "b/0", "b/2"]  # items 10 * i // 4
+    assert {item[0] for item in spread(items, 2)} == {"a", "b"}  # the first 2 would both be class a
+    assert spread(items, None) == spread(items, 10) == spread(items, 99) == items
+    assert spread([], 3) == []

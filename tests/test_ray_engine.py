@@ -146,3 +146,29 @@ def test_losing_a_node_mid_run_loses_nothing(medsr_cli, archive, local, cluster,
     assert statuses(out) == statuses(local)
     check_ledger(out)
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+def test_jpeg_files_get_their_model_on_ray_workers_too(medsr_cli, cluster, tmp_path):
+    """Without --model a mixed run gives JPEG files default-jpeg and the rest default, on either engine."""
+    from medsr import zoo
+
+    address, _ = cluster
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        pixels = (rng.random((48, 64)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(src / f"scan_{i}.jpg", quality=85)
+        Image.fromarray(pixels).save(src / f"scan_{i}.png")
+    runs = {}
+    for engine in ("local", "ray"):
+        extra = ["--engine", "ray", "--ray-address", address] if engine == "ray" else []
+        result = subprocess.run(medsr_cli + ["upscale", str(src), "-o", str(tmp_path / engine), *extra],
+                                capture_output=True, text=True, timeout=900, env=ENV)
+        assert result.returncode == 0, result.stderr[-2000:]
+        records = [json.loads(line) for line in (tmp_path / engine / "medsr-ledger.jsonl").read_text().splitlines()]
+        runs[engine] = {r["output"]: r["settings"]["model"]["sha256"] for r in records}
+    sha = {name: hashlib.sha256(zoo.shipped_models()[name].read_bytes()).hexdigest() for name in ("default", "default-jpeg")}
+    assert runs["ray"] == runs["local"] == {f"scan_{i}.{ext}": sha["default-jpeg" if ext == "jpg" else "default"]
+                                            for i in range(2) for ext in ("jpg", "png")}
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")

@@ -87,21 +87,52 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> lis
     return jobs
 
 
-def _say_which_default(model: str, inputs: list[Path]) -> None:
+def _say_which_default(model: str, jpeg_model: str | None, inputs: list[Path]) -> None:
     """One note on stderr where the default model depends on the inputs being JPEG files."""
     from medsr import zoo
     from medsr.io.formats import is_jpeg
 
-    jpeg = sum(map(is_jpeg, inputs))
     if model == zoo.JPEG_MODEL:
         print(f"medsr: note: the input(s) are JPEG files, so {zoo.JPEG_MODEL} upscales them: trained on JPEG inputs, it does "
               f"not sharpen their 8x8 block grid (--model {zoo.DEFAULT_MODEL} is closer to the original for near-lossless "
               "JPEGs, quality 95 and up, but sharpens the grid: docs/results/jpeg-quality.md)", file=sys.stderr)
-    elif model == zoo.DEFAULT_MODEL and 0 < jpeg < len(inputs) and zoo.JPEG_MODEL in zoo.shipped_models():
+    elif jpeg_model is not None:
+        jpeg = sum(map(is_jpeg, inputs))
         are = "is a JPEG file" if jpeg == 1 else "are JPEG files"
-        print(f"medsr: note: {jpeg} of the {len(inputs)} inputs {are}; {zoo.DEFAULT_MODEL} may sharpen their 8x8 "
-              f"block grid: upscale them in a run of their own (then {zoo.JPEG_MODEL} does them) or pass --model "
-              f"{zoo.JPEG_MODEL}", file=sys.stderr)
+        print(f"medsr: note: {jpeg} of the {len(inputs)} inputs {are}: {jpeg_model} upscales {'it' if jpeg == 1 else 'them'} "
+              f"(trained on JPEG inputs, it does not sharpen their 8x8 block grid), {model} the rest; --model picks "
+              "one model for all", file=sys.stderr)
+
+
+def _batch_model(args, model_name: str | None, through_plane):
+    """`model_name` loaded as `medsr upscale` runs it (None: no in-plane model, for --through-plane
+    alone): a batch.BatchModel, and the name of its uncertainty reference (None without one)."""
+    from medsr import zoo
+    from medsr.inference import batch
+
+    upscaler, meta = _load_upscaler(args, model_name) if model_name is not None else (None, {})
+    reference = reference_meta = reference_name = None
+    if args.uncertainty:
+        from medsr.inference import hallucination
+
+        reference_name = args.reference_model or hallucination.reference_model_name(model_name, upscaler.scale)
+        if reference_name is None:
+            print(f"medsr: note: no shipped x{upscaler.scale} reference model; the uncertainty maps show the consistency "
+                  "residual only (--reference-model adds the disagreement with a model of yours)", file=sys.stderr)
+        else:
+            reference, reference_meta = _load_upscaler(args, reference_name)
+    names = []  # what the outputs' headers say made them
+    if model_name is not None:
+        names.append(f"{meta['medsr_arch']} model " + (model_name if model_name in zoo.shipped_models() else Path(meta["path"]).name))
+    if through_plane:
+        names.append(f"through-plane model {through_plane.model}")
+    # What makes an earlier output reusable on --resume: same weights, same way of running them
+    # (the precision that runs: auto is int8 or a float one, depending on the CPU and the model).
+    settings = {"model": batch.model_identity(model_name, meta) if model_name is not None else None,
+                "precision": getattr(upscaler, "precision", args.precision), "tile": args.tile,
+                "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
+                "reference": reference_meta and batch.model_identity(args.reference_model, reference_meta)}
+    return batch.BatchModel(upscaler, " + ".join(names), settings, reference), reference_name
 
 
 def _upscale(args) -> int:
@@ -123,38 +154,22 @@ def _upscale(args) -> int:
     in_plane = not args.through_plane or args.model is not None or args.scale is not None
     out_dir = Path(args.output)
     pairs = _collect_inputs(args.inputs, out_dir)
+    jpeg_model = None
     if args.model is None:
         inputs = [path for path, _ in pairs] if in_plane else []  # through-plane alone uses no in-plane model
         args.model = zoo.default_model(args.scale, inputs)
-        _say_which_default(args.model, inputs)
+        jpeg_model = zoo.jpeg_default(args.scale, inputs)
+        _say_which_default(args.model, jpeg_model, inputs)
     if out_dir.exists() and not out_dir.is_dir():
         raise MedsrError(f"{out_dir}: -o must name a folder, and this is a file; choose another -o")
     summary_path = Path(args.summary) if args.summary else out_dir / batch.SUMMARY_NAME
     if summary_path.resolve() in {p.resolve() for p, _ in pairs}:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
-    upscaler, meta = _load_upscaler(args, args.model) if in_plane else (None, {})
-    reference = reference_meta = reference_name = None
-    if args.uncertainty:
-        from medsr.inference import hallucination
-
-        reference_name = args.reference_model or hallucination.reference_model_name(args.model, upscaler.scale)
-        if reference_name is None:
-            print(f"medsr: note: no shipped x{upscaler.scale} reference model; the uncertainty maps show the consistency "
-                  "residual only (--reference-model adds the disagreement with a model of yours)", file=sys.stderr)
-        else:
-            reference, reference_meta = _load_upscaler(args, reference_name)
-    names = []  # what the outputs' headers say made them
-    if in_plane:
-        names.append(f"{meta['medsr_arch']} model " + (args.model if args.model in zoo.shipped_models() else Path(meta["path"]).name))
-    if through_plane:
-        names.append(f"through-plane model {through_plane.model}")
-    name = " + ".join(names)
-    # What makes an earlier output reusable on --resume: same weights, same way of running them
-    # (the precision that runs: auto is int8 or a float one, depending on the CPU and the model).
-    settings = {"model": batch.model_identity(args.model, meta) if in_plane else None,
-                "precision": getattr(upscaler, "precision", args.precision), "tile": args.tile,
-                "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
-                "reference": reference_meta and batch.model_identity(args.reference_model, reference_meta)}
+    model, reference_name = _batch_model(args, args.model if in_plane else None, through_plane)
+    upscaler = model.upscaler
+    jpeg = jpeg_reference = None  # default-jpeg for the JPEG files of a run that holds others too (zoo.jpeg_default)
+    if jpeg_model is not None:
+        jpeg, jpeg_reference = _batch_model(args, jpeg_model, through_plane)
     jobs = _jobs(pairs, out_dir, args.format)
     if args.uncertainty and any(job.series for job in jobs):
         print("medsr: note: hallucination maps are drawn for single files; the DICOM series here get none", file=sys.stderr)
@@ -165,17 +180,24 @@ def _upscale(args) -> int:
             from medsr.inference import ray_engine
 
             scale = upscaler.scale if upscaler else 1
-            full_settings = batch.batch_settings(settings, scale, args.format, args.uncertainty, through_plane)
-            setup = ray_engine.WorkerSetup(
-                args.model if in_plane else None, args.scale, args.device, settings["precision"], args.tile, args.tile_overlap,
-                getattr(args, "runtime", "torch"), reference_name, json.dumps(full_settings),
-                name, args.format, args.uncertainty, through_plane, tuple(str(p.resolve()) for p, _ in pairs))
-            summary = ray_engine.run_batch_ray(jobs, setup, ledger=ledger, force=args.force, on_result=progress,
+            protect = tuple(str(p.resolve()) for p, _ in pairs)
+
+            def setup(model_name: str | None, model: batch.BatchModel, reference: str | None, jpeg_setup=None):
+                settings = batch.batch_settings(model.settings, scale, args.format, args.uncertainty, through_plane)
+                return ray_engine.WorkerSetup(
+                    model_name, args.scale, args.device, model.settings["precision"], args.tile, args.tile_overlap,
+                    getattr(args, "runtime", "torch"), reference, json.dumps(settings), model.model_name, args.format,
+                    args.uncertainty, through_plane, protect, jpeg_setup)
+
+            setups = setup(args.model if in_plane else None, model, reference_name,
+                           jpeg and setup(jpeg_model, jpeg, jpeg_reference))
+            summary = ray_engine.run_batch_ray(jobs, setups, ledger=ledger, force=args.force, on_result=progress,
                                                address=args.ray_address)
         else:
-            summary = batch.run_batch(jobs, upscaler, model_name=name, format=args.format, uncertainty=args.uncertainty,
-                                      reference=reference, through_plane=through_plane, workers=args.workers, streams=args.streams,
-                                      settings=settings, ledger=ledger, force=args.force, on_result=progress)
+            summary = batch.run_batch(jobs, upscaler, model_name=model.model_name, format=args.format,
+                                      uncertainty=args.uncertainty, reference=model.reference, through_plane=through_plane,
+                                      workers=args.workers, streams=args.streams, settings=model.settings, ledger=ledger,
+                                      force=args.force, on_result=progress, jpeg=jpeg)
     finally:
         progress.close()
     summary.write_csv(summary_path)
@@ -266,7 +288,7 @@ def _models(args) -> int:
         meta = zoo.load(path)[1]
         print(f"| {name} | {meta['medsr_arch']} | x{meta['medsr_scale']} | {int(meta['parameters']):,} | {path} |")
     print(f"\nmodel cards: {zoo.ZOO_DIR}/<name>.md; default for 'medsr upscale': {zoo.DEFAULT_MODEL} "
-          f"({zoo.JPEG_MODEL} when every input is a JPEG file; default-x2 / default-x4 with --scale 2 / 4)")
+          f"({zoo.JPEG_MODEL} on JPEG files; default-x2 / default-x4 with --scale 2 / 4)")
     return 0
 
 
@@ -325,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="upscale image files or folders", epilog=UPSCALE_EXAMPLES, formatter_class=formatter)
     p.add_argument("inputs", nargs="+", help="files or folders (walked recursively; structure mirrored)")
     p.add_argument("-o", "--output", required=True, help="output folder (never the same file as an input)")
-    _model_options(p, shipped_help + " (x3: default, or default-jpeg when every input is a JPEG file; x2: default-x2, x4: default-x4)")
+    _model_options(p, shipped_help + " (x3: default, and default-jpeg on JPEG files; x2: default-x2, x4: default-x4)")
     p.add_argument("--format", choices=FORMAT_CHOICES, help="output format (default: the input's)")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")

@@ -8,6 +8,7 @@ from medsr.data.dataset import (
     scan,
     select,
     split_of,
+    spread,
 )
 
-__all__ = ["Item", "PairSampler", "build_sampler", "load_arrays", "scan", "select", "split_of"]
+__all__ = ["Item", "PairSampler", "build_sampler", "load_arrays", "scan", "select", "split_of", "spread"]

@@ -70,6 +70,15 @@ def select(items: list[Item], split: str | None, val_fraction: float = 0.1, test
     return [it for it in items if split_of(it.key, val_fraction, test_fraction) == split]
 
 
+def spread(items: list, count: int | None) -> list:
+    """`count` items evenly spaced through the list (all of them when count is None or not smaller):
+    of a sorted list, every class folder and data set is in, where the first `count` would all
+    come from the first."""
+    if count is None or count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
 def load_arrays(items: list[Item], limit: int | None = None) -> tuple[list[np.ndarray], list[Item]]:
     """Decode each file once into a compact integer array (uint8 or uint16, 2-D; every frame or
     slice of a 3-D file is one image). Unreadable files are logged and skipped."""

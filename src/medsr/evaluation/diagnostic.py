@@ -37,7 +37,7 @@ from torchmetrics.functional.classification import binary_auroc
 from tqdm import tqdm
 
 from medsr import hardware
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays, scan, select, spread
 from medsr.errors import MedsrError
 from medsr.evaluation import report
 from medsr.evaluation.quality import Method
@@ -129,14 +129,6 @@ def _check_labels(items, data_dirs: list[str]) -> None:
                          f"subfolder of {', '.join(map(str, data_dirs))} (e.g. NORMAL/, PNEUMONIA/)")
 
 
-def _spread(items: list, limit: int | None) -> list:
-    """At most `limit` items, evenly spaced through the sorted list, so that every class folder
-    is represented (the first `limit` files would all come from the first class)."""
-    if limit is None or len(items) <= limit:
-        return items
-    return [items[i * len(items) // limit] for i in range(limit)]
-
-
 def _hr_images(data_dirs: list[str], split: str, limit: int | None) -> tuple[torch.Tensor, list]:
     """The paper protocol's HR images (N, 1, 150, 150) in [0, 1] of a split, and their items."""
     items = select(scan(data_dirs), split)
@@ -147,7 +139,7 @@ def _hr_images(data_dirs: list[str], split: str, limit: int | None) -> tuple[tor
 
 
 def _load_hr(items: list, limit: int | None) -> tuple[torch.Tensor, list]:
-    arrays, kept = load_arrays(_spread(items, limit), limit)
+    arrays, kept = load_arrays(spread(items, limit), limit)
     hr = [torch.from_numpy(degrade.make_pair(as_unit(a)[0], "paper", 3)[1]) for a in arrays]
     return torch.stack(hr)[:, None], kept
 
@@ -272,7 +264,7 @@ def evaluate_fidelity(data_dirs: list[str], methods: list[Method], scale: int, c
         source = classifier.record.get("path", "the classifier")
         raise MedsrError(f"{unknown.path}: class '{unknown.label}' is not one {source} knows ({', '.join(classifier.classes)}); "
                          "evaluate the data it was trained on, or omit --classifier to train one on this data")
-    arrays, kept = load_arrays(_spread(items, limit), limit)
+    arrays, kept = load_arrays(spread(items, limit), limit)
     names = [HR] + [m.name for m in methods]
     probs = {name: [] for name in names}
     for start in tqdm(range(0, len(arrays), chunk), desc="classify", unit="chunk", dynamic_ncols=True):

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from medsr import metrics
-from medsr.data import degrade, load_arrays, scan, select
+from medsr.data import degrade, load_arrays, scan, select, spread
 from medsr.data.dataset import volume_slices
 from medsr.errors import MedsrError
 from medsr.evaluation import report
@@ -49,9 +49,7 @@ def split_items(data_dirs: list[str], split: str, limit: int | None = None) -> l
     items = select(scan(data_dirs), split)
     if not items:
         raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
-    if limit is not None and limit < len(items):
-        items = [items[i * len(items) // limit] for i in range(limit)]
-    return items
+    return spread(items, limit)
 
 
 def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: str = "paper", split: str = "test",

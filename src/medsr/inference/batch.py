@@ -1,5 +1,5 @@
-"""Batch runs over whole archives: a read-ahead / write-behind thread pool around one model,
-a resume ledger, progress reporting and a CSV summary.
+"""Batch runs over whole archives: a read-ahead / write-behind thread pool around one model (or
+two: one for the JPEG files, one for the rest), a resume ledger, progress reporting and a CSV summary.
 
 The model runs on the calling thread, one image at a time; a small pool of threads decodes the
 next files ahead of it (bounded, so memory stays bounded for any number of files) and writes the
@@ -44,6 +44,7 @@ from medsr.files import atomic_write
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
+from medsr.io.formats import is_jpeg
 from medsr.io.types import quiet_libraries
 
 if TYPE_CHECKING:  # pydicom loads only when a series is written
@@ -376,6 +377,22 @@ class JobRunner:
         return prepared if isinstance(prepared, JobResult) else self.finish(job, *prepared)
 
 
+@dataclass
+class BatchModel:
+    """A model as a batch runs it (run_batch's arguments of those names): its upscaler, the name output
+    headers give it, its settings for the ledger and its uncertainty reference."""
+
+    upscaler: Any
+    model_name: str
+    settings: dict[str, Any]
+    reference: Any = None
+
+
+def takes_jpeg_model(job: Job) -> bool:
+    """Whether run_batch's `jpeg` model upscales this job: a single JPEG file (a series is DICOM)."""
+    return job.series is None and is_jpeg(job.input)
+
+
 def batch_settings(settings: dict[str, Any] | None, scale: int, format: str | None, uncertainty: bool,
                    through_plane: volume_sr.ThroughPlane | None) -> dict[str, Any]:
     """What makes an earlier output reusable on a rerun: the caller's settings plus how this batch runs."""
@@ -420,7 +437,8 @@ def open_ledger(ledger: Path | None, inputs: set[Path]) -> Ledger | None:
 def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | None = None,
               uncertainty: bool = False, reference=None, through_plane: volume_sr.ThroughPlane | None = None,
               workers: int = 2, streams: int | None = None, settings: dict[str, Any] | None = None, ledger: Path | None = None,
-              force: bool = False, on_result: Callable[[JobResult], None] | None = None) -> BatchSummary:
+              force: bool = False, on_result: Callable[[JobResult], None] | None = None,
+              jpeg: BatchModel | None = None) -> BatchSummary:
     """Upscale every job's input into its output; returns the results in job order.
 
     `upscaler` needs `.scale` and `.upscale(pixels01)` (medsr.inference.upscaler.Upscaler or any runtime with
@@ -433,6 +451,8 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     `ledger` path, finished outputs are recorded there and jobs already complete with the same
     `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
+    With `jpeg`, that model upscales the JPEG files instead (takes_jpeg_model; `medsr upscale`'s default
+    runs default-jpeg on the JPEG files of a run, default on the rest); it must have `upscaler`'s scale.
     """
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")
@@ -446,10 +466,19 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     refused = refused_jobs(jobs, inputs)
     temp_removed = remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
     runner = JobRunner(upscaler, settings, model_name, format, uncertainty, reference, through_plane, inputs)
+    jpeg_runner = runner
+    if jpeg is not None:
+        if jpeg.upscaler.scale != scale:
+            raise MedsrError(f"the model for JPEG files upscales x{jpeg.upscaler.scale}, the other x{scale}; both must have one scale")
+        jpeg_runner = dataclasses.replace(runner, upscaler=jpeg.upscaler, model_name=jpeg.model_name, reference=jpeg.reference,
+                                          settings=batch_settings(jpeg.settings, scale, format, uncertainty, through_plane))
+
+    def runner_for(job: Job) -> JobRunner:
+        return jpeg_runner if takes_jpeg_model(job) else runner
 
     def prepare(index: int, job: Job) -> JobResult | tuple[Image | list[np.ndarray], dict, float]:
         """Off the model's thread: skip a complete job, or decode its input."""
-        settled = settled_result(job, refused.get(index), book, settings, force)
+        settled = settled_result(job, refused.get(index), book, runner_for(job).settings, force)
         return settled if settled is not None else runner.read(job)
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="medsr-io") if workers else None
@@ -483,7 +512,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
             writing.popleft()
             if result is not None:
                 results.append(result)
-                report_result(result, book, settings, on_result)
+                report_result(result, book, runner_for(result.job).settings, on_result)
 
     try:
         with quiet_libraries():  # entered once here: the readers' own per-file enter/exit is not thread-safe
@@ -496,13 +525,13 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                 if isinstance(prepared, JobResult):
                     writing.append(_finished(prepared))
                 elif model_pool is not None:
-                    writing.append(model_pool.submit(runner.finish, job, *prepared))
+                    writing.append(model_pool.submit(runner_for(job).finish, job, *prepared))
                 else:
                     data, state, spent = prepared
                     started = time.perf_counter() - spent
                     try:
-                        sr, maps = runner.upscale(job, data)
-                        writing.append(submit(runner.write, job, sr, maps, state, time.perf_counter() - started))
+                        sr, maps = runner_for(job).upscale(job, data)
+                        writing.append(submit(runner_for(job).write, job, sr, maps, state, time.perf_counter() - started))
                     except (MedsrError, MemoryError) as err:
                         writing.append(_finished(_failure(job, err, time.perf_counter() - started)))
                 drain(keep=write_behind)
@@ -516,7 +545,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
             future.cancel()  # jobs still waiting for a stream (those on one finish)
         drain(keep=0)
         for result in results:  # a Ctrl-C between a result and its ledger line
-            book_result(result, book, settings)
+            book_result(result, book, runner_for(result.job).settings)
         done = {id(r.job) for r in results}
         results += [JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs if id(job) not in done]
     finally:

@@ -53,6 +53,11 @@ class WorkerSetup:
     uncertainty: bool
     through_plane: volume_sr.ThroughPlane | None
     protect: tuple[str, ...]
+    jpeg: WorkerSetup | None = None  # the set-up for JPEG files where their model differs (run_batch's `jpeg`)
+
+    def for_job(self, job: batch.Job) -> WorkerSetup:
+        """The set-up that runs `job`: `jpeg`'s for a JPEG file where there is one, else this."""
+        return self.jpeg if self.jpeg is not None and batch.takes_jpeg_model(job) else self
 
 
 @functools.cache
@@ -70,11 +75,11 @@ def _runner(setup: WorkerSetup) -> batch.JobRunner:
 
 def _run_jobs(rows: dict[str, np.ndarray], setup: WorkerSetup) -> dict[str, np.ndarray]:
     """map_batches' function: each row's pickled Job -> its pickled JobResult."""
-    runner = _runner(setup)
     results = []
     with quiet_libraries():
         for blob in rows["job"]:
-            results.append(pickle.dumps(runner.run(pickle.loads(blob))))
+            job = pickle.loads(blob)
+            results.append(pickle.dumps(_runner(setup.for_job(job)).run(job)))
     return {"index": rows["index"], "result": np.array(results, dtype=object)}
 
 
@@ -94,7 +99,10 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
     local one). `setup` carries the runner's options (settings already complete, batch.batch_settings).
     `on_result` is called on this thread as jobs finish, in the order they finish."""
     ray = require_ray()
-    settings = json.loads(setup.settings_json)
+
+    def settings(job: batch.Job) -> dict:
+        return json.loads(setup.for_job(job).settings_json)
+
     inputs = batch.input_paths(jobs)
     book = batch.open_ledger(ledger, inputs)
     refused = batch.refused_jobs(jobs, inputs)
@@ -103,11 +111,11 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
 
     def report(index: int, result: batch.JobResult) -> None:
         results[index] = result
-        batch.report_result(result, book, settings, on_result)
+        batch.report_result(result, book, settings(result.job), on_result)
 
     todo = []
     for index, job in enumerate(jobs):
-        settled = batch.settled_result(job, refused.get(index), book, settings, force)
+        settled = batch.settled_result(job, refused.get(index), book, settings(job), force)
         if settled is not None:
             report(index, settled)
         else:

@@ -66,6 +66,16 @@ def default_model(scale: int | None = None, inputs: Iterable[str | os.PathLike] 
     return name
 
 
+def jpeg_default(scale: int | None = None, inputs: Iterable[str | os.PathLike] = ()) -> str | None:
+    """The shipped model `medsr upscale` runs on the JPEG files among `inputs` when no --model is
+    given and it is not default_model's pick for the rest: `default-jpeg` for the JPEG files of a x3
+    run that holds other files too. None where default_model's pick does every input."""
+    inputs = list(inputs)
+    if scale in (None, 3) and JPEG_MODEL in shipped_models() and any(map(is_jpeg, inputs)) and not all(map(is_jpeg, inputs)):
+        return JPEG_MODEL
+    return None
+
+
 def shipped_scales() -> dict[str, int]:
     """Shipped model names and the scale each upscales by (read from the files' metadata, no weights loaded)."""
     return {name: int(read_metadata(path)["medsr_scale"]) for name, path in shipped_models().items()}
