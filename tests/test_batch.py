@@ -116,11 +116,13 @@ def test_a_jpeg_model_does_the_jpeg_files_and_only_them(tmp_path, tiny_model, st
     alone = upscale("alone", "*.png", tiny)  # the rest with the other
     assert sorted(p.suffix for p in alone) == [".jpg", ".jpg", ".png", ".png", ".png", ".png"]
     assert upscale("out", "*.*", tiny, **mixed) == alone
+    jobs = [batch.Job(p, tmp_path / "out" / p.relative_to(src)) for p in sorted(src.rglob("*.*"))]
+    models = {r.job.input.suffix: r.model for r in batch.run_batch(jobs, tiny, model_name="tiny model", force=True, **mixed).results}
+    assert models == {".jpg": "jpeg model", ".png": "tiny model"}  # the summary CSV's model column
     assert upscale("all-tiny", "*.*", tiny) != alone  # the two models differ
     records = [json.loads(line) for line in (tmp_path / "out" / batch.LEDGER_NAME).read_text().splitlines()]
     assert {r["output"]: r["settings"]["model"] for r in records} == {
         p.as_posix(): "other" if p.suffix == ".jpg" else "tiny" for p in alone}
-    jobs = [batch.Job(p, tmp_path / "out" / p.relative_to(src)) for p in sorted(src.rglob("*.*"))]
     assert batch.run_batch(jobs, tiny, **mixed).skipped == 6
     x2 = load_upscaler(save_tiny_model(tmp_path / "x2.safetensors", scale=2), precision="fp32")[0]
     with pytest.raises(batch.MedsrError, match="both must have one scale"):
@@ -231,7 +233,7 @@ def test_cli_summary_csv_progress_and_exit_code(tmp_path, tiny_model, medsr_cli)
     progress = [line for line in result.stderr.splitlines() if line.startswith("upscale:")]
     assert progress and "files/s" in progress[0] and "ETA" in progress[0], result.stderr  # not a tty: plain lines
     rows = read_csv(out / batch.SUMMARY_NAME)
-    assert len(rows) == 13 and set(rows[0]) == {"input", "output", "status", "reason", "seconds"}
+    assert len(rows) == 13 and set(rows[0]) == {"input", "output", "status", "reason", "seconds", "model"}
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["input"].endswith("broken.png") and "not a readable image" in failed[0]["reason"]
     assert sum(r["status"] == "done" for r in rows) == 12

@@ -1,5 +1,6 @@
 """The command line, run through the installed console script as a user would."""
 
+import csv
 import json
 import os
 import subprocess
@@ -266,6 +267,9 @@ def test_jpeg_files_get_the_model_trained_for_them(tmp_path, medsr_cli):
         assert (tmp_path / name / output).read_bytes() == (tmp_path / "mixed" / output).read_bytes()
     again = run(medsr_cli + ["upscale", str(tmp_path / "x.jpg"), str(tmp_path / "y.png"), "-o", str(tmp_path / "mixed")])
     assert "2 skipped (complete)" in again.stdout, again.stdout  # each file's record holds its own model
+    with open(tmp_path / "mixed" / batch.SUMMARY_NAME, newline="") as fh:
+        assert {Path(r["input"]).name: r["model"] for r in csv.DictReader(fh)} == {
+            "x.jpg": "edsr model default-jpeg", "y.png": "edsr model default"}
     one = run(medsr_cli + ["upscale", str(tmp_path / "x.jpg"), str(tmp_path / "y.png"), "-o", str(tmp_path / "one"),
                            "--model", "default"])
     assert one.returncode == 0 and "JPEG" not in one.stderr, one.stderr

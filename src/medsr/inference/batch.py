@@ -81,6 +81,7 @@ class JobResult:
     seconds: float = 0.0
     files: list[dict[str, Any]] = field(default_factory=list)  # {"path", "size", "sha256"} of each file written
     state: dict[str, Any] = field(default_factory=dict)  # the input as it was read (_input_state), for the ledger
+    model: str = ""  # the model that upscales this input (JobRunner.model_name), for the summary
 
 
 @dataclass
@@ -125,13 +126,13 @@ class BatchSummary:
         return text
 
     def write_csv(self, path: Path) -> Path:
-        """One row per job (input, output, status, reason, seconds), written atomically."""
+        """One row per job (input, output, status, reason, seconds, model), written atomically."""
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 rows = csv.writer(fh)
-                rows.writerow(["input", "output", "status", "reason", "seconds"])
+                rows.writerow(["input", "output", "status", "reason", "seconds", "model"])
                 for r in self.results:
-                    rows.writerow([r.job.input, r.job.output, r.status, r.reason, f"{r.seconds:.3f}"])
+                    rows.writerow([r.job.input, r.job.output, r.status, r.reason, f"{r.seconds:.3f}", r.model])
 
         return atomic_write(Path(path), write)
 
@@ -511,6 +512,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
             result = None if future.cancelled() else future.result()
             writing.popleft()
             if result is not None:
+                result.model = runner_for(result.job).model_name
                 results.append(result)
                 report_result(result, book, runner_for(result.job).settings, on_result)
 

@@ -110,6 +110,7 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
     results: dict[int, batch.JobResult] = {}
 
     def report(index: int, result: batch.JobResult) -> None:
+        result.model = setup.for_job(result.job).model_name
         results[index] = result
         batch.report_result(result, book, settings(result.job), on_result)
 
