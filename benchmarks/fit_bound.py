@@ -3,14 +3,15 @@
 The model is fine-tuned on the VALIDATION images themselves (random native-resolution crops and
 their paper-protocol pairs, both data sets, L1, the recipe's learning rate with a cosine decay,
 bf16 where the CPU has it), then scored on the very same images. Such a model has seen its test,
-so it is never shipped; it is an upper bound on what any training data or recipe could give this
-network on such images. Issue 14's PSNR targets ask the default for more than its network reaches
-even this way (see the note in docs/RESULTS.md).
+so it is never shipped; it shows how far this network goes on such images when it may learn the very
+images it is scored on, beyond what training data or a recipe that has not seen them should give.
+Issue 14's PSNR targets ask the default for more than its network reaches even this way (see the
+note in docs/RESULTS.md).
 
     python benchmarks/fit_bound.py [--model default] [--steps 2000] [--limit 24]
 
---steps 8000 (docs/results/fit-bound-default-8000.md) shows how far the bound still moves with
-four times the fitting.
+--steps 8000 (docs/results/fit-bound-default-8000.md) shows how far four times the fitting goes:
+further on brain MRI, where the network goes on learning the scored images, not on chest X-rays.
 """
 
 import argparse
@@ -82,12 +83,13 @@ def main():
     methods = [quality.Method("bicubic"), quality.Method(args.model, Upscaler(zoo.load(args.model)[0], 3, CPU, FLOAT, tile=0)),
                quality.Method(f"{args.model} fitted to these very images", Upscaler(fitted, 3, CPU, FLOAT, tile=0))]
     command = f"python benchmarks/fit_bound.py --model {args.model} --steps {args.steps} --limit {args.limit}"
-    lines = [f"## Upper bound: {args.model} fitted to the images it is scored on (validation split)", "",
+    lines = [f"## {args.model} fitted to the images it is scored on (validation split)", "",
              f"Produced by `{command}` ({machine()}).",
              f"{args.model} fine-tuned for {args.steps} steps ({minutes:.0f} min) on {args.limit} validation images per data set "
-             "(native crops and paper pairs), then scored on the same images, x3, {FLOAT}. It has seen its test: an upper".format(FLOAT=FLOAT),
-             "bound for this network on such images, not a model to use. The native images are large (up to 1500 px), so it",
-             "cannot learn them by heart; the paper pairs are one 150 px image each, which it partly can, so the paper bound is loose.", ""]
+             "(native crops and paper pairs), then scored on the same images, x3, {FLOAT}. It has seen its test: what this".format(FLOAT=FLOAT),
+             "network reaches when it may learn the very images it is scored on, in that many steps (not a model to use).",
+             "The native images are large (up to 1500 px), so it learns them slowly; the paper pairs are one 150 px image each, "
+             "which it partly learns by heart, so the paper figures are loose.", ""]
     for modality in ("brain-mri", "chest-xray"):
         for protocol in ("paper", "native"):
             summary = quality.summarize(quality.evaluate([str(DATA / modality)], methods, 3, protocol, "val", args.limit))

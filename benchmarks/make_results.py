@@ -78,7 +78,8 @@ def bar_lines(results: dict) -> list[str]:
             lines.append(f"| default-gan HF ratio closer to 1 than default, {modality}, {protocol} | {gan['hf_ratio']:.3f} "
                          f"| default {default['hf_ratio']:.3f} | {'yes' if closer else 'no'} |")
     return lines + ["", "How far the networks can go at all (each fitted to the validation images it is then scored on):",
-                    "docs/results/fit-bound-default.md and fit-bound-large.md (`benchmarks/fit_bound.py`).", ""]
+                    "docs/results/fit-bound-default.md, fit-bound-default-8000.md (four times the fitting) and fit-bound-large.md "
+                    "(`benchmarks/fit_bound.py`).", ""]
 
 
 def main():
