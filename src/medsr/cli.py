@@ -95,7 +95,7 @@ def _say_which_default(model: str, jpeg_model: str | None, inputs: list[Path]) -
     if model == zoo.JPEG_MODEL:
         print(f"medsr: note: the input(s) are JPEG files, so {zoo.JPEG_MODEL} upscales them: trained on JPEG inputs, it does "
               f"not sharpen their 8x8 block grid (--model {zoo.DEFAULT_MODEL} is closer to the original for near-lossless "
-              "JPEGs, quality 95 and up, but sharpens the grid: docs/results/jpeg-quality.md)", file=sys.stderr)
+              "JPEGs that show no grid, but sharpens what grid there is: docs/results/jpeg-quality.md)", file=sys.stderr)
     elif jpeg_model is not None:
         jpeg = sum(map(is_jpeg, inputs))
         are = "is a JPEG file" if jpeg == 1 else "are JPEG files"

@@ -74,7 +74,7 @@ def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: li
     for name, label, image, is_jpeg in tqdm(images, desc="evaluate", unit="img", dynamic_ncols=True):
         lr, hr = degrade.make_pair(image, protocol, scale)
         hr_t, lr_t = torch.from_numpy(hr)[None, None], torch.from_numpy(lr)[None, None]
-        jpeg = _grid_crop(image) if is_jpeg else None
+        jpeg = grid_crop(image) if is_jpeg else None
         input_grid = float("nan") if jpeg is None else metrics.block_grid_ratio(torch.from_numpy(jpeg)[None, None], 8).item()
         for method in methods:
             sr_t = torch.from_numpy(method.run(lr, scale))[None, None]
@@ -101,7 +101,7 @@ def volume_slice_images(path: Path, step: int = 1) -> list[tuple[str, str, np.nd
     return [(f"{Path(path).name.split('.')[0]}[{i}]", "T1", s.astype(np.float32) / 65535, False) for i, s in enumerate(slices)]
 
 
-def _grid_crop(image: np.ndarray) -> np.ndarray:
+def grid_crop(image: np.ndarray) -> np.ndarray:
     """The centre GRID_CROP square (or less on a smaller image) cut on the 8-pixel JPEG grid."""
     h, w = image.shape
     side = min(GRID_CROP, h // 8 * 8, w // 8 * 8)
