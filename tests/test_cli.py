@@ -249,8 +249,13 @@ def test_jpeg_files_get_the_model_trained_for_them(tmp_path, medsr_cli):
     pixels = np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "x.jpg", quality=90)
     Image.fromarray(pixels).save(tmp_path / "y.png")
+    # DICOM stored as lossy JPEG has the same 8x8 blocks: it is JPEG-coded too (pydicom's 8-bit baseline sample)
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "z.dcm").write_bytes(open(get_testdata_file("SC_jpeg_no_color_transform.dcm"), "rb").read())
+    assert zoo.default_model(3, [tmp_path / "z.dcm"]) == "default-jpeg" and zoo.jpeg_default(3, [tmp_path / "z.dcm", "y.png"])
     used, notes = {}, {}
-    for name, inputs in (("jpeg", ["x.jpg"]), ("png", ["y.png"]), ("mixed", ["x.jpg", "y.png"])):
+    for name, inputs in (("jpeg", ["x.jpg"]), ("png", ["y.png"]), ("mixed", ["x.jpg", "y.png"]), ("dicom", ["z.dcm", "y.png"])):
         result = run(medsr_cli + ["upscale", *(str(tmp_path / i) for i in inputs), "-o", str(tmp_path / name)])
         assert result.returncode == 0, result.stderr[-2000:]
         notes[name] = result.stderr
@@ -258,8 +263,9 @@ def test_jpeg_files_get_the_model_trained_for_them(tmp_path, medsr_cli):
             record = json.loads(line)
             used[name, record["output"]] = record["settings"]["model"]["sha256"]
     sha = {model: batch.sha256_file(zoo.shipped_models()[model]) for model in ("default", "default-jpeg")}
-    assert "default-jpeg upscales them" in notes["jpeg"]
-    assert "1 of the 2 inputs is a JPEG file: default-jpeg upscales it" in notes["mixed"], notes["mixed"]
+    assert "JPEG-coded" in notes["jpeg"] and "default-jpeg upscales them" in notes["jpeg"]
+    assert "1 of the 2 input files is JPEG-coded" in notes["mixed"] and "default-jpeg upscales it" in notes["mixed"], notes["mixed"]
+    assert used["dicom", "z.dcm"] == sha["default-jpeg"] and used["dicom", "y.png"] == sha["default"]
     # in a mixed run each file gets the model it would get in a run of its own, with the same bytes out
     assert used["jpeg", "x.jpg"] == used["mixed", "x.jpg"] == sha["default-jpeg"]
     assert used["png", "y.png"] == used["mixed", "y.png"] == sha["default"]

@@ -520,3 +520,21 @@ def test_write_rejects_bad_pixels(tmp_path):
     with pytest.raises(MedsrError, match=r"nan\.png.*NaN"):
         write_image(tmp_path / "nan.png", Image(bad, img.meta))
     assert not (tmp_path / "nan.png").exists()
+
+
+def test_jpeg_coded_means_jpeg_files_and_dicom_stored_as_lossy_jpeg(tmp_path):
+    """What default-jpeg is picked for: pixels that went through JPEG's 8x8 blocks, whatever the container."""
+    from pydicom.data import get_testdata_file
+
+    from medsr.io.formats import jpeg_coded
+
+    assert jpeg_coded("scan.JPG") and jpeg_coded(tmp_path / "a.jpeg")  # by extension, as the reader goes by it
+    lossy = ["SC_jpeg_no_color_transform.dcm", "JPGExtended.dcm"]  # JPEG baseline (8-bit), extended (12-bit)
+    other = ["JPEG2000.dcm", "CT_small.dcm"]  # wavelets, no blocks; uncompressed
+    for name in lossy + other:
+        copy = tmp_path / name.replace(".dcm", "")  # no extension: found by its DICM preamble, as PACS exports are
+        copy.write_bytes(open(get_testdata_file(name), "rb").read())
+        assert jpeg_coded(copy) == (name in lossy), name
+    PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "broken.dcm").write_bytes(b"DICM but not really")
+    assert not any(map(jpeg_coded, [tmp_path / "a.png", tmp_path / "broken.dcm", tmp_path / "missing.dcm"]))

@@ -111,9 +111,13 @@ def test_auto_runs_what_medsr_upscale_picks_default_jpeg_for_jpeg_files():
     with TestClient(app) as test_client:
         first = test_client.get("/api/info").json()["models"][0]
         assert first["name"] == "auto" and "default-jpeg for JPEG" in first["label"]
-        ran = {name: test_client.post(f"/api/upscale?name={name}", content=body).json()["model"]
-               for name, body in (("scan.jpg", jpeg_bytes(16, 16)), ("scan.png", png_bytes(16, 16)))}
-        assert ran == {"scan.jpg": "default-jpeg", "scan.png": "default"}
+        from pydicom.data import get_testdata_file
+
+        uploads = {"scan.jpg": jpeg_bytes(16, 16), "scan.png": png_bytes(16, 16),
+                   "jpeg.dcm": open(get_testdata_file("SC_jpeg_no_color_transform.dcm"), "rb").read(),  # DICOM stored as JPEG
+                   "plain.dcm": open(get_testdata_file("CT_small.dcm"), "rb").read()}
+        ran = {name: test_client.post(f"/api/upscale?name={name}", content=body).json()["model"] for name, body in uploads.items()}
+        assert ran == {"scan.jpg": "default-jpeg", "scan.png": "default", "jpeg.dcm": "default-jpeg", "plain.dcm": "default"}
         named = test_client.post("/api/upscale?model=default&name=scan.jpg", content=jpeg_bytes(16, 16)).json()
         assert named["model"] == "default" and named["download_name"] == "scan-medsr-default-x3.jpg"
     without = create_app(models=["default"], precision="fp32")  # auto is offered only with both models

@@ -73,7 +73,7 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
             its format and metadata).
         model: shipped model name (see `list_models()`), .safetensors file, run folder, or, with
             runtime="onnx", an .onnx file. None: the shipped default for `scale` (x3: "default", or
-            "default-jpeg" for the path of a JPEG file, as `medsr upscale` picks).
+            "default-jpeg" for the path of a JPEG file or DICOM stored as lossy JPEG, as `medsr upscale` picks).
         scale: the expected factor; must be the model's own (None: whatever the model does).
         device: "auto", "cpu" or "cuda". precision: "auto" (bf16 where native), "fp32", "bf16" or "int8" (CPU; default models).
         tile: tile size in input pixels (0 = whole image at once); bounds memory on big images.
@@ -106,7 +106,7 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     NIfTI volume or a series thin (to `slice_spacing` mm, default the in-plane spacing; see
     `upscale_volume`); alone it keeps the in-plane grid, with `model` or `scale` it also upscales
     in-plane. `format` ("png", "tiff", "jpeg", "bmp", "dcm", "nii") overrides the target's
-    extension. `model` None: the shipped default of `scale` (x3: "default-jpeg" for a JPEG file,
+    extension. `model` None: the shipped default of `scale` (x3: "default-jpeg" for a JPEG file or JPEG DICOM,
     else "default"). Written atomically; the target may not be the source. Returns the path written
     (for a series, the folder).
     """
@@ -115,7 +115,7 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
         raise MedsrError(f"{target}: the output would overwrite the input; choose another target path")
     in_plane = not through_plane or model is not None or scale is not None
     if model is None and in_plane:
-        model = zoo.default_model(scale, [source])  # default-jpeg for a JPEG file, as `medsr upscale` picks
+        model = zoo.default_model(scale, [source])  # default-jpeg for a JPEG file or JPEG DICOM, as `medsr upscale` picks
     upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime) if in_plane else None
     options = volume_sr.ThroughPlane(slice_spacing, slice_thickness, adapt_minutes, device=device, precision=precision) if through_plane else None
     model_name = "medsr " + (Path(str(model)).name if model is not None else volume_sr.MODEL)

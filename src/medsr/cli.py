@@ -88,18 +88,21 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> lis
 
 
 def _say_which_default(model: str, jpeg_model: str | None, inputs: list[Path]) -> None:
-    """One note on stderr where the default model depends on the inputs being JPEG files."""
+    """One note on stderr where the default model depends on the inputs being JPEG-coded (JPEG
+    files, DICOM stored as lossy JPEG: medsr.io.formats.jpeg_coded)."""
     from medsr import zoo
-    from medsr.io.formats import is_jpeg
+    from medsr.io.formats import jpeg_coded
 
     if model == zoo.JPEG_MODEL:
-        print(f"medsr: note: the input(s) are JPEG files, so {zoo.JPEG_MODEL} upscales them: trained on JPEG inputs, it does "
+        print(f"medsr: note: the input(s) are JPEG-coded (JPEG files, DICOM stored as lossy JPEG), so {zoo.JPEG_MODEL} "
+              "upscales them: trained on JPEG inputs, it does "
               f"not sharpen their 8x8 block grid (--model {zoo.DEFAULT_MODEL} is closer to the original for near-lossless "
               "JPEGs that show no grid, but sharpens what grid there is: docs/results/jpeg-quality.md)", file=sys.stderr)
     elif jpeg_model is not None:
-        jpeg = sum(map(is_jpeg, inputs))
-        are = "is a JPEG file" if jpeg == 1 else "are JPEG files"
-        print(f"medsr: note: {jpeg} of the {len(inputs)} inputs {are}: {jpeg_model} upscales {'it' if jpeg == 1 else 'them'} "
+        jpeg = sum(map(jpeg_coded, inputs))
+        are = "is JPEG-coded" if jpeg == 1 else "are JPEG-coded"
+        print(f"medsr: note: {jpeg} of the {len(inputs)} input files {are} (JPEG files, DICOM stored as lossy JPEG): "
+              f"{jpeg_model} upscales {'it' if jpeg == 1 else 'them'} "
               f"(trained on JPEG inputs, it does not sharpen their 8x8 block grid), {model} the rest; --model picks "
               "one model for all", file=sys.stderr)
 
@@ -167,7 +170,7 @@ def _upscale(args) -> int:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
     model, reference_name = _batch_model(args, args.model if in_plane else None, through_plane)
     upscaler = model.upscaler
-    jpeg = jpeg_reference = None  # default-jpeg for the JPEG files of a run that holds others too (zoo.jpeg_default)
+    jpeg = jpeg_reference = None  # default-jpeg for the JPEG-coded files of a run that holds others too (zoo.jpeg_default)
     if jpeg_model is not None:
         jpeg, jpeg_reference = _batch_model(args, jpeg_model, through_plane)
     jobs = _jobs(pairs, out_dir, args.format)
@@ -288,7 +291,7 @@ def _models(args) -> int:
         meta = zoo.load(path)[1]
         print(f"| {name} | {meta['medsr_arch']} | x{meta['medsr_scale']} | {int(meta['parameters']):,} | {path} |")
     print(f"\nmodel cards: {zoo.ZOO_DIR}/<name>.md; default for 'medsr upscale': {zoo.DEFAULT_MODEL} "
-          f"({zoo.JPEG_MODEL} on JPEG files; default-x2 / default-x4 with --scale 2 / 4)")
+          f"({zoo.JPEG_MODEL} on JPEG files and DICOM stored as lossy JPEG; default-x2 / default-x4 with --scale 2 / 4)")
     return 0
 
 
@@ -347,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="upscale image files or folders", epilog=UPSCALE_EXAMPLES, formatter_class=formatter)
     p.add_argument("inputs", nargs="+", help="files or folders (walked recursively; structure mirrored)")
     p.add_argument("-o", "--output", required=True, help="output folder (never the same file as an input)")
-    _model_options(p, shipped_help + " (x3: default, and default-jpeg on JPEG files; x2: default-x2, x4: default-x4)")
+    _model_options(p, shipped_help + " (x3: default, and default-jpeg on JPEG files and DICOM stored as lossy JPEG; x2: default-x2, x4: default-x4)")
     p.add_argument("--format", choices=FORMAT_CHOICES, help="output format (default: the input's)")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <name>.uncertainty.png (overlay) and .uncertainty.tif (float map) next to each output")

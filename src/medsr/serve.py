@@ -163,7 +163,7 @@ class Server:
     def info(self) -> dict:
         models = [{"name": n, "label": n, "scale": s} for n, s in self.models.items()]
         if {zoo.DEFAULT_MODEL, zoo.JPEG_MODEL} <= self.models.keys():
-            label = f"{AUTO}: {zoo.DEFAULT_MODEL}, {zoo.JPEG_MODEL} for JPEG files"
+            label = f"{AUTO}: {zoo.DEFAULT_MODEL}, {zoo.JPEG_MODEL} for JPEG files and DICOM stored as JPEG"
             models.insert(0, {"name": AUTO, "label": label, "scale": self.models[zoo.DEFAULT_MODEL]})
         return {
             "models": models,
@@ -177,12 +177,12 @@ class Server:
             "extensions": list(SUPPORTED_EXTENSIONS),
         }
 
-    def choose(self, model: str, name: str) -> str:
-        """The model that runs: `model` itself, or for "auto" what `medsr upscale` would pick for a
-        file called `name` (default-jpeg for a JPEG file), among the models this server offers."""
+    def choose(self, model: str, file: str | Path) -> str:
+        """The model that runs: `model` itself, or for "auto" what `medsr upscale` would pick for
+        `file` (default-jpeg for a JPEG file or DICOM stored as lossy JPEG), among the models this server offers."""
         if model != AUTO:
             return model
-        picked = zoo.default_model(None, [name])
+        picked = zoo.default_model(None, [file])
         return picked if picked in self.models else zoo.DEFAULT_MODEL
 
     def upscaler_for(self, model: str):
@@ -208,7 +208,8 @@ class Server:
         if declared and declared.isdigit() and int(declared) > self.max_upload_bytes:
             raise UserError(f"{name} is {int(declared) / 1024 / 1024:.1f} MB; this server accepts files up to {limit_mb:g} MB "
                             "(start it with a larger --max-upload-mb, or use 'medsr upscale')", 413)
-        self.upscaler_for(model)  # unknown model: refuse before storing anything
+        if model != AUTO:
+            self.upscaler_for(model)  # unknown model: refuse before storing anything
         job = self._new_job(name, model)
         path = job.folder / ("input" + _suffix(name))
         size = 0
@@ -437,13 +438,14 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
     @app.post("/api/upscale")
     async def upscale(request: Request, model: str = AUTO, name: str = "upload", demo: str | None = None, through: bool = False) -> dict:
         name = _safe_name(demo or name)
-        model = server.choose(model, name)
         if demo:
+            model = server.choose(model, name)
             server.upscaler_for(model)
             job = server._new_job(name + ".png", model)
             work = server.upscale_demo, job, demo, model
         else:
             job, path = await server.receive(request, name, model)
+            job.model = model = server.choose(model, path)  # "auto" by what the file holds (a DICOM's transfer syntax)
             work = server.upscale_upload, job, path, model, through
         try:
             answer = await _in_thread(*work)

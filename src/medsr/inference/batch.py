@@ -1,5 +1,5 @@
 """Batch runs over whole archives: a read-ahead / write-behind thread pool around one model (or
-two: one for the JPEG files, one for the rest), a resume ledger, progress reporting and a CSV summary.
+two: one for JPEG files and DICOM stored as JPEG, one for the rest), a resume ledger, progress reporting and a CSV summary.
 
 The model runs on the calling thread, one image at a time; a small pool of threads decodes the
 next files ahead of it (bounded, so memory stays bounded for any number of files) and writes the
@@ -44,7 +44,7 @@ from medsr.files import atomic_write
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
-from medsr.io.formats import is_jpeg
+from medsr.io.formats import jpeg_coded
 from medsr.io.types import quiet_libraries
 
 if TYPE_CHECKING:  # pydicom loads only when a series is written
@@ -390,8 +390,9 @@ class BatchModel:
 
 
 def takes_jpeg_model(job: Job) -> bool:
-    """Whether run_batch's `jpeg` model upscales this job: a single JPEG file (a series is DICOM)."""
-    return job.series is None and is_jpeg(job.input)
+    """Whether run_batch's `jpeg` model upscales this job: a JPEG file, or DICOM stored as lossy JPEG
+    (medsr.io.formats.jpeg_coded; a series by its first file)."""
+    return jpeg_coded(job.input if job.series is None else job.series.paths[0])
 
 
 def batch_settings(settings: dict[str, Any] | None, scale: int, format: str | None, uncertainty: bool,
@@ -452,8 +453,9 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     `ledger` path, finished outputs are recorded there and jobs already complete with the same
     `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
-    With `jpeg`, that model upscales the JPEG files instead (takes_jpeg_model; `medsr upscale`'s default
-    runs default-jpeg on the JPEG files of a run, default on the rest); it must have `upscaler`'s scale.
+    With `jpeg`, that model upscales the JPEG files and DICOM stored as lossy JPEG instead
+    (takes_jpeg_model; `medsr upscale`'s default runs default-jpeg on those, default on the rest);
+    it must have `upscaler`'s scale.
     """
     if workers < 0:
         raise MedsrError(f"--workers must be 0 (no threads) or more, got {workers}")

@@ -18,6 +18,8 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     generate_uid,
 )
 from pydicom.valuerep import DSfloat
@@ -129,6 +131,17 @@ def read_dataset(path: Path) -> Dataset:
         implicit, _little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     return ds
+
+
+def lossy_jpeg(path: Path) -> bool:
+    """Whether the file's pixel data is stored as lossy JPEG (baseline or extended: 8x8 blocks of
+    DCT coefficients, as in a JPEG file), by its file meta; False for any other transfer syntax,
+    JPEG lossless and JPEG 2000 included, and for a file without readable file meta."""
+    try:
+        syntax = pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID")
+    except Exception:  # not DICOM, or damaged: reading it will say so
+        return False
+    return syntax in (JPEGBaseline8Bit, JPEGExtended12Bit)
 
 
 def read_dicom(path: Path) -> Image:

@@ -56,6 +56,19 @@ def is_jpeg(path: str | os.PathLike) -> bool:
     return getattr(format_of_extension(Path(path)), "name", "") == "jpeg"
 
 
+def jpeg_coded(path: str | os.PathLike) -> bool:
+    """Whether the file's pixels went through JPEG's 8x8 blocks: a JPEG file, or a DICOM file stored
+    as lossy JPEG (medsr.io.dicom.lossy_jpeg). What `default-jpeg` is for (medsr.zoo.default_model)."""
+    path = Path(path)
+    if is_jpeg(path):
+        return True
+    if getattr(format_of_path(path), "name", "") != "dicom" or not path.is_file():
+        return False
+    from medsr.io import dicom  # pydicom loads only for DICOM files
+
+    return dicom.lossy_jpeg(path)
+
+
 def format_of_path(path: Path) -> Format | None:
     """The format named by the extension; files without a known one are sniffed for DICM."""
     found = format_of_extension(path)

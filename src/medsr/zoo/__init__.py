@@ -25,12 +25,12 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from medsr.errors import MedsrError
 from medsr.files import atomic_write
-from medsr.io.formats import is_jpeg
+from medsr.io.formats import jpeg_coded
 from medsr.models import OFFICIAL_CONVERTERS, create_generator
 
 ZOO_DIR = Path(__file__).parent
 DEFAULT_MODEL = "default"
-JPEG_MODEL = "default-jpeg"  # the x3 default for JPEG files
+JPEG_MODEL = "default-jpeg"  # the x3 default for JPEG files and DICOM files stored as lossy JPEG
 # A training checkpoint's model.safetensors holds each network's tensors under its own prefix.
 GENERATOR_PREFIX, DISCRIMINATOR_PREFIX, EMA_PREFIX = "generator.", "discriminator.", "ema."
 
@@ -51,11 +51,12 @@ def save_model(path: Path, tensors: dict[str, torch.Tensor], arch: str, config: 
 def default_model(scale: int | None = None, inputs: Iterable[str | os.PathLike] = ()) -> str:
     """The shipped model `medsr upscale` uses when no --model is given: `default` at x3, or the
     default recipe's model of another scale (default-x2, default-x4). At x3, when `inputs` (the
-    files to upscale) are all JPEG files, `default-jpeg`, trained on JPEG inputs: `default` would
-    sharpen their 8x8 block grid (docs/RESULTS.md)."""
+    files to upscale) are all JPEG-coded (JPEG files, DICOM files stored as lossy JPEG:
+    medsr.io.formats.jpeg_coded), `default-jpeg`, trained on JPEG inputs: `default` would sharpen
+    their 8x8 block grid (docs/RESULTS.md)."""
     if scale is None or scale == 3:
         inputs = list(inputs)
-        if inputs and all(map(is_jpeg, inputs)) and JPEG_MODEL in shipped_models():
+        if inputs and all(map(jpeg_coded, inputs)) and JPEG_MODEL in shipped_models():
             return JPEG_MODEL
         return DEFAULT_MODEL
     name = f"{DEFAULT_MODEL}-x{scale}"
@@ -67,11 +68,11 @@ def default_model(scale: int | None = None, inputs: Iterable[str | os.PathLike] 
 
 
 def jpeg_default(scale: int | None = None, inputs: Iterable[str | os.PathLike] = ()) -> str | None:
-    """The shipped model `medsr upscale` runs on the JPEG files among `inputs` when no --model is
-    given and it is not default_model's pick for the rest: `default-jpeg` for the JPEG files of a x3
-    run that holds other files too. None where default_model's pick does every input."""
-    inputs = list(inputs)
-    if scale in (None, 3) and JPEG_MODEL in shipped_models() and any(map(is_jpeg, inputs)) and not all(map(is_jpeg, inputs)):
+    """The shipped model `medsr upscale` runs on the JPEG-coded files among `inputs` when no --model
+    is given and it is not default_model's pick for the rest: `default-jpeg` for the JPEG-coded
+    files of a x3 run that holds other files too. None where default_model's pick does every input."""
+    coded = [jpeg_coded(path) for path in inputs]
+    if scale in (None, 3) and JPEG_MODEL in shipped_models() and any(coded) and not all(coded):
         return JPEG_MODEL
     return None
 
