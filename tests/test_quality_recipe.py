@@ -58,6 +58,16 @@ def test_a_real_jpeg_has_a_grid_and_evaluate_reports_it(tmp_path):
     assert all(r["input_block_grid"] > 1.2 and not np.isnan(r["block_grid"]) and r["overshoot"] >= 0 for r in rows)
 
 
+def test_dicom_stored_as_lossy_jpeg_gets_the_block_grid_measure_too(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    for name in ("JPGExtended.dcm", "CT_small.dcm"):  # lossy JPEG (12-bit extended); uncompressed
+        (tmp_path / name).write_bytes(open(get_testdata_file(name), "rb").read())
+    rows = quality.evaluate([str(tmp_path)], [quality.Method("bicubic")], 3, "native", "all")
+    grid = {Path(r["file"]).name: r["input_block_grid"] for r in rows}
+    assert not np.isnan(grid["JPGExtended.dcm"]) and np.isnan(grid["CT_small.dcm"]), grid
+
+
 def test_neighbourhood_clamp_bounds_the_output_and_is_trained_through():
     torch.manual_seed(0)
     model = create_generator("edsr", scale=3, channels=8, num_blocks=1, clamp_margin=0.02).eval()

@@ -57,24 +57,24 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
     """Per-image rows {file, label, method, psnr, ssim, ms_ssim, hf_ratio, overshoot, block_grid, input_block_grid}
     for the split's images (`limit`: that many, spread evenly over the sorted list, so every class is in).
 
-    overshoot: metrics.edge_overshoot of the output against its LR input. block_grid (JPEG files
-    only, else NaN): the file itself, not a downscale, is what a user upscales, so a centre crop of
+    overshoot: metrics.edge_overshoot of the output against its LR input. block_grid (JPEG-coded
+    files only, formats.jpeg_coded: JPEG files and DICOM stored as lossy JPEG; else NaN): the file itself, not a downscale, is what a user upscales, so a centre crop of
     it on its 8-pixel grid is upscaled and metrics.block_grid_ratio compares output (on the 8*scale
     grid) with input (input_block_grid)."""
     arrays, kept = load_arrays(split_items(data_dirs, split, limit))
-    named = [(str(item.path), item.label, as_unit(array)[0], formats.is_jpeg(item.path))
+    named = [(str(item.path), item.label, as_unit(array)[0], formats.jpeg_coded(item.path))
              for array, item in zip(arrays, kept)]
     return evaluate_arrays(named, methods, scale, protocol)
 
 
 def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: list[Method], scale: int,
                     protocol: str = "native") -> list[dict]:
-    """evaluate's rows for (name, label, [0, 1] 2-D array, is_jpeg) tuples, e.g. the slices of a volume."""
+    """evaluate's rows for (name, label, [0, 1] 2-D array, jpeg_coded) tuples, e.g. the slices of a volume."""
     rows = []
-    for name, label, image, is_jpeg in tqdm(images, desc="evaluate", unit="img", dynamic_ncols=True):
+    for name, label, image, coded in tqdm(images, desc="evaluate", unit="img", dynamic_ncols=True):
         lr, hr = degrade.make_pair(image, protocol, scale)
         hr_t, lr_t = torch.from_numpy(hr)[None, None], torch.from_numpy(lr)[None, None]
-        jpeg = grid_crop(image) if is_jpeg else None
+        jpeg = grid_crop(image) if coded else None
         input_grid = float("nan") if jpeg is None else metrics.block_grid_ratio(torch.from_numpy(jpeg)[None, None], 8).item()
         for method in methods:
             sr_t = torch.from_numpy(method.run(lr, scale))[None, None]
