@@ -58,9 +58,10 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
     for the split's images (`limit`: that many, spread evenly over the sorted list, so every class is in).
 
     overshoot: metrics.edge_overshoot of the output against its LR input. block_grid (JPEG-coded
-    files only, formats.jpeg_coded: JPEG files and DICOM stored as lossy JPEG; else NaN): the file itself, not a downscale, is what a user upscales, so a centre crop of
-    it on its 8-pixel grid is upscaled and metrics.block_grid_ratio compares output (on the 8*scale
-    grid) with input (input_block_grid)."""
+    files only, formats.jpeg_coded: JPEG files and DICOM stored as lossy JPEG; else NaN): the file
+    itself, not a downscale, is what a user upscales, so a centre crop of it on its 8-pixel grid is
+    upscaled and metrics.block_grid_ratio compares output (on the 8*scale grid) with input
+    (input_block_grid)."""
     arrays, kept = load_arrays(split_items(data_dirs, split, limit))
     named = [(str(item.path), item.label, as_unit(array)[0], formats.jpeg_coded(item.path))
              for array, item in zip(arrays, kept)]

@@ -1,5 +1,6 @@
 """Batch runs over whole archives: a read-ahead / write-behind thread pool around one model (or
-two: one for JPEG files and DICOM stored as JPEG, one for the rest), a resume ledger, progress reporting and a CSV summary.
+two: one for JPEG files and DICOM stored as JPEG, one for the rest), a resume ledger, progress
+reporting and a CSV summary.
 
 The model runs on the calling thread, one image at a time; a small pool of threads decodes the
 next files ahead of it (bounded, so memory stays bounded for any number of files) and writes the
