@@ -105,7 +105,7 @@ def main():
              "paper protocol: HR = centre square resized to 150x150, LR 50x50; native protocol: HR at the image's",
              "own resolution, centre-cropped to at most 1500 px, LR = HR / 3. Both LR by antialiased bicubic. native-jpeg",
              "protocol: the native pair with its LR saved as a JPEG at quality 90, as a scan exported to JPEG arrives.",
-             "Models: see their cards in src/medsr/zoo/ (`medsr models`); `default-jpeg` is what `medsr upscale` runs on JPEG files",
+             "Models: see their cards in src/medsr/zoo/ (`medsr models`); `default-jpeg` is what `medsr upscale` runs on JPEG files (and lossy-JPEG DICOM)",
              "when no model is named (the default recipe continued on JPEG inputs); `default-paper` is the default before it learnt native",
              "resolution (issue 14); `large` is the default's recipe on a network 3x as deep (2.8x its compute per pixel); `paper`",
              "had 10 of its recipe's 50 epochs (docs/PAPER.md).",
