@@ -14,11 +14,12 @@ ratio (medsr.metrics.block_grid_ratio) of the input on its 8-pixel grid and of e
 
 import torch
 from common import DATA, FLOAT, ROOT, machine
+from pydicom.uid import UID
 
 from medsr import metrics
 from medsr.evaluation import quality
 from medsr.inference.upscaler import load_upscaler
-from medsr.io import dicom, read_image
+from medsr.io import read_image
 from medsr.io.formats import jpeg_coded
 from medsr.io.types import as_unit
 
@@ -34,10 +35,11 @@ def main():
              "| file | transfer syntax | JPEG-coded (default-jpeg) | input | bicubic | default | default-jpeg |",
              "|---|---|---|---:|---:|---:|---:|"]
     for path in sorted((DATA / "dicom").glob("*.dcm")):
-        syntax = dicom.read_dataset(path).file_meta.TransferSyntaxUID
+        image = read_image(path)
+        syntax = UID(image.meta.extra["transfer_syntax"])
         if not syntax.is_compressed:
             continue
-        pixels = read_image(path).pixels
+        pixels = image.pixels
         crop = torch.from_numpy(quality.grid_crop(as_unit(pixels if pixels.ndim == 2 else pixels[0])[0]))[None, None]
         ratio = {"input": metrics.block_grid_ratio(crop, 8).item()}
         outputs = {"bicubic": quality.Method("bicubic").run(crop[0, 0].numpy(), 3)}

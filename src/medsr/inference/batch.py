@@ -477,8 +477,14 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         jpeg_runner = dataclasses.replace(runner, upscaler=jpeg.upscaler, model_name=jpeg.model_name, reference=jpeg.reference,
                                           settings=batch_settings(jpeg.settings, scale, format, uncertainty, through_plane))
 
+    chosen: dict[int, JobRunner] = {}  # by id(job): takes_jpeg_model may read a DICOM file's meta, so once per job
+
     def runner_for(job: Job) -> JobRunner:
-        return jpeg_runner if takes_jpeg_model(job) else runner
+        if jpeg is None:
+            return runner
+        if id(job) not in chosen:
+            chosen[id(job)] = jpeg_runner if takes_jpeg_model(job) else runner
+        return chosen[id(job)]
 
     def prepare(index: int, job: Job) -> JobResult | tuple[Image | list[np.ndarray], dict, float]:
         """Off the model's thread: skip a complete job, or decode its input."""

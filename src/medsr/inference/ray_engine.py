@@ -99,10 +99,9 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
     local one). `setup` carries the runner's options (settings already complete, batch.batch_settings).
     `on_result` is called on this thread as jobs finish, in the order they finish."""
     ray = require_ray()
-
-    def settings(job: batch.Job) -> dict:
-        return json.loads(setup.for_job(job).settings_json)
-
+    setups = [setup.for_job(job) for job in jobs]  # each job's model, decided once
+    parsed = {each: json.loads(each.settings_json) for each in set(setups)}  # one or two set-ups
+    settings = [parsed[each] for each in setups]
     inputs = batch.input_paths(jobs)
     book = batch.open_ledger(ledger, inputs)
     refused = batch.refused_jobs(jobs, inputs)
@@ -110,13 +109,13 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
     results: dict[int, batch.JobResult] = {}
 
     def report(index: int, result: batch.JobResult) -> None:
-        result.model = setup.for_job(result.job).model_name
+        result.model = setups[index].model_name
         results[index] = result
-        batch.report_result(result, book, settings(result.job), on_result)
+        batch.report_result(result, book, settings[index], on_result)
 
     todo = []
     for index, job in enumerate(jobs):
-        settled = batch.settled_result(job, refused.get(index), book, settings(job), force)
+        settled = batch.settled_result(job, refused.get(index), book, settings[index], force)
         if settled is not None:
             report(index, settled)
         else:
