@@ -47,7 +47,7 @@ def upscale(args: list[str]) -> float:
     """Seconds for one `medsr upscale` call; its per-file lines are swallowed."""
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = cli.main(["upscale", *args])
+        code = cli.main(["upscale", "--device", "cpu", *args])  # a CPU benchmark, also where a GPU is present
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"medsr upscale {' '.join(args)} exited with {code}")
@@ -70,7 +70,7 @@ def command_seconds(args: list[str]) -> float:
 
 def stage_seconds(files: list[Path], out: Path, precision: str = "auto") -> dict[str, float]:
     """Mean seconds per file of each step of a job (medsr.inference.batch.JobRunner), on this thread."""
-    upscaler, _ = load_upscaler("default", precision=precision)
+    upscaler, _ = load_upscaler("default", device="cpu", precision=precision)
     runner = batch.JobRunner(upscaler, {})
     totals = {"read": 0.0, "model": 0.0, "write (PNG, hash)": 0.0}
     for path in files:
@@ -90,7 +90,7 @@ def stage_seconds(files: list[Path], out: Path, precision: str = "auto") -> dict
 def one_thread_floor(files: list[Path], out: Path) -> str:
     """Each step's cost on one thread (CPU-seconds per image, bf16 and int8), and the marginal time
     they allow at best: all of this machine's cores busy, nothing lost to waiting."""
-    threads, cores = torch.get_num_threads(), os.cpu_count()
+    threads, cores = torch.get_num_threads(), len(os.sched_getaffinity(0))  # the cores this process may use
     torch.set_num_threads(1)
     try:
         costs = {precision: stage_seconds(files, out / precision, precision) for precision in ("bf16", "int8")}
@@ -216,7 +216,7 @@ def main():
                   f"{args.files / cold:.2f} | {args.files / cold / local:.2f} |")
             print(projection(stages, running, args.files, src, Path(tmp) / "ray"))
 
-        output = np.asarray(Image.open(next((Path(tmp) / "out-0").glob("*.png"))))
+        output = np.asarray(Image.open(next((Path(tmp) / f"out-{workers}").glob("*.png"))))
         print("\n| PNG encoding of one 1536x1536 8-bit output | seconds | bytes |\n|---|---:|---:|")
         for label, options in (("zlib level 6 (Pillow's default)", {"compress_level": 6}), ("zlib level 1", {"compress_level": 1}),
                                ("zlib level 1, run-length matching (medsr's)", PNG_OPTIONS)):
@@ -225,7 +225,7 @@ def main():
 
         one = str(src / "scan_0000.png")
         version = command_seconds(["--version"])
-        single = command_seconds(["upscale", one, "-o", str(Path(tmp) / "single")])
+        single = command_seconds(["upscale", one, "-o", str(Path(tmp) / "single"), "--device", "cpu"])
         print(f"\nA fresh process: `medsr --version` {version:.2f} s; `medsr upscale` of one file {single:.2f} s "
               "(Python, imports, model loading and fusion, one image, its PNG).")
 

@@ -31,7 +31,10 @@ def matmul_gflops(dtype: str, n: int = 2048) -> float:
 @torch.inference_mode()
 def conv_gflops(dtype: str, cin: int, cout: int, k: int, side: int = SIDE) -> float:
     conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(1, cin, side, side).contiguous(memory_format=torch.channels_last)
+    # in bf16 the input arrives in bf16, as from the layer before it in the model; a float32 input
+    # would add its conversion to every timed call
+    x = torch.randn(1, cin, side, side, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    x = x.contiguous(memory_format=torch.channels_last)
 
     def run():
         with autocast(dtype):

@@ -9,6 +9,9 @@
   slow spell of the host does not fall on one of them alone;
 - where the default model's time goes (torch.profiler) and its convolutions' throughput as a share
   of the bf16 matrix-multiply peak and of the same layer alone (benchmarks/bench_ceiling.py);
+- the default model with torch's large buffers in transparent huge pages (THP_MEM_ALLOC_ENABLE=1, an
+  opt-in of torch's) and without (torch's default, as medsr runs), each in fresh processes taken in
+  turns, since torch reads the setting as it loads;
 - tile sizes on a 1024x1024 image, and two ways to fuse the elementwise work into the convolutions
   (TorchScript freezing, torch.compile) against eager.
 
@@ -16,7 +19,12 @@
 """
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import bench_ceiling
 import numpy as np
@@ -78,12 +86,42 @@ def profile(upscaler: Upscaler, image: np.ndarray) -> dict[str, float]:
     return {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
 
 
+def default_paths(image: np.ndarray) -> dict[str, float]:
+    """Seconds per call of the default model's fp32, bf16 and int8 paths on `image`, in turns, best of 3."""
+    model = zoo.load("default")[0]
+    runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in ("fp32", "bf16", "int8")}
+    return best_of_interleaved({p: lambda u=u: u.upscale(image) for p, u in runs.items()}, 3)
+
+
+def huge_pages(rounds: int = 2) -> str:
+    """A Markdown table: the default model's paths with huge pages off and on, fresh processes in turns."""
+    best = {}
+    for _ in range(rounds):
+        for value in ("0", "1"):
+            out = subprocess.run([sys.executable, __file__, "--default-paths"], env={**os.environ, "THP_MEM_ALLOC_ENABLE": value},
+                                 capture_output=True, text=True, check=True)
+            for path, seconds in json.loads(out.stdout.splitlines()[-1]).items():
+                best[value, path] = min(seconds, best.get((value, path), float("inf")))
+    kernel = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = kernel.read_text().strip() if kernel.is_file() else "unknown"
+    rows = [f"| THP_MEM_ALLOC_ENABLE={value} ({label}) | " + " | ".join(f"{best[value, p]:.2f}" for p in ("fp32", "bf16", "int8")) + " |"
+            for value, label in (("0", "torch's default, as medsr runs"), ("1", "opt-in"))]
+    gain = " | ".join(f"{best['0', p] / best['1', p]:.2f}x" for p in ("fp32", "bf16", "int8"))
+    return (f"\nHuge pages for torch's large buffers, default model, 512x512 (best of {rounds} processes x 3 calls each; "
+            f"kernel's transparent_hugepage: `{mode}`):\n\n| setting | fp32 (s) | bf16 (s) | int8 (s) |\n|---|---:|---:|---:|\n"
+            + "\n".join(rows) + f"\n| speed-up | {gain} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="default,large,default-gan,paper")
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--default-paths", action="store_true", help="only time the default model's paths (JSON); for huge_pages")
     args = parser.parse_args()
+    if args.default_paths:
+        print(json.dumps(default_paths(smooth_image(512))))
+        return
     print(f"{machine()}\n")
     ceiling = bench_ceiling.measure()
     print(bench_ceiling.markdown(ceiling), "\n")
@@ -125,6 +163,8 @@ def main():
           f"{100 * flops / conv / 1e9 / ceiling['matmul']['bf16']:.0f} % of the bf16 matrix-multiply peak and "
           f"{100 * flops / conv / 1e9 / body:.0f} % of the body layer alone (bf16). At the peak, these convolutions alone "
           f"would need {flops / 1e9 / ceiling['matmul']['bf16']:.3f} s: the least a 512x512 image can take in bf16 on this CPU.")
+
+    print(huge_pages(), flush=True)
 
     big = smooth_image(1024, seed=1)
     print("\n| tile (LR px, 16 px overlap) | 512x512 (s) | 1024x1024 (s) |\n|---|---:|---:|")

@@ -85,5 +85,8 @@ def int8_support() -> str:
 
 def machine() -> str:
     """One line naming what every figure was measured on."""
-    return (f"{cpu_model()}, {os.cpu_count()} cores, bf16: {bf16_support()}, int8: {int8_support()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
+    usable, total = len(os.sched_getaffinity(0)), os.cpu_count()
+    cores = f"{usable} cores" if usable == total else f"{usable} of its {total} cores (pinned)"
+    return (f"{cpu_model()}, {cores}, bf16: {bf16_support()}, int8: {int8_support()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}"
+            + (f", THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}" if "THP_MEM_ALLOC_ENABLE" in os.environ else ""))

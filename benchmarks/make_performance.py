@@ -1,7 +1,11 @@
 """Write docs/PERFORMANCE.md: every figure in it comes from the benchmark scripts, run here in one go
 on this machine (named at the top), so that ratios compare figures of the same run.
 
-    python benchmarks/make_performance.py [--reuse]
+    python benchmarks/make_performance.py [--reuse] [--quick] [--out FILE]
+
+--quick runs only the default model's inference (no torch.compile) and the folder run (--workers 2,
+no Ray), about 4 minutes, and --out writes elsewhere than docs/PERFORMANCE.md: for a short run on
+another machine, such as two cores of a bigger one pinned by benchmarks/core_pair.sh.
 
 Runs bench_infer.py (with bench_ceiling.py inside), int8_validation.py, bench_batch.py, bench_series.py,
 bench_train.py and bench_onnx.py, each in its own process, and puts their Markdown together with
@@ -12,8 +16,9 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from common import ROOT, machine
+from common import ROOT
 
 SECTIONS = [
     ("Inference: the ceiling, the models, tiles, torch.compile", ["bench_infer.py"], """\
@@ -29,8 +34,9 @@ train-split images when the model shipped. The PSNR columns are over test images
 brain MRI and chest X-ray. `auto` runs a model in int8 on CPUs with int8 units when its int8 lost at
 most 0.05 dB against bf16 on the validation split (recorded in the model file when it shipped;
 next section), else in bf16 ("auto runs"). The profile and the ceiling share are of the bf16 path.
-The tile table is what `medsr.settings.TILE` (512) rests on: 256 to 512 and one untiled call are
-alike within this host's run-to-run noise, 128 is slower; 512 makes a 512x512 scan one call."""),
+The tile table is what `medsr.settings.TILE` (512) rests on: on the AMD EPYC, 256 to 512 and one
+untiled call came out alike within the host's run-to-run noise, 128 slower; 512 makes a 512x512
+scan one call. The huge-pages table is torch's `THP_MEM_ALLOC_ENABLE` (last section)."""),
     ("int8: its set-up, chosen on the validation split", ["int8_validation.py"], """\
 The calibration shipped with the default models against each of its two ideas left out and
 against more calibration images; PSNR change from bf16 on validation images. Equalization scales
@@ -59,6 +65,8 @@ shuffle, the same linear map as two convs on 432 channels and the tail; medsr.mo
 The default model in PyTorch (fp32, bf16) and onnxruntime (fp32, exported in memory), and the
 largest difference between the runtimes on whole real images."""),
 ]
+# --quick: the scripts it runs, with their arguments
+QUICK = {"bench_infer.py": ["--models", "default", "--no-compile"], "bench_batch.py": ["--no-ray", "--workers", "2"]}
 
 
 def run(script: list[str], reuse: bool) -> str:
@@ -79,26 +87,50 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--reuse", action="store_true", help="take each script's output from runs/performance/ where an earlier "
                         "call of this run left it (same machine, minutes apart), and run only the missing ones")
+    parser.add_argument("--quick", action="store_true", help="the default model's inference and the folder run only")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "PERFORMANCE.md")
     args = parser.parse_args()
-    lines = ["# Performance", "", "Made by `python benchmarks/make_performance.py` (this file is its output) on:", "",
-             f"**{machine()}**", "",
+    sections = [(title, [script[0], *QUICK[script[0]]], text) for title, script, text in SECTIONS if script[0] in QUICK] \
+        if args.quick else SECTIONS
+    bodies = []
+    for _, script, _ in sections:
+        started = time.perf_counter()
+        bodies.append(run(script, args.reuse))
+        print(f"{script[0]}: {time.perf_counter() - started:.0f} s", flush=True)
+    measured_on = bodies[0].splitlines()[0]  # each script names its machine first: with --reuse, where they ran
+    lines = ["# Performance", "", f"Made by `python benchmarks/make_performance.py{' --quick' if args.quick else ''}` (this file is its output) on:", "",
+             f"**{measured_on}**", "",
              "Every figure below was measured in that one run; each section names the script that measured it.",
              "Machines change between sessions (AMD EPYC with AVX-512 BF16, Intel Sapphire Rapids with AMX), so",
              "compare only figures from the same run.", ""]
-    for title, script, text in SECTIONS:
-        started = time.perf_counter()
-        body = run(script, args.reuse)
+    if not args.quick:
+        lines += ["The same scripts on an Intel Xeon with AMX (two pinned cores of a 16-core server, torch 2.11), the default",
+                  "model only: [results/performance-amx.md](results/performance-amx.md), made by",
+                  "`bash benchmarks/core_pair.sh python benchmarks/make_performance.py --quick --out docs/results/performance-amx.md`",
+                  "on 2026-11-30. That run had torch's huge pages on (THP_MEM_ALLOC_ENABLE=1) for every figure, and its",
+                  "single-layer bf16 timings still converted a float32 input in each call, so its \"body layer alone\" figures",
+                  "read low; its PSNR columns are n/a, as the data sets were not on that machine (they are below). The page",
+                  "was then put together again with `--reuse` from that run's saved output, so its prose is today's, and its",
+                  "huge-pages rows were relabelled (medsr ran with huge pages then; it leaves them off now).", ""]
+    for (title, script, text), body in zip(sections, bodies):
         lines += [f"## {title}", "", f"`python benchmarks/{' '.join(script)}`", "", text, "", body, ""]
-        print(f"{script[0]}: {time.perf_counter() - started:.0f} s", flush=True)
-    lines += ["## Tried and not shipped, or not tried", "",
+    lines += [] if args.quick else ["## Tried and not shipped, or not tried", "",
               "- TorchScript freezing: slower than eager (above). torch.compile: measured above; whatever it gains per call has",
               "  to repay its compile time first, and medsr does not use it (yet).",
               "- Other channel counts: the ceiling table gives the body convolution's throughput at 32, 48 and 64 channels; the",
               "  default keeps 48 (its retrained weights depend on it).",
               "- int8 (VNNI / AMX-INT8) for models whose int8 loses more than 0.05 dB on the validation split (`large`):",
-              "  `--precision int8` only, `auto` keeps them in bf16.", ""]
-    (ROOT / "docs" / "PERFORMANCE.md").write_text("\n".join(lines))
-    print(f"wrote {ROOT / 'docs' / 'PERFORMANCE.md'}")
+              "  `--precision int8` only, `auto` keeps them in bf16.",
+              "- Transparent huge pages for torch's large buffers (`THP_MEM_ALLOC_ENABLE=1`, read by torch as it loads): measured",
+              "  above. medsr leaves torch's default (off): on the AMX server (results/performance-amx.md) its bf16 and int8 paths",
+              "  ran slower with it, though fp32 ran faster on both CPUs; set it in the environment for fp32 runs.",
+              "- Smaller tiles on the AMX server: 256-px tiles upscaled a 1024x1024 image there in 1.52 s, against 2.02 s in",
+              "  one call and 2.47 s in 512-px tiles (results/performance-amx.md). `medsr.settings.TILE` stays 512: here the",
+              "  sizes are alike (above), the gain is one run on one machine, and a smaller default tile would change",
+              "  outputs along tile seams (the model reaches 20 LR pixels, beyond the 16-px overlap). `--tile 256` is there",
+              "  for large scans on such CPUs.", ""]
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

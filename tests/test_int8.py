@@ -60,7 +60,8 @@ def test_quantized_follows_the_float_model(trained_like):
 @pytest.mark.parametrize("backend", int8.BACKENDS)
 def test_the_hand_built_body_is_torchs_fx_conversion(trained_like, backend):
     """Int8Body builds by hand what torch's FX graph mode quantization builds from the same
-    calibration (whose tensor order it follows); the outputs are the same numbers."""
+    calibration (whose tensor order it follows), and adds its input (EDSR's skip over the body); the
+    outputs are the same numbers."""
     from torch.ao.quantization.observer import FixedQParamsObserver
     from torch.ao.quantization.quantize_fx import convert_fx
     model, _ = trained_like
@@ -76,8 +77,8 @@ def test_the_hand_built_body_is_torchs_fx_conversion(trained_like, backend):
     features = model.head(torch.from_numpy(smooth(40, seed=7)).mul(2).sub(1)[None, None])
     with torch.no_grad():
         ours = int8.quantized(model, calibration).body(features)
-        assert torch.equal(ours, reference(features))
-        assert not torch.equal(ours, model.body(features))  # it is int8, not the float body
+        assert torch.equal(ours, features + reference(features))
+        assert not torch.equal(ours, features + model.body(features))  # it is int8, not the float body
 
 
 def test_equalization_keeps_the_float_function_and_evens_the_channels(trained_like):

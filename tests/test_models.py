@@ -256,3 +256,20 @@ def test_edsr_fused_upsampler_is_the_trained_convs_away_from_the_border(scale):
     assert create_generator("edsr", scale=scale, channels=8, num_blocks=1, upsampler="fused")(x).shape == a.shape
     with pytest.raises(ValueError, match="unknown upsampler"):
         create_generator("edsr", upsampler="subpixel")
+
+
+@pytest.mark.parametrize("res_scale", [1.0, 0.5])
+def test_edsr_residual_block_sums_into_its_conv_output_with_the_same_values_and_gradients(res_scale):
+    """ResBlock adds its input into the new tensor its last conv made (one buffer fewer at inference);
+    the values and every gradient are those of x + res_scale * body(x), in fp32 and under bf16 autocast."""
+    from medsr.models.edsr import ResBlock
+    torch.manual_seed(0)
+    block = ResBlock(8, res_scale)
+    x = torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            inputs = [(x.bfloat16() if autocast else x).clone().requires_grad_() for _ in range(2)]
+            ours, plain = block(inputs[0]), inputs[1] + block.body(inputs[1]) * res_scale
+        assert ours.dtype == plain.dtype and torch.equal(ours, plain)
+        grads = [torch.autograd.grad(y.float().square().sum(), [i, *block.parameters()]) for y, i in ((ours, inputs[0]), (plain, inputs[1]))]
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
