@@ -36,7 +36,7 @@ most 0.05 dB against bf16 on the validation split (recorded in the model file wh
 next section), else in bf16 ("auto runs"). The profile and the ceiling share are of the bf16 path.
 The tile table is what `medsr.settings.TILE` (512) rests on: on the AMD EPYC, 256 to 512 and one
 untiled call came out alike within the host's run-to-run noise, 128 slower; 512 makes a 512x512
-scan one call. The huge-pages table is torch's `THP_MEM_ALLOC_ENABLE` (last section)."""),
+scan one call. The huge-pages table is torch's `THP_MEM_ALLOC_ENABLE` (PERFORMANCE.md's last section)."""),
     ("int8: its set-up, chosen on the validation split", ["int8_validation.py"], """\
 The calibration shipped with the default models against each of its two ideas left out and
 against more calibration images; PSNR change from bf16 on validation images. Equalization scales
@@ -107,11 +107,11 @@ def main():
         lines += ["The same scripts on an Intel Xeon with AMX (two pinned cores of a 16-core server, torch 2.11), the default",
                   "model only: [results/performance-amx.md](results/performance-amx.md), made by",
                   "`bash benchmarks/core_pair.sh python benchmarks/make_performance.py --quick --out docs/results/performance-amx.md`",
-                  "on 2026-11-30. That run had torch's huge pages on (THP_MEM_ALLOC_ENABLE=1) for every figure, and its",
-                  "single-layer bf16 timings still converted a float32 input in each call, so its \"body layer alone\" figures",
-                  "read low; its PSNR columns are n/a, as the data sets were not on that machine (they are below). The page",
-                  "was then put together again with `--reuse` from that run's saved output, so its prose is today's, and its",
-                  "huge-pages rows were relabelled (medsr ran with huge pages then; it leaves them off now).", ""]
+                  "on 2026-11-30. Unlike now, that run had torch's huge pages on (THP_MEM_ALLOC_ENABLE=1) for every figure, its",
+                  "matrix-multiply peak was one size's (2048^3), and its single-layer bf16 timings converted a float32 input in",
+                  "each call, so its \"body layer alone\" figures read low. Its PSNR columns are n/a: the data sets were not on",
+                  "that machine (they are below). The page was put together again with `--reuse` from that run's saved output,",
+                  "so its prose is today's, and its huge-pages rows were relabelled (medsr leaves huge pages off now).", ""]
     for (title, script, text), body in zip(sections, bodies):
         lines += [f"## {title}", "", f"`python benchmarks/{' '.join(script)}`", "", text, "", body, ""]
     lines += [] if args.quick else ["## Tried and not shipped, or not tried", "",
