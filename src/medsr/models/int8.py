@@ -163,8 +163,7 @@ class Int8Body(nn.Module):
 
     It returns EDSR's whole trunk, input + body(input) (`adds_input`): the input's float copy, made
     for quantization anyway, takes the sum in place in float32, the same numbers as EDSR adding a
-    bf16 input to a float32 body output but without a second pass that converts as it adds (a tenth
-    of the int8 model's time at 512x512)."""
+    bf16 input to a float32 body output, without the extra pass over memory that converts as it adds."""
 
     adds_input = True
 
