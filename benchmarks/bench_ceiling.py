@@ -5,10 +5,13 @@
 - convolution throughput at the default model's layer shapes on a 512x512 input, channels_last,
   fp32 and bf16 autocast, as medsr runs them (GFLOP/s), and at 32 and 64 channels: do other
   channel counts suit the matrix units better?
+- the body convolution in int8 as medsr.models.int8 runs it, at 48, 32 and 64 channels (GOP/s);
 - memory bandwidth: copying a 512 MB tensor (GB/s, bytes read + written).
 
     python benchmarks/bench_ceiling.py
 """
+
+import warnings
 
 import torch
 from common import best_of, machine
@@ -17,6 +20,7 @@ SIDE = 512  # the LR side of the inference benchmark's image
 # (name, in channels, out channels, kernel) of the fused default model (medsr.models.edsr)
 LAYERS = (("head conv 1->48 3x3", 1, 48, 3), ("body conv 48->48 3x3 (x17)", 48, 48, 3), ("fused upsample conv 48->9 5x5", 48, 9, 5),
           ("for comparison: body conv 32->32 3x3", 32, 32, 3), ("for comparison: body conv 64->64 3x3", 64, 64, 3))
+INT8_CHANNELS = (48, 32, 64)  # the default's body width first
 
 
 def autocast(dtype):
@@ -48,6 +52,20 @@ def conv_gflops(dtype: str, cin: int, cout: int, k: int, side: int = SIDE) -> fl
     return 2 * cin * cout * k * k * side * side / best_of(run, 5) / 1e9
 
 
+@torch.inference_mode()
+def int8_conv_gops(channels: int, side: int = SIDE) -> float:
+    """A residual-body conv in int8 as medsr.models.int8 builds and runs it (quint8 activations,
+    per-channel qint8 weights, oneDNN's kernels): GOP/s, one multiply-add counted as two."""
+    from medsr.models import int8
+    torch.backends.quantized.engine = "onednn"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized tensors warn of their future deprecation
+        conv = int8._quantized_conv(torch.ao.nn.quantized.Conv2d, torch.nn.Conv2d(channels, channels, 3, padding=1), [0.05, 128])
+        x = torch.rand(1, channels, side, side).contiguous(memory_format=torch.channels_last)
+        x = torch.quantize_per_tensor(x, 1 / 255, 0, torch.quint8)
+    return 2 * channels * channels * 9 * side * side / best_of(lambda: conv(x), 5) / 1e9
+
+
 def bandwidth_gbs(megabytes: int = 512) -> float:
     src = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
@@ -58,6 +76,7 @@ def measure() -> dict:
     result = {"matmul": {d: matmul_gflops(d) for d in ("fp32", "bf16")}, "bandwidth": bandwidth_gbs(), "conv": {}}
     for name, cin, cout, k in LAYERS:
         result["conv"][name] = {d: conv_gflops(d, cin, cout, k) for d in ("fp32", "bf16")}
+    result["int8"] = {channels: int8_conv_gops(channels) for channels in INT8_CHANNELS}
     return result
 
 
@@ -66,7 +85,9 @@ def markdown(result: dict) -> str:
              f"| matrix multiply, best of 1024^3 to 4096^3 (peak) | {result['matmul']['fp32']:.0f} | {result['matmul']['bf16']:.0f} |"]
     for name, by_dtype in result["conv"].items():
         lines.append(f"| {name}, {SIDE}x{SIDE} | {by_dtype['fp32']:.0f} | {by_dtype['bf16']:.0f} |")
-    lines += ["", f"Memory bandwidth (copying 512 MB): {result['bandwidth']:.1f} GB/s."]
+    lines += ["", "int8 body conv 3x3 on 512x512, as medsr.models.int8 runs it: "
+              + ", ".join(f"{c}->{c} {gops:.0f} GOP/s" for c, gops in result["int8"].items()) + ".",
+              "", f"Memory bandwidth (copying 512 MB): {result['bandwidth']:.1f} GB/s."]
     return "\n".join(lines)
 
 

@@ -164,6 +164,18 @@ def main():
           f"{100 * flops / conv / 1e9 / body:.0f} % of the body layer alone (bf16). At the peak, these convolutions alone "
           f"would need {flops / 1e9 / ceiling['matmul']['bf16']:.3f} s: the least a 512x512 image can take in bf16 on this CPU.")
 
+    quantized = Upscaler(default.model, 3, CPU, "int8", tile=0)
+    by_op = profile(quantized, image)
+    total = sum(by_op.values())
+    int8_conv = sum(v for k, v in by_op.items() if k.startswith("quantized::conv2d"))
+    ops = 2 * 48 * 48 * 9 * 512 * 512 * sum(isinstance(m, torch.ao.nn.quantized.Conv2d) for m in quantized.model.modules())
+    print(f"\nDefault model, int8, one 512x512 call, profiled: {total:.3f} s of operator time, int8 convolutions {int8_conv:.3f} s "
+          f"({100 * int8_conv / total:.0f} %); the rest: " + ", ".join(
+              [f"{k.removeprefix('aten::')} {v * 1000:.0f} ms" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])
+               if not k.startswith("quantized::conv2d")][:5]))
+    print(f"int8 convolutions: {ops / 1e9:.0f} GOP in {int8_conv:.3f} s = {ops / int8_conv / 1e9:.0f} GOP/s, "
+          f"{100 * ops / int8_conv / 1e9 / ceiling['int8'][48]:.0f} % of the int8 body layer alone.")
+
     print(huge_pages(), flush=True)
 
     big = smooth_image(1024, seed=1)
