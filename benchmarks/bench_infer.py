@@ -71,11 +71,12 @@ def cell(value: float, suffix: str = "") -> str:
     return "n/a" if np.isnan(value) else f"{value:.2f}{suffix}"
 
 
-def conv_flops(model: torch.nn.Module, side: int) -> float:
-    """FLOPs of the fused default model's convolutions on a side x side LR input (all on the LR grid;
-    the unfused layers kept for the border strips, `.original`, are left out: ~2 % of the work)."""
+def conv_flops(model: torch.nn.Module, side: int, kind: type = torch.nn.Conv2d) -> float:
+    """FLOPs of the fused default model's convolutions of class `kind` (the float ones, or the int8
+    ones, torch.ao.nn.quantized.Conv2d) on a side x side LR input (all on the LR grid; the unfused
+    layers kept for the border strips, `.original`, are left out: ~2 % of the work)."""
     return sum(2 * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * side * side
-               for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and ".original" not in name)
+               for name, m in model.named_modules() if isinstance(m, kind) and ".original" not in name)
 
 
 def profile(upscaler: Upscaler, image: np.ndarray) -> dict[str, float]:
@@ -168,7 +169,7 @@ def main():
     by_op = profile(quantized, image)
     total = sum(by_op.values())
     int8_conv = sum(v for k, v in by_op.items() if k.startswith("quantized::conv2d"))
-    ops = 2 * 48 * 48 * 9 * 512 * 512 * sum(isinstance(m, torch.ao.nn.quantized.Conv2d) for m in quantized.model.modules())
+    ops = conv_flops(quantized.model, 512, torch.ao.nn.quantized.Conv2d)
     print(f"\nDefault model, int8, one 512x512 call, profiled: {total:.3f} s of operator time, int8 convolutions {int8_conv:.3f} s "
           f"({100 * int8_conv / total:.0f} %); the rest: " + ", ".join(
               [f"{k.removeprefix('aten::')} {v * 1000:.0f} ms" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])
