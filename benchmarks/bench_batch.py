@@ -1,9 +1,10 @@
 """Batch throughput: `medsr upscale` over a folder of synthetic 512x512 8-bit PNGs with the default
 model (x3, to 1536x1536), files/s with 0, 1 and 2 I/O threads (--workers), with one or two model
-streams (--streams), in int8 (`auto` on CPUs with int8 units) and bf16, the time of a resume pass that finds every output
-complete and skips it, the marginal time per image, each step's cost on one thread and what that
-makes the least possible marginal time on this machine's cores, the Ray engine against the local
-one (a one-machine cluster), PNG encoding at two zlib levels, and a fresh process's start-up.
+streams (--streams), in int8 (what `auto` runs on most CPUs) and the float path (bf16 where native,
+else fp32), the time of a resume pass that finds every output complete and skips it, the marginal
+time per image, each step's cost on one thread and what that makes the least possible marginal
+time on this machine's cores, the Ray engine against the local one (a one-machine cluster), PNG
+encoding at two zlib levels, and a fresh process's start-up.
 
     python benchmarks/bench_batch.py [--files 40] [--workers 0,1,2]
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import best_of, machine
+from common import FLOAT, best_of, machine
 from PIL import Image
 
 from medsr import cli
@@ -88,16 +89,16 @@ def stage_seconds(files: list[Path], out: Path, precision: str = "auto") -> dict
 
 
 def one_thread_floor(files: list[Path], out: Path) -> str:
-    """Each step's cost on one thread (CPU-seconds per image, bf16 and int8), and the marginal time
+    """Each step's cost on one thread (CPU-seconds per image, the float path and int8), and the marginal time
     they allow at best: all of this machine's cores busy, nothing lost to waiting."""
     threads, cores = torch.get_num_threads(), len(os.sched_getaffinity(0))  # the cores this process may use
     torch.set_num_threads(1)
     try:
-        costs = {precision: stage_seconds(files, out / precision, precision) for precision in ("bf16", "int8")}
+        costs = {precision: stage_seconds(files, out / precision, precision) for precision in (FLOAT, "int8")}
     finally:
         torch.set_num_threads(threads)
-    lines = ["\n| one image's steps, one thread (CPU-seconds) | " + " | ".join(costs["bf16"]) + " | total | best marginal time on "
-             f"{cores} cores (total / {cores}) |", "|---|" + "---:|" * (len(costs["bf16"]) + 2)]
+    lines = ["\n| one image's steps, one thread (CPU-seconds) | " + " | ".join(costs[FLOAT]) + " | total | best marginal time on "
+             f"{cores} cores (total / {cores}) |", "|---|" + "---:|" * (len(costs[FLOAT]) + 2)]
     for precision, steps in costs.items():
         total = sum(steps.values())
         lines.append(f"| --precision {precision} | " + " | ".join(f"{v:.3f}" for v in steps.values()) + f" | {total:.3f} | "
@@ -177,16 +178,16 @@ def main():
         auto = load_upscaler("default")[0].precision
         print(f"{args.files} files of 512x512 -> 1536x1536, default model; no --precision is auto ({auto} on this CPU); "
               f"--streams 1 is one image at a time on all {torch.get_num_threads()} threads, no --streams the default (2 here); "
-              "`--precision bf16 --streams 1` is how medsr ran before 2026-11-29\n")
+              f"`--precision {FLOAT} --streams 1` is how medsr ran before 2026-11-29 on this CPU\n")
         print("| run | seconds | files/s |\n|---|---:|---:|")
-        before = ["--precision", "bf16", "--streams", "1"]
+        before = ["--precision", FLOAT, "--streams", "1"]
         for workers in args.workers.split(","):
             out = Path(tmp) / f"out-{workers}"
             seconds = upscale([str(src), "-o", str(out), "--workers", workers, *before])
             print(f"| --workers {workers} {' '.join(before)} | {seconds:.1f} | {args.files / seconds:.2f} |", flush=True)
         rest = args.files - args.files // 4
         runs = {" ".join(before): seconds}  # options (with the last --workers) -> seconds for all the files
-        for options in (["--precision", "bf16"], ["--streams", "1"], []):
+        for options in (["--precision", FLOAT], ["--streams", "1"], []):
             out = Path(tmp) / f"run-{len(runs)}"
             runs[" ".join(options)] = seconds = upscale([str(src), "-o", str(out), "--workers", workers, *options])
             print(f"| {' '.join(['--workers', workers, *options])} | {seconds:.1f} | {args.files / seconds:.2f} |", flush=True)

@@ -1,7 +1,7 @@
 """What this machine can do, measured in this run: the ceiling that inference figures are shares of.
 
 - matrix multiply peak: the fastest of square torch.mm products of side 1024, 2048 and 4096, in fp32
-  and bf16 (GFLOP/s);
+  and bf16 (GFLOP/s; bf16 only where the CPU has it natively: emulated it is many times slower);
 - convolution throughput at the default model's layer shapes on a 512x512 input, channels_last,
   fp32 and bf16 autocast, as medsr runs them (GFLOP/s), and at 32 and 64 channels: do other
   channel counts suit the matrix units better?
@@ -14,7 +14,7 @@
 import warnings
 
 import torch
-from common import best_of, machine
+from common import FLOATS, best_of, machine
 
 SIDE = 512  # the LR side of the inference benchmark's image
 # (name, in channels, out channels, kernel) of the fused default model (medsr.models.edsr)
@@ -73,18 +73,20 @@ def bandwidth_gbs(megabytes: int = 512) -> float:
 
 
 def measure() -> dict:
-    result = {"matmul": {d: matmul_gflops(d) for d in ("fp32", "bf16")}, "bandwidth": bandwidth_gbs(), "conv": {}}
+    result = {"matmul": {d: matmul_gflops(d) for d in FLOATS}, "bandwidth": bandwidth_gbs(), "conv": {}}
     for name, cin, cout, k in LAYERS:
-        result["conv"][name] = {d: conv_gflops(d, cin, cout, k) for d in ("fp32", "bf16")}
+        result["conv"][name] = {d: conv_gflops(d, cin, cout, k) for d in FLOATS}
     result["int8"] = {channels: int8_conv_gops(channels) for channels in INT8_CHANNELS}
     return result
 
 
 def markdown(result: dict) -> str:
+    def row(what: str, by_dtype: dict) -> str:
+        return f"| {what} | {by_dtype['fp32']:.0f} | " + (f"{by_dtype['bf16']:.0f}" if "bf16" in by_dtype else "n/a (no native bf16)") + " |"
+
     lines = ["| what | fp32 (GFLOP/s) | bf16 (GFLOP/s) |", "|---|---:|---:|",
-             f"| matrix multiply, best of 1024^3 to 4096^3 (peak) | {result['matmul']['fp32']:.0f} | {result['matmul']['bf16']:.0f} |"]
-    for name, by_dtype in result["conv"].items():
-        lines.append(f"| {name}, {SIDE}x{SIDE} | {by_dtype['fp32']:.0f} | {by_dtype['bf16']:.0f} |")
+             row("matrix multiply, best of 1024^3 to 4096^3 (peak)", result["matmul"])]
+    lines += [row(f"{name}, {SIDE}x{SIDE}", by_dtype) for name, by_dtype in result["conv"].items()]
     lines += ["", "int8 body conv 3x3 on 512x512, as medsr.models.int8 runs it: "
               + ", ".join(f"{c}->{c} {gops:.0f} GOP/s" for c, gops in result["int8"].items()) + ".",
               "", f"Memory bandwidth (copying 512 MB): {result['bandwidth']:.1f} GB/s."]

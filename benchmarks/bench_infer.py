@@ -2,18 +2,19 @@
 
 - per model, a 512x512 image upscaled x3 to 1536x1536 in one call: fp32 as medsr ran it until
   2026-11-29 (model contiguous, input channels_last: a layout conversion at every layer), fp32 and
-  bf16 as medsr runs them now (both channels_last), and int8 (--precision int8: the residual body in
-  int8, medsr.models.int8) for the models calibrated for it; the test-split PSNR change bf16 brings
-  over fp32 (paper protocol) and int8 over bf16 (paper and native protocols), on test images spread
-  evenly over brain MRI and chest X-ray. A model's paths are timed in turns, best of 5 each, so a
-  slow spell of the host does not fall on one of them alone;
+  bf16 as medsr runs them now (both channels_last; bf16 only where the CPU has it natively), and
+  int8 (--precision int8: the residual body in int8, medsr.models.int8) for the models calibrated
+  for it; the test-split PSNR change bf16 brings over fp32 (paper protocol) and int8 over the float
+  path (bf16 where native, else fp32; paper and native protocols), on test images spread evenly
+  over brain MRI and chest X-ray. A model's paths are timed in turns, best of 5 each, so a slow
+  spell of the host does not fall on one of them alone;
 - where the default model's time goes (torch.profiler) and its convolutions' throughput as a share
-  of the bf16 matrix-multiply peak and of the same layer alone (benchmarks/bench_ceiling.py);
+  of the float path's matrix-multiply peak and of the same layer alone (benchmarks/bench_ceiling.py);
 - the default model with torch's large buffers in transparent huge pages (THP_MEM_ALLOC_ENABLE=1, an
   opt-in of torch's) and without (torch's default, as medsr runs), each in fresh processes taken in
   turns, since torch reads the setting as it loads;
-- tile sizes on a 1024x1024 image, and two ways to fuse the elementwise work into the convolutions
-  (TorchScript freezing, torch.compile) against eager.
+- tile sizes on a 512x512 and a 1024x1024 image (the float path and int8), and two ways to fuse
+  the elementwise work into the convolutions (TorchScript freezing, torch.compile) against eager.
 
     python benchmarks/bench_infer.py [--models default,large,default-gan,paper] [--images 40] [--no-compile]
 """
@@ -29,15 +30,17 @@ from pathlib import Path
 import bench_ceiling
 import numpy as np
 import torch
-from common import DATA, FLOAT, best_of, best_of_interleaved, machine
+from common import DATA, FLOAT, FLOATS, best_of, best_of_interleaved, machine
 
-from medsr import metrics, zoo
+from medsr import hardware, metrics, zoo
 from medsr.data import degrade, load_arrays, scan, select, spread
 from medsr.inference.upscaler import Upscaler
 from medsr.io.types import as_unit
+from medsr.settings import TILE_OVERLAP
 
 CPU = torch.device("cpu")
 TILES = (0, 128, 256, 384, 512)
+PATHS = (*FLOATS, "int8")  # the default model's paths
 
 
 def smooth_image(side: int, seed: int = 0) -> np.ndarray:
@@ -88,9 +91,9 @@ def profile(upscaler: Upscaler, image: np.ndarray) -> dict[str, float]:
 
 
 def default_paths(image: np.ndarray) -> dict[str, float]:
-    """Seconds per call of the default model's fp32, bf16 and int8 paths on `image`, in turns, best of 3."""
+    """Seconds per call of the default model's fp32, bf16 (where native) and int8 paths on `image`, in turns, best of 3."""
     model = zoo.load("default")[0]
-    runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in ("fp32", "bf16", "int8")}
+    runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in PATHS}
     return best_of_interleaved({p: lambda u=u: u.upscale(image) for p, u in runs.items()}, 3)
 
 
@@ -105,12 +108,12 @@ def huge_pages(rounds: int = 2) -> str:
                 best[value, path] = min(seconds, best.get((value, path), float("inf")))
     kernel = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     mode = kernel.read_text().strip() if kernel.is_file() else "unknown"
-    rows = [f"| THP_MEM_ALLOC_ENABLE={value} ({label}) | " + " | ".join(f"{best[value, p]:.2f}" for p in ("fp32", "bf16", "int8")) + " |"
+    rows = [f"| THP_MEM_ALLOC_ENABLE={value} ({label}) | " + " | ".join(f"{best[value, p]:.2f}" for p in PATHS) + " |"
             for value, label in (("0", "torch's default, as medsr runs"), ("1", "opt-in"))]
-    gain = " | ".join(f"{best['0', p] / best['1', p]:.2f}x" for p in ("fp32", "bf16", "int8"))
+    gain = " | ".join(f"{best['0', p] / best['1', p]:.2f}x" for p in PATHS)
     return (f"\nHuge pages for torch's large buffers, default model, 512x512 (best of {rounds} processes x 3 calls each; "
-            f"kernel's transparent_hugepage: `{mode}`):\n\n| setting | fp32 (s) | bf16 (s) | int8 (s) |\n|---|---:|---:|---:|\n"
-            + "\n".join(rows) + f"\n| speed-up | {gain} |")
+            f"kernel's transparent_hugepage: `{mode}`):\n\n| setting | " + " | ".join(f"{p} (s)" for p in PATHS) + " |\n|---|"
+            + "---:|" * len(PATHS) + "\n" + "\n".join(rows) + f"\n| speed-up | {gain} |")
 
 
 def main():
@@ -133,22 +136,22 @@ def main():
         return f"{mean_psnr(a, pairs[protocol]) - mean_psnr(b, pairs[protocol]):+.3f}" if pairs else "n/a"
 
     count = len(pairs["paper"]) if pairs else 0
-    print("| model | fp32, old layout (s) | fp32 (s) | bf16 (s) | int8 (s) | fp32 speed-up | bf16 vs fp32 | int8 vs bf16 | "
-          "bf16 - fp32 test PSNR, paper (dB) | int8 - bf16 test PSNR, paper / native (dB) | auto runs |")
+    print(f"| model | fp32, old layout (s) | fp32 (s) | bf16 (s) | int8 (s) | fp32 speed-up | bf16 vs fp32 | int8 vs {FLOAT} | "
+          f"bf16 - fp32 test PSNR, paper (dB) | int8 - {FLOAT} test PSNR, paper / native (dB) | auto runs |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name in args.models.split(","):
         model = zoo.load(name)[0]
-        runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in ("fp32", "bf16", *(("int8",) if hasattr(model, "int8_calibration") else ()))}
+        runs = {p: Upscaler(model, 3, CPU, p, tile=0) for p in (*FLOATS, *(("int8",) if hasattr(model, "int8_calibration") else ()))}
         if name == "default":
             runs["old"] = old_fp32(model)
         seconds = best_of_interleaved({p: lambda u=u: u.upscale(image) for p, u in runs.items()}, 5)
-        old, int8 = seconds.get("old", float("nan")), seconds.get("int8", float("nan"))
+        old, bf16, int8 = (seconds.get(p, float("nan")) for p in ("old", "bf16", "int8"))
         int8_delta = "n/a"
         if "int8" in runs:
-            int8_delta = f"{delta(runs['int8'], runs['bf16'], 'paper')} / {delta(runs['int8'], runs['bf16'], 'native')}"
-        print(f"| {name} | {cell(old)} | {seconds['fp32']:.2f} | {seconds['bf16']:.2f} | {cell(int8)} | "
-              f"{cell(old / seconds['fp32'], 'x')} | {seconds['fp32'] / seconds['bf16']:.2f}x | {cell(seconds['bf16'] / int8, 'x')} | "
-              f"{delta(runs['bf16'], runs['fp32'], 'paper')} | "
+            int8_delta = f"{delta(runs['int8'], runs[FLOAT], 'paper')} / {delta(runs['int8'], runs[FLOAT], 'native')}"
+        print(f"| {name} | {cell(old)} | {seconds['fp32']:.2f} | {cell(bf16)} | {cell(int8)} | "
+              f"{cell(old / seconds['fp32'], 'x')} | {cell(seconds['fp32'] / bf16, 'x')} | {cell(seconds[FLOAT] / int8, 'x')} | "
+              f"{delta(runs['bf16'], runs['fp32'], 'paper') if 'bf16' in runs else 'n/a'} | "
               f"{int8_delta} | {Upscaler(model, 3, CPU, 'auto', tile=0).precision} |", flush=True)
     print(f"\n(PSNR changes over {count} test images per protocol.)")
 
@@ -156,14 +159,14 @@ def main():
     by_op = profile(default, image)
     total, conv = sum(by_op.values()), by_op.get("aten::mkldnn_convolution", 0.0)
     flops = conv_flops(default.model, 512)
-    body = ceiling["conv"]["body conv 48->48 3x3 (x17)"]["bf16"]
+    body = ceiling["conv"]["body conv 48->48 3x3 (x17)"][FLOAT]
     print(f"\nDefault model, {FLOAT}, one 512x512 call, profiled: {total:.3f} s of operator time, convolutions {conv:.3f} s "
           f"({100 * conv / total:.0f} %); the rest: " + ", ".join(f"{k.removeprefix('aten::')} {v * 1000:.0f} ms" for k, v in
                                                                  sorted(by_op.items(), key=lambda kv: -kv[1])[1:6]))
     print(f"Convolutions: {flops / 1e9:.0f} GFLOP in {conv:.3f} s = {flops / conv / 1e9:.0f} GFLOP/s, "
-          f"{100 * flops / conv / 1e9 / ceiling['matmul']['bf16']:.0f} % of the bf16 matrix-multiply peak and "
-          f"{100 * flops / conv / 1e9 / body:.0f} % of the body layer alone (bf16). At the peak, these convolutions alone "
-          f"would need {flops / 1e9 / ceiling['matmul']['bf16']:.3f} s: the least a 512x512 image can take in bf16 on this CPU.")
+          f"{100 * flops / conv / 1e9 / ceiling['matmul'][FLOAT]:.0f} % of the {FLOAT} matrix-multiply peak and "
+          f"{100 * flops / conv / 1e9 / body:.0f} % of the body layer alone ({FLOAT}). At the peak, these convolutions alone "
+          f"would need {flops / 1e9 / ceiling['matmul'][FLOAT]:.3f} s: the least a 512x512 image can take in {FLOAT} on this CPU.")
 
     quantized = Upscaler(default.model, 3, CPU, "int8", tile=0)
     by_op = profile(quantized, image)
@@ -180,11 +183,16 @@ def main():
     print(huge_pages(), flush=True)
 
     big = smooth_image(1024, seed=1)
-    print("\n| tile (LR px, 16 px overlap) | 512x512 (s) | 1024x1024 (s) |\n|---|---:|---:|")
+    print(f"\n| tile (LR px, {TILE_OVERLAP} px overlap) | 512x512, {FLOAT} (s) | 512x512, int8 (s) | 1024x1024, {FLOAT} (s) | "
+          f"1024x1024, int8 (s) |\n|---|---:|---:|---:|---:|")
     for tile in TILES:
-        up = Upscaler(default.model, 3, CPU, FLOAT, tile=tile)
-        print(f"| {tile or 'none (one call)'} | {best_of(lambda: up.upscale(image), 3):.2f} | {best_of(lambda: up.upscale(big), 2):.2f} |",
+        runs = {p: Upscaler(default.model, 3, CPU, p, tile=tile) for p in (FLOAT, "int8")}
+        small = best_of_interleaved({p: lambda u=u: u.upscale(image) for p, u in runs.items()}, 3)
+        large = best_of_interleaved({p: lambda u=u: u.upscale(big) for p, u in runs.items()}, 2)
+        print(f"| {tile or 'none (one call)'} | {small[FLOAT]:.2f} | {small['int8']:.2f} | {large[FLOAT]:.2f} | {large['int8']:.2f} |",
               flush=True)
+    print(f"\nmedsr's default tile on this CPU (medsr.hardware.default_tile): {hardware.default_tile(CPU, FLOAT)} in {FLOAT}, "
+          f"{hardware.default_tile(CPU, 'int8')} in int8.")
 
     frozen = Upscaler(default.model, 3, CPU, FLOAT, tile=0)
     example = torch.zeros(1, 1, 512, 512).contiguous(memory_format=torch.channels_last)

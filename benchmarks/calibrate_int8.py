@@ -10,7 +10,8 @@ volume (16-bit data). Choosing the calibration (how many images, equalization, t
 done on the validation split (int8_validation.py); docs/PERFORMANCE.md (bench_infer.py) reports the
 test-split PSNR change. Each file also records int8's PSNR change from bf16 (fp32 on CPUs without
 it) on 48 validation images per protocol: where it is within medsr.models.int8.AUTO_BUDGET_DB
-(0.05 dB), `--precision auto` runs the model in int8 on CPUs with int8 units.
+(0.05 dB), `--precision auto` runs the model in int8 on CPUs with int8 units and on CPUs with AVX2
+but no bf16 (medsr.hardware.cpu_runs_int8_auto).
 """
 
 import argparse

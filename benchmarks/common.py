@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSR_DATA", ROOT.parent / "shared" / "data")).resolve()
 # The float precision `auto` runs where it does not pick int8: for baselines that must stay float.
 FLOAT = "bf16" if hardware.cpu_has_fast_bf16() else "fp32"
+# the float precisions worth timing here: bf16 without native support is emulated, many times slower than fp32
+FLOATS = ("fp32", "bf16") if FLOAT == "bf16" else ("fp32",)
 os.environ["MEDSR_DATA"] = str(DATA)  # recipes say ${MEDSR_DATA}/...; right from whatever folder a script runs in
 
 

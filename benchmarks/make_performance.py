@@ -31,12 +31,16 @@ layout" is built once outside the timed calls, as the others are, and a model's 
 in turns (best of 5 each), so that a slow spell of this shared host does not fall on one alone. int8 is `--precision int8`
 (medsr.models.int8): the residual body in int8 through oneDNN's VNNI / AMX kernels, calibrated on
 train-split images when the model shipped. The PSNR columns are over test images spread evenly over
-brain MRI and chest X-ray. `auto` runs a model in int8 on CPUs with int8 units when its int8 lost at
-most 0.05 dB against bf16 on the validation split (recorded in the model file when it shipped;
-next section), else in bf16 ("auto runs"). The profile and the ceiling share are of the bf16 path.
-The tile table is what `medsr.settings.TILE` (512) rests on: on the AMD EPYC, 256 to 512 and one
-untiled call came out alike within the host's run-to-run noise, 128 slower; 512 makes a 512x512
-scan one call. The huge-pages table is torch's `THP_MEM_ALLOC_ENABLE` (PERFORMANCE.md's last section)."""),
+brain MRI and chest X-ray. `auto` runs a model in int8 on CPUs with int8 units, and on CPUs with
+AVX2 but no native bf16 (benchmarks/int8_here.py), when its int8 lost at most 0.05 dB against bf16
+on the validation split (recorded in the model file when it shipped; next section), else in bf16
+where native, else fp32 ("auto runs"). The profile and the ceiling share are of that float path.
+The tile table (16 px of overlap until 2026-12-06, 20 now) is what medsr's default tiles
+(`medsr.hardware.default_tile`) rest on: 512 LR pixels, so a 512x512 scan is one call, where the
+AMD EPYC with AVX-512 ran 256 to 512 and one call alike within its run-to-run noise; 256 for bf16 on CPUs
+with AMX, where 128 and 256 ran 1.3-1.6x faster than 512 or one call on the Xeon
+(results/performance-amx.md; an earlier run there, on older code, gave 1.3-2x on 1024x1024).
+The huge-pages table is torch's `THP_MEM_ALLOC_ENABLE` (PERFORMANCE.md's last section)."""),
     ("int8: its set-up, chosen on the validation split", ["int8_validation.py"], """\
 The calibration shipped with the default models against each of its two ideas left out and
 against more calibration images; PSNR change from bf16 on validation images. Equalization scales
@@ -101,8 +105,8 @@ def main():
     lines = ["# Performance", "", f"Made by `python benchmarks/make_performance.py{' --quick' if args.quick else ''}` (this file is its output) on:", "",
              f"**{measured_on}**", "",
              "Every figure below was measured in that one run; each section names the script that measured it.",
-             "Machines change between sessions (AMD EPYC with AVX-512 BF16, Intel Sapphire Rapids with AMX), so",
-             "compare only figures from the same run.", ""]
+             "Machines change between sessions (AMD EPYC with AVX-512 BF16, Intel Sapphire Rapids with AMX, AMD EPYC",
+             "with AVX2 only), so compare only figures from the same run.", ""]
     if not args.quick:
         lines += ["The same scripts on an Intel Xeon with AMX (two pinned cores of a 16-core server, torch 2.11), the default",
                   "model only: [results/performance-amx.md](results/performance-amx.md), made by",
@@ -111,7 +115,12 @@ def main():
                   "matrix-multiply peak was one size's (2048^3), and its single-layer bf16 timings converted a float32 input in",
                   "each call, so its \"body layer alone\" figures read low. Its PSNR columns are n/a: the data sets were not on",
                   "that machine (they are below). The page was put together again with `--reuse` from that run's saved output,",
-                  "so its prose is today's, and its huge-pages rows were relabelled (medsr leaves huge pages off now).", ""]
+                  "so its prose is today's, and its huge-pages rows were relabelled (medsr leaves huge pages off now).", "",
+                  "On an AMD EPYC without AVX-512 (AVX2 only: no native bf16, no VNNI; 2 cores, torch 2.13), the default",
+                  "model only: [results/performance-avx2.md](results/performance-avx2.md), made on 2026-12-06 by",
+                  "`python benchmarks/make_performance.py --quick --out docs/results/performance-avx2.md`; there `auto` runs",
+                  "int8 in place of fp32, and the shipped int8 calibrations lose what they lose with VNNI",
+                  "([results/int8-avx2.md](results/int8-avx2.md), `python benchmarks/int8_here.py`).", ""]
     for (title, script, text), body in zip(sections, bodies):
         lines += [f"## {title}", "", f"`python benchmarks/{' '.join(script)}`", "", text, "", body, ""]
     lines += [] if args.quick else ["## Tried and not shipped, or not tried", "",
@@ -120,15 +129,13 @@ def main():
               "- Other channel counts: the ceiling table gives the body convolution's throughput at 32, 48 and 64 channels; the",
               "  default keeps 48 (its retrained weights depend on it).",
               "- int8 (VNNI / AMX-INT8) for models whose int8 loses more than 0.05 dB on the validation split (`large`):",
-              "  `--precision int8` only, `auto` keeps them in bf16.",
+              "  `--precision int8` only, `auto` keeps them in bf16 (fp32 where bf16 is not native).",
               "- Transparent huge pages for torch's large buffers (`THP_MEM_ALLOC_ENABLE=1`, read by torch as it loads): measured",
               "  above. medsr leaves torch's default (off): on the AMX server (results/performance-amx.md) its bf16 and int8 paths",
               "  ran slower with it, though fp32 ran faster on both CPUs; set it in the environment for fp32 runs.",
-              "- Smaller tiles on the AMX server: 256-px tiles upscaled a 1024x1024 image there in 1.52 s, against 2.02 s in",
-              "  one call and 2.47 s in 512-px tiles (results/performance-amx.md). `medsr.settings.TILE` stays 512: here the",
-              "  sizes are alike (above), the gain is one run on one machine, and a smaller default tile would change",
-              "  outputs along tile seams (the model reaches 20 LR pixels, beyond the 16-px overlap). `--tile 256` is there",
-              "  for large scans on such CPUs.", ""]
+              "- Smaller tiles for int8 and fp32 on AMX CPUs: bf16 runs in 256-px tiles there (above); int8, which `auto` runs",
+              "  for the default there, and fp32 keep 512 until the tile table's int8 and fp32 columns are measured on such a CPU",
+              "  (the AMX runs so far timed bf16 tiles only).", ""]
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
 

@@ -59,3 +59,32 @@ def test_model_and_input_share_one_memory_format(precision):
     with torch.no_grad():
         plain = ((model(torch.from_numpy(lr)[None, None] * 2 - 1) + 1) / 2).clamp(0, 1)[0, 0].numpy()
     assert np.abs(up.upscale(lr) - plain).max() < (1e-5 if precision == "fp32" else 0.03)
+
+
+@pytest.mark.parametrize("name", ["default", "default-x2"])
+def test_the_default_tile_overlap_covers_the_shipped_defaults_reach(name):
+    """One changed LR pixel moves output pixels no farther than TILE_OVERLAP LR pixels away, so the
+    default tiles (hardware.default_tile) give the untiled output up to float rounding."""
+    from medsr import zoo
+    from medsr.settings import TILE_OVERLAP
+    model, meta = zoo.load(name)
+    scale = int(meta["medsr_scale"])
+    up = Upscaler(model, scale, torch.device("cpu"), "fp32", tile=0, normalize=False)
+    lr = np.random.default_rng(4).uniform(0.2, 0.8, (64, 64)).astype(np.float32)
+    nudged = lr.copy()
+    nudged[32, 32] += 0.1
+    rows, cols = np.nonzero(up.upscale(lr) != up.upscale(nudged))
+    reach = max(32 * scale - rows.min(), rows.max() - (33 * scale - 1), 32 * scale - cols.min(), cols.max() - (33 * scale - 1))
+    assert 0 < reach <= TILE_OVERLAP * scale
+
+
+@pytest.mark.parametrize("flags, device, precision, tile", [
+    ({"amx_bf16", "amx_int8"}, "cpu", "bf16", 256), ({"amx_bf16", "amx_int8"}, "cpu", "fp32", 512),
+    ({"amx_bf16", "amx_int8"}, "cpu", "int8", 512), ({"avx512_bf16"}, "cpu", "bf16", 512), ({"amx_bf16"}, "cuda", "bf16", 512)])
+def test_upscalers_tile_by_the_hardware_unless_told(model, monkeypatch, flags, device, precision, tile):
+    from medsr import hardware
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: flags)
+    assert hardware.default_tile(torch.device(device), precision) == tile
+    if device == "cpu" and precision != "int8":  # this small model has no int8 calibration
+        assert Upscaler(model, 3, torch.device("cpu"), precision).tile == tile
+        assert Upscaler(model, 3, torch.device("cpu"), precision, tile=0).tile == 0

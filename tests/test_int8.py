@@ -109,13 +109,20 @@ def test_equalization_brings_int8_closer_to_float():
     assert scores[True] > scores[False]
 
 
-@pytest.mark.parametrize("has_int8_units, change, runs", [(True, -0.04, "int8"), (True, -0.06, "float"), (False, -0.04, "float")])
-def test_auto_runs_int8_only_within_budget_on_int8_cpus(trained_like, monkeypatch, has_int8_units, change, runs):
+@pytest.mark.parametrize("flags, change, runs", [
+    ({"avx2", "avx512_vnni", "avx512_bf16"}, -0.04, "int8"),
+    ({"avx2", "avx512_vnni", "avx512_bf16"}, -0.06, "bf16"),
+    ({"avx2", "amx_bf16", "amx_int8"}, -0.04, "int8"),
+    ({"avx2"}, -0.04, "int8"),  # no int8 units, but the float path would be fp32: int8 is 2x faster
+    ({"avx2"}, -0.06, "fp32"),
+    (set(), -0.04, "fp32"),
+])
+def test_auto_runs_int8_within_budget_where_it_beats_the_float_path(trained_like, monkeypatch, flags, change, runs):
     model, calibration = trained_like
     model.int8_calibration = dict(calibration, validation_db={"paper": -0.01, "native": change})
-    monkeypatch.setattr(hardware, "cpu_has_fast_int8", lambda: has_int8_units)
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: flags)
     up = Upscaler(model, 3, CPU, "auto")
-    assert up.precision == (runs if runs == "int8" else "bf16" if hardware.cpu_has_fast_bf16() else "fp32")
+    assert up.precision == runs
     assert any(isinstance(m, int8.Int8Body) for m in up.model.modules()) == (runs == "int8")
     assert Upscaler(model, 3, CPU, "bf16").precision == "bf16"  # only auto picks int8
     del model.int8_calibration

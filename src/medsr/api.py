@@ -26,14 +26,14 @@ from medsr.inference.upscaler import TiledUpscaler, load_upscaler
 from medsr.io import read_image, write_image
 from medsr.io import series as series_io
 from medsr.io.types import as_unit
-from medsr.settings import TILE, TILE_OVERLAP
+from medsr.settings import TILE_OVERLAP
 
 ArrayOrPath = np.ndarray | str | os.PathLike
 
 
 @functools.lru_cache(maxsize=4)
 def load_model(model: str | os.PathLike | None = None, *, scale: int | None = None, device: str = "auto",
-               precision: str = "auto", tile: int = TILE, tile_overlap: int = TILE_OVERLAP,
+               precision: str = "auto", tile: int | None = None, tile_overlap: int = TILE_OVERLAP,
                runtime: str = "torch") -> TiledUpscaler:
     """A ready upscaler (`.scale`, `.upscale(pixels01)`) for a shipped model name, model file or run folder.
 
@@ -62,7 +62,7 @@ def _checked_unit(array: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
 
 
 def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: int | None = None, *,
-            device: str = "auto", precision: str = "auto", tile: int = TILE, runtime: str = "torch") -> np.ndarray:
+            device: str = "auto", precision: str = "auto", tile: int | None = None, runtime: str = "torch") -> np.ndarray:
     """Upscale one gray image (or a stack of them) and return the result as a numpy array.
 
     Args:
@@ -76,7 +76,7 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
             "default-jpeg" for the path of a JPEG file or DICOM stored as lossy JPEG, as `medsr upscale` picks).
         scale: the expected factor; must be the model's own (None: whatever the model does).
         device: "auto", "cpu" or "cuda". precision: "auto" (bf16 where native), "fp32", "bf16" or "int8" (CPU; default models).
-        tile: tile size in input pixels (0 = whole image at once); bounds memory on big images.
+        tile: tile size in input pixels (0 = whole image at once; None: 512, or 256 for bf16 on CPUs with AMX); bounds memory on big images.
         runtime: "torch", or "onnx" (onnxruntime, fp32).
 
     Returns:
@@ -97,7 +97,7 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
 def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: str | os.PathLike | None = None,
                  scale: int | None = None, *, format: str | None = None, through_plane: bool = False,
                  slice_spacing: float | None = None, slice_thickness: float | None = None, adapt_minutes: float = 0,
-                 device: str = "auto", precision: str = "auto", tile: int = TILE, runtime: str = "torch") -> Path:
+                 device: str = "auto", precision: str = "auto", tile: int | None = None, runtime: str = "torch") -> Path:
     """Upscale one file, or a folder holding a DICOM series, keeping format, bit depth and metadata.
 
     A DICOM becomes a derived DICOM (new UIDs, Rows/Columns x scale, PixelSpacing / scale); a folder
@@ -140,7 +140,7 @@ class VolumeResult(NamedTuple):
 def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None, model: str | os.PathLike | None = None,
                    scale: int | None = None, through_plane: bool = True, slice_spacing: float | None = None,
                    slice_thickness: float | None = None, adapt_minutes: float = 0, device: str = "auto",
-                   precision: str = "auto", tile: int = TILE) -> VolumeResult:
+                   precision: str = "auto", tile: int | None = None) -> VolumeResult:
     """Super-resolve a 3-D volume: thick slices made thin (through-plane) and, with `model` or
     `scale`, each slice upscaled in-plane. The field of view is unchanged and voxel edges line up.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from medsr import __version__
 from medsr.errors import MedsrError
 from medsr.io.formats import FORMAT_CHOICES, with_format_extension
-from medsr.settings import DEVICES, PRECISIONS, PROTOCOLS, RUNTIMES, TILE, TILE_OVERLAP
+from medsr.settings import DEVICES, PRECISIONS, PROTOCOLS, RUNTIMES, TILE, TILE_AMX, TILE_OVERLAP
 
 
 def _train(args) -> int:
@@ -132,7 +132,7 @@ def _batch_model(args, model_name: str | None, through_plane):
     # What makes an earlier output reusable on --resume: same weights, same way of running them
     # (the precision that runs: auto is int8 or a float one, depending on the CPU and the model).
     settings = {"model": batch.model_identity(model_name, meta) if model_name is not None else None,
-                "precision": getattr(upscaler, "precision", args.precision), "tile": args.tile,
+                "precision": getattr(upscaler, "precision", args.precision), "tile": getattr(upscaler, "tile", args.tile),
                 "tile_overlap": args.tile_overlap, "runtime": getattr(args, "runtime", "torch"),
                 "reference": reference_meta and batch.model_identity(args.reference_model, reference_meta)}
     return batch.BatchModel(upscaler, " + ".join(names), settings, reference), reference_name
@@ -188,7 +188,7 @@ def _upscale(args) -> int:
             def setup(model_name: str | None, model: batch.BatchModel, reference: str | None, jpeg_setup=None):
                 settings = batch.batch_settings(model.settings, scale, args.format, args.uncertainty, through_plane)
                 return ray_engine.WorkerSetup(
-                    model_name, args.scale, args.device, model.settings["precision"], args.tile, args.tile_overlap,
+                    model_name, args.scale, args.device, model.settings["precision"], model.settings["tile"], args.tile_overlap,
                     getattr(args, "runtime", "torch"), reference, json.dumps(settings), model.model_name, args.format,
                     args.uncertainty, through_plane, protect, jpeg_setup)
 
@@ -298,7 +298,7 @@ def _models(args) -> int:
 def _device_options(p) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="int8: the model's residual body in int8 (CPU; shipped default models and large; faster, slightly less exact: "
-                   "docs/PERFORMANCE.md); auto: int8 on CPUs with int8 units (VNNI, AMX) for models whose int8 is within 0.05 dB "
+                   "docs/PERFORMANCE.md); auto: int8 on CPUs with int8 units (VNNI, AMX) or with AVX2 and no bf16 for models whose int8 is within 0.05 dB "
                    "of bf16 on the validation split (as shipped: default, default-jpeg, default-gan, default-x4; see their cards), else bf16 where the "
                    "hardware does it natively, else fp32")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
@@ -308,7 +308,8 @@ def _model_options(p, model_help: str) -> None:
     p.add_argument("--model", help=model_help)
     p.add_argument("--scale", type=int, help="upscaling factor; must be the model's own (without --model: picks the shipped default of that scale)")
     _device_options(p)
-    p.add_argument("--tile", type=int, default=TILE, help="LR tile size in pixels; 0 = whole image at once")
+    p.add_argument("--tile", type=int, default=None,
+                   help=f"LR tile size in pixels; 0 = whole image at once (default {TILE}, or {TILE_AMX} for bf16 on CPUs with AMX: faster there)")
     p.add_argument("--tile-overlap", type=int, default=TILE_OVERLAP, help="context pixels around each tile")
     p.add_argument("--runtime", default=RUNTIMES[0], choices=RUNTIMES,
                    help="onnx: onnxruntime, fp32 only (pip install -e \".[onnx]\"); --model may then be an .onnx file")

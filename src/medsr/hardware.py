@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from medsr.errors import MedsrError
-from medsr.settings import PRECISIONS
+from medsr.settings import PRECISIONS, TILE, TILE_AMX
 
 
 @functools.cache
@@ -30,6 +30,22 @@ def cpu_has_fast_bf16() -> bool:
 def cpu_has_fast_int8() -> bool:
     """True when the CPU has int8 dot-product units (AMX-INT8, AVX-512 VNNI or AVX-VNNI)."""
     return bool(_cpu_flags() & {"amx_int8", "avx512_vnni", "avx_vnni"})
+
+
+def cpu_runs_int8_auto() -> bool:
+    """Whether `--precision auto` may run a calibrated model in int8 on this CPU: where it has int8
+    dot-product units, and where it has AVX2 but no native bf16, so that the float path would be
+    fp32: on such an AMD EPYC int8 ran about 2x faster than fp32 and lost what its calibration
+    recorded on a CPU with VNNI, to within 0.004 dB (benchmarks/int8_here.py, docs/results/int8-avx2.md)."""
+    return cpu_has_fast_int8() or ("avx2" in _cpu_flags() and not cpu_has_fast_bf16())
+
+
+def default_tile(device: torch.device | None, precision: str | None) -> int:
+    """The LR tile size medsr upscales in when none is asked for: TILE_AMX for bf16 on CPUs with AMX,
+    where 128- and 256-px tiles ran 1.3-1.6x faster than 512-px ones or one call, else TILE. `precision`
+    is what runs ("int8", "bf16", "fp32"); int8 and fp32 keep TILE until they are measured on AMX."""
+    on_amx = device is not None and device.type == "cpu" and "amx_bf16" in _cpu_flags()
+    return TILE_AMX if on_amx and precision == "bf16" else TILE
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medsr import figures
+from medsr import figures, hardware
 from medsr.data import degrade, load_arrays
 from medsr.errors import MedsrError
 from medsr.evaluation import quality, report
 from medsr.inference.upscaler import load_upscaler
 from medsr.io.types import as_unit
-from medsr.settings import TILE, TILE_OVERLAP
+from medsr.settings import TILE_OVERLAP
 
 TIMING_SIDE = 512
 DIFF_RANGE = 0.25  # |error| shown as white in the difference maps
@@ -69,7 +69,8 @@ def time_per_image(entry: Entry, scale: int, repeats: int = 1) -> float:
         run = lambda: entry.method.run(lr, scale)  # noqa: E731
     else:
         tiled = copy.copy(upscaler)  # the same (already prepared) model, with upscale's default tiling
-        tiled.tile, tiled.overlap = TILE, TILE_OVERLAP
+        tiled.tile = hardware.default_tile(getattr(upscaler, "device", None), getattr(upscaler, "precision", "fp32"))
+        tiled.overlap = TILE_OVERLAP
         run = lambda: tiled.upscale_plane(lr)  # noqa: E731
         tiled.upscale_plane(lr[:64, :64])  # warm-up
     start = time.perf_counter()

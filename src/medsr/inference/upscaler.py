@@ -25,8 +25,9 @@ class TiledUpscaler:
     """Tiling and the per-image range stretch, shared by the runtimes. A subclass supplies `_run`,
     which upscales one tile ([0, 1] in, [0, 1] out); arrays are (H, W) or (N, H, W) in [0, 1]."""
 
-    def __init__(self, scale: int, tile: int = TILE, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
-        self.scale, self.tile, self.overlap, self.normalize = scale, tile, tile_overlap, normalize
+    def __init__(self, scale: int, tile: int | None = None, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
+        # tile None: TILE (the torch Upscaler then takes hardware.default_tile's choice)
+        self.scale, self.tile, self.overlap, self.normalize = scale, TILE if tile is None else tile, tile_overlap, normalize
 
     def _run(self, lr01: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -66,14 +67,15 @@ class Upscaler(TiledUpscaler):
     """A PyTorch generator ready to upscale [0, 1] float arrays, shaped (H, W) or (N, H, W)."""
 
     def __init__(self, model: torch.nn.Module, scale: int, device: torch.device, precision: str = "auto",
-                 tile: int = TILE, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
+                 tile: int | None = None, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
         super().__init__(scale, tile, tile_overlap, normalize)
         self.device = device
         self.dtype = hardware.resolve_precision("auto" if precision == "int8" else precision, device)
         calibration = getattr(model, "int8_calibration", None)  # set by zoo.load from the file's medsr_int8 metadata
-        if precision == "auto" and device.type == "cpu" and hardware.cpu_has_fast_int8() and int8.within_budget(calibration):
+        if precision == "auto" and device.type == "cpu" and hardware.cpu_runs_int8_auto() and int8.within_budget(calibration):
             precision = "int8"  # as exact as bf16 within int8.AUTO_BUDGET_DB, and faster
         self.precision = "int8" if precision == "int8" else "bf16" if self.dtype == torch.bfloat16 else "fp32"  # what runs
+        self.tile = hardware.default_tile(device, self.precision) if tile is None else tile
         model = model.to(device).eval()
         if hasattr(model, "fused_for_inference"):
             model = model.fused_for_inference()  # same function, fewer operations
@@ -107,7 +109,7 @@ class OnnxUpscaler(TiledUpscaler):
     `model` is an .onnx file or its bytes; `scale` defaults to the model's medsr_scale metadata.
     """
 
-    def __init__(self, model: str | Path | bytes, scale: int | None = None, device: str = "cpu", tile: int = TILE,
+    def __init__(self, model: str | Path | bytes, scale: int | None = None, device: str = "cpu", tile: int | None = None,
                  tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
         ort = onnx.require("onnxruntime")
         name = "the exported model" if isinstance(model, bytes) else str(model)
@@ -157,7 +159,7 @@ def _model_scale(name: str, meta: dict[str, str], scale: int | None) -> int:
 
 
 def load_upscaler(model: str | Path | None = None, *, scale: int | None = None, device: str = "auto",
-                  precision: str = "auto", tile: int = TILE, tile_overlap: int = TILE_OVERLAP,
+                  precision: str = "auto", tile: int | None = None, tile_overlap: int = TILE_OVERLAP,
                   runtime: str = "torch") -> tuple[TiledUpscaler, dict[str, str]]:
     """An upscaler for a shipped model name, model file or run folder, and the model file's metadata.
 

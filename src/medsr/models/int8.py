@@ -1,4 +1,4 @@
-"""int8 inference for EDSR's residual body, on CPUs with int8 dot-product units (VNNI, AMX-INT8).
+"""int8 inference for EDSR's residual body, on CPUs with int8 dot-product units (VNNI, AMX-INT8) and AVX2.
 
 The body (8 residual blocks and a conv: 97 % of the default model's convolution FLOPs) runs in int8 through
 PyTorch's int8 modules and oneDNN's kernels (Int8Body). Weights are quantized per output channel
@@ -13,10 +13,11 @@ file's metadata (`medsr_int8`):
 - the backend: "onednn" runs each block's second conv and its residual addition as one int8 op,
   one rounding and one pass over memory fewer than "x86", which rounds the conv's output and the sum;
 - `validation_db`, the PSNR change from bf16 on the validation split: a model whose change is
-  within AUTO_BUDGET_DB runs in int8 under `--precision auto` on CPUs with int8 units.
+  within AUTO_BUDGET_DB runs in int8 under `--precision auto` where medsr.hardware.cpu_runs_int8_auto says.
 The head, the upsampling, the bicubic base and the clamp stay in float: the input keeps its full
 bit depth and only the residual over bicubic passes through int8. Activations use all 8 bits (no
-reduce_range), which is exact on VNNI and AMX; older CPUs' int8 kernels may saturate a little.
+reduce_range), which is exact on VNNI and AMX; AVX2's kernels without VNNI may saturate a little, yet the
+shipped calibrations lost within 0.004 dB of the same there (benchmarks/int8_here.py).
 How these were chosen, on the validation split: benchmarks/int8_validation.py.
 """
 
