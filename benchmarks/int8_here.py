@@ -4,7 +4,7 @@ would otherwise run here (bf16 where native, else fp32) on the VALIDATION split,
 Each model file records the change its calibration gave when it shipped (calibrate_int8.py, on a
 CPU with VNNI); oneDNN's int8 kernels differ by instruction set (VNNI / AMX-INT8, or AVX2's
 multiply-add without VNNI), so this measures them again on the CPU at hand. It is what
-medsr.hardware.int8_runs_auto rests on for CPUs without int8 dot-product units.
+medsr.hardware.cpu_runs_int8_auto rests on for CPUs without int8 dot-product units.
 
     python benchmarks/int8_here.py [default default-jpeg default-x2 default-x4 default-gan] [--limit 48]
 """

@@ -72,9 +72,17 @@ def test_a_model_of_another_scale_is_named_as_the_user_gave_it(scans, medsr_cli,
 def test_version_and_help_show_defaults_and_examples(medsr_cli):
     result = run(medsr_cli + ["--version"])
     assert result.returncode == 0 and result.stdout.strip() == f"medsr {__version__}"
-    help_text = run(medsr_cli + ["upscale", "--help"]).stdout
-    for shown in ("(default: 512)", "(default: 16)", "(default: 2)", "(default: auto)", "examples:", "medsr upscale scans/ -o out/"):
+    help_text = " ".join(run(medsr_cli + ["upscale", "--help"]).stdout.split())  # as one line, whatever the wrapping
+    for shown in ("auto = 512, or 256 for bf16 on CPUs with AMX", "(default: 20)", "(default: 2)", "(default: auto)", "examples:",
+                  "medsr upscale scans/ -o out/"):
         assert shown in help_text, shown
+
+
+def test_tile_takes_pixels_or_auto_and_says_so_otherwise(medsr_cli, tmp_path):
+    result = run(medsr_cli + ["upscale", str(tmp_path / "scan.png"), "-o", str(tmp_path / "out"), "--tile", "big"])
+    assert result.returncode == 2 and "--tile: 'big' is not a tile size; give LR pixels (0 = whole image at once) or auto" in result.stderr
+    from medsr.cli import _tile_size
+    assert (_tile_size("auto"), _tile_size("0"), _tile_size("256")) == (None, 0, 256)
 
 
 def test_the_demo_figure_has_a_zoomed_row_of_the_busiest_region(medsr_cli, tmp_path):

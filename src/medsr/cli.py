@@ -295,6 +295,16 @@ def _models(args) -> int:
     return 0
 
 
+def _tile_size(text: str) -> int | None:
+    """--tile's value: pixels, or None for auto (medsr.hardware.default_tile decides once the precision is known)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a tile size; give LR pixels (0 = whole image at once) or auto") from None
+
+
 def _device_options(p) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="int8: the model's residual body in int8 (CPU; shipped default models and large; faster, slightly less exact: "
@@ -308,8 +318,8 @@ def _model_options(p, model_help: str) -> None:
     p.add_argument("--model", help=model_help)
     p.add_argument("--scale", type=int, help="upscaling factor; must be the model's own (without --model: picks the shipped default of that scale)")
     _device_options(p)
-    p.add_argument("--tile", type=int, default=None,
-                   help=f"LR tile size in pixels; 0 = whole image at once (default {TILE}, or {TILE_AMX} for bf16 on CPUs with AMX: faster there)")
+    p.add_argument("--tile", type=_tile_size, default="auto",
+                   help=f"LR tile size in pixels; 0 = whole image at once; auto = {TILE}, or {TILE_AMX} for bf16 on CPUs with AMX (faster there)")
     p.add_argument("--tile-overlap", type=int, default=TILE_OVERLAP, help="context pixels around each tile")
     p.add_argument("--runtime", default=RUNTIMES[0], choices=RUNTIMES,
                    help="onnx: onnxruntime, fp32 only (pip install -e \".[onnx]\"); --model may then be an .onnx file")
