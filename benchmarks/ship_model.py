@@ -97,7 +97,8 @@ def main():
              *([f"- int8: `--precision int8` runs its residual body in int8, activations calibrated on {int8_images} train-split "
                 "LR images (`python benchmarks/calibrate_int8.py`); PSNR change from bf16 on the validation split: paper "
                 f"{int8_change['paper']:+.3f} dB, native {int8_change['native']:+.3f} dB, so `--precision auto` runs it in "
-                f"{'int8 on CPUs with int8 units and on CPUs with AVX2 but no bf16' if int8.within_budget({'validation_db': int8_change}) else 'a float precision on every CPU'}; "
+                + ("int8 on CPUs with int8 units and on CPUs with AVX2 but no bf16; " if int8.within_budget({"validation_db": int8_change})
+                   else "a float precision on every CPU; ") +
                 "its speed and test-split PSNR change: docs/PERFORMANCE.md"]
                if int8_images else []),
              *([f"- note: {args.note}"] if args.note else []),
