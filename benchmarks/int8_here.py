@@ -42,7 +42,7 @@ def main():
         lr = image[:side, :side] if side <= 512 else np.pad(image, (0, side - 512), mode="reflect")
         runs = {FLOAT: Upscaler(model, model.scale, CPU, FLOAT, tile=0), "int8": quantized}
         seconds = best_of_interleaved({p: lambda u=u: u.upscale(lr) for p, u in runs.items()}, 3)
-        within = all(db >= -int8.AUTO_BUDGET_DB for db in change.values())
+        within = int8.within_budget({"validation_db": change})  # the rule `auto` applies to the recorded figures
         print(f"| {name} | {change['paper']:+.3f} | {change['native']:+.3f} | {recorded['paper']:+.3f} / {recorded['native']:+.3f} | "
               f"{seconds[FLOAT]:.2f} | {seconds['int8']:.2f} | {seconds[FLOAT] / seconds['int8']:.2f}x"
               f"{'' if within else ' (outside the budget)'} |", flush=True)

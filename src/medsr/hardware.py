@@ -40,7 +40,7 @@ def cpu_runs_int8_auto() -> bool:
     return cpu_has_fast_int8() or ("avx2" in _cpu_flags() and not cpu_has_fast_bf16())
 
 
-def default_tile(device: torch.device | None, precision: str | None) -> int:
+def default_tile(device: torch.device | None, precision: str) -> int:
     """The LR tile size medsr upscales in when none is asked for: TILE_AMX for bf16 on CPUs with AMX,
     where 128- and 256-px tiles ran 1.3-1.6x faster than 512-px ones or one call, else TILE. `precision`
     is what runs ("int8", "bf16", "fp32"); int8 and fp32 keep TILE until they are measured on AMX."""
