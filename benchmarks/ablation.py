@@ -5,10 +5,12 @@ the same number of steps, each adding one idea to the one before:
   1. the paper protocol's pairs only (what default-paper was trained on);
   2. + native-resolution crops of both data sets and crops of T1 volume slices (clean LR);
   3. + mild noise and JPEG on those crops' LR (the light degradation);
-  4. + the neighbourhood clamp of the output (clamp_margin 0.04): the shipped recipe.
-Then ideas tried on top of 4 and not shipped, one change each:
-  5. JPEG at high qualities only (80-98 instead of 30-95);
-  6. distillation from `large` (teacher_weight 1: its output as a second target).
+  4. + the neighbourhood clamp of the output (clamp_margin 0.04);
+Then ideas tried on top of 4, one change each:
+  5. JPEG at high qualities only (80-98 instead of 30-95), not shipped;
+  6. distillation from `large` (teacher_weight 1: its output as a second target), not shipped;
+  7. 30 % of the pairs cut to a zero background (augment zero_background): the shipped recipe
+     since 2026-12-06 (docs/results/zero-background.md measured it as a fine-tune of the default).
 All train the "fused" upsampler, as the shipped recipe does. Finished variants are reused from
 runs/ablation/: a variant's folder is named by its number and a hash of its whole recipe (steps
 included), so a changed recipe trains again. The hash does not cover the weights it starts from
@@ -38,13 +40,15 @@ from medsr.training.trainer import Trainer
 PLAIN = "generator={channels: 48, num_blocks: 8, upsampler: fused}"
 CLEAN_MIX = "mix={paper: 0.375, native: 0.375, volumes: 0.25, volume_data: '${MEDSR_DATA}/nifti', volume_val: [brain-t1-sub-08], " \
             "volume_test: [brain-t1-sub-09], jpeg: 0, noise: 0}"
+NO_CUTS = "augment={}"
 VARIANTS = {
-    "1. paper pairs only": ["protocol=paper", PLAIN],
-    "2. + native crops and volume slices": [CLEAN_MIX, PLAIN],
-    "3. + noise and JPEG on their LR": [PLAIN],
-    "4. + neighbourhood clamp (the default recipe)": [],
-    "5. not shipped: 4, JPEG quality 80-98": ["mix.jpeg_quality=[80, 98]"],
-    "6. not shipped: 4 + distillation from large": ["teacher=large", "teacher_weight=1.0"],
+    "1. paper pairs only": ["protocol=paper", PLAIN, NO_CUTS],
+    "2. + native crops and volume slices": [CLEAN_MIX, PLAIN, NO_CUTS],
+    "3. + noise and JPEG on their LR": [PLAIN, NO_CUTS],
+    "4. + neighbourhood clamp": [NO_CUTS],
+    "5. not shipped: 4, JPEG quality 80-98": ["mix.jpeg_quality=[80, 98]", NO_CUTS],
+    "6. not shipped: 4 + distillation from large": ["teacher=large", "teacher_weight=1.0", NO_CUTS],
+    "7. 4 + zero-background cuts (the default recipe)": [],
 }
 VAL_VOLUME = "brain-t1-sub-08"
 MARGINS = (None, 0.02, 0.03, 0.04, 0.05)

@@ -27,7 +27,8 @@ def main():
              f"named in each heading; {time.strftime('%Y-%m-%d')}). The three models share",
              "configs/default.yaml's network, loss and data mix (paper pairs, native crops, volume slices, light degradation);",
              "`default` fine-tuned default-paper for 3000 steps, `default-x2` and `default-x4` started from `default` for 1500",
-             "(configs/default-x2.yaml, configs/default-x4.yaml; each model card has its steps and wall time).",
+             "(configs/default-x2.yaml, configs/default-x4.yaml; each model card has its steps and wall time). `default-x2` and",
+             "`default-x4` started from the `default` shipped before 2026-12-06, whose recipe had no zero-background cuts yet.",
              "PSNR and SSIM after a border crop of `scale` pixels, 8-bit data range. HR is the centre square",
              "resized to 150x150 (148x148 at x4, so that it divides), LR = HR / scale by antialiased bicubic.", ""]
     for scale, name in MODELS.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import calibrate_int8
 import yaml
+from common import FLOAT, cpu_model
 from safetensors.torch import load_file, save_file
 
 from medsr import zoo
@@ -93,9 +94,9 @@ def main():
              "Pneumonia, CC BY 4.0), train split only (80 % by a hash of `<class>/<file>`; val 10 % for monitoring; test 10 % never used)"
              + volumes,
              f"- trained with: `{args.command}`",
-             f"- steps: {meta['medsr_step']}; wall time on the 2-core development CPU (bf16): {int(seconds) / 60:.0f} min",
+             f"- steps: {meta['medsr_step']}; wall time {int(seconds) / 60:.0f} min on the 2-core development CPU ({cpu_model()}, {FLOAT})",
              *([f"- int8: `--precision int8` runs its residual body in int8, activations calibrated on {int8_images} train-split "
-                "LR images (`python benchmarks/calibrate_int8.py`); PSNR change from bf16 on the validation split: paper "
+                f"LR images (`python benchmarks/calibrate_int8.py`); PSNR change from {FLOAT} on the validation split: paper "
                 f"{int8_change['paper']:+.3f} dB, native {int8_change['native']:+.3f} dB, so `--precision auto` runs it in "
                 + ("int8 on CPUs with int8 units and on CPUs with AVX2 but no bf16; " if int8.within_budget({"validation_db": int8_change})
                    else "a float precision on every CPU; ") +

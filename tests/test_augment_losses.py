@@ -46,6 +46,31 @@ def test_cutblur_pastes_boxes_of_the_other_image():
     assert folded.shape == (32, 9, 8, 8) and torch.equal(folded[:, 4:5], lr)
 
 
+def test_zero_background_cuts_hr_with_a_soft_ellipse_and_remakes_lr_from_it():
+    from medsr.data import degrade
+
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(16, 1, 60, 60, generator=g) * 1.6 - 0.6  # [-1, 1] images with no zero background
+    lr = degrade.downscale(hr, 3)
+    cut_lr, cut_hr = augment.zero_background(lr, hr, 3, prob=0.5, generator=torch.Generator().manual_seed(1))
+    changed = [not torch.equal(cut_hr[i], hr[i]) for i in range(16)]
+    assert 2 < sum(changed) < 14  # about half the images
+    for i in range(16):
+        if not changed[i]:
+            assert torch.equal(cut_lr[i], lr[i])
+            continue
+        unit, source = (cut_hr[i] + 1) / 2, (hr[i] + 1) / 2
+        kept = unit / source  # the mask itself
+        assert (kept > -1e-5).all() and (kept < 1 + 1e-5).all()
+        assert (kept < 1e-4).any() or (kept > 1 - 1e-4).all()  # zero background where the ellipse ends inside
+        partial = ((kept > 0.01) & (kept < 0.99)).float()
+        # the edge ramps over 0.5-3 pixels: its partial pixels are a thin band, not the whole image
+        assert partial.mean() < 0.3
+        assert torch.allclose(cut_lr[i], (degrade.downscale(unit[None], 3).clamp(0, 1) * 2 - 1)[0], atol=1e-6)
+    same = augment.zero_background(lr, hr, 3, prob=0.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(same[0], lr) and torch.equal(same[1], hr)
+
+
 def test_augment_options_are_checked():
     with pytest.raises(MedsrError, match="cutblurr"):
         augment.Augment.from_dict({"cutblurr": 0.5})

@@ -33,6 +33,18 @@ def test_edge_overshoot_flags_ringing_not_faithful_edges():
     assert metrics.edge_overshoot(ringing, lr, 3, tolerance=0.5).item() == 0  # within half the range: tolerated
 
 
+def test_zero_edge_profile_finds_a_rim_inside_a_zero_background_edge():
+    hr = torch.zeros(40, 40)
+    hr[10:30, 10:30] = 0.6  # tissue on a zero background
+    assert torch.equal(metrics.zero_edge_profile(hr, hr, 4), torch.zeros(4))
+    rim = hr.clone()
+    rim[11:29, 11:29] = 0.8  # bright 2 px inside the edge (the edge pixel is 1 px in)...
+    rim[12:28, 12:28] = 0.6  # ...only there: a one-pixel ring
+    profile = metrics.zero_edge_profile(rim, hr, 4)
+    assert profile[1] == pytest.approx(0.2 / 0.6) and profile[0] == 0 and profile[2] == 0 and profile[3] == 0
+    assert torch.isnan(metrics.zero_edge_profile(hr + 0.1, hr + 0.1, 12)[10:]).all()  # nothing lies 11 px in
+
+
 def test_block_grid_ratio_sees_jpeg_blocks():
     rng = np.random.default_rng(0)
     smooth = torch.from_numpy(rng.random((1, 1, 64, 64), dtype=np.float32)).cumsum(-1).cumsum(-2)
@@ -138,6 +150,21 @@ def test_mixed_sampler_batches_hold_out_volumes_and_resume(mixed_data):
     assert 4 <= len(vlr) <= 8 and torch.equal(vlr, val.fixed_pairs(8)[0])  # fewer where a source has fewer val images
     with pytest.raises(MedsrError, match="unknown mix option"):
         build_sampler([str(folder)], "train", "mixed", 3, 48, mix={**mix, "jpg": 0.5})
+
+
+def test_a_recipes_zero_background_cuts_reach_the_paper_and_native_pairs(mixed_data):
+    from medsr.data.augment import Augment
+
+    folder, mix = mixed_data
+    batches = {share: build_sampler([str(folder)], "train", "mixed", 3, 48, seed=0, mix=mix,
+                                    augment=Augment(zero_background=share)).next_batch(16)
+               for share in (0.0, 1.0)}
+    background = {share: (hr[:12] == -1).flatten(1).any(1) for share, (_, hr) in batches.items()}  # paper and native rows
+    assert not background[0.0].any()  # the synthetic images have no zero background of their own
+    assert background[1.0].sum() >= 8  # cut (an ellipse may also cover a whole crop)
+    lr, hr = batches[1.0]
+    # the paper pairs' LR is made again from the cut HR (the native crops' LR then gets noise and JPEG as well)
+    assert torch.allclose(lr[:8], degrade.downscale((hr[:8] + 1) / 2, 3).clamp(0, 1) * 2 - 1, atol=1e-5)
 
 
 def test_init_partial_starts_another_scale_from_a_trained_model(image_folder, tmp_path):

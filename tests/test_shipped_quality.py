@@ -4,7 +4,7 @@ docs/RESULTS.md) each beats bicubic in PSNR by a stated margin, in SSIM, and on 
 
 The sample is every third image of each test split (sorted by path, so every class is in it): 36
 brain MRI and 36 chest X-ray images, about half a minute a model on a 2-core CPU. On the 50-image
-test sample of docs/RESULTS.md they gain +2.42 / +1.59 dB (default) and +2.56 / +1.77 dB (large)
+test sample of docs/RESULTS.md they gain +2.35 / +1.57 dB (default) and +2.57 / +1.77 dB (large)
 over bicubic on brain MRI / chest X-ray. The margins below are well under those: they leave room for
 the smaller sample and numerical noise, not for a model that lost its gain.
 """

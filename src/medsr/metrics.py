@@ -121,3 +121,23 @@ def block_grid_ratio(images: torch.Tensor, block: int = 8) -> torch.Tensor:
     on = torch.cat([s.flatten(1) for s in on_grid], 1).mean(1)
     off = torch.cat([s[..., m].flatten(1) for s, m in zip(steps, off_mask)], 1).mean(1)
     return on / off.clamp_min(1e-12)
+
+
+def zero_edge_profile(sr: torch.Tensor, hr: torch.Tensor, depth: int = 6, background: float = 0.01) -> torch.Tensor:
+    """Mean error (sr - hr) at each distance 1..depth pixels inside the edge of a zero background,
+    as a share of hr's range, shape (depth,); nan where no pixel lies at that distance.
+
+    Background: the pixels of `hr` within `background` of its range above its minimum (a
+    skull-stripped volume's or a template's zero); the distance of every other pixel to it is
+    taken in hr (Euclidean, rounded). A network that learnt the bright scalp line of unstripped
+    scans draws it inside such edges: a positive error a few pixels in, where the truth has none.
+    sr and hr are one 2-D image each (any leading singleton dimensions).
+    """
+    from scipy import ndimage
+
+    sr, hr = sr.float().squeeze().cpu().numpy(), hr.float().squeeze().cpu().numpy()
+    low, span = float(hr.min()), max(float(hr.max() - hr.min()), 1e-12)
+    distance = ndimage.distance_transform_edt(hr > low + background * span).round()
+    error = (sr - hr) / span
+    return torch.tensor([float(error[distance == d].mean()) if (distance == d).any() else float("nan")
+                         for d in range(1, depth + 1)])

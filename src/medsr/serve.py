@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image as PILImage
-from starlette.concurrency import run_in_threadpool
 
 from medsr import api, demo, metrics, zoo
 from medsr.data import degrade

@@ -112,8 +112,9 @@ class PairSampler:
       - "mnist": 28x28 digits from an IDX file, LR = HR / scale.
     degradation "realesrgan" replaces each batch's LR with Real-ESRGAN's second-order degradation
     of its HR (medsr.data.realistic); "light" adds mild noise and JPEG to the bicubic LR, as in
-    exported scans (LightDegradation); `augment` adds flips, quarter turns and CutBlur (whose
-    LR input is then the folded HR-sized image, see medsr.data.augment).
+    exported scans (LightDegradation); `augment` cuts images to a zero background (before the LR
+    degradation) and adds flips, quarter turns and CutBlur (whose LR input is then the folded
+    HR-sized image), see medsr.data.augment.
     The sampler's own torch.Generator makes the stream reproducible and resumable (state_dict).
     """
 
@@ -156,6 +157,8 @@ class PairSampler:
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         lr, hr = self._pairs(self._next_indices(batch_size))
+        if self.augment.zero_background:
+            lr, hr = aug_lib.zero_background(lr, hr, self.scale, self.augment.zero_background, self.generator)
         if self.degradation == "realesrgan":
             lr = to_signed(realistic.degrade(to_unit(hr), self.scale, self.generator))
         elif self.degradation == "light":
@@ -288,7 +291,8 @@ def volume_slices(files: list[Path], min_foreground: float = 0.15) -> list[np.nd
 
 
 def build_mixed_sampler(data_dirs: list[str], split: str, scale: int, hr_size: int, seed: int, limit: int | None,
-                        split_fractions: dict, mix: dict) -> MixedSampler:
+                        split_fractions: dict, mix: dict, augment: aug_lib.Augment | None = None) -> MixedSampler:
+    """The MixedSampler of a recipe's `mix`; `augment` applies to every source (the trainer passes it for training only)."""
     options = dict(mix)
     shares = {name: float(options.pop(name, 0)) for name in MIX_SOURCES}
     volume_data = options.pop("volume_data", None)
@@ -303,15 +307,16 @@ def build_mixed_sampler(data_dirs: list[str], split: str, scale: int, hr_size: i
     if shares["paper"] > 0 or shares["native"] > 0:
         arrays, _ = load_arrays(select(scan(data_dirs), split, **split_fractions), limit)
         if shares["paper"] > 0:
-            sources["paper"] = PairSampler(arrays, "paper", scale, hr_size, seed=seed)
+            sources["paper"] = PairSampler(arrays, "paper", scale, hr_size, seed=seed, augment=augment)
         if shares["native"] > 0:
-            sources["native"] = PairSampler(arrays, "patch", scale, hr_size, seed=seed + 1, degradation=degradation, light=light)
+            sources["native"] = PairSampler(arrays, "patch", scale, hr_size, seed=seed + 1, augment=augment, degradation=degradation,
+                                            light=light)
     if shares["volumes"] > 0:
         if not volume_data:
             raise MedsrError("mix.volumes needs mix.volume_data, a folder of NIfTI volumes (e.g. ${MEDSR_DATA}/nifti)")
         files = slice_profile.volume_files([volume_data], split, holdout)
-        sources["volumes"] = PairSampler(volume_slices(files), "patch", scale, hr_size, seed=seed + 2, degradation=degradation,
-                                         light=light)
+        sources["volumes"] = PairSampler(volume_slices(files), "patch", scale, hr_size, seed=seed + 2, augment=augment,
+                                         degradation=degradation, light=light)
     if not sources:
         raise MedsrError(f"mix {mix}: give at least one of {', '.join(MIX_SOURCES)} a share above 0")
     return MixedSampler(sources, shares)
@@ -336,7 +341,7 @@ def build_sampler(data_dirs: list[str], split: str, protocol: str, scale: int, h
     protocol "mixed": paper pairs, native crops and volume slices in one batch (MixedSampler)."""
     if protocol == "mixed":
         fractions = dict(val_fraction=val_fraction, test_fraction=test_fraction)
-        return build_mixed_sampler(data_dirs, split, scale, hr_size, seed, limit, fractions, mix or {})
+        return build_mixed_sampler(data_dirs, split, scale, hr_size, seed, limit, fractions, mix or {}, augment)
     if protocol == "through-plane":
         return slice_profile.build_through_plane_sampler(data_dirs, split, hr_size, seed=seed, limit=limit, options=through_plane)
     if protocol == "mnist":

@@ -184,7 +184,7 @@ def bessel_j1(x: torch.Tensor) -> torch.Tensor:
     """The Bessel function J1, float64, from Bessel's integral J1(x) = mean over a period of cos(t - x sin t).
 
     The integrand is smooth and periodic, so the trapezoid rule converges exponentially once
-    the nodes outnumber |x|; this keeps scipy out of the dependencies.
+    the nodes outnumber |x|; so the kernel is made in torch, without a round trip through scipy.
     """
     x = torch.as_tensor(x, dtype=torch.float64)
     nodes = 64 + 2 * math.ceil(float(x.abs().max())) if x.numel() else 1

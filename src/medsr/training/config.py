@@ -29,7 +29,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     degradation: str = "bicubic"  # how training LR images are made: bicubic | realesrgan (val/test stay bicubic)
-    augment: dict = field(default_factory=dict)  # probabilities: {hflip, vflip, rot90, cutblur, cutblur_alpha}
+    augment: dict = field(default_factory=dict)  # probabilities: {hflip, vflip, rot90, cutblur, cutblur_alpha, zero_background}
     mix: dict = field(default_factory=dict)  # protocol mixed: source shares and light degradation (medsr.data.MixedSampler)
     through_plane: dict = field(default_factory=dict)  # protocol through-plane: {val: [stems], test: [stems], factors: [lo, hi], ...}
     # model
