@@ -15,7 +15,7 @@ image repeated in every channel, so such a network still upscales ordinary LR im
 Zero background (`zero_background`) cuts the HR image with a random ellipse, as skull stripping or
 a template's brain mask cuts a scan: zero outside, the tissue as it was inside, and an edge that
 ramps over 0.5 to 3 HR pixels (partial volume), with the LR made again from the cut HR image.
-Photographed scans with a skull end in a bright scalp line; without such pairs the network draws
+Scans with a skull end in a bright scalp line; without such pairs the network draws
 that line inside every edge to a zero background.
 """
 
@@ -76,9 +76,9 @@ EDGE_RAMP = (0.5, 3.0)  # HR pixels over which a zero_background mask goes from 
 
 
 def ellipse_mask(size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """(H, W) in [0, 1]: 1 inside a random ellipse that the image's edge or inside crosses (centre
-    anywhere in the image, semi-axes 0.3 to 1 of its side, any angle), 0 outside, the edge a linear
-    ramp over U(EDGE_RAMP) pixels of the (first-order) distance to it."""
+    """(H, W) in [0, 1]: 1 inside a random ellipse (centre anywhere in the image, semi-axes 0.3 to 1
+    of its longer side, any angle), 0 outside, the edge a linear ramp over U(EDGE_RAMP) pixels of
+    the (first-order) distance to it."""
     h, w = size
     cy, cx, a, b, angle, ramp = torch.rand(6, generator=generator).tolist()
     a, b = (0.3 + 0.7 * a) * max(h, w), (0.3 + 0.7 * b) * max(h, w)
