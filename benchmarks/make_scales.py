@@ -1,5 +1,7 @@
 """Write docs/SCALES.md: the shipped default recipe at x2, x3 and x4 against interpolation on the test
-split (paper protocol: HR 150x150 from the centre square, 148x148 at x4 so it divides; LR = HR / scale).
+split (paper protocol: HR 150x150 from the centre square, 148x148 at x4 so it divides; LR = HR / scale),
+and each scale's rim inside the edge of a zero background (the kept-out T1 subject's slices and the
+demo's brain, native protocol; benchmarks/zero_background.py's measure).
 
     python benchmarks/make_scales.py [--limit N]
 """
@@ -9,6 +11,8 @@ import time
 
 import torch
 from common import DATA, ROOT
+from make_results import TEST_VOLUME
+from zero_background import demo_brain, profile_table
 
 from medsr import zoo
 from medsr.evaluation import quality, report
@@ -27,10 +31,16 @@ def main():
              f"named in each heading; {time.strftime('%Y-%m-%d')}). The three models share",
              "configs/default.yaml's network, loss and data mix (paper pairs, native crops, volume slices, light degradation);",
              "`default` fine-tuned default-paper for 3000 steps, `default-x2` and `default-x4` started from `default` for 1500",
-             "(configs/default-x2.yaml, configs/default-x4.yaml; each model card has its steps and wall time). `default-x2` and",
-             "`default-x4` started from the `default` shipped before 2026-12-06, whose recipe had no zero-background cuts yet.",
+             "(configs/default-x2.yaml, configs/default-x4.yaml; each model card has its steps and wall time), all three with",
+             "the recipe's zero-background cuts.",
              "PSNR and SSIM after a border crop of `scale` pixels, 8-bit data range. HR is the centre square",
-             "resized to 150x150 (148x148 at x4, so that it divides), LR = HR / scale by antialiased bicubic.", ""]
+             "resized to 150x150 (148x148 at x4, so that it divides), LR = HR / scale by antialiased bicubic.",
+             "Rim: the mean of (method - original) at each distance inside the edge of a zero background, % of the image's",
+             f"range (`medsr.metrics.zero_edge_profile`), on every 16th head-holding slice of {TEST_VOLUME} (kept out of every",
+             "recipe) and on the demo's brain (the MNI152 template slice `medsr demo` shows), native protocol at each scale.", ""]
+    rim_images = {f"{TEST_VOLUME} slices": [image for _, _, image, _ in quality.volume_slice_images(DATA / "nifti" / f"{TEST_VOLUME}.nii.gz", 16)]}
+    if (brain := demo_brain()) is not None:
+        rim_images["the demo's brain"] = [brain]
     for scale, name in MODELS.items():
         model, meta = zoo.load(name)
         upscaler = Upscaler(model, scale, torch.device("cpu"), "auto", tile=0)
@@ -43,6 +53,10 @@ def main():
                                  {"data": modality, "protocol": "paper", "split": "test", "scale": scale})
             lines += [f"## x{scale}, {modality} ({name} in {upscaler.precision})", "", quality.markdown_table(summary), ""]
             print("\n".join(lines[-4:]))
+        for where, images in rim_images.items():
+            table, _ = profile_table(methods, images, scale)
+            lines += [f"### x{scale}, rim inside the edge of a zero background: {where}", "", *table, ""]
+            print("\n".join(lines[-len(table) - 2:]))
     (ROOT / "docs" / "SCALES.md").write_text("\n".join(lines))
     print(f"wrote {ROOT / 'docs' / 'SCALES.md'}")
 

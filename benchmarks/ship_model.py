@@ -100,7 +100,8 @@ def main():
                 f"{int8_change['paper']:+.3f} dB, native {int8_change['native']:+.3f} dB, so `--precision auto` runs it in "
                 + ("int8 on CPUs with int8 units and on CPUs with AVX2 but no bf16; " if int8.within_budget({"validation_db": int8_change})
                    else "a float precision on every CPU; ") +
-                "its speed and test-split PSNR change: docs/PERFORMANCE.md"]
+                "its speed: docs/results/int8-avx2.md (AVX2 only) and, where it lists the model, docs/PERFORMANCE.md "
+                "(AVX-512, AMX; with int8's test-split PSNR change)"]
                if int8_images else []),
              *([f"- note: {args.note}"] if args.note else []),
              "", FIGURES, "", *test_figures(args.name)]

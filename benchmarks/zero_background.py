@@ -50,22 +50,22 @@ def fine_tuned(steps: int, share: float) -> tuple[str, Upscaler]:
     return label, Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0)
 
 
-def profile(method: quality.Method, images: list[np.ndarray]) -> np.ndarray:
-    """The mean zero_edge_profile (x100: % of the range) of a method over images, each downscaled x3 (native protocol)."""
+def profile(method: quality.Method, images: list[np.ndarray], scale: int = 3) -> np.ndarray:
+    """The mean zero_edge_profile (x100: % of the range) of a method over images, each downscaled by scale (native protocol)."""
     rows = []
     for image in images:
-        lr, hr = degrade.make_pair(image, "native", 3, native_cap=None)
-        rows.append(metrics.zero_edge_profile(torch.from_numpy(method.run(lr, 3)), torch.from_numpy(hr), DEPTH).numpy())
+        lr, hr = degrade.make_pair(image, "native", scale, native_cap=None)
+        rows.append(metrics.zero_edge_profile(torch.from_numpy(method.run(lr, scale)), torch.from_numpy(hr), DEPTH).numpy())
     return 100 * np.nanmean(np.stack(rows), axis=0)
 
 
-def profile_table(methods: list[quality.Method], images: list[np.ndarray]) -> tuple[list[str], dict[str, float]]:
+def profile_table(methods: list[quality.Method], images: list[np.ndarray], scale: int = 3) -> tuple[list[str], dict[str, float]]:
     """A Markdown table of each method's profile, and each method's rim: its largest error 2 or more pixels in (%, 0 if none)."""
     head = " | ".join(f"{d} px" for d in range(1, DEPTH + 1))
     lines = [f"| method | {head} | rim: largest error 2-{DEPTH} px in (%) |", "|---|" + "---:|" * (DEPTH + 1)]
     rims = {}
     for method in methods:
-        values = profile(method, images)
+        values = profile(method, images, scale)
         rims[method.name] = max(0.0, float(values[1:].max()))
         lines.append(f"| {method.name} | " + " | ".join(f"{v:+.2f}" for v in values) + f" | {rims[method.name]:.2f} |")
     return lines, rims
@@ -79,6 +79,33 @@ def demo_brain() -> np.ndarray | None:
         return None
 
 
+def validation_report(methods: list[quality.Method], scale: int, limit: int) -> list[str]:
+    """Markdown sections scoring methods on the validation split at `scale`: the edge profile on the
+    validation volume's slices and the demo's brain, then PSNR and the other measures on both data
+    sets (paper and native protocols) and on the volume's slices."""
+    slices = quality.volume_slice_images(DATA / "nifti" / f"{VAL_VOLUME}.nii.gz", 4)
+    lines = ["## Error inside the edge of a zero background", "",
+             "Mean of (method - original) at each distance inside the edge, % of the image's range "
+             "(`medsr.metrics.zero_edge_profile`): a bright rim shows as a positive error a few pixels in.", "",
+             f"### {VAL_VOLUME} slices (validation volume, every 4th with some head)", "",
+             *profile_table(methods, [image for _, _, image, _ in slices], scale)[0], ""]
+    print("\n".join(lines), flush=True)
+    brain = demo_brain()
+    if brain is not None:
+        block = ["### The demo's brain (MNI152 template slice, `medsr demo`; in no split)", "", *profile_table(methods, [brain], scale)[0], ""]
+        lines += block
+        print("\n".join(block), flush=True)
+    for modality in ("brain-mri", "chest-xray"):
+        for protocol in ("paper", "native"):
+            summary = quality.summarize(quality.evaluate([str(DATA / modality)], methods, scale, protocol, "val", limit))
+            lines += [f"## {modality}, {protocol} protocol", "", quality.markdown_table(summary), ""]
+            print("\n".join(lines[-4:]), flush=True)
+    summary = quality.summarize(quality.evaluate_arrays(slices, methods, scale, "native"))
+    lines += [f"## T1 volume slices ({VAL_VOLUME}, every 4th with some head), native protocol", "", quality.markdown_table(summary), ""]
+    print("\n".join(lines[-4:]), flush=True)
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=600)
@@ -88,34 +115,16 @@ def main():
     model, _ = zoo.load("default")
     methods = [quality.Method("bicubic"), quality.Method("default", Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0))]
     methods += [quality.Method(*fine_tuned(args.steps, share)) for share in (0.0, *args.shares)]
-    slices = quality.volume_slice_images(DATA / "nifti" / f"{VAL_VOLUME}.nii.gz", 4)
     shares = " ".join(f"{share:g}" for share in args.shares)
     command = f"python benchmarks/zero_background.py --steps {args.steps} --shares {shares} --limit {args.limit}"
     lines = ["# Zero-background cuts against the rim at skull-stripped edges (validation split)", "",
              f"Produced by `{command}` ({machine()}).",
              f"The shipped default, fine-tuned for {args.steps} more steps of configs/default.yaml without and with a share of "
-             f"its training pairs cut to a zero background (`augment: {{zero_background: SHARE}}`, SHARE {shares}); x3, {FLOAT}.", "",
-             "## Error inside the edge of a zero background", "",
-             "Mean of (method - original) at each distance inside the edge, % of the image's range "
-             "(`medsr.metrics.zero_edge_profile`): a bright rim shows as a positive error a few pixels in.", "",
-             f"### {VAL_VOLUME} slices (validation volume, every 4th with some head)", "",
-             *profile_table(methods, [image for _, _, image, _ in slices])[0], ""]
-    print("\n".join(lines), flush=True)
-    brain = demo_brain()
-    if brain is not None:
-        block = ["### The demo's brain (MNI152 template slice, `medsr demo`; in no split)", "", *profile_table(methods, [brain])[0], ""]
-        lines += block
-        print("\n".join(block), flush=True)
-    for modality in ("brain-mri", "chest-xray"):
-        for protocol in ("paper", "native"):
-            summary = quality.summarize(quality.evaluate([str(DATA / modality)], methods, 3, protocol, "val", args.limit))
-            lines += [f"## {modality}, {protocol} protocol", "", quality.markdown_table(summary), ""]
-            print("\n".join(lines[-4:]), flush=True)
-    summary = quality.summarize(quality.evaluate_arrays(slices, methods, 3, "native"))
-    lines += [f"## T1 volume slices ({VAL_VOLUME}, every 4th with some head), native protocol", "", quality.markdown_table(summary), ""]
+             f"its training pairs cut to a zero background (`augment: {{zero_background: SHARE}}`, SHARE {shares}); x3, {FLOAT}.", ""]
+    lines += validation_report(methods, 3, args.limit)
     out = ROOT / "docs" / "results" / "zero-background.md"
     out.write_text("\n".join(lines))
-    print("\n".join(lines[-4:]) + f"\nwrote {out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

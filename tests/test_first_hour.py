@@ -99,9 +99,12 @@ def test_the_demo_figure_has_a_zoomed_row_of_the_busiest_region(medsr_cli, tmp_p
     assert zoom.std() > 5  # the inset shows detail, not a flat corner
 
 
-def test_the_demo_brain_gets_no_rim_inside_its_edge():
+@pytest.mark.parametrize("name", ["default", "default-gan", "default-x2"])
+def test_the_demo_brain_gets_no_rim_inside_its_edge(name):
     """Issue 14: the shipped default drew a bright line a few pixels inside the demo brain's edge (a mean
-    error 4.0 % of the range 2 px in, where bicubic's largest, 4 px in, is 2.7 %). It may not exceed bicubic's."""
+    error 4.0 % of the range 2 px in, where bicubic's largest, 4 px in, is 2.7 %); default-gan, fine-tuned
+    from it, 4.8 %; default-x2 3.2 % at x2 (bicubic 2.2 %). None may exceed bicubic's (default-x4, at 3.2 % against
+    2.6 %, still does: docs/SCALES.md)."""
     pytest.importorskip("nilearn", reason="nilearn not installed; pip install -e '.[demo]'")
     import torch
 
@@ -109,12 +112,13 @@ def test_the_demo_brain_gets_no_rim_inside_its_edge():
     from medsr.data import degrade
     from medsr.inference.upscaler import load_upscaler
 
-    lr, hr = degrade.make_pair(demo.demo_images()["brain-mri"], "native", 3, native_cap=None)
-    upscaler, _ = load_upscaler("default", precision="fp32", tile=0)
-    bicubic = degrade.upscale_baseline(torch.from_numpy(lr)[None, None], 3).clamp(0, 1)
-    rims = {name: metrics.zero_edge_profile(torch.as_tensor(out), torch.from_numpy(hr))[1:].max().item()
-            for name, out in (("default", upscaler.upscale_plane(lr)), ("bicubic", bicubic))}
-    assert rims["default"] <= rims["bicubic"], rims
+    upscaler, _ = load_upscaler(name, precision="fp32", tile=0)
+    scale = upscaler.scale
+    lr, hr = degrade.make_pair(demo.demo_images()["brain-mri"], "native", scale, native_cap=None)
+    bicubic = degrade.upscale_baseline(torch.from_numpy(lr)[None, None], scale).clamp(0, 1)
+    rims = {method: metrics.zero_edge_profile(torch.as_tensor(out), torch.from_numpy(hr))[1:].max().item()
+            for method, out in ((name, upscaler.upscale_plane(lr)), ("bicubic", bicubic))}
+    assert rims[name] <= rims["bicubic"], rims
 
 
 def test_the_page_names_every_format_it_accepts():
