@@ -9,6 +9,7 @@ Protocols: paper, native and native-jpeg (medsr.data.degrade.make_pair).
 import argparse
 import time
 
+import numpy as np
 import torch
 from common import DATA, FLOAT, ROOT
 from zero_background import demo_brain, profile_table
@@ -34,6 +35,15 @@ detail: read it beside PSNR and SSIM. We use it rather than LPIPS or NIQE becaus
 ImageNet-trained networks or natural-image statistics that medsr cannot download and that were
 never fitted to grayscale medical images, while the spectrum needs no model at all.
 """
+
+
+def rim_images(slices: list[tuple[str, str, np.ndarray, bool]]) -> dict[str, list[np.ndarray]]:
+    """The images the rim is measured on: the kept-out T1 subject's slices given (volume_slice_images'
+    tuples) and the demo's brain (when nilearn is installed)."""
+    images = {f"{TEST_VOLUME} slices": [image for _, _, image, _ in slices]}
+    if (brain := demo_brain()) is not None:
+        images["the demo's brain"] = [brain]
+    return images
 
 
 def bar_lines(results: dict, rims: dict) -> list[str]:
@@ -141,15 +151,12 @@ def main():
     tables += [f"## T1 volume slices ({TEST_VOLUME}, kept out of every recipe), native protocol", "",
                f"Every {4 if args.limit is None else 16}th slice with some head in it (at least 15 % of its pixels above zero), "
                "upscaled in-plane as `medsr upscale` does a NIfTI volume.", "", quality.markdown_table(summary), ""]
-    rim_images = {f"{TEST_VOLUME} slices": [image for _, _, image, _ in named]}
-    if (brain := demo_brain()) is not None:
-        rim_images["the demo's brain"] = [brain]
     rims = {}
     tables += ["## Rim inside the edge of a zero background", "",
                "Mean of (method - original) at each distance inside the edge of a zero background, % of the image's range",
                "(`medsr.metrics.zero_edge_profile`; docs/results/zero-background.md): a bright line drawn inside a skull-stripped",
                "brain's edge shows as a positive error a few pixels in. The demo's brain is the MNI152 template slice `medsr demo` shows.", ""]
-    for where, images in rim_images.items():
+    for where, images in rim_images(named).items():
         table, rims[where] = profile_table(methods, images)
         tables += [f"### {where}", "", *table, ""]
     rows = quality.evaluate([str(DATA / "dicom")], methods, 3, "native", "all", args.limit)

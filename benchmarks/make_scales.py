@@ -11,8 +11,8 @@ import time
 
 import torch
 from common import DATA, ROOT
-from make_results import TEST_VOLUME
-from zero_background import demo_brain, profile_table
+from make_results import TEST_VOLUME, rim_images
+from zero_background import profile_table
 
 from medsr import zoo
 from medsr.evaluation import quality, report
@@ -38,9 +38,7 @@ def main():
              "Rim: the mean of (method - original) at each distance inside the edge of a zero background, % of the image's",
              f"range (`medsr.metrics.zero_edge_profile`), on every 16th head-holding slice of {TEST_VOLUME} (kept out of every",
              "recipe) and on the demo's brain (the MNI152 template slice `medsr demo` shows), native protocol at each scale.", ""]
-    rim_images = {f"{TEST_VOLUME} slices": [image for _, _, image, _ in quality.volume_slice_images(DATA / "nifti" / f"{TEST_VOLUME}.nii.gz", 16)]}
-    if (brain := demo_brain()) is not None:
-        rim_images["the demo's brain"] = [brain]
+    rims_on = rim_images(quality.volume_slice_images(DATA / "nifti" / f"{TEST_VOLUME}.nii.gz", 16))
     for scale, name in MODELS.items():
         model, meta = zoo.load(name)
         upscaler = Upscaler(model, scale, torch.device("cpu"), "auto", tile=0)
@@ -53,7 +51,7 @@ def main():
                                  {"data": modality, "protocol": "paper", "split": "test", "scale": scale})
             lines += [f"## x{scale}, {modality} ({name} in {upscaler.precision})", "", quality.markdown_table(summary), ""]
             print("\n".join(lines[-4:]))
-        for where, images in rim_images.items():
+        for where, images in rims_on.items():
             table, _ = profile_table(methods, images, scale)
             lines += [f"### x{scale}, rim inside the edge of a zero background: {where}", "", *table, ""]
             print("\n".join(lines[-len(table) - 2:]))

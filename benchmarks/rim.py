@@ -9,8 +9,8 @@ import argparse
 
 import torch
 from common import DATA
-from make_results import TEST_VOLUME
-from zero_background import demo_brain, profile_table
+from make_results import TEST_VOLUME, rim_images
+from zero_background import profile_table
 
 from medsr import zoo
 from medsr.evaluation import quality
@@ -21,9 +21,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("models", nargs="+", help="shipped names or .safetensors files")
     args = parser.parse_args()
-    images = {f"{TEST_VOLUME} slices": [image for _, _, image, _ in quality.volume_slice_images(DATA / "nifti" / f"{TEST_VOLUME}.nii.gz", 16)]}
-    if (brain := demo_brain()) is not None:
-        images["the demo's brain"] = [brain]
+    images = rim_images(quality.volume_slice_images(DATA / "nifti" / f"{TEST_VOLUME}.nii.gz", 16))
     for name in args.models:
         model, _ = zoo.load(name)
         methods = [quality.Method("bicubic"), quality.Method(name, Upscaler(model, model.scale, torch.device("cpu"), "fp32", tile=0))]
