@@ -17,7 +17,8 @@ included), so a changed recipe trains again. The hash does not cover the weights
 (default-paper, and `large` for variant 6): delete runs/ablation/ after reshipping those.
 Each is scored on the validation split only (recipes are chosen there; the test split is for
 reporting, docs/RESULTS.md): both data sets under the paper and native protocols, with the edge
-overshoot and the JPEG block-grid ratio, and the slices of the validation volume (sub-08).
+overshoot and the JPEG block-grid ratio, and the slices of the validation volume (sub-08), with the
+error inside a zero background's edge (the rim; benchmarks/zero_background.py's validation_report).
 
     python benchmarks/ablation.py [--steps 400] [--limit 24]
 """
@@ -30,6 +31,7 @@ import time
 
 import torch
 from common import DATA, FLOAT, ROOT, machine
+from zero_background import VAL_VOLUME, validation_report
 
 from medsr import zoo
 from medsr.evaluation import quality
@@ -50,7 +52,6 @@ VARIANTS = {
     "6. not shipped: 4 + distillation from large": ["teacher=large", "teacher_weight=1.0", NO_CUTS],
     "7. 4 + zero-background cuts (the default recipe)": [],
 }
-VAL_VOLUME = "brain-t1-sub-08"
 MARGINS = (None, 0.02, 0.03, 0.04, 0.05)
 
 
@@ -98,15 +99,7 @@ def main():
              "then is scored on the VALIDATION split, x3: recipes are chosen here, the test split only reports (docs/RESULTS.md).",
              f"{args.limit} images per data set, spread over its classes; the slices of {VAL_VOLUME} with some head in them.", "",
              "| variant | steps |", "|---|---:|", *steps, ""]
-    for modality in ("brain-mri", "chest-xray"):
-        for protocol in ("paper", "native"):
-            summary = quality.summarize(quality.evaluate([str(DATA / modality)], methods, 3, protocol, "val", args.limit))
-            lines += [f"## {modality}, {protocol} protocol", "", quality.markdown_table(summary), ""]
-            print("\n".join(lines[-4:]), flush=True)
-    named = quality.volume_slice_images(DATA / "nifti" / f"{VAL_VOLUME}.nii.gz", 4)
-    summary = quality.summarize(quality.evaluate_arrays(named, methods, 3, "native"))
-    lines += [f"## T1 volume slices ({VAL_VOLUME}, every 4th with some head), native protocol", "", quality.markdown_table(summary), ""]
-    print("\n".join(lines[-4:]))
+    lines += validation_report(methods, 3, args.limit)
     lines += margin_tables(args.limit)
     print("\n".join(lines[-12:]))
     (ROOT / "docs" / "ABLATION.md").write_text("\n".join(lines))

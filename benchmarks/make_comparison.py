@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import torch
-from common import DATA, ROOT
+from common import DATA, ROOT, machine
 
 from medsr import figures, metrics, zoo
 from medsr.data import build_sampler, degrade
@@ -77,8 +77,9 @@ def main():
              "LR 50x50, x3), with the same wall-time budget on the same 2-core CPU, and all are tested on the same",
              "test split with the same degradation (antialiased bicubic). PSNR/SSIM/MS-SSIM after a 3 px border crop;",
              "fine detail = the share of the original's power above the LR Nyquist frequency (1 = as much as HR; see",
-             "docs/RESULTS.md); ms per 512x512 = upscaling a 512x512 image to 1536x1536 as `medsr upscale` does (bf16, 256 px tiles).", "",
-             f"## Training (budget: {budget:g} min of wall time each, bf16, batch 16)", "",
+             "docs/RESULTS.md); ms per 512x512 = upscaling a 512x512 image to 1536x1536 as `medsr upscale` does on this CPU",
+             f"(precision auto, its default tiles; {machine()}).", "",
+             f"## Training (budget: {budget:g} min of wall time each, precision auto: bf16 where the CPU has it, batch 16)", "",
              "| model | recipe | architecture | steps | minutes |", "|---|---|---|---:|---:|",
              *[run_info(name) for name in TRAINED], "",
              "Reduced sizes (see each recipe) so that each architecture gets a fair number of steps in the budget.",
