@@ -30,14 +30,13 @@ import json
 import time
 
 import torch
-from common import DATA, FLOAT, ROOT, machine
+from common import DATA, FLOAT, ROOT, machine, trained_run
 from zero_background import VAL_VOLUME, validation_report
 
 from medsr import zoo
 from medsr.evaluation import quality
 from medsr.inference.upscaler import Upscaler
 from medsr.training.config import load_config
-from medsr.training.trainer import Trainer
 
 PLAIN = "generator={channels: 48, num_blocks: 8, upsampler: fused}"
 CLEAN_MIX = "mix={paper: 0.375, native: 0.375, volumes: 0.25, volume_data: '${MEDSR_DATA}/nifti', volume_val: [brain-t1-sub-08], " \
@@ -87,9 +86,7 @@ def main():
         recipe = ["epochs=1", f"steps_per_epoch={args.steps}", *overrides]
         cfg = load_config(ROOT / "configs" / "default.yaml", recipe)
         name = f"variant-{i + 1}-{recipe_hash(cfg)}"
-        if not (runs / name / "model.safetensors").is_file():
-            Trainer(dataclasses.replace(cfg, name=name, out_dir=str(runs))).fit()
-        model, meta = zoo.load(runs / name)
+        model, meta = trained_run(cfg, runs, name)
         methods.append(quality.Method(label, Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0)))
         steps.append(f"| {label} | {meta['medsr_step']} |")
     command = f"python benchmarks/ablation.py --steps {args.steps} --limit {args.limit}"

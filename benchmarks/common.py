@@ -18,6 +18,18 @@ FLOATS = ("fp32", "bf16") if FLOAT == "bf16" else ("fp32",)
 os.environ["MEDSR_DATA"] = str(DATA)  # recipes say ${MEDSR_DATA}/...; right from whatever folder a script runs in
 
 
+def trained_run(cfg, runs: Path, name: str):
+    """(model, metadata) of recipe `cfg` trained as run `name` in folder `runs`; a finished run there is reused."""
+    import dataclasses
+
+    from medsr import zoo
+    from medsr.training.trainer import Trainer
+
+    if not (runs / name / "model.safetensors").is_file():
+        Trainer(dataclasses.replace(cfg, name=name, out_dir=str(runs))).fit()
+    return zoo.load(runs / name)
+
+
 def timed(fn, repeats: int, warmup: int = 2) -> float:
     """Mean seconds per call of fn() after `warmup` untimed calls."""
     for _ in range(warmup):

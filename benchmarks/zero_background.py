@@ -18,11 +18,10 @@ Finished runs are reused from runs/zero-background/ (delete it after reshipping 
 """
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
-from common import DATA, FLOAT, ROOT, machine
+from common import DATA, FLOAT, ROOT, machine, trained_run
 
 from medsr import metrics, zoo
 from medsr.data import degrade
@@ -31,7 +30,6 @@ from medsr.errors import MedsrError
 from medsr.evaluation import quality
 from medsr.inference.upscaler import Upscaler
 from medsr.training.config import load_config
-from medsr.training.trainer import Trainer
 
 VAL_VOLUME = "brain-t1-sub-08"
 DEPTH = 6
@@ -41,12 +39,9 @@ def fine_tuned(steps: int, share: float) -> tuple[str, Upscaler]:
     """The shipped default after `steps` more steps of its recipe with a `share` of zero-background cuts."""
     label = f"default + {steps} steps, zero_background {share:g}"
     name = f"default+{steps}-zb{share:g}"
-    runs = ROOT / "runs" / "zero-background"
-    if not (runs / name / "model.safetensors").is_file():
-        cfg = load_config(ROOT / "configs" / "default.yaml", ["init_from=default", "epochs=1", f"steps_per_epoch={steps}",
-                                                                f"augment={{zero_background: {share}}}", "checkpoint_every=200"])
-        Trainer(dataclasses.replace(cfg, name=name, out_dir=str(runs))).fit()
-    model, _ = zoo.load(runs / name)
+    cfg = load_config(ROOT / "configs" / "default.yaml", ["init_from=default", "epochs=1", f"steps_per_epoch={steps}",
+                                                            f"augment={{zero_background: {share}}}", "checkpoint_every=200"])
+    model, _ = trained_run(cfg, ROOT / "runs" / "zero-background", name)
     return label, Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0)
 
 

@@ -12,28 +12,22 @@ Finished runs are reused from runs/zero-background/.
 """
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import torch
-from common import FLOAT, ROOT, machine
+from common import FLOAT, ROOT, machine, trained_run
 from zero_background import validation_report
 
-from medsr import zoo
 from medsr.evaluation import quality
 from medsr.inference.upscaler import Upscaler
 from medsr.training.config import load_config
-from medsr.training.trainer import Trainer
 
 
 def trained(config: Path, share: float) -> tuple[str, Upscaler]:
     """The recipe at `config` trained as written but for its share of zero-background cuts."""
     cfg = load_config(config, [f"augment={{zero_background: {share}}}"])
     name = f"{cfg.name}-zb{share:g}"
-    runs = ROOT / "runs" / "zero-background"
-    if not (runs / name / "model.safetensors").is_file():
-        Trainer(dataclasses.replace(cfg, name=name, out_dir=str(runs))).fit()
-    model, _ = zoo.load(runs / name)
+    model, _ = trained_run(cfg, ROOT / "runs" / "zero-background", name)
     return f"{cfg.name}, zero_background {share:g}", Upscaler(model, cfg.scale, torch.device("cpu"), FLOAT, tile=0)
 
 
