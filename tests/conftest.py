@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +48,49 @@ def medsr_cli() -> list[str]:
     if not exe.exists():
         pytest.skip("the medsr console script is not installed; pip install -e .")
     return [str(exe)]
+
+
+# The browser fixtures of the web page's tests (test_serve.py, test_serve_volume.py).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path, medsr_cli):
+    """`medsr serve` as a user starts it, with its temporary folder inside tmp_path."""
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    process = subprocess.Popen(medsr_cli + ["serve", "--port", str(port), "--model", "default", "--model", "default-gan",
+                                            "--max-upload-mb", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"medsr serve did not start: {process.stdout.read()}")
+            time.sleep(0.3)
+    yield url, tmp_path
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt install chromium); .ci/run installs it")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        browser.close()

@@ -12,13 +12,13 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 pytest.importorskip("ray")
@@ -29,12 +29,6 @@ RAY = shutil.which("ray")
 # Ray 2.59+ authenticates every process of a cluster with one token: the nodes and medsr's driver share it.
 AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex(), "RAY_USAGE_STATS_ENABLED": "0"}
 ENV = dict(os.environ, **AUTH)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

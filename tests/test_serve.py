@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pydicom
@@ -23,7 +19,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from medsr.serve import KEEP_JOBS, create_app  # noqa: E402
 
 DICOM = DATA / "dicom" / "head-mr-flair-implicit.dcm"  # 256x256, 16-bit MR
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = ROOT / "docs" / "serve.png"
 
 
@@ -143,48 +138,6 @@ def test_demo_images_are_scored_against_their_original(client):
 
 
 # ---- the page in a real browser ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def served(tmp_path, medsr_cli):
-    """`medsr serve` as a user starts it, with its temporary folder inside tmp_path."""
-    port = free_port()
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    process = subprocess.Popen(medsr_cli + ["serve", "--port", str(port), "--model", "default", "--model", "default-gan",
-                                            "--max-upload-mb", "5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"medsr serve did not start: {process.stdout.read()}")
-            time.sleep(0.3)
-    yield url, tmp_path
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest.fixture
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt install chromium); .ci/run installs it")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        browser.close()
 
 
 def open_page(page, url: str) -> None:

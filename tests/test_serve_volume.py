@@ -14,7 +14,7 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-from test_serve import open_page, page, served, upscale_in_page  # noqa: E402, F401 - the browser fixtures
+from test_serve import open_page, upscale_in_page  # noqa: E402
 
 from medsr.serve import create_app  # noqa: E402
 
