@@ -25,6 +25,7 @@ from medsr.io import (
     to_uint,
     write_image,
 )
+from medsr.io.nifti import scaled_affine
 
 RNG = np.random.default_rng(7)
 
@@ -415,6 +416,35 @@ def test_nifti_write_x2_affine_and_alignment(tmp_path):
         np.testing.assert_allclose(new.affine @ corner, affine @ corner, atol=1e-4)
     assert new.header.get_zooms() == pytest.approx((0.5, 0.5, 3.0))
     np.testing.assert_array_equal(np.asanyarray(new.dataobj)[::2, ::2, :], data)
+
+
+def two_spaces(path, sform_code=4):
+    """A NIfTI whose qform (scanner space, code 1) and sform (another space, e.g. MNI: 4) differ."""
+    path, data, affine = make_nifti(path)
+    image = nib.load(path)
+    sform = affine.copy()
+    sform[:3, 3] += (5.0, -7.0, 3.0)
+    image.set_qform(affine, code=1)
+    image.set_sform(sform, code=sform_code)
+    nib.save(image, path)
+    return path, affine, sform
+
+
+def test_nifti_write_keeps_qform_and_sform_apart_with_their_codes(tmp_path):
+    path, qform, sform = two_spaces(tmp_path / "vol.nii.gz")
+    img = read_image(path)
+    out = nib.load(write_image(tmp_path / "vol_x2.nii.gz", Image(upscale(img.pixels, 2), img.meta), scale=2))
+    new_sform, sform_code = out.header.get_sform(coded=True)
+    new_qform, qform_code = out.header.get_qform(coded=True)
+    assert (int(sform_code), int(qform_code)) == (4, 1)
+    np.testing.assert_allclose(new_sform, scaled_affine(sform, [0, 1], 2), atol=1e-4)
+    np.testing.assert_allclose(new_qform, scaled_affine(qform, [0, 1], 2), atol=1e-4)
+    # an unset sform stays unset rather than claiming a space the source did not
+    path, qform, _ = two_spaces(tmp_path / "qonly.nii.gz", sform_code=0)
+    img = read_image(path)
+    out = nib.load(write_image(tmp_path / "qonly_x2.nii.gz", Image(upscale(img.pixels, 2), img.meta), scale=2))
+    assert int(out.header["sform_code"]) == 0 and int(out.header["qform_code"]) == 1
+    np.testing.assert_allclose(out.affine, scaled_affine(qform, [0, 1], 2), atol=1e-4)
 
 
 def test_nifti_round_trip_scale1_exact_ints(tmp_path):

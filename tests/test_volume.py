@@ -95,6 +95,27 @@ def test_nifti_affine_and_zooms_are_exact(tmp_path):
     assert np.allclose(image.affine[:3, :2], old[:3, :2])
 
 
+def test_through_plane_keeps_qform_and_sform_apart_with_their_codes(tmp_path):
+    src, dst = tmp_path / "thick.nii.gz", tmp_path / "thin.nii.gz"
+    qform = synthetic_nifti(src)
+    sform = qform.copy()
+    sform[:3, 3] += (5.0, -7.0, 3.0)  # another space (code 4, MNI) than the scanner's (code 1)
+    image = nib.load(str(src))
+    image.set_sform(sform, code=4)
+    nib.save(image, str(src))
+    thin_nifti(src, dst, random_net())
+    out = nib.load(str(dst))
+    n_new = round(9 * 5.0 / 0.9)
+    step = np.eye(4)  # new slice j sits at old slice j * t' / d + (t' - d) / (2 d)
+    step[2, 2] = (45.0 / n_new) / 5.0
+    step[2, 3] = (45.0 / n_new - 5.0) / 10.0
+    new_sform, sform_code = out.header.get_sform(coded=True)
+    new_qform, qform_code = out.header.get_qform(coded=True)
+    assert (int(sform_code), int(qform_code)) == (4, 1)
+    assert np.allclose(new_sform, sform @ step, atol=1e-4)
+    assert np.allclose(new_qform, qform @ step, atol=1e-4)
+
+
 def test_slab_by_slab_equals_whole_volume(monkeypatch):
     volume = np.random.default_rng(3).random((30, 26, 10)).astype(np.float32)
     whole = V.upscale_through_plane(volume, (0.8, 0.8, 3.2), 2, model=random_net(), progress=False, precision="fp32")

@@ -133,8 +133,23 @@ def resliced(meta: ImageMeta, new_spacing: float) -> ImageMeta:
     header = source.header.copy()
     zooms = list(header.get_zooms())
     zooms[axis] = new_spacing
+    _transform_forms(header, lambda affine: affine @ step)
     header.set_zooms(zooms)
-    return dataclasses.replace(meta, source=type(source)(source.dataobj, source.affine @ step, header))
+    return dataclasses.replace(meta, source=type(source)(source.dataobj, header.get_best_affine(), header))
+
+
+def _transform_forms(header: nib.Nifti1Header, transform) -> None:
+    """Moves the header's sform and qform to a new voxel grid, each on its own and with its own code
+    (scanner, aligned, template, MNI...), as the source file had them; a form the source left unset
+    (code 0) stays unset. Call it before changing the header's zooms: the qform is read through them.
+    nibabel's image constructor would instead write one affine into both and
+    call it 'aligned'."""
+    sform, sform_code = header.get_sform(coded=True)
+    qform, qform_code = header.get_qform(coded=True)
+    if sform is not None:
+        header.set_sform(transform(sform), code=int(sform_code))
+    if qform is not None:
+        header.set_qform(transform(qform), code=int(qform_code))
 
 
 def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:
@@ -155,7 +170,6 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
             data = np.clip(np.rint(data), info.min, info.max)
         data = data.astype(dtype)
         header = source.header.copy()
-        affine = source.affine
         zooms = [float(z) for z in header.get_zooms()] + [1.0, 1.0, 1.0]  # padded for a 2-D source
     else:
         # From a raster or DICOM: keep real units as float32, slices along the third axis.
@@ -167,14 +181,18 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         zooms = [row, col, 1.0]
 
     axes = _in_plane_axes(data.ndim, slice_axis)
-    new_affine = scaled_affine(affine, axes, scale)
-    out = type(source)(data, new_affine, header) if source is not None else nib.Nifti1Image(data, new_affine, header)
     new_zooms = [z / scale if a in axes else z for a, z in enumerate(zooms[: data.ndim])]
-    out.header.set_zooms(new_zooms)
-    sform_code = int(header["sform_code"]) or 2  # 2 = aligned to another scan; used if unset
-    qform_code = int(header["qform_code"]) or 2
-    out.set_sform(new_affine, code=sform_code)
-    out.set_qform(new_affine, code=qform_code)
+    if source is not None:
+        header.set_data_shape(data.shape)
+        _transform_forms(header, lambda affine: scaled_affine(affine, axes, scale))
+        header.set_zooms(new_zooms)
+        out = type(source)(data, header.get_best_affine(), header)
+    else:
+        new_affine = scaled_affine(affine, axes, scale)
+        out = nib.Nifti1Image(data, new_affine, header)
+        out.header.set_zooms(new_zooms)
+        out.set_sform(new_affine, code=2)  # 2 = aligned to another scan: a raster or DICOM file has no NIfTI space
+        out.set_qform(new_affine, code=2)
     out.header["descrip"] = (f"medsr x{scale:g} {model_name}".strip())[:79].encode()
     with quiet_libraries():  # header fixes nibabel logs for a damaged source header
         nib.save(out, path)
