@@ -58,6 +58,49 @@ def test_a_series_comes_back_as_one_series_with_the_right_affine(name, tmp_path,
     assert again.returncode == 0 and digest(out) == first  # deterministic UIDs: a rerun writes the same bytes
 
 
+def at_voxels_of(reference: nib.Nifti1Image, image: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
+    """Where the reference's voxel centres fall in `image` (fractional indices, by the two affines:
+    the world in between), and the reference's first volume's values."""
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in reference.shape[:3]], indexing="ij"), -1).reshape(-1, 3)
+    where = nib.affines.apply_affine(np.linalg.inv(image.affine), nib.affines.apply_affine(reference.affine, ijk))
+    values = np.asanyarray(reference.dataobj)
+    return where, (values if values.ndim == 3 else values[..., 0])[tuple(ijk.T)]
+
+
+@pytest.mark.parametrize("name", ["siemens-sag-gre-fieldmap", "philips-epi-fmri"])
+def test_format_nii_writes_a_series_as_one_volume_where_dcm2niix_puts_it(name, tmp_path, medsr_cli):
+    source = SERIES / name
+    out = tmp_path / "out"
+    result = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--format", "nii", "--tile", "0"])
+    assert result.returncode == 0, result.stderr
+    assert "upscaled 1 of 1 series" in result.stdout
+    written = list(out.glob("*.nii.gz"))
+    assert len(written) == 1 and not list(out.glob("*.dcm"))
+    new = nib.load(written[0])
+    src = convert(source, tmp_path / "nii-source")[0]
+    assert new.shape[2:] == src.shape[2:] and sorted(new.shape[:2]) == sorted(s * 3 for s in src.shape[:2])
+    assert int(new.header["qform_code"]) == int(new.header["sform_code"]) == 1  # scanner space
+    # every source voxel centre (as dcm2niix places it) is the centre of a 3x3 block of new voxels
+    where, values = at_voxels_of(src, new)
+    assert np.abs(where - where.round()).max() < 1e-3
+    index = where.round().astype(int)
+    assert set(np.unique(index[:, :2] % 3)) == {1} and len(np.unique(index[:, 2])) == src.shape[2]
+    data = np.asanyarray(new.dataobj)
+    assert np.corrcoef(values, (data if data.ndim == 3 else data[..., 0])[tuple(index.T)])[0, 1] > 0.99
+
+
+def test_format_nii_with_thin_slices_matches_the_derived_series(tmp_path, medsr_cli):
+    source = SERIES / "siemens-sag-gre-fieldmap"
+    thin = ["--through-plane", "--slice-spacing", "1", "--tile", "0"]
+    assert run(medsr_cli + ["upscale", str(source), "-o", str(tmp_path / "nii"), "--format", "nii", *thin]).returncode == 0
+    assert run(medsr_cli + ["upscale", str(source), "-o", str(tmp_path / "dcm"), *thin]).returncode == 0
+    new, derived = nib.load(next((tmp_path / "nii").glob("*.nii.gz"))), convert(tmp_path / "dcm", tmp_path / "nii-derived")[0]
+    assert new.shape == derived.shape == (42, 64, 25)
+    where, values = at_voxels_of(derived, new)
+    assert np.abs(where - where.round()).max() < 1e-3  # the same 25 slices at the same places
+    assert np.abs(np.asanyarray(new.dataobj)[tuple(where.round().astype(int).T)] - values).max() <= 0.5  # DICOM rounds
+
+
 def test_a_rerun_skips_the_series_and_a_changed_file_redoes_it(tmp_path, medsr_cli):
     source = tmp_path / "series"
     shutil.copytree(SERIES / "siemens-sag-gre-fieldmap", source)

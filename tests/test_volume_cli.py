@@ -107,6 +107,8 @@ def test_the_api_upscales_a_nifti_file_and_a_series_folder(tmp_path):
 
     derived = [pydicom.dcmread(f) for f in files]
     assert len({ds.SeriesInstanceUID for ds in derived}) == 1 and {(ds.Rows, ds.Columns) for ds in derived} == {(128, 84)}
+    volume = nib.load(medsr.upscale_file(series, tmp_path / "derived.nii.gz", scale=2, tile=0))  # one NIfTI file
+    assert volume.shape == (84, 128, 5) and np.allclose(volume.header.get_zooms(), (4.375 / 2, 4.375 / 2, 5.0))
 
 
 def test_the_through_plane_model_is_not_an_in_plane_one(tmp_path, medsr_cli):

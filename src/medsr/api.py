@@ -25,6 +25,7 @@ from medsr.inference import volume as volume_sr
 from medsr.inference.upscaler import TiledUpscaler, load_upscaler
 from medsr.io import read_image, write_image
 from medsr.io import series as series_io
+from medsr.io.formats import format_named, format_of_extension, with_format_extension
 from medsr.io.types import as_unit
 from medsr.settings import TILE_OVERLAP
 
@@ -101,14 +102,15 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     """Upscale one file, or a folder holding a DICOM series, keeping format, bit depth and metadata.
 
     A DICOM becomes a derived DICOM (new UIDs, Rows/Columns x scale, PixelSpacing / scale); a folder
-    holding a DICOM series becomes one derived series in the folder `target`; a NIfTI keeps its
+    holding a DICOM series becomes one derived series in the folder `target`, or one NIfTI file where
+    `target` ends in .nii.gz or .nii (or `format` is "nii"), with the series' geometry; a NIfTI keeps its
     affine with voxel sizes divided in-plane. through_plane=True first makes the thick slices of a
     NIfTI volume or a series thin (to `slice_spacing` mm, default the in-plane spacing; see
     `upscale_volume`); alone it keeps the in-plane grid, with `model` or `scale` it also upscales
     in-plane. `format` ("png", "tiff", "jpeg", "bmp", "dcm", "nii") overrides the target's
     extension. `model` None: the shipped default of `scale` (x3: "default-jpeg" for a JPEG file or JPEG DICOM,
     else "default"). Written atomically; the target may not be the source. Returns the path written
-    (for a series, the folder).
+    (for a series, the folder, or the NIfTI file).
     """
     source, target = Path(source), Path(target)
     if target.exists() and target.resolve() == source.resolve():
@@ -123,9 +125,18 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
         found = [series for series in series_io.scan_series(source) if series.volumes]
         if not found:
             raise MedsrError(f"{source}: holds no DICOM series that forms a volume; pass a folder of one series' files, or a file")
+        nifti = getattr(format_named(format) if format is not None else format_of_extension(target), "name", None) == "nifti"
+        if nifti and format is not None:
+            target = with_format_extension(target, format)
+        if nifti and len(found) > 1:
+            raise MedsrError(f"{source}: holds {len(found)} DICOM series and a NIfTI file holds one; pass one series' folder, "
+                             "or a target folder for derived DICOM series")
         for series in found:
             stacks, grid = volume_sr.upscale_series(series, [v.pixels for v in series.volumes], upscaler, options)
-            series_io.write_derived_series(series, stacks, target, model_name=model_name, **grid)
+            if nifti:
+                series_io.write_series_nifti(series, stacks, target.parent, model_name=model_name, target=target, **grid)
+            else:
+                series_io.write_derived_series(series, stacks, target, model_name=model_name, **grid)
         return target
     image = volume_sr.upscale_image(read_image(source), upscaler, options)
     return write_image(target, image, scale=upscaler.scale if upscaler else 1, model_name=model_name, format=format)

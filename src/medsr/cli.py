@@ -60,13 +60,14 @@ def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
 
 
 def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> list:
-    """One job per file, except that while the output stays DICOM, the volumes of a DICOM series are
-    one job that writes one derived series; a series that cannot form a volume is said so (one line)
-    and done file by file."""
+    """One job per file, except that while the output stays DICOM or is NIfTI, the volumes of a DICOM
+    series are one job that writes one derived series (or one NIfTI file); a series that cannot form a
+    volume is said so (one line) and done file by file."""
     from medsr.inference import batch
-    from medsr.io.formats import format_of_path
+    from medsr.io.formats import format_named, format_of_path
 
-    dicom_files = [path for path, _ in pairs if fmt in (None, "dcm") and getattr(format_of_path(path), "name", "") == "dicom"]
+    as_series = fmt is None or format_named(fmt).name in ("dicom", "nifti")
+    dicom_files = [path for path, _ in pairs if as_series and getattr(format_of_path(path), "name", "") == "dicom"]
     series_of = {}
     if dicom_files:  # pydicom loads only when there are DICOM files
         from medsr.io import series as series_io

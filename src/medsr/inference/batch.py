@@ -45,7 +45,7 @@ from medsr.files import atomic_write
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
-from medsr.io.formats import jpeg_coded
+from medsr.io.formats import format_named, jpeg_coded
 from medsr.io.types import quiet_libraries
 
 if TYPE_CHECKING:  # pydicom loads only when a series is written
@@ -352,8 +352,10 @@ class JobRunner:
                 from medsr.io import series as series_io
 
                 stacks, grid = image
-                written = series_io.write_derived_series(job.series, stacks, job.output, model_name=self.model_name,
-                                                         settings=json.dumps(self.settings, sort_keys=True), **grid)
+                nifti = self.format is not None and format_named(self.format).name == "nifti"
+                write_series = series_io.write_series_nifti if nifti else series_io.write_derived_series
+                written = write_series(job.series, stacks, job.output, model_name=self.model_name,
+                                       settings=json.dumps(self.settings, sort_keys=True), **grid)
             else:
                 written = [write_image(job.output, image, scale=self.scale, model_name=self.model_name, format=self.format)]
             if maps is not None:

@@ -39,7 +39,7 @@ from pydicom.valuerep import DSfloat
 from medsr.errors import MedsrError
 from medsr.files import atomic_write
 from medsr.io import dicom
-from medsr.io.formats import format_of_path
+from medsr.io.formats import file_extension, format_of_path
 from medsr.io.types import Image, ImageMeta, printable, quiet_libraries
 
 # Two positions closer than this (mm) are the same slice; spacings may differ by this much (or by
@@ -498,24 +498,9 @@ def write_derived_series(
     scale and the positions, so the same inputs always give the same UIDs and file names.
     Returns the files written: one per slice for classic input, one enhanced file for enhanced.
     """
-    if series.reason:
-        raise MedsrError(f"{series.paths[0]}: cannot be written as a series ({series.reason}); write its files one by one (medsr.io.write_image)")
-    if len(pixels) != len(series.volumes):
-        raise MedsrError(f"{series.paths[0]}: {len(pixels)} results for a series of {len(series.volumes)} volumes; pass one result per volume")
-    pixels = [np.asarray(p, dtype=np.float32) for p in pixels]
-    if len({p.shape for p in pixels}) > 1:
-        raise MedsrError(f"{series.paths[0]}: the volumes' results differ in shape ({', '.join(sorted({str(p.shape) for p in pixels}))}); upscale every volume the same way")
-    # The volumes of a series share their slice positions (scan_series checks it), so one grid fits all.
-    grids = [_grid(volume, p, positions, slice_thickness) for volume, p in zip(series.volumes, pixels)]  # checks each
-    grid = grids[0]
-
-    # Everything that changes the result changes the UIDs; the same inputs give the same UIDs.
+    pixels, grid, series_uid = _checked_results(series, pixels, positions, slice_thickness, model_name, settings)
     source = series.volumes[0].datasets[0]
-    key = [model_name, f"x{grid.scale:g}"] + ([settings] if settings else [])
-    if grid.through:
-        key += ["slices", *(f"{p:.4f}" for p in grid.positions), f"thickness {grid.thickness:.4f}"]
-    series_uid = dicom.derived_uid("series", series.uid, *key)
-    stem = Path(out_dir) / f"medsr_{hashlib.sha1(series_uid.encode()).hexdigest()[:8]}"
+    stem = Path(out_dir) / _file_stem(series_uid)
     try:
         number = int(source.get("SeriesNumber")) + SERIES_NUMBER_OFFSET
     except (TypeError, ValueError):
@@ -559,6 +544,72 @@ def write_derived_series(
                     _set_private_slice_counts(ds, count)
                 written.append(_save(finish(ds, dicom.derived_uid("sop", series_uid, volume.index, k)), target))
         return written
+
+
+def _checked_results(series: Series, pixels: Sequence[np.ndarray], positions, slice_thickness, model_name: str,
+                     settings: str) -> tuple[list[np.ndarray], _Grid, str]:
+    """What both writers of a derived series start from: the results checked against the series,
+    where their slices lie, and the derived SeriesInstanceUID (from everything that changes the
+    result, so the same inputs give the same UID)."""
+    if series.reason:
+        raise MedsrError(f"{series.paths[0]}: cannot be written as a series ({series.reason}); write its files one by one (medsr.io.write_image)")
+    if len(pixels) != len(series.volumes):
+        raise MedsrError(f"{series.paths[0]}: {len(pixels)} results for a series of {len(series.volumes)} volumes; pass one result per volume")
+    pixels = [np.asarray(p, dtype=np.float32) for p in pixels]
+    if len({p.shape for p in pixels}) > 1:
+        raise MedsrError(f"{series.paths[0]}: the volumes' results differ in shape ({', '.join(sorted({str(p.shape) for p in pixels}))}); upscale every volume the same way")
+    # The volumes of a series share their slice positions (scan_series checks it), so one grid fits all.
+    grid = [_grid(volume, p, positions, slice_thickness) for volume, p in zip(series.volumes, pixels)][0]  # checks each
+    key = [model_name, f"x{grid.scale:g}"] + ([settings] if settings else [])
+    if grid.through:
+        key += ["slices", *(f"{p:.4f}" for p in grid.positions), f"thickness {grid.thickness:.4f}"]
+    return pixels, grid, dicom.derived_uid("series", series.uid, *key)
+
+
+def _file_stem(series_uid: str) -> str:
+    """The derived series' file names start so (batch resume and temp-file clean-up look for 'medsr_')."""
+    return f"medsr_{hashlib.sha1(series_uid.encode()).hexdigest()[:8]}"
+
+
+def write_series_nifti(
+    series: Series,
+    pixels: Sequence[np.ndarray],
+    out_dir: str | os.PathLike,
+    *,
+    model_name: str,
+    settings: str = "",
+    positions: Sequence[float] | None = None,
+    slice_thickness: float | None = None,
+    target: str | os.PathLike | None = None,
+) -> list[Path]:
+    """The super-resolved volumes of `series` (write_derived_series's arguments) as one NIfTI file:
+    axes (column, row, slice along the normal), a 4th axis for a series of several volumes, values
+    in the series' own units (float32), and the affine in RAS+ mm as nibabel and dcm2niix give the
+    source series, moved to the finer grid over the same field of view (qform and sform code 1,
+    scanner). Named like the derived series' files (medsr_<hash>.nii.gz in `out_dir`) unless
+    `target` names the file. Returns [the path written], as write_derived_series returns its files."""
+    import nibabel as nib
+
+    from medsr.io.nifti import scaled_affine
+
+    pixels, grid, series_uid = _checked_results(series, pixels, positions, slice_thickness, model_name, settings)
+    first = series.volumes[0]
+    lps = scaled_affine(first.affine("LPS"), [0, 1], grid.scale)
+    lps[:3, 2] = first.normal * grid.spacing
+    lps[:3, 3] += first.normal * (grid.positions[0] - first.positions[0])
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    volumes = []
+    for volume, result in zip(series.volumes, pixels):
+        low, high = volume.metas[0].value_range
+        volumes.append(np.transpose(low + np.clip(result, 0.0, 1.0) * (high - low), (2, 1, 0)).astype(np.float32))
+    data = volumes[0] if len(volumes) == 1 else np.stack(volumes, axis=3)
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header["descrip"] = f"medsr x{grid.scale:g} {model_name}"[:79].encode()
+    path = Path(target) if target is not None else Path(out_dir) / f"{_file_stem(series_uid)}.nii.gz"
+    with quiet_libraries():
+        return [atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=file_extension(path))]
 
 
 def _ds(value: float) -> DSfloat:
