@@ -1,4 +1,6 @@
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +122,26 @@ def test_scan_errors_name_the_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MedsrError, match="no image files"):
         scan(tmp_path / "empty")
+
+
+def test_scan_says_which_folders_it_could_not_read_or_did_not_follow(tmp_path, monkeypatch, caplog):
+    for folder in ("scans/locked", "elsewhere"):
+        (tmp_path / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / folder / "x.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "scans" / "y.png")
+    (tmp_path / "scans" / "link").symlink_to(tmp_path / "elsewhere")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as an unreadable folder answers (root reads any folder, so chmod cannot show it)
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level("WARNING"):
+        assert [item.path.name for item in scan(tmp_path / "scans")] == ["y.png"]
+    said = caplog.text
+    assert "locked: cannot read this folder (Permission denied)" in said and "link: a link to a folder, not followed" in said
 
 
 def test_load_arrays_skips_bad_files(tmp_path, image_folder):

@@ -43,6 +43,21 @@ def test_an_output_folder_inside_the_input_folder_is_never_read_back(scans, meds
     assert Image.open(out / "a.png").size == (90, 72)
 
 
+def test_an_earlier_runs_output_folder_inside_the_inputs_is_left_out_with_a_note(scans, medsr_cli):
+    assert run(medsr_cli + ["upscale", str(scans), "-o", str(scans / "out"), "--tile", "0"]).returncode == 0
+    result = run(medsr_cli + ["upscale", str(scans), "-o", str(scans / "out2"), "--tile", "0"])
+    assert result.returncode == 0, result.stderr
+    assert "upscaled 2 of 2" in result.stdout and not (scans / "out2" / "out").exists()
+    assert "out: left out, it holds an earlier run's outputs" in result.stderr
+
+
+def test_an_output_folder_around_the_input_folder_still_upscales_it(scans, medsr_cli, tmp_path):
+    result = subprocess.run(medsr_cli + ["upscale", "scans", "-o", ".", "--tile", "0"], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "upscaled 2 of 2" in result.stdout and Image.open(tmp_path / "a.png").size == (90, 72)
+
+
 def test_the_output_folder_may_not_be_the_input_folder(scans, medsr_cli):
     before = sorted(p.name for p in scans.iterdir())
     for extra in ([], ["--format", "png"]):

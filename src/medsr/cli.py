@@ -36,18 +36,27 @@ def _load_upscaler(args, model_name: str | None, tile: int | None = None):
 
 def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
     """(file, path relative to the output folder) for each input file; folders are walked, except
-    the output folder where it lies inside one: medsr never reads its own outputs as inputs."""
+    the output folder where it lies inside one, and any folder inside one that holds an earlier run's
+    ledger (medsr-ledger.jsonl): medsr never reads its own outputs as inputs."""
     from medsr.data import scan
+    from medsr.inference.batch import LEDGER_NAME
 
     out = out_dir.resolve()
     pairs = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            if path.resolve() == out:
+            folder = path.resolve()
+            if folder == out:
                 raise MedsrError(f"{path}: -o is this input folder, so outputs would mix with the inputs; choose another output folder")
+            outputs = {ledger.parent.resolve() for ledger in path.rglob(LEDGER_NAME) if ledger.parent.resolve() != folder}
+            for earlier in sorted(outputs - {out}):
+                print(f"medsr: note: {earlier}: left out, it holds an earlier run's outputs ({LEDGER_NAME}); "
+                      "pass that folder itself to upscale them", file=sys.stderr)
+            if out.is_relative_to(folder):
+                outputs.add(out)
             pairs += [(item.path, item.path.relative_to(path)) for item in scan(path)
-                      if not item.path.resolve().is_relative_to(out)]
+                      if not any(item.path.resolve().is_relative_to(o) for o in outputs)]
         elif path.is_file():
             pairs.append((path, Path(path.name)))
         else:

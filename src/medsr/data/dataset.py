@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +45,28 @@ def scan(roots: str | Path | list) -> list[Item]:
     for root in map(Path, roots):
         if not root.is_dir():
             raise MedsrError(f"{root}: data folder not found; pass an existing folder (see README, 'Data layout')")
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and is_supported(p)):
+        for path in sorted(p for p in _files_below(root) if is_supported(p)):
             parent = path.parent.relative_to(root).as_posix()
             items.append(Item(path, f"{path.parent.name}/{path.name}", "" if parent == "." else parent))
     if not items:
         raise MedsrError(f"{', '.join(map(str, roots))}: no image files found; supported: PNG, JPEG, TIFF, DICOM, NIfTI")
     return items
+
+
+def _files_below(root: Path) -> list[Path]:
+    """Every file below `root`. A folder that cannot be read, or a link to a folder (not followed: a link
+    can loop), is said so in a warning rather than skipped in silence."""
+    def unreadable(err: OSError) -> None:
+        log.warning("note: %s: cannot read this folder (%s); its files are left out", err.filename, err.strerror)
+
+    files = []
+    for folder, subfolders, names in os.walk(root, onerror=unreadable):
+        for name in subfolders:
+            if os.path.islink(os.path.join(folder, name)):
+                log.warning("note: %s: a link to a folder, not followed; pass the folder it points to if its files are wanted",
+                            os.path.join(folder, name))
+        files += [Path(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]
+    return files
 
 
 def split_of(key: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
