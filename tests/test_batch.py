@@ -204,6 +204,24 @@ def test_library_reports_bad_files_and_goes_on(tmp_path, tiny_model):
     assert "1 failed" in summary.describe(out, 3) and "broken.png" in summary.describe(out, 3)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unexpected_error_fails_its_file_and_the_batch_goes_on(tmp_path, tiny_model, monkeypatch, workers):
+    src, out = make_inputs(tmp_path / "in", 6), tmp_path / "out"
+    upscaler, _ = load_upscaler(tiny_model, precision="fp32")
+    real = upscaler.upscale
+
+    def upscale(pixels):  # a bug that only one image's size meets
+        if pixels.shape[-2:] == (31, 40):
+            raise ValueError("could not broadcast")
+        return real(pixels)
+
+    monkeypatch.setattr(upscaler, "upscale", upscale)
+    Image.fromarray(np.zeros((31, 40), np.uint8)).save(src / "odd.png")
+    summary = batch.run_batch(jobs_for(src, out), upscaler, workers=workers)
+    assert summary.done == 6 and [r.job.input.name for r in summary.failed] == ["odd.png"]
+    assert "unexpected ValueError (could not broadcast); this is a medsr bug" in summary.failed[0].reason
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

@@ -196,3 +196,9 @@ def test_every_library_medsr_imports_is_named_in_pyproject():
     imported = {dist.lower().replace("_", "-") for module in modules - set(sys.stdlib_module_names) - {"medsr"}
                 for dist in distributions.get(module, [module])}
     assert imported - named == set()
+
+
+@pytest.mark.parametrize("option", [["--tile", "-5"], ["--tile", "16", "--tile-overlap", "-1"]])
+def test_a_negative_tile_or_overlap_is_one_line(scans, medsr_cli, tmp_path, option):
+    line = one_error_line(run(medsr_cli + ["upscale", str(scans), "-o", str(tmp_path / "o"), *option]))
+    assert "give 0" in line and not (tmp_path / "o").exists()

@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # pydicom loads only when a series is written
     from medsr.io.series import Series
 
 LEDGER_NAME = "medsr-ledger.jsonl"
+log = logging.getLogger(__name__)
 SUMMARY_NAME = "medsr-summary.csv"
 # atomic_write's temp files: ".<name>.<8 hex>.tmp[suffix]" next to the target.
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
@@ -293,6 +295,10 @@ def remove_temp_files(jobs: Iterable[Job]) -> int:
 def _failure(job: Job, err: Exception, seconds: float) -> JobResult:
     if isinstance(err, MemoryError):
         err = MedsrError(f"{job.input}: not enough memory to upscale this image; lower --tile or use a machine with more memory")
+    elif not isinstance(err, (MedsrError, OSError)):  # a bug of medsr's: this job fails, the batch goes on
+        log.debug("%s failed", job.input, exc_info=err)
+        err = MedsrError(f"{job.input}: unexpected {type(err).__name__} ({err}); this is a medsr bug: please report it "
+                         "with the file (-v shows where it happened)")
     message = str(err) if str(job.input) in str(err) else f"{job.input}: {err}"
     return JobResult(job, "failed", message, seconds)
 
@@ -332,7 +338,7 @@ class JobRunner:
             state = _input_state(job) if job.series or job.input.is_file() else {}
             data = [volume.pixels for volume in job.series.volumes] if job.series else read_image(job.input)
             return data, state, time.perf_counter() - started
-        except (MedsrError, MemoryError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - _failure says what it was
             return _failure(job, err, time.perf_counter() - started)
 
     def upscale(self, job: Job, data) -> tuple[Any, dict | None]:
@@ -361,7 +367,7 @@ class JobRunner:
             if maps is not None:
                 written += hallucination.write_maps(hallucination.stem_for(written[0]), maps, protect=self.protect)
             files = [_file_record(path) for path in written]
-        except (MedsrError, MemoryError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - _failure says what it was
             return _failure(job, err, time.perf_counter() - started)
         note = raster.COLOUR_NOTE if job.series is None and image.meta.extra.get("colour") else ""
         return JobResult(job, "done", note, time.perf_counter() - started, files, state)
@@ -371,7 +377,7 @@ class JobRunner:
         started = time.perf_counter() - spent
         try:
             sr, maps = self.upscale(job, data)
-        except (MedsrError, MemoryError) as err:
+        except Exception as err:  # noqa: BLE001 - _failure says what it was
             return _failure(job, err, time.perf_counter() - started)
         return self.write(job, sr, maps, state, time.perf_counter() - started)
 
@@ -545,7 +551,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                     try:
                         sr, maps = runner_for(job).upscale(job, data)
                         writing.append(submit(runner_for(job).write, job, sr, maps, state, time.perf_counter() - started))
-                    except (MedsrError, MemoryError) as err:
+                    except Exception as err:  # noqa: BLE001 - _failure says what it was
                         writing.append(_finished(_failure(job, err, time.perf_counter() - started)))
                 drain(keep=write_behind)
             drain(keep=0)

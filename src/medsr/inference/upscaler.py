@@ -27,6 +27,10 @@ class TiledUpscaler:
 
     def __init__(self, scale: int, tile: int | None = None, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
         # tile None: TILE (the torch Upscaler then takes hardware.default_tile's choice)
+        if tile is not None and tile < 0:
+            raise MedsrError(f"tile {tile}: give 0 (the whole image at once) or a tile size in LR pixels")
+        if tile_overlap < 0:
+            raise MedsrError(f"tile overlap {tile_overlap}: give 0 or more pixels of context around each tile")
         self.scale, self.tile, self.overlap, self.normalize = scale, TILE if tile is None else tile, tile_overlap, normalize
 
     def _run(self, lr01: np.ndarray) -> np.ndarray:
