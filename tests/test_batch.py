@@ -195,6 +195,21 @@ def test_uncertainty_maps_are_part_of_complete(tmp_path, tiny_model):
     assert (again.done, again.skipped) == (1, 3)
 
 
+def test_outputs_whose_maps_would_overwrite_others_are_refused(tmp_path, tiny_model):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 24), dtype=np.uint8)
+    for name in ("scan.png", "scan.tif", "b.png", "b.uncertainty.png"):  # scan.* share maps; b's map is the 4th's output
+        Image.fromarray(pixels).save(src / name)
+    jobs = [batch.Job(p, out / p.name) for p in sorted(src.iterdir())]
+    upscaler, _ = load_upscaler(tiny_model, precision="fp32")
+    summary = batch.run_batch(jobs, upscaler, uncertainty=True, ledger=out / batch.LEDGER_NAME)
+    assert sorted(r.job.input.name for r in summary.failed) == ["b.uncertainty.png", "scan.tif"]
+    assert all("was already written from" in r.reason for r in summary.failed)
+    again = batch.run_batch(jobs, upscaler, uncertainty=True, ledger=out / batch.LEDGER_NAME)
+    assert (again.done, again.skipped) == (0, 2)  # what ran is complete: no map was overwritten after it
+
+
 def test_library_reports_bad_files_and_goes_on(tmp_path, tiny_model):
     src, out = make_inputs(tmp_path / "in", 6), tmp_path / "out"
     (src / "broken.png").write_bytes(b"not a png")

@@ -424,18 +424,22 @@ def input_paths(jobs: list[Job]) -> set[Path]:
     return {path.resolve() for job in jobs for path in (job.series.paths if job.series else [job.input])}
 
 
-def refused_jobs(jobs: list[Job], inputs: set[Path]) -> dict[int, str]:
-    """Jobs that must not run at all, by index: their output would overwrite an input or another job's output."""
+def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False) -> dict[int, str]:
+    """Jobs that must not run at all, by index: their output (with `uncertainty`, or its maps) would
+    overwrite an input or another job's output or maps (scan.png and scan.tif have the same maps)."""
     refused, claimed = {}, {}
     for index, job in enumerate(jobs):
-        target = job.record_path.resolve()
-        if target in inputs:
+        targets = [job.record_path]
+        if uncertainty and job.series is None:
+            targets += hallucination.map_paths(hallucination.stem_for(job.output))
+        targets = [target.resolve() for target in targets]
+        if any(target in inputs for target in targets):
             refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
-        elif target in claimed:
-            refused[index] = (f"{job.input}: its output {job.output} was already written from {claimed[target]}; "
-                              "rename one of them or drop --format")
+        elif clash := next((target for target in targets if target in claimed), None):
+            hint = "rename one of them" + (" or drop --format" if clash == targets[0] else "")
+            refused[index] = f"{job.input}: its output {clash} was already written from {claimed[clash]}; {hint}"
         else:
-            claimed[target] = job.input
+            claimed.update(dict.fromkeys(targets, job.input))
     return refused
 
 
@@ -475,7 +479,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     settings = batch_settings(settings, scale, format, uncertainty, through_plane)
     inputs = input_paths(jobs)
     book = open_ledger(ledger, inputs)
-    refused = refused_jobs(jobs, inputs)
+    refused = refused_jobs(jobs, inputs, uncertainty)
     temp_removed = remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
     runner = JobRunner(upscaler, settings, model_name, format, uncertainty, reference, through_plane, inputs)
     jpeg_runner = runner
