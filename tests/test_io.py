@@ -228,6 +228,22 @@ def make_dicom(path, stored, *, bits_stored=12, signed=False, photometric="MONOC
     return path
 
 
+def test_an_8_bit_file_of_a_signed_ct_shows_its_window(tmp_path):
+    hu = np.linspace(-1000, 1000, 8 * 10).reshape(8, 10).round()  # air to bone, in a signed 16-bit range
+    ct = make_dicom(tmp_path / "ct.dcm", hu, bits_stored=16, signed=True, RescaleSlope=1, RescaleIntercept=0,
+                    WindowCenter=40, WindowWidth=400)
+    shown = np.asarray(PILImage.open(write_image(tmp_path / "ct.bmp", read_image(ct))), dtype=float)
+    expected = np.clip((hu - (40 - 200)) / 400, 0, 1) * 255  # the soft-tissue window, black below, white above
+    assert np.abs(shown - expected).max() <= 1
+    no_window = make_dicom(tmp_path / "plain.dcm", hu, bits_stored=16, signed=True)
+    shown = np.asarray(PILImage.open(write_image(tmp_path / "plain.bmp", read_image(no_window))), dtype=float)
+    assert shown.min() == 0 and shown.max() == 255  # darkest to brightest, not a sliver of the int16 range
+    inverted = make_dicom(tmp_path / "m1.dcm", hu, bits_stored=16, signed=True, photometric="MONOCHROME1",
+                          WindowCenter=40, WindowWidth=400)
+    shown = np.asarray(PILImage.open(write_image(tmp_path / "m1.bmp", read_image(inverted))), dtype=float)
+    assert np.abs(shown - (255 - expected)).max() <= 1  # MONOCHROME1: high values dark, the same window
+
+
 def test_dicom_12bit_read(tmp_path):
     stored = RNG.integers(0, 4096, size=(6, 8))
     stored[0, 0], stored[0, 1] = 0, 4095

@@ -216,6 +216,22 @@ def _read_dicom(path: Path) -> Image:
     return Image(pixels.astype(np.float32), meta)
 
 
+def window01(meta: ImageMeta) -> tuple[float, float] | None:
+    """The display window the file names (its first WindowCenter / WindowWidth, in real units) on
+    read_dicom's [0, 1] scale, low end first; None without a usable one."""
+    ds = meta.source
+    try:
+        centre, width = (float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
+                         for v in (ds.WindowCenter, ds.WindowWidth))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    lo, hi = meta.value_range
+    if not (math.isfinite(centre) and math.isfinite(width) and width > 0 and hi > lo):
+        return None
+    low, high = (centre - width / 2 - lo) / (hi - lo), (centre + width / 2 - lo) / (hi - lo)
+    return (1.0 - high, 1.0 - low) if meta.photometric == "MONOCHROME1" else (low, high)
+
+
 def _to_stored(pixels: np.ndarray, ds: Dataset, meta: ImageMeta) -> np.ndarray:
     """Inverse of read_dicom's normalisation: [0,1] -> stored integers of the source file."""
     if meta.photometric == "MONOCHROME1":

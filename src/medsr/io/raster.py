@@ -133,6 +133,18 @@ def read_raster(path: Path) -> Image:
     return Image(pixels, meta)
 
 
+def _displayed(pixels: np.ndarray, meta) -> np.ndarray:
+    """What an 8-bit file made from a DICOM or NIfTI shows: the window the DICOM names, else the image
+    stretched from its darkest to its brightest value. The pixels' own [0, 1] scale spans the whole
+    stored range, where a signed 16-bit CT sits in a sliver: written as they are, 8 bits would show
+    a flat gray. (16-bit outputs keep that scale, which loses nothing.)"""
+    from medsr.io.dicom import window01
+
+    window = window01(meta) if meta.format == "dicom" else None
+    low, high = window or (float(pixels.min()), float(pixels.max()))
+    return np.clip((pixels - low) / (high - low), 0.0, 1.0) if high > low else pixels
+
+
 def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = None) -> None:
     """Write to `path` as 8-bit, or 16-bit where the input had more than 8 bits and the format can hold it.
 
@@ -151,6 +163,8 @@ def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = No
         raise MedsrError(f"{name}: JPEG cannot hold an image of {pixels.shape[-2]}x{pixels.shape[-1]} (limit 65500 a side); use --format png or tiff")
     # JPEG and BMP cannot hold 16-bit grayscale, so they always get 8 bits.
     bits = 16 if image.meta.bit_depth > 8 and fmt in ("png", "tiff") else 8
+    if bits == 8 and image.meta.format in ("dicom", "nifti"):
+        pixels = _displayed(pixels, image.meta)
     frames = [pixels] if pixels.ndim == 2 else list(pixels)
     pages = [PILImage.fromarray(to_uint(f, bits)) for f in frames]
     options = {"quality": 95} if fmt == "jpeg" else dict(PNG_OPTIONS) if fmt == "png" else {}
