@@ -1,6 +1,7 @@
 """What a new user hit in the first hour: output folders inside or equal to the input, scale
 errors and defaults, --version and --help. Run through the installed console script."""
 
+import os
 import subprocess
 import sys
 
@@ -202,3 +203,16 @@ def test_every_library_medsr_imports_is_named_in_pyproject():
 def test_a_negative_tile_or_overlap_is_one_line(scans, medsr_cli, tmp_path, option):
     line = one_error_line(run(medsr_cli + ["upscale", str(scans), "-o", str(tmp_path / "o"), *option]))
     assert "give 0" in line and not (tmp_path / "o").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_upscaled_and_reported(scans, medsr_cli, tmp_path):
+    name = os.fsencode(scans) + b"/bad\xffname.png"  # Linux allows any bytes in a name
+    with open(name, "wb") as fh:
+        fh.write((scans / "a.png").read_bytes())
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")  # a strict stdout, as many terminals and pipes have
+    result = subprocess.run(medsr_cli + ["upscale", str(scans), "-o", str(tmp_path / "o"), "--tile", "0"],
+                            capture_output=True, text=True, timeout=600, env=env, errors="replace")
+    assert result.returncode == 0, result.stderr
+    assert "upscaled 3 of 3" in result.stdout
+    assert os.path.exists(os.fsencode(tmp_path / "o") + b"/bad\xffname.png")
+    assert "bad\\udcffname.png" in (tmp_path / "o" / "medsr-summary.csv").read_text(encoding="utf-8")

@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate" and isinstance(args.model, str):  # --model a,b,c
         args.model = [m for m in args.model.split(",") if m]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="medsr: %(message)s")
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not a crash mid-batch
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
     except MedsrError as err:

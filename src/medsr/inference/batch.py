@@ -131,7 +131,7 @@ class BatchSummary:
     def write_csv(self, path: Path) -> Path:
         """One row per job (input, output, status, reason, seconds, model), written atomically."""
         def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:  # names not in UTF-8
                 rows = csv.writer(fh)
                 rows.writerow(["input", "output", "status", "reason", "seconds", "model"])
                 for r in self.results:
