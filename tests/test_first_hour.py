@@ -216,3 +216,16 @@ def test_a_file_name_that_is_not_utf8_is_upscaled_and_reported(scans, medsr_cli,
     assert "upscaled 3 of 3" in result.stdout
     assert os.path.exists(os.fsencode(tmp_path / "o") + b"/bad\xffname.png")
     assert "bad\\udcffname.png" in (tmp_path / "o" / "medsr-summary.csv").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("scale", ["1", "0", "-2"])
+def test_a_scale_below_two_is_refused_without_listing_x1(scans, medsr_cli, tmp_path, scale):
+    line = one_error_line(run(medsr_cli + ["upscale", str(scans), "-o", str(tmp_path / "o"), "--scale", scale]))
+    assert "upscales by 2 or more (shipped scales: x2, x3, x4)" in line
+
+
+def test_an_unwritable_output_or_a_summary_folder_is_refused_before_any_upscaling(scans, medsr_cli, tmp_path):
+    line = one_error_line(run(medsr_cli + ["upscale", str(scans), "-o", str(scans / "a.png" / "out")]))
+    assert "cannot write into this folder (Not a directory)" in line
+    line = one_error_line(run(medsr_cli + ["upscale", str(scans), "-o", str(tmp_path / "o"), "--summary", str(tmp_path)]))
+    assert "--summary names a folder" in line and not list((tmp_path / "o").glob("*.png"))

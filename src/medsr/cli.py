@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from medsr import __version__
@@ -62,6 +63,15 @@ def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
         else:
             raise MedsrError(f"{path}: no such file or folder; check the path")
     return pairs
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise MedsrError(f"{folder}: cannot write into this folder ({err.strerror or err}); choose a writable {option} folder") from None
 
 
 def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
@@ -178,7 +188,11 @@ def _upscale(args) -> int:
     summary_path = Path(args.summary) if args.summary else out_dir / batch.SUMMARY_NAME
     if summary_path.resolve() in {p.resolve() for p, _ in pairs}:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
+    if summary_path.is_dir():
+        raise MedsrError(f"{summary_path}: --summary names a folder; give a file, such as {summary_path / batch.SUMMARY_NAME}")
     model, reference_name = _batch_model(args, args.model if in_plane else None, through_plane)
+    for folder in {out_dir, summary_path.parent}:  # before any file is upscaled, rather than at every write
+        _check_writable(folder, "-o" if folder == out_dir else "--summary")
     upscaler = model.upscaler
     jpeg = jpeg_reference = None  # default-jpeg for the JPEG-coded files of a run that holds others too (zoo.jpeg_default)
     if jpeg_model is not None:

@@ -59,9 +59,12 @@ def default_model(scale: int | None = None, inputs: Iterable[str | os.PathLike] 
         if inputs and all(map(jpeg_coded, inputs)) and JPEG_MODEL in shipped_models():
             return JPEG_MODEL
         return DEFAULT_MODEL
+    scales = ", ".join(f"x{s}" for s in sorted({s for s in shipped_scales().values() if s > 1}))  # not through-plane's x1
+    if scale < 2:
+        raise MedsrError(f"--scale {scale}: medsr upscales by 2 or more (shipped scales: {scales}); "
+                         "for thinner slices alone use --through-plane without --scale")
     name = f"{DEFAULT_MODEL}-x{scale}"
     if name not in shipped_models():
-        scales = ", ".join(f"x{s}" for s in sorted(set(shipped_scales().values())))
         raise MedsrError(f"--scale {scale}: no shipped model upscales x{scale} (shipped scales: {scales}); "
                          f"pick one of those, or pass a x{scale} model of yours with --model")
     return name
