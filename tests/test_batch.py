@@ -205,7 +205,10 @@ def test_outputs_whose_maps_would_overwrite_others_are_refused(tmp_path, tiny_mo
     upscaler, _ = load_upscaler(tiny_model, precision="fp32")
     summary = batch.run_batch(jobs, upscaler, uncertainty=True, ledger=out / batch.LEDGER_NAME)
     assert sorted(r.job.input.name for r in summary.failed) == ["b.uncertainty.png", "scan.tif"]
-    assert all("was already written from" in r.reason for r in summary.failed)
+    assert all("was already written from" in r.reason and "--format" not in r.reason for r in summary.failed)
+    same_png = [batch.Job(src / name, out / "png" / "scan.png") for name in ("scan.png", "scan.tif")]  # as --format png names them
+    refused = batch.run_batch(same_png, upscaler, format="png").failed
+    assert len(refused) == 1 and refused[0].reason.endswith("rename one of them or drop --format")
     again = batch.run_batch(jobs, upscaler, uncertainty=True, ledger=out / batch.LEDGER_NAME)
     assert (again.done, again.skipped) == (0, 2)  # what ran is complete: no map was overwritten after it
 
@@ -235,6 +238,19 @@ def test_an_unexpected_error_fails_its_file_and_the_batch_goes_on(tmp_path, tiny
     summary = batch.run_batch(jobs_for(src, out), upscaler, workers=workers)
     assert summary.done == 6 and [r.job.input.name for r in summary.failed] == ["odd.png"]
     assert "unexpected ValueError (could not broadcast); this is a medsr bug" in summary.failed[0].reason
+
+
+def test_tiff_pages_left_out_are_said_so(tmp_path, tiny_model):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    page = Image.fromarray(np.zeros((40, 40), np.uint8))
+    page.save(src / "with-thumbnail.tif", save_all=True, append_images=[page.resize((10, 10))])
+    page.save(src / "stack.tif", save_all=True, append_images=[page])  # equal pages: a stack, nothing left out
+    upscaler, _ = load_upscaler(tiny_model, precision="fp32")
+    reasons = {r.job.input.name: r.reason for r in batch.run_batch([batch.Job(p, out / p.name) for p in sorted(src.iterdir())],
+                                                                   upscaler).results}
+    assert reasons == {"stack.tif": "", "with-thumbnail.tif": reasons["with-thumbnail.tif"]}
+    assert reasons["with-thumbnail.tif"].startswith("1 more page(s) of another size or depth left out")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -369,7 +369,7 @@ class JobRunner:
             files = [_file_record(path) for path in written]
         except Exception as err:  # noqa: BLE001 - _failure says what it was
             return _failure(job, err, time.perf_counter() - started)
-        note = raster.COLOUR_NOTE if job.series is None and image.meta.extra.get("colour") else ""
+        note = raster.notes(image.meta) if job.series is None else ""
         return JobResult(job, "done", note, time.perf_counter() - started, files, state)
 
     def finish(self, job: Job, data, state: dict, spent: float) -> JobResult:
@@ -424,7 +424,7 @@ def input_paths(jobs: list[Job]) -> set[Path]:
     return {path.resolve() for job in jobs for path in (job.series.paths if job.series else [job.input])}
 
 
-def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False) -> dict[int, str]:
+def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, format: str | None = None) -> dict[int, str]:
     """Jobs that must not run at all, by index: their output (with `uncertainty`, or its maps) would
     overwrite an input or another job's output or maps (scan.png and scan.tif have the same maps)."""
     refused, claimed = {}, {}
@@ -436,7 +436,7 @@ def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False) 
         if any(target in inputs for target in targets):
             refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
         elif clash := next((target for target in targets if target in claimed), None):
-            hint = "rename one of them" + (" or drop --format" if clash == targets[0] else "")
+            hint = "rename one of them" + (" or drop --format" if format and clash == targets[0] else "")
             refused[index] = f"{job.input}: its output {clash} was already written from {claimed[clash]}; {hint}"
         else:
             claimed.update(dict.fromkeys(targets, job.input))
@@ -479,7 +479,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     settings = batch_settings(settings, scale, format, uncertainty, through_plane)
     inputs = input_paths(jobs)
     book = open_ledger(ledger, inputs)
-    refused = refused_jobs(jobs, inputs, uncertainty)
+    refused = refused_jobs(jobs, inputs, uncertainty, format)
     temp_removed = remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
     runner = JobRunner(upscaler, settings, model_name, format, uncertainty, reference, through_plane, inputs)
     jpeg_runner = runner

@@ -46,6 +46,15 @@ def _sample_bits(page: PILImage.Image, path: Path) -> int:
 COLOUR_NOTE = "in colour; upscaled as one gray channel (its luminance), as medsr does every scan"  # said where one was read
 
 
+def notes(meta: ImageMeta) -> str:
+    """What a batch says about a file it upscaled: colour made gray, TIFF pages left out ("" for neither)."""
+    said = [COLOUR_NOTE] if meta.extra.get("colour") else []
+    if meta.extra.get("pages_left_out"):
+        said.append(f"{meta.extra['pages_left_out']} more page(s) of another size or depth left out (thumbnails or other "
+                    "images); the first page is upscaled")
+    return "; ".join(said)
+
+
 def has_colour(rgb: np.ndarray, tolerance: int = 8, share: float = 0.001) -> bool:
     """Whether a (..., 3) array on a 0-255 scale holds real colour: more than `share` of its pixels have
     channels more than `tolerance` apart. A gray scan saved as RGB (common for exported X-rays) has
@@ -116,19 +125,22 @@ def read_raster(path: Path) -> Image:
         raise MedsrError(f"{path}: not a readable image file (truncated, corrupt or wrong extension: {reason}); check the file or re-export it")
 
     arr, bits, colour = pages[0]
-    # Pages of a different size or depth are thumbnails or unrelated images: keep the first only.
+    # Pages of a different size or depth are thumbnails or unrelated images: keep the first only (and say so).
     same = all(a.shape == arr.shape and b == bits for a, b, _ in pages[1:])
     if len(pages) > 1 and same:
         arr = np.stack([a for a, _, _ in pages])
         colour = any(c for _, _, c in pages)
     pixels = from_uint(arr, bits)
+    extra = {"colour": True} if colour else {}
+    if not same:
+        extra["pages_left_out"] = len(pages) - 1
     meta = ImageMeta(
         path=str(path),
         format=fmt if fmt in _PIL_FORMATS else "png",
         bit_depth=bits,
         value_range=(0.0, float(2**bits - 1)),
         pixel_spacing=None,
-        extra={"colour": True} if colour else {},
+        extra=extra,
     )
     return Image(pixels, meta)
 
