@@ -462,6 +462,30 @@ def test_differing_rescales_share_one_value_range(tmp_path):
         np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, _pattern((12, 10), z))
 
 
+def test_new_slices_between_differing_rescales_hold_their_values(tmp_path):
+    folder = tmp_path / "pet"
+    for z in range(3):  # slopes 1, 2, 3: a new slice near the first holds values up to 3x its stored range
+        synthetic_slice(folder / f"{z}.dcm", 2.0 * z, value=z, RescaleSlope=f"{z + 1}", RescaleIntercept="0")
+    series = only(S.scan_series(folder))
+    volume = series.volumes[0]
+    new = np.stack([volume.pixels[2], volume.pixels[0]])  # the brightest slice's values where slice 0 is nearest
+    written = S.write_derived_series(series, [new], tmp_path / "out", model_name="m", positions=[0.5, 1.5])
+    for path, pixels in zip(written, new):
+        ds = pydicom.dcmread(path)
+        real = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_allclose(real, pixels * 3 * 4095, atol=float(ds.RescaleSlope))  # within one stored step
+
+
+def test_a_copy_of_a_file_in_the_folder_is_left_out_not_a_second_volume(tmp_path):
+    folder = synthetic_series(tmp_path / "in", (0, 2, 4, 6))
+    (folder / "copy").mkdir()
+    for path in list(folder.glob("*.dcm")):
+        (folder / "copy" / path.name).write_bytes(path.read_bytes())
+    series = only(S.scan_series(folder))
+    assert len(series.volumes) == 1 and len(series.volumes[0].positions) == 4
+    assert len(series.repeats) == 4 and all(path.parent.name == "copy" for path in series.repeats)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -92,6 +92,9 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> lis
         from medsr.io import series as series_io
 
         for found in series_io.scan_series(dicom_files):
+            if found.repeats:
+                print(f"medsr: note: {found.repeats[0]}" + (f" and {len(found.repeats) - 1} more" if len(found.repeats) > 1 else "")
+                      + ": a copy of another file of its series (the same SOPInstanceUID); left out", file=sys.stderr)
             if found.volumes:
                 series_of.update(dict.fromkeys(found.paths, found))
             elif len(found.paths) > 1 and found.spatial:  # radiographs without positions are not series to warn about
@@ -169,7 +172,7 @@ def _upscale(args) -> int:
         if args.uncertainty:
             raise MedsrError("--uncertainty maps are drawn for in-plane results only; run --through-plane without it")
         through_plane = ThroughPlane(args.slice_spacing, args.slice_thickness, args.adapt_minutes, device=args.device, precision=args.precision)
-    elif args.slice_spacing or args.slice_thickness or args.adapt_minutes:
+    elif args.slice_spacing is not None or args.slice_thickness is not None or args.adapt_minutes:
         raise MedsrError("--slice-spacing, --slice-thickness and --adapt-minutes go with --through-plane; add it")
     if args.ray_address and args.engine != "ray":
         raise MedsrError("--ray-address goes with --engine ray; add it")

@@ -46,7 +46,7 @@ _STALE = (
 )
 
 
-def _stored_range(ds: Dataset) -> tuple[int, int]:
+def stored_range(ds: Dataset) -> tuple[int, int]:
     """Integer range the declared BitsStored / PixelRepresentation can hold."""
     bits = int(ds.BitsStored)
     if int(ds.get("PixelRepresentation", 0)) == 1:
@@ -54,7 +54,7 @@ def _stored_range(ds: Dataset) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def _rescale(ds: Dataset, path: Path | None = None) -> tuple[float, float]:
+def rescale(ds: Dataset, path: Path | None = None) -> tuple[float, float]:
     """Linear modality rescale (slope, intercept); a missing or zero slope means identity."""
     try:
         slope = float(ds.get("RescaleSlope", 1) or 1)
@@ -183,14 +183,14 @@ def _read_dicom(path: Path) -> Image:
             )
         raise MedsrError(f"{path}: not a readable DICOM file (pixel data truncated or corrupt: {reason}); check the file or re-export it")
 
-    lo, hi = _stored_range(ds)
+    lo, hi = stored_range(ds)
     colour = photometric in _COLOR and has_colour(stored * (255 / max(hi, 1)))
     if photometric in _COLOR:
         # pydicom already converted YBR to RGB; colour carries no modality rescale.
         stored = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         slope, intercept = 1.0, 0.0
     else:
-        slope, intercept = _rescale(ds, path)
+        slope, intercept = rescale(ds, path)
     stored = np.clip(stored.astype(np.float64), lo, hi)  # stray bits above BitsStored
     # Normalise through the modality rescale so value_range is in real units (e.g. HU);
     # a negative slope reverses the ends, which the min/max ordering handles.
@@ -236,8 +236,8 @@ def _to_stored(pixels: np.ndarray, ds: Dataset, meta: ImageMeta) -> np.ndarray:
     """Inverse of read_dicom's normalisation: [0,1] -> stored integers of the source file."""
     if meta.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels  # back to the file's inverted convention
-    lo, hi = _stored_range(ds)
-    slope, intercept = (1.0, 0.0) if meta.photometric in _COLOR else _rescale(ds)
+    lo, hi = stored_range(ds)
+    slope, intercept = (1.0, 0.0) if meta.photometric in _COLOR else rescale(ds)
     vlo, vhi = meta.value_range
     values = vlo + np.clip(pixels.astype(np.float64), 0.0, 1.0) * (vhi - vlo)
     stored = np.clip(np.rint((values - intercept) / slope), lo, hi)

@@ -163,6 +163,7 @@ class Series:
     volumes: list[Volume]
     reason: str | None = None  # set: process these files one by one (dicom.write_dicom)
     spatial: bool = True  # some file has ImagePositionPatient and ImageOrientationPatient: a volume was possible
+    repeats: list[Path] = dataclasses.field(default_factory=list)  # copies of files already in (same SOPInstanceUID): left out
 
     @property
     def message(self) -> str:
@@ -311,11 +312,26 @@ def scan_series(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     found = []
     for uid, slices in by_uid.items():
         files = list(dict.fromkeys(s.path for s in slices))
+        slices, repeats = _without_copies(slices)
         groups, reason = _split_volumes(slices)
         volumes = [] if reason else _volumes(uid, groups)
         spatial = any(s.position is not None and s.orientation is not None for s in slices)
-        found.append(Series(uid, files, volumes, reason, spatial))
+        found.append(Series(uid, files, volumes, reason, spatial, repeats))
     return found + loose
+
+
+def _without_copies(slices: list[_Slice]) -> tuple[list[_Slice], list[Path]]:
+    """The slices with copies of an image already seen (the same SOPInstanceUID and frame: a file
+    copied twice into the folder) left out, and the files left out; as dcm2niix drops duplicates."""
+    seen, kept, repeats = set(), [], []
+    for piece in slices:
+        key = (str(piece.ds.get("SOPInstanceUID", "")), piece.frame)
+        if key[0] and key in seen:
+            repeats.append(piece.path)
+        else:
+            seen.add(key)
+            kept.append(piece)
+    return kept, list(dict.fromkeys(repeats))
 
 
 def _split_volumes(slices: list[_Slice]) -> tuple[list[list[_Slice]], str | None]:
@@ -525,10 +541,13 @@ def write_derived_series(
         for volume, result in zip(series.volumes, pixels):
             locations = _slice_locations(volume, grid.positions) if grid.through else None
             ascending = _numbered_along_normal(volume)
+            refit = grid.through and len({dicom.rescale(ds) for ds in volume.datasets}) > 1
             for k, position in enumerate(grid.positions):
                 i = grid.nearest[k]
                 target = Path(f"{stem}_{volume.index + 1:03d}_{k + 1:04d}.dcm")
-                image = Image(result[k], dataclasses.replace(volume.metas[i], source=volume.datasets[i]))
+                meta = volume.metas[i]
+                header = _rescaled_to_hold(volume.datasets[i], result[k], meta) if refit else volume.datasets[i]
+                image = Image(result[k], dataclasses.replace(meta, source=header))
                 ds = _derived(image, grid.scale, model_name, target)  # IPP, spacing, pixels, source reference
                 if grid.through:
                     moved = dicom.float_vector(ds.ImagePositionPatient, 3) + (position - volume.positions[i]) * volume.normal
@@ -610,6 +629,21 @@ def write_series_nifti(
     path = Path(target) if target is not None else Path(out_dir) / f"{_file_stem(series_uid)}.nii.gz"
     with quiet_libraries():
         return [atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=file_extension(path))]
+
+
+def _rescaled_to_hold(ds: Dataset, pixels01: np.ndarray, meta: ImageMeta) -> Dataset:
+    """A copy of a slice's header with RescaleSlope and RescaleIntercept set so that its stored range
+    holds `pixels01`'s values (in the volume's real units): for a new slice between source slices of
+    different rescales (PET), which would otherwise be clipped to its nearest source slice's range."""
+    low, high = meta.value_range
+    values = low + np.clip(pixels01, 0.0, 1.0) * (high - low)
+    first, last = dicom.stored_range(ds)
+    vmin, vmax = float(values.min()), float(values.max())
+    slope = (vmax - vmin) / (last - first) if vmax > vmin else 1.0
+    header = copy.deepcopy(ds)
+    header.RescaleSlope = _ds(slope)
+    header.RescaleIntercept = _ds(vmin - float(header.RescaleSlope) * first)
+    return header
 
 
 def _ds(value: float) -> DSfloat:
