@@ -4,6 +4,7 @@ alone or combined with in-plane super-resolution."""
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -68,6 +69,11 @@ def test_through_plane_options_without_the_flag_and_2d_images_get_one_line(tmp_p
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "flat.png")
     result = run(medsr_cli + ["upscale", str(tmp_path / "flat.png"), "-o", str(tmp_path / "out2"), "--through-plane"])
     assert result.returncode == 1 and "not a 3-D NIfTI volume" in result.stderr and "Traceback" not in result.stderr
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "one.dcm").write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())  # one slice: no volume
+    result = run(medsr_cli + ["upscale", str(tmp_path / "one.dcm"), "-o", str(tmp_path / "out3"), "--through-plane"])
+    assert result.returncode == 1 and "not part of a DICOM series that forms a volume" in result.stderr
 
 
 @needs_data

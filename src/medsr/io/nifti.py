@@ -116,6 +116,9 @@ def scaled_affine(affine: np.ndarray, axes: list[int], scale: float) -> np.ndarr
 
 def slice_spacing(meta: ImageMeta) -> float:
     """The distance between slice centres of a NIfTI volume read by read_nifti (its zoom along the slice axis)."""
+    if meta.format == "dicom":
+        raise MedsrError(f"{meta.path}: not part of a DICOM series that forms a volume (a note above says why, if it is in one); "
+                         "through-plane super-resolution needs a whole series or a 3-D NIfTI volume")
     if meta.format != "nifti" or meta.slice_axis is None:
         raise MedsrError(f"{meta.path}: not a 3-D NIfTI volume; through-plane super-resolution needs one (or a DICOM series)")
     return float(meta.source.header.get_zooms()[meta.slice_axis])
