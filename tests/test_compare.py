@@ -67,6 +67,7 @@ def check_comparison_outputs(out: Path, image_folder: Path, names: list[str], im
     """What `medsr compare` wrote says the same thing everywhere, and says it about the right images."""
     per_image, summary = read_csv(out / "per_image.csv"), read_csv(out / "summary.csv")
     results = json.loads((out / "results.json").read_text())
+    num = lambda v: float("nan") if v is None else v  # strict JSON: null where a metric does not apply
     assert {k: results[k] for k in ("protocol", "split", "scale", "models")} == {"protocol": "paper", "split": "test", "scale": 3,
                                                                                   "models": names}
     # every method scored every image once, and the images are the test split's first `images`
@@ -76,7 +77,7 @@ def check_comparison_outputs(out: Path, image_folder: Path, names: list[str], im
     assert [r["method"] for r in per_image] == names * images
     assert [(r["file"], r["method"], r["label"]) for r in per_image] == [(r["file"], r["method"], r["label"]) for r in results["per_image"]]
     for row, json_row in zip(per_image, results["per_image"]):
-        assert [float(row[k]) for k in METRICS] == pytest.approx([json_row[k] for k in METRICS], rel=1e-12, nan_ok=True)
+        assert [float(row[k]) for k in METRICS] == pytest.approx([num(json_row[k]) for k in METRICS], rel=1e-12, nan_ok=True)
         assert row["label"] == Path(row["file"]).parent.name
 
     # one image's bicubic score, recomputed here from the file
@@ -92,7 +93,7 @@ def check_comparison_outputs(out: Path, image_folder: Path, names: list[str], im
         assert int(s["images"]) == js["images"] == images
         for key in METRICS:
             mean = sum(float(r[key]) for r in mine) / len(mine)
-            assert float(s[key]) == pytest.approx(mean, rel=1e-9, nan_ok=True) and js[key] == pytest.approx(mean, rel=1e-9, nan_ok=True), (s["method"], key)
+            assert float(s[key]) == pytest.approx(mean, rel=1e-9, nan_ok=True) and num(js[key]) == pytest.approx(mean, rel=1e-9, nan_ok=True), (s["method"], key)
     by_method = {s["method"]: s for s in results["summary"]}
     assert by_method[names[-1]]["parameters"] == params and by_method["bicubic"]["parameters"] == 0
 

@@ -118,8 +118,9 @@ def comparison_table(summary: list[dict], entries: list[Entry]) -> str:
     for s in summary:
         e = info[s["method"]]
         rows.append([s["method"], f"{e.params / 1e6:.2f} M" if e.params else "-", f"{e.train_minutes:.0f}" if e.train_minutes else "-",
-                     f"{s['psnr']:.2f}", f"{s['psnr'] - ref['psnr']:+.2f}" if ref else "", f"{s['ssim']:.4f}", f"{s['ms_ssim']:.4f}",
-                     f"{s['hf_ratio']:.3f}", "-" if np.isnan(e.ms_per_512) else f"{e.ms_per_512:.0f}"])
+                     report.number(s["psnr"], ".2f"), report.number(s["psnr"] - ref["psnr"], "+.2f") if ref else "",
+                     report.number(s["ssim"], ".4f"), report.number(s["ms_ssim"], ".4f"), report.number(s["hf_ratio"], ".3f"),
+                     "-" if np.isnan(e.ms_per_512) else f"{e.ms_per_512:.0f}"])
     return report.markdown_table(header, rows)
 
 
@@ -143,8 +144,10 @@ def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str
     table = comparison_table(summary, entries)
     (out_dir / "table.md").write_text(table + "\n")
 
-    # figures: some of the images just scored, spread evenly, so every data folder shows up
+    # figures: some of the images just scored (not those left out), spread evenly, so every data folder shows up
     arrays, kept = load_arrays(quality.split_items(data_dirs, split, limit))
+    scored = {r["file"] for r in rows}
+    arrays, kept = zip(*[(a, item) for a, item in zip(arrays, kept) if str(item.path) in scored])
     picks = np.unique(np.linspace(0, len(arrays) - 1, max(1, n_figures)).round().astype(int))
     (out_dir / "figures").mkdir(exist_ok=True)
     samples, figure_paths = [], []

@@ -40,7 +40,7 @@ from medsr import hardware
 from medsr.data import degrade, load_arrays, scan, select, spread
 from medsr.errors import MedsrError
 from medsr.evaluation import report
-from medsr.evaluation.quality import Method
+from medsr.evaluation.quality import Method, check_limit
 from medsr.files import atomic_write
 from medsr.io.types import as_unit
 from medsr.models.value_range import to_signed
@@ -306,6 +306,7 @@ def run_classify(data_dirs: list[str], methods: list[Method], scale: int, out_di
     """`medsr evaluate --task classify`: load the classifier (or train it on the train split of
     `data_dirs` and save it to <out_dir>/classifier.safetensors), evaluate, print a Markdown
     table, write the reports. Returns {rows, summary, table, paths, classifier}."""
+    check_limit(limit)  # before the classifier trains, not after
     out_dir = Path(out_dir)
     if classifier is not None:
         model = load_classifier(classifier, hardware.resolve_device(device))

@@ -5,10 +5,18 @@ Protocols (medsr.data.degrade.make_pair; the LR is always the HR's antialiased b
           at x4 the HR is 148x148, the nearest size the scale divides);
 - native: HR = the image at its own resolution, centre-cropped to at most 1500 px per side
           (and to a multiple of the scale), LR = HR / scale.
+
+Images that cannot be scored are left out of the rows and the means, with one logged note saying
+how many and why: a blank HR (one constant value after the border crop, e.g. an all-black image:
+PSNR would be infinite or undefined, the fine-detail ratio a division by nothing), and an image
+that, cut to a multiple of the scale, is narrower than SSIM's window after the border crop
+(too_small; 1x1 images too). The means skip values that are not finite (NaN where a metric does
+not apply; an infinite PSNR of an exact copy). When no image can be scored, a MedsrError says so.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +34,12 @@ from medsr.inference.upscaler import Upscaler
 from medsr.io import formats
 from medsr.io.types import as_unit
 
+log = logging.getLogger(__name__)
+
 BASELINES = ("nearest", "bicubic", "lanczos")
 METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio", "overshoot", "block_grid", "input_block_grid")
+MIN_SCORED_SIDE = 11  # SSIM's window: the smallest HR side, after the border crop, that is scored
+BLANK_SPAN = 1 / 65535  # an HR whose values span less (one 16-bit grey level) is blank
 GRID_CROP = 256  # the block-grid measure upscales this centre crop of each JPEG file, cut on its 8-pixel grid
 
 
@@ -46,10 +58,18 @@ class Method:
 def split_items(data_dirs: list[str], split: str, limit: int | None = None) -> list:
     """The files `evaluate` scores: the split's images, or `limit` of them spread evenly over the
     sorted list, so every class is in."""
+    check_limit(limit)
     items = select(scan(data_dirs), split)
     if not items:
         raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
     return spread(items, limit)
+
+
+def check_limit(limit: int | None) -> None:
+    """A MedsrError unless `limit` (--limit, a number of images) is None or at least 1."""
+    if limit is not None and limit < 1:
+        raise MedsrError(f"--limit {limit}: the number of images must be at least 1; give --limit 1 or more, "
+                         f"or leave it out to use the whole split")
 
 
 def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: str = "paper", split: str = "test",
@@ -72,10 +92,17 @@ def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: li
                     protocol: str = "native") -> list[dict]:
     """evaluate's rows for (name, label, [0, 1] 2-D array, jpeg_coded) tuples, e.g. the slices of a volume."""
     rows = []
+    left_out = {"blank": [], "small": []}
     for name, label, image, coded in tqdm(images, desc="evaluate", unit="img", dynamic_ncols=True):
+        if too_small(image, scale):
+            left_out["small"].append(name)
+            continue
         lr, hr = degrade.make_pair(image, protocol, scale)
+        if np.ptp(metrics.crop_border(hr, scale)) < BLANK_SPAN:
+            left_out["blank"].append(name)
+            continue
         hr_t, lr_t = torch.from_numpy(hr)[None, None], torch.from_numpy(lr)[None, None]
-        jpeg = grid_crop(image) if coded else None
+        jpeg = grid_crop(image) if coded and min(image.shape) >= 8 else None  # at least one 8x8 block
         input_grid = float("nan") if jpeg is None else metrics.block_grid_ratio(torch.from_numpy(jpeg)[None, None], 8).item()
         for method in methods:
             sr_t = torch.from_numpy(method.run(lr, scale))[None, None]
@@ -92,7 +119,27 @@ def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: li
                 out = torch.from_numpy(method.run(jpeg, scale))[None, None]
                 scores["block_grid"] = metrics.block_grid_ratio(out, 8 * scale).item()
             rows.append({"file": name, "label": label, "method": method.name, **scores})
+    names = left_out["blank"] + left_out["small"]
+    if names:
+        why = []
+        if left_out["blank"]:
+            why.append(f"{len(left_out['blank'])} blank (one constant value: nothing to score)")
+        if left_out["small"]:
+            why.append(f"{len(left_out['small'])} too small (narrower than SSIM's {MIN_SCORED_SIDE}-px window once cut to "
+                       f"a multiple of {scale} and the {scale}-px border cropped)")
+        why = "; ".join(why)
+        if not rows:
+            raise MedsrError(f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}: no image can be scored ({why}); "
+                             f"evaluate images with content")
+        log.warning("note: %d of %d images left out of the scores: %s; e.g. %s", len(names), len(images), why, names[0])
     return rows
+
+
+def too_small(image: np.ndarray, scale: int) -> bool:
+    """Whether the image, cut to a multiple of the scale (the native protocols' HR), is narrower than
+    MIN_SCORED_SIDE after the border crop (1x1 images too); the paper protocol would blow it up
+    to an HR without real detail."""
+    return min(image.shape) // scale * scale - 2 * scale < MIN_SCORED_SIDE
 
 
 def volume_slice_images(path: Path, step: int = 1) -> list[tuple[str, str, np.ndarray, bool]]:
@@ -111,14 +158,16 @@ def grid_crop(image: np.ndarray) -> np.ndarray:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean of each metric per method, in the order methods first appear."""
+    """Mean of each metric per method, in the order methods first appear; values that are not
+    finite are left out of each mean (NaN: the metric does not apply; inf: an exact copy's PSNR),
+    and a metric with no finite value is NaN."""
     order = list(dict.fromkeys(r["method"] for r in rows))
     out = []
     for name in order:
         mine = [r for r in rows if r["method"] == name]
         summary = {"method": name, "images": len(mine)}
         for key in METRICS:
-            values = [r[key] for r in mine if not math.isnan(r[key])]
+            values = [r[key] for r in mine if math.isfinite(r[key])]
             summary[key] = float(np.mean(values)) if values else float("nan")
         out.append(summary)
     return out
@@ -129,7 +178,8 @@ def markdown_table(summary: list[dict], reference: str = "bicubic") -> str:
     header = ["method", "images", "PSNR (dB)", "vs bicubic (dB)", "SSIM", "MS-SSIM", "fine detail (HF ratio, 1 = HR)",
               "edge overshoot (%)", "JPEG block grid (input)"]
     grid = lambda s: "n/a" if math.isnan(s["block_grid"]) else f"{s['block_grid']:.2f} ({s['input_block_grid']:.2f})"
-    rows = [[s["method"], str(s["images"]), f"{s['psnr']:.2f}", f"{s['psnr'] - ref['psnr']:+.2f}" if ref else "",
-             f"{s['ssim']:.4f}", f"{s['ms_ssim']:.4f}", f"{s['hf_ratio']:.3f}", f"{100 * s['overshoot']:.3f}", grid(s)]
+    rows = [[s["method"], str(s["images"]), report.number(s["psnr"], ".2f"), report.number(s["psnr"] - ref["psnr"], "+.2f") if ref else "",
+             report.number(s["ssim"], ".4f"), report.number(s["ms_ssim"], ".4f"), report.number(s["hf_ratio"], ".3f"),
+             report.number(100 * s["overshoot"], ".3f"), grid(s)]
             for s in summary]
     return report.markdown_table(header, rows)

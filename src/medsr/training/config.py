@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,43 +74,111 @@ class TrainConfig:
     grid_images: int = 6
     log_every: int = 10
 
+    def __post_init__(self):
+        if isinstance(self.data, (str, Path)):  # one folder, as text: a list of one (not its characters)
+            self.data = [str(self.data)]
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 
 
+FIELD_TYPES = typing.get_type_hints(TrainConfig)
+DEFAULT_DATA = "../shared/data"  # ${MEDSR_DATA} when the environment does not set it
+
+
+# Counts (and a budget) for which 0 makes no sense or divides by zero; and counts that may be 0 but not less.
+POSITIVE = ("scale", "hr_size", "max_train_images", "max_val_images", "epochs", "steps_per_epoch", "batch_size",
+            "time_budget_minutes", "collapse_patience", "checkpoint_every", "keep_checkpoints", "grid_images", "log_every")
+NOT_NEGATIVE = ("warmup_epochs", "collapse_retries")
+TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+              list: "a list such as [a, b]", dict: "a mapping such as {key: value}"}
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """A TrainConfig from a YAML recipe plus `key=value` overrides (values parsed as YAML;
-    `generator.channels=32` sets a key inside a dict field)."""
+    `generator.channels=32` sets a key inside a dict field). Every value is checked against its
+    field's type (check_value); an error names the recipe or the --set option it came from."""
     values: dict = {}
     if path is not None:
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except OSError:
             raise MedsrError(f"{path}: recipe not found; pass a YAML file such as configs/paper.yaml") from None
+        except UnicodeDecodeError:
+            raise MedsrError(f"{path}: not a UTF-8 text file; save the recipe as UTF-8 YAML such as configs/paper.yaml") from None
         except yaml.YAMLError as err:
             raise MedsrError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the file") from None
         if not isinstance(values, dict):
             raise MedsrError(f"{path}: a recipe must be a YAML mapping of key: value")
+    origin = {key: str(path) for key in values}  # where each value came from, for the error messages
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise MedsrError(f"--set {item}: expected key=value, e.g. --set epochs=2")
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise MedsrError(f"--set {item}: the value is not valid YAML ({str(err).splitlines()[0]}); "
+                             f"fix it, or quote text, e.g. --set '{key}=\"{raw}\"'") from None
         head, _, sub = key.partition(".")
         if sub:
-            values.setdefault(head, {})[sub] = value
+            mapping = values.setdefault(head, {})
+            if not isinstance(mapping, dict):
+                raise MedsrError(f"--set {item}: {head} is {mapping!r} (from {origin[head]}), not a mapping, so {key} cannot be set; "
+                                 f"give {head} as a mapping, e.g. {head}: {{{sub}: {raw}}}")
+            mapping[sub] = value
         else:
             values[key] = value
+        origin[head] = f"--set {item}"
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = [key for key in values if key not in known]
     if unknown:
-        raise MedsrError(f"{path or '--set'}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    return TrainConfig(**values)
+        where = ", ".join(dict.fromkeys(origin[key] for key in unknown))
+        raise MedsrError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known keys: {', '.join(sorted(known))}")
+    return TrainConfig(**{key: check_value(key, value, origin[key]) for key, value in values.items()})
+
+
+def check_value(key: str, value, where: str):
+    """`value` for TrainConfig field `key`, or a MedsrError naming `where` (the recipe or --set option).
+    The value must be of the field's type: a float field takes a whole number too, and number text
+    such as 1e-4 (which YAML reads as text); an optional field takes null. The counts in POSITIVE
+    must be more than 0, those in NOT_NEGATIVE 0 or more. data takes one folder as text (a list of one)."""
+    if key == "data":
+        folders = [value] if isinstance(value, str) else value
+        if not isinstance(folders, list) or not folders or not all(isinstance(f, str) and f for f in folders):
+            raise MedsrError(f"{where}: data must be a folder or a list of folders, not {value!r}; "
+                             f"e.g. data: [${{MEDSR_DATA}}/brain-mri, ${{MEDSR_DATA}}/chest-xray]")
+        return folders
+    types = typing.get_args(FIELD_TYPES[key]) or (FIELD_TYPES[key],)
+    if float in types and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    default = TrainConfig.__dataclass_fields__[key].default
+    hint = "" if default in (None, dataclasses.MISSING) else f" (default: {default})"
+    # type(), not isinstance(): YAML's true / false are not whole numbers
+    fits = (value is None and type(None) in types) or type(value) in types or (float in types and type(value) is int)
+    if not fits:
+        wanted = " or ".join(TYPE_WORDS[t] for t in types if t in TYPE_WORDS) + (" or null" if type(None) in types else "")
+        raise MedsrError(f"{where}: {key} must be {wanted}, not {value!r}; fix the value{hint}")
+    if value is not None and (key in POSITIVE and value <= 0 or key in NOT_NEGATIVE and value < 0):
+        raise MedsrError(f"{where}: {key} must be {'more than 0' if key in POSITIVE else '0 or more'}, not {value}; "
+                         f"fix the value{hint}")
+    return value
 
 
 def expand_data_path(text: str) -> str:
-    """Expand ${MEDSR_DATA} (default ../shared/data) and ~ in a data path."""
-    os.environ.setdefault("MEDSR_DATA", "../shared/data")
-    return os.path.expanduser(os.path.expandvars(text))
+    """Expand ${MEDSR_DATA} (default DEFAULT_DATA) and ~ in a data path. A path through MEDSR_DATA
+    that does not exist is a MedsrError saying to set MEDSR_DATA: the default is relative to the
+    current folder, so it is found only from the project root."""
+    os.environ.setdefault("MEDSR_DATA", DEFAULT_DATA)
+    path = os.path.expanduser(os.path.expandvars(text))
+    if "MEDSR_DATA" in text and not os.path.exists(path):
+        value = os.environ["MEDSR_DATA"]
+        default = f", the default, relative to the current folder {os.getcwd()}" if value == DEFAULT_DATA else ""
+        raise MedsrError(f"{path}: data folder not found ({text} with MEDSR_DATA={value}{default}); set the MEDSR_DATA "
+                         f"environment variable to the shared data folder, e.g. export MEDSR_DATA=/path/to/shared/data")
+    return path
