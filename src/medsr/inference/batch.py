@@ -52,8 +52,9 @@ from medsr.io.types import quiet_libraries
 if TYPE_CHECKING:  # pydicom loads only when a series is written
     from medsr.io.series import Series
 
-LEDGER_NAME = "medsr-ledger.jsonl"
 log = logging.getLogger(__name__)
+
+LEDGER_NAME = "medsr-ledger.jsonl"
 SUMMARY_NAME = "medsr-summary.csv"
 # atomic_write's temp files: ".<name>.<8 hex>.tmp[suffix]" next to the target.
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")

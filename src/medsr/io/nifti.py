@@ -144,9 +144,8 @@ def resliced(meta: ImageMeta, new_spacing: float) -> ImageMeta:
 def _transform_forms(header: nib.Nifti1Header, transform) -> None:
     """Moves the header's sform and qform to a new voxel grid, each on its own and with its own code
     (scanner, aligned, template, MNI...), as the source file had them; a form the source left unset
-    (code 0) stays unset. Call it before changing the header's zooms: the qform is read through them.
-    nibabel's image constructor would instead write one affine into both and
-    call it 'aligned'."""
+    (code 0) stays unset; nibabel's image constructor would write one affine into both and call it
+    'aligned'. Call it before changing the header's zooms: the qform is read through them."""
     sform, sform_code = header.get_sform(coded=True)
     qform, qform_code = header.get_qform(coded=True)
     if sform is not None:

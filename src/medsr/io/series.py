@@ -12,6 +12,7 @@ volumes (each volume can be its own job) as one derived series: one file per sli
 input, one enhanced file holding every volume for enhanced input. UIDs are derived deterministically from the source UIDs, model and settings (a rerun
 writes identical files); ImagePositionPatient and PixelSpacing follow the finer in-plane grid; a
 new set of slice positions along the normal (through-plane super-resolution) is accepted too.
+`write_series_nifti` writes the same results as one NIfTI volume in the series' world (RAS+).
 
 Geometry is DICOM patient space (LPS, mm). ImageOrientationPatient holds `row_dir` (along a row:
 increasing column index, step PixelSpacing[1]) then `col_dir` (down a column: increasing row
