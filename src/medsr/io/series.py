@@ -603,10 +603,10 @@ def write_series_nifti(
     target: str | os.PathLike | None = None,
 ) -> list[Path]:
     """The super-resolved volumes of `series` (write_derived_series's arguments) as one NIfTI file:
-    axes (column, row, slice along the normal), a 4th axis for a series of several volumes, values
-    in the series' own units (float32), and the affine in RAS+ mm as nibabel and dcm2niix give the
-    source series, moved to the finer grid over the same field of view (qform and sform code 1,
-    scanner). Named like the derived series' files (medsr_<hash>.nii.gz in `out_dir`) unless
+    axes (column, row, slice along the normal), a 4th axis for a series of several volumes (time
+    points step by the repetition time, in seconds), values in the series' own units (float32), and
+    the affine in RAS+ mm as nibabel and dcm2niix give the source series, moved to the finer grid
+    over the same field of view (qform and sform code 1, scanner). Named like the derived series' files (medsr_<hash>.nii.gz in `out_dir`) unless
     `target` names the file. Returns [the path written], as write_derived_series returns its files."""
     import nibabel as nib
 
@@ -626,6 +626,10 @@ def write_series_nifti(
     image = nib.Nifti1Image(data, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
+    repetition = float(first.datasets[0].get("RepetitionTime") or 0) / 1000  # ms -> s
+    if len(volumes) > 1 and repetition > 0 and all(v.label.startswith("time point") for v in series.volumes):
+        image.header.set_xyzt_units("mm", "sec")  # a time series: the 4th axis steps by the repetition time
+        image.header.set_zooms(image.header.get_zooms()[:3] + (repetition,))
     image.header["descrip"] = f"medsr x{grid.scale:g} {model_name}"[:79].encode()
     path = Path(target) if target is not None else Path(out_dir) / f"{_file_stem(series_uid)}.nii.gz"
     with quiet_libraries():
