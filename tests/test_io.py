@@ -584,3 +584,16 @@ def test_jpeg_coded_means_jpeg_files_and_dicom_stored_as_lossy_jpeg(tmp_path):
     PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "broken.dcm").write_bytes(b"DICM but not really")
     assert not any(map(jpeg_coded, [tmp_path / "a.png", tmp_path / "broken.dcm", tmp_path / "missing.dcm"]))
+
+
+def test_a_pixel_limit_refuses_every_format_from_its_header(tmp_path):
+    from medsr.errors import TooLargeError
+
+    nifti, _, _ = make_nifti(tmp_path / "vol.nii.gz")  # 4x5x6 voxels
+    dicom = make_dicom(tmp_path / "mr.dcm", RNG.integers(0, 4096, size=(6, 8)))
+    png = tmp_path / "a.png"
+    PILImage.fromarray(np.zeros((6, 8), np.uint8)).save(png)
+    for path, pixels in ((nifti, 120), (dicom, 48), (png, 48)):
+        assert read_image(path, max_pixels=pixels).pixels.size == pixels
+        with pytest.raises(TooLargeError, match=f"{path.name}.*too large"):
+            read_image(path, max_pixels=pixels - 1)

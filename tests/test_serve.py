@@ -6,6 +6,8 @@ import io
 import re
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -82,6 +84,96 @@ def test_uploads_stay_in_its_temporary_folder_which_is_bounded_and_removed():
         assert len(jobs) == KEEP_JOBS  # older jobs' files are gone
         assert not (folder.parent / "escape.png").exists() and not any(folder.parent.parent.glob("escape.png"))
     assert not folder.exists()
+
+
+def test_failed_uploads_and_running_jobs_drop_no_kept_result():
+    app = create_app(models=["default"], precision="fp32")
+    server = app.state.server
+    with TestClient(app) as test_client:
+        first = [test_client.post(f"/api/upscale?model=default&name=scan{i}.png", content=png_bytes(12, 12)).json()
+                 for i in range(KEEP_JOBS)]
+        for _ in range(3):
+            assert test_client.post("/api/upscale?model=default&name=bad.png", content=b"not a png").status_code == 400
+        assert test_client.get(first[0]["after"]).status_code == 200  # a failed upload took no kept result's place
+        running = server._new_job("slow.dcm", "default")  # as a long upload is while others finish
+        for i in range(KEEP_JOBS + 1):
+            assert test_client.post(f"/api/upscale?model=default&name=next{i}.png", content=png_bytes(12, 12)).status_code == 200
+        assert running.id in server.jobs and running.folder.is_dir()
+        assert test_client.get(first[-1]["after"]).status_code == 404 and len(server.jobs) == KEEP_JOBS + 1
+
+
+def test_a_scan_above_the_page_limit_is_refused_from_its_header(client, monkeypatch):
+    from medsr.io import raster
+
+    def decoded(*args):
+        raise AssertionError("the pixels were decoded before the size was checked")
+
+    monkeypatch.setattr(raster, "_page_to_gray", decoded)
+    buffer = io.BytesIO()
+    Image.new("L", (4001, 4000)).save(buffer, format="PNG")  # 16 M pixels in a few kB
+    answer = client.post("/api/upscale?model=default&name=big.png", content=buffer.getvalue())
+    assert answer.status_code == 413 and "more pixels than this page upscales" in answer.json()["error"]
+
+
+def test_a_long_file_name_keeps_its_extension(client):
+    answer = client.post(f"/api/upscale?model=default&name={'x' * 130}.png", content=png_bytes(12, 12))
+    assert answer.status_code == 200 and answer.json()["download_name"].endswith("-medsr-default-x3.png")
+
+
+def test_a_cut_off_upload_leaves_nothing_behind():
+    import asyncio
+
+    from starlette.requests import Request
+
+    from medsr.serve import UserError
+
+    server = create_app(models=["default"], precision="fp32").state.server
+    messages = iter([{"type": "http.request", "body": b"\x89PNG partial", "more_body": True}, {"type": "http.disconnect"}])
+
+    async def receive():
+        return next(messages)
+
+    request = Request({"type": "http", "method": "POST", "headers": [], "query_string": b""}, receive)
+    with pytest.raises(UserError, match="the upload of cut.png was cut off"):
+        asyncio.run(server.receive(request, "cut.png", "default"))
+    assert not server.jobs and not list(server.folder.iterdir())
+    server.close()
+
+
+def jpeg_dicom_series(folder: Path, count: int = 3) -> bytes:
+    """A zipped series of DICOM slices stored as JPEG baseline (lossy), as some PACS export them."""
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    template = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    series, archive = generate_uid(), io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for i in range(count):
+            jpeg = io.BytesIO()
+            Image.open(io.BytesIO(png_bytes(64, 64))).save(jpeg, format="JPEG", quality=70)
+            ds = template.copy()
+            ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+            ds.SeriesInstanceUID, ds.SOPInstanceUID = series, generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.Rows = ds.Columns = 64
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+            ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.InstanceNumber = [0, 0, 5.0 * i], [1, 0, 0, 0, 1, 0], i + 1
+            ds.PixelData = encapsulate([jpeg.getvalue()])
+            ds.save_as(folder / f"s{i}.dcm", enforce_file_format=True)
+            zipped.write(folder / f"s{i}.dcm", f"s{i}.dcm")
+    return archive.getvalue()
+
+
+def test_auto_on_a_zipped_jpeg_series_runs_the_jpeg_model(tmp_path):
+    zipped = jpeg_dicom_series(tmp_path)
+    from medsr import zoo
+
+    assert zoo.default_model(None, sorted(tmp_path.glob("*.dcm"))) == "default-jpeg"  # what medsr upscale runs on them
+    with TestClient(create_app(models=["default", "default-jpeg"], precision="fp32")) as test_client:
+        answer = test_client.post("/api/upscale?model=auto&name=series.zip", content=zipped)
+    assert answer.status_code == 200, answer.json()
+    assert answer.json()["model"] == "default-jpeg" and answer.json()["series"] == 1
 
 
 def test_models_of_every_scale_are_offered_and_their_maps_made():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -33,10 +34,11 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image as PILImage
+from starlette.requests import ClientDisconnect
 
 from medsr import api, demo, metrics, zoo
 from medsr.data import degrade
-from medsr.errors import MedsrError
+from medsr.errors import MedsrError, TooLargeError
 from medsr.figures import to_uint8
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
@@ -72,6 +74,7 @@ class Job:
     scale: int = 1
     window: tuple[float, float] = (0.0, 1.0)
     thin_spacing: tuple[float, float] | None = None  # slices made thin: (mm between them, mm between the input's columns)
+    done: bool = False  # finished: its results may be dropped for newer ones (KEEP_JOBS)
 
     @property
     def across_aspect(self) -> float:
@@ -91,7 +94,8 @@ class UserError(Exception):
 def _safe_name(name: str) -> str:
     """The uploaded file's base name, reduced to characters that are safe in a path and a header."""
     base = re.sub(r"[^A-Za-z0-9._ -]", "_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
-    return base[:120]
+    extension = file_extension(Path(base))[:20]
+    return base[: 120 - len(extension)].removesuffix(extension) + extension if len(base) > 120 else base
 
 
 def _suffix(name: str) -> str:
@@ -177,12 +181,12 @@ class Server:
             "extensions": list(SUPPORTED_EXTENSIONS),
         }
 
-    def choose(self, model: str, file: str | Path) -> str:
+    def choose(self, model: str, paths: str | Path | list) -> str:
         """The model that runs: `model` itself, or for "auto" what `medsr upscale` would pick for
-        `file` (default-jpeg for a JPEG file or DICOM stored as lossy JPEG), among the models this server offers."""
+        `paths` (default-jpeg for JPEG files or DICOM stored as lossy JPEG), among the models this server offers."""
         if model != AUTO:
             return model
-        picked = zoo.default_model(None, [file])
+        picked = zoo.default_model(None, paths if isinstance(paths, list) else [paths])
         return picked if picked in self.models else zoo.DEFAULT_MODEL
 
     def upscaler_for(self, model: str):
@@ -196,10 +200,15 @@ class Server:
         folder.mkdir()
         job = Job(job_id, folder, name, model)
         self.jobs[job_id] = job
-        while len(self.jobs) > KEEP_JOBS:
-            _, old = self.jobs.popitem(last=False)
-            shutil.rmtree(old.folder, ignore_errors=True)
         return job
+
+    def finished(self, job: Job) -> None:
+        """Mark `job` done and drop the oldest done jobs beyond KEEP_JOBS; jobs still running are never
+        dropped (their files are being written), and a failed one was forgotten, so it drops nothing."""
+        job.done = True
+        done = [each for each in self.jobs.values() if each.done]
+        for old in done[: max(0, len(done) - KEEP_JOBS)]:
+            self.forget(old)
 
     async def receive(self, request: Request, name: str, model: str) -> tuple[Job, Path]:
         """Stream the request body into a new job's folder, refusing it past the size limit."""
@@ -213,15 +222,20 @@ class Server:
         job = self._new_job(name, model)
         path = job.folder / ("input" + _suffix(name))
         size = 0
-        with path.open("wb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_upload_bytes:
-                    out.close()
-                    self.forget(job)
-                    raise UserError(f"{name} is larger than {limit_mb:g} MB, the limit of this server "
-                                    "(start it with a larger --max-upload-mb, or use 'medsr upscale')", 413)
-                out.write(chunk)
+        try:
+            with path.open("wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_upload_bytes:
+                        raise UserError(f"{name} is larger than {limit_mb:g} MB, the limit of this server "
+                                        "(start it with a larger --max-upload-mb, or use 'medsr upscale')", 413)
+                    out.write(chunk)
+        except ClientDisconnect:
+            self.forget(job)
+            raise UserError(f"the upload of {name} was cut off; send it again") from None
+        except BaseException:
+            self.forget(job)  # nothing of a refused upload stays on disk
+            raise
         if size == 0:
             self.forget(job)
             raise UserError(f"{name} is empty (0 bytes); pick the file again")
@@ -235,12 +249,12 @@ class Server:
         if path.suffix == ".zip":
             return self.upscale_series(job, path, model, through)
         try:
-            image = read_image(path)
+            image = read_image(path, max_pixels=MAX_INPUT_PIXELS)  # refused from its header, before decoding
+        except TooLargeError:
+            raise UserError(f"{job.name} has more pixels than this page upscales ({MAX_INPUT_PIXELS:,}, about 4000x4000); "
+                            "use 'medsr upscale' for larger scans", 413) from None
         except MedsrError as err:
             raise UserError(str(err).replace(str(path), job.name)) from None
-        if image.pixels.size > MAX_INPUT_PIXELS:
-            raise UserError(f"{job.name} has {image.pixels.size:,} pixels; this page upscales up to {MAX_INPUT_PIXELS:,} "
-                            f"(about 4000x4000); use 'medsr upscale' for larger scans", 413)
         if through and not (image.meta.format == "nifti" and image.meta.slice_axis is not None):
             raise UserError(f"{job.name} is not a volume; thin slices (through-plane) need a NIfTI volume or a zipped DICOM series")
         return self._upscale(job, image, model, truth=None, through=through)
@@ -270,11 +284,12 @@ class Server:
         if not volumes:
             why = next((series.reason for series in found if series.uid), "no file in it is a DICOM image")
             raise UserError(f"{job.name}: holds no DICOM series that forms a volume ({why}); zip the files of one series")
-        stacks = [[volume.pixels for volume in series.volumes] for series in volumes]
-        total = sum(p.size for stack in stacks for p in stack)
+        total = sum(math.prod(volume.shape) for series in volumes for volume in series.volumes)  # from the headers
         if total > MAX_INPUT_PIXELS:
             raise UserError(f"{job.name} has {total:,} pixels; this page upscales up to {MAX_INPUT_PIXELS:,}; "
                             "use 'medsr upscale' for larger series", 413)
+        job.model = model = self.choose(model, [path for series in volumes for path in series.paths])  # auto: by the files
+        stacks = [[volume.pixels for volume in series.volumes] for series in volumes]
         upscaler = self.upscaler_for(model)
         started = time.perf_counter()
         options = volume_sr.ThroughPlane(device=self.device, precision=self.precision) if through else None
@@ -445,13 +460,15 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
             work = server.upscale_demo, job, demo, model
         else:
             job, path = await server.receive(request, name, model)
-            job.model = model = server.choose(model, path)  # "auto" by what the file holds (a DICOM's transfer syntax)
+            if path.suffix != ".zip":  # a zip's files are chosen for once unzipped (upscale_series)
+                job.model = model = server.choose(model, path)  # "auto" by what the file holds (a DICOM's transfer syntax)
             work = server.upscale_upload, job, path, model, through
         try:
             answer = await _in_thread(*work)
         except Exception:
             server.forget(job)  # nothing of a failed upload stays on disk
             raise
+        server.finished(job)
         base = f"/api/jobs/{job.id}"
         answer.update(id=job.id, before=f"{base}/before", after=f"{base}/after", overlay=f"{base}/overlay",
                       download=f"{base}/download")

@@ -24,7 +24,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DSfloat
 
-from medsr.errors import MedsrError
+from medsr.errors import MedsrError, TooLargeError
 from medsr.io.raster import has_colour
 from medsr.io.types import (
     MAX_PIXELS,
@@ -144,12 +144,12 @@ def lossy_jpeg(path: Path) -> bool:
     return syntax in (JPEGBaseline8Bit, JPEGExtended12Bit)
 
 
-def read_dicom(path: Path) -> Image:
+def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
     with quiet_libraries():
-        return _read_dicom(path)
+        return _read_dicom(path, max_pixels)
 
 
-def _read_dicom(path: Path) -> Image:
+def _read_dicom(path: Path, max_pixels: int) -> Image:
     ds = read_dataset(path)
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise MedsrError(f"{path}: DICOM float pixel data is not supported; export it with integer pixel data")
@@ -162,10 +162,10 @@ def _read_dicom(path: Path) -> Image:
     if photometric not in _GRAY + _COLOR:
         raise MedsrError(f"{path}: DICOM PhotometricInterpretation '{printable(photometric)}' is not supported; convert it to grayscale first")
     declared = _declared_pixels(ds, path)
-    if declared > MAX_PIXELS:
-        raise MedsrError(
+    if declared > max_pixels:
+        raise TooLargeError(
             f"{path}: image too large ({ds.Rows}x{ds.Columns}, {declared} pixels with frames and samples, "
-            f"limit {MAX_PIXELS} pixels); downscale or crop it first"
+            f"limit {max_pixels} pixels); downscale or crop it first"
         )
     syntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
     try:

@@ -22,11 +22,12 @@ from medsr.io.formats import (
     format_of_extension,
     format_of_path,
 )
-from medsr.io.types import Image, ImageMeta
+from medsr.io.types import MAX_PIXELS, Image, ImageMeta
 
 
-def read_image(path: str | os.PathLike, *, slice_axis: int | None = None) -> Image:
-    """Read a raster, DICOM or NIfTI file into float32 pixels in [0,1] plus metadata."""
+def read_image(path: str | os.PathLike, *, slice_axis: int | None = None, max_pixels: int = MAX_PIXELS) -> Image:
+    """Read a raster, DICOM or NIfTI file into float32 pixels in [0,1] plus metadata. A file whose
+    header declares more than `max_pixels` (frames and pages included) is a TooLargeError, before decoding."""
     path = Path(path)
     if not path.exists():
         raise MedsrError(f"{path}: file not found; check the path")
@@ -48,14 +49,14 @@ def read_image(path: str | os.PathLike, *, slice_axis: int | None = None) -> Ima
     if fmt.module == "dicom":
         from medsr.io.dicom import read_dicom
 
-        return read_dicom(path)
+        return read_dicom(path, max_pixels)
     if fmt.module == "nifti":
         from medsr.io.nifti import read_nifti
 
-        return read_nifti(path, slice_axis=slice_axis)
+        return read_nifti(path, slice_axis=slice_axis, max_pixels=max_pixels)
     from medsr.io.raster import read_raster
 
-    return read_raster(path)
+    return read_raster(path, max_pixels)
 
 
 def _output_format(path: Path, meta: ImageMeta, name: str | None) -> Format:

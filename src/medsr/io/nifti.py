@@ -12,7 +12,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from medsr.errors import MedsrError
+from medsr.errors import MedsrError, TooLargeError
 from medsr.io.types import MAX_PIXELS, Image, ImageMeta, quiet_libraries
 
 
@@ -30,7 +30,7 @@ def _not_readable(path: Path, err: Exception) -> MedsrError:
     return MedsrError(f"{path}: not a readable NIfTI file (truncated or corrupt: {reason}); check the file or re-export it")
 
 
-def _load(path: Path):
+def _load(path: Path, max_pixels: int = MAX_PIXELS):
     """(image, data) with the shape checked from the header before any voxel is read."""
     try:
         img = nib.load(path)
@@ -42,8 +42,8 @@ def _load(path: Path):
         shape = shape[:-1]
     if len(shape) > 3:
         raise MedsrError(f"{path}: {len(shape)}-D NIfTI {shape} is not supported; extract a 3-D volume first (e.g. fslroi)")
-    if math.prod(shape) > MAX_PIXELS:
-        raise MedsrError(f"{path}: volume too large ({'x'.join(map(str, shape))} voxels, limit {MAX_PIXELS} voxels); crop or downsample it first")
+    if math.prod(shape) > max_pixels:
+        raise TooLargeError(f"{path}: volume too large ({'x'.join(map(str, shape))} voxels, limit {max_pixels} voxels); crop or downsample it first")
     try:
         data = np.asanyarray(img.dataobj)  # applies scl_slope/scl_inter; ints stay ints if unscaled
     except _DECODE_ERRORS as err:
@@ -51,9 +51,9 @@ def _load(path: Path):
     return img, data.reshape(shape)
 
 
-def read_nifti(path: Path, *, slice_axis: int | None = None) -> Image:
+def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = MAX_PIXELS) -> Image:
     with quiet_libraries():
-        img, data = _load(path)
+        img, data = _load(path, max_pixels)
     if data.size == 0:
         raise MedsrError(f"{path}: NIfTI image has no voxels (shape {data.shape}); check the file or re-export it")
     if data.ndim < 2 or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):

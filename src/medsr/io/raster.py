@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageSequence
 
-from medsr.errors import MedsrError
+from medsr.errors import MedsrError, TooLargeError
 from medsr.io.types import (
     MAX_PIXELS,
     Image,
@@ -93,10 +93,10 @@ def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int, bo
     return np.array(page), 8, colour
 
 
-def read_raster(path: Path) -> Image:
+def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
     """Read a raster file; a multi-page TIFF whose pages all match in size and depth becomes a stack."""
     try:
-        # quiet_libraries also mutes DecompressionBombWarning: MAX_PIXELS is enforced below,
+        # quiet_libraries also mutes DecompressionBombWarning: max_pixels is enforced below,
         # before any pixels are decoded.
         with quiet_libraries():
             with PILImage.open(path) as im:
@@ -106,9 +106,9 @@ def read_raster(path: Path) -> Image:
                 total = 0
                 for page in ImageSequence.Iterator(im):
                     total += page.size[0] * page.size[1]
-                    if total > MAX_PIXELS:
-                        raise MedsrError(
-                            f"{path}: image too large ({page.size[0]}x{page.size[1]}, limit {MAX_PIXELS} pixels); "
+                    if total > max_pixels:
+                        raise TooLargeError(
+                            f"{path}: image too large ({page.size[0]}x{page.size[1]}, limit {max_pixels} pixels); "
                             "downscale or crop it first"
                         )
                     page.load()  # decode now, inside the try, so truncation is caught here
@@ -119,7 +119,7 @@ def read_raster(path: Path) -> Image:
         raise
     except PILImage.DecompressionBombError:
         # Pillow's own check, in open(), fires only above 2x its MAX_IMAGE_PIXELS, beyond ours.
-        raise MedsrError(f"{path}: image too large (declares over {2 * (PILImage.MAX_IMAGE_PIXELS or 0)} pixels, limit {MAX_PIXELS} pixels); downscale or crop it first")
+        raise TooLargeError(f"{path}: image too large (declares over {2 * (PILImage.MAX_IMAGE_PIXELS or 0)} pixels, limit {max_pixels} pixels); downscale or crop it first")
     except _DECODE_ERRORS as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MedsrError(f"{path}: not a readable image file (truncated, corrupt or wrong extension: {reason}); check the file or re-export it")
