@@ -92,7 +92,7 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> lis
         from medsr.io import series as series_io
 
         for found in series_io.scan_series(dicom_files):
-            if found.repeats:
+            if found.repeats and found.volumes:  # (without a volume every file is done on its own)
                 print(f"medsr: note: {found.repeats[0]}" + (f" and {len(found.repeats) - 1} more" if len(found.repeats) > 1 else "")
                       + ": a copy of another file of its series (the same SOPInstanceUID); left out", file=sys.stderr)
             if found.volumes:

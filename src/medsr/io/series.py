@@ -322,11 +322,11 @@ def scan_series(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
 
 
 def _without_copies(slices: list[_Slice]) -> tuple[list[_Slice], list[Path]]:
-    """The slices with copies of an image already seen (the same SOPInstanceUID and frame: a file
-    copied twice into the folder) left out, and the files left out; as dcm2niix drops duplicates."""
+    """The slices with copies of an image already seen (the same SOPInstanceUID, frame and file size:
+    a file copied twice into the folder) left out, and the files left out; as dcm2niix drops duplicates."""
     seen, kept, repeats = set(), [], []
     for piece in slices:
-        key = (str(piece.ds.get("SOPInstanceUID", "")), piece.frame)
+        key = (str(piece.ds.get("SOPInstanceUID", "")), piece.frame, piece.path.stat().st_size)
         if key[0] and key in seen:
             repeats.append(piece.path)
         else:
