@@ -59,6 +59,46 @@ def test_resume_gives_the_same_next_step_loss(image_folder, tmp_path):
         assert got[step]["loss/d"] == pytest.approx(expected[step]["loss/d"], rel=1e-6, abs=1e-7)
 
 
+def test_resume_keeps_the_checkpoint_step_in_the_logs_and_every_step_once(image_folder, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(image_folder, tmp_path)
+    Trainer(cfg).fit(stop_after=2)
+    run = tmp_path / "tiny"
+    with (run / "log.jsonl").open("a") as log:  # what a run killed after step 3 had written beyond its checkpoint
+        log.write(json.dumps({"step": 3, "loss/g": 1.0}) + "\n")
+    Trainer(cfg).fit(resume=True)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 4
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("loss/g")] == [1, 2, 3, 4]  # step 2, the checkpoint's, kept
+
+
+def test_resume_refuses_another_recipe_changed_data_and_damaged_checkpoints(image_folder, tmp_path):
+    import shutil
+
+    cfg = tiny_config(image_folder, tmp_path / "a")
+    Trainer(cfg).fit(stop_after=2)
+    with pytest.raises(MedsrError, match=r"started with another recipe \(lr_generator 0.0001 then, 0.5 now\)"):
+        Trainer(tiny_config(image_folder, tmp_path / "a", lr_generator=0.5)).fit(resume=True)
+    Trainer(tiny_config(image_folder, tmp_path / "a", log_every=2, checkpoint_every=4)).fit(resume=True)  # how it writes may change
+
+    fewer = tmp_path / "fewer"
+    shutil.copytree(image_folder, fewer)
+    part = tiny_config(fewer, tmp_path / "b")
+    Trainer(part).fit(stop_after=2)
+    for path in sorted((fewer / "alpha").glob("*.png"))[:10]:
+        path.unlink()
+    with pytest.raises(MedsrError, match=r"step-00000002: the training images changed since this checkpoint \(38 then, \d+ now\)"):
+        Trainer(part).fit(resume=True)
+
+    damaged = tmp_path / "b" / "tiny" / "checkpoints" / "step-00000002" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(MedsrError, match=r"step-00000002: damaged checkpoint .*delete this folder to resume from the checkpoint before it"):
+        Trainer(part).fit(resume=True)
+
+
 def test_resume_and_restart_guards(image_folder, tmp_path):
     cfg = tiny_config(image_folder, tmp_path)
     with pytest.raises(MedsrError, match="no checkpoint"):

@@ -219,6 +219,9 @@ class PairSampler:
         return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
+        if len(state["perm"]) not in (0, len(self)):  # (0: saved before the first batch)
+            raise MedsrError(f"the training images changed since this checkpoint ({len(state['perm'])} then, {len(self)} now); "
+                             "put them back as they were, or start a new run (--set name=...)")
         self.generator.set_state(state["generator"])
         self.perm, self.pos = state["perm"], state["pos"]
 

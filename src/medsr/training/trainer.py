@@ -50,6 +50,9 @@ from medsr.training import losses
 from medsr.training.collapse import CollapseGuard
 from medsr.training.config import TrainConfig, expand_data_path
 
+# What --resume may change: where, how long and how often the run writes, not what it learns.
+RESUME_MAY_CHANGE = ("name", "out_dir", "time_budget_minutes", "checkpoint_every", "keep_checkpoints", "log_every", "grid_images")
+
 
 def _set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
     for p in module.parameters():
@@ -332,7 +335,17 @@ class Trainer:
         return done[-1] if done else None
 
     def load_checkpoint(self, path: Path) -> None:
-        tensors = load_file(str(path / "model.safetensors"))
+        try:
+            tensors = load_file(str(path / "model.safetensors"))
+            main = torch.load(path / "state-rank0.pt", weights_only=False)
+            own_file = path / f"state-rank{self.rank}.pt"
+            own = torch.load(own_file, weights_only=False) if own_file.is_file() else None
+            if not {"step", "opt_g", "config"} <= set(main):  # in every checkpoint medsr writes
+                raise KeyError(f"{sorted({'step', 'opt_g', 'config'} - set(main))} missing")
+        except Exception as err:  # safetensors, torch and pickle raise many types on a damaged file
+            raise MedsrError(f"{path}: damaged checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}); "
+                             "delete this folder to resume from the checkpoint before it") from None
+        self._check_recipe(path, main["config"])
         for prefix, model in ((zoo.GENERATOR_PREFIX, self.generator), (zoo.DISCRIMINATOR_PREFIX, self.discriminator),
                               (zoo.EMA_PREFIX, self.ema)):
             if model is not None:
@@ -340,18 +353,18 @@ class Trainer:
                     _unwrap(model).load_state_dict(zoo.checkpoint_part(tensors, prefix))
                 except RuntimeError:
                     raise MedsrError(f"{path}: checkpoint does not match this recipe's model; resume with the recipe that wrote it") from None
-        main = torch.load(path / "state-rank0.pt", weights_only=False)
         self.opt_g.load_state_dict(main["opt_g"])
         if self.opt_d is not None and main["opt_d"] is not None:
             self.opt_d.load_state_dict(main["opt_d"])
-        own_file = path / f"state-rank{self.rank}.pt"
-        own = torch.load(own_file, weights_only=False) if own_file.is_file() else None
         self.step_count = main["step"]
         self.train_seconds = main.get("train_seconds", 0.0)
         self.lr_scale, self.collapses = main.get("lr_scale", 1.0), main.get("collapses", 0)
         self._clock = time.monotonic()
         if own is not None and main.get("world_size") == self.world:
-            self.sampler.load_state_dict(own["sampler"])
+            try:
+                self.sampler.load_state_dict(own["sampler"])
+            except MedsrError as err:
+                raise MedsrError(f"{path}: {err}") from None
             torch.set_rng_state(own["rng"]["torch"])
             np.random.set_state(own["rng"]["numpy"])
             random.setstate(own["rng"]["python"])
@@ -359,6 +372,25 @@ class Trainer:
                 torch.cuda.set_rng_state(own["rng"]["cuda"], self.device)
         else:  # resumed on another number of processes: same weights, fresh data order
             torch.manual_seed(self.cfg.seed + self.rank + self.step_count)
+
+    def _cut_log(self, log: Path) -> None:
+        """Drop the lines of log.jsonl after the checkpoint resumed from (a killed run may have written
+        them), so that every step is in it once."""
+        if not log.is_file():
+            return
+        kept = [line for line in log.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line).get("step", 0) <= self.step_count]
+        atomic_write(log, lambda tmp: tmp.write_text("".join(kept)))
+
+    def _check_recipe(self, path: Path, then: dict) -> None:
+        """Refuse to resume with a recipe that changes what the run learns: its weights so far came
+        from the recipe in the checkpoint, and the model file would record only the new one."""
+        now = dataclasses.asdict(self.cfg)
+        changed = [key for key in now if key in then and key not in RESUME_MAY_CHANGE and then[key] != now[key]]
+        if changed:
+            what = "; ".join(f"{key} {then[key]!r} then, {now[key]!r} now" for key in changed)
+            raise MedsrError(f"{path}: this run was started with another recipe ({what}); resume with the recipe it was "
+                             "started with, or start a new run (--set name=...)")
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self, resume: bool = False, stop_after: int | None = None) -> Path:
@@ -382,7 +414,10 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-            writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step_count or None)
+            # a resumed run drops the events written after its checkpoint, and keeps the checkpoint's own step
+            writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step_count + 1 if resume else None)
+            if resume:
+                self._cut_log(self.run_dir / "log.jsonl")
             precision = "bf16" if self.dtype else "fp32"
             tqdm.write(f"medsr train: {cfg.model} x{cfg.scale}, {len(self.sampler)} training images, {self.total_steps} steps "
                        f"({cfg.epochs} epochs x {self.steps_per_epoch}), {precision}, {self.device}, {self.world} process(es) -> {self.run_dir}")
