@@ -180,3 +180,13 @@ def test_unknown_checkpoints_are_one_line_errors(tmp_path, image_folder, medsr_c
         result = subprocess.run(medsr_cli + ["upscale", str(image), "-o", str(tmp_path / "o"), "--model", str(path)],
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_models_of_another_scale_than_the_first_are_named_without_a_scale_option():
+    from medsr.errors import MedsrError
+    from medsr.evaluation.compare import build_entries
+
+    with pytest.raises(MedsrError, match=r"^model default-x2 upscales x2, not x3 as default does; compare models of one scale"):
+        build_entries(["bicubic", "default", "default-x2"], "cpu", "fp32", None)
+    with pytest.raises(MedsrError, match=r"model default upscales x3, not x2; drop --scale"):  # --scale 2 was given
+        build_entries(["default"], "cpu", "fp32", 2)

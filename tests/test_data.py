@@ -144,6 +144,28 @@ def test_scan_says_which_folders_it_could_not_read_or_did_not_follow(tmp_path, m
     assert "locked: cannot read this folder (Permission denied)" in said and "link: a link to a folder, not followed" in said
 
 
+def test_medsr_outputs_inside_a_data_folder_are_left_out(tmp_path, image_folder, caplog):
+    import shutil
+
+    from medsr.evaluation import report
+    from medsr.files import LEDGER_NAME
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    before = [item.path for item in scan(data)]
+    row = {"file": "a.png", "method": "bicubic", "psnr": 30.0}
+    report.write_reports([row], [row], data / "alpha" / "evaluation", {})  # an evaluation written into the data
+    (data / "alpha" / "evaluation" / "figures").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "alpha" / "evaluation" / "figures" / "grid.png")
+    (data / "upscaled").mkdir()  # an upscale run from before outputs were marked: its ledger tells
+    (data / "upscaled" / LEDGER_NAME).write_text("")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "upscaled" / "x.png")
+    with caplog.at_level("WARNING"):
+        assert [item.path for item in scan(data)] == before
+    assert caplog.text.count("left out, it holds medsr's outputs") == 2
+    assert len(scan(data / "upscaled")) == 1  # passed itself, an output folder is read
+
+
 def test_load_arrays_skips_bad_files(tmp_path, image_folder):
     items = scan(image_folder)[:3]
     bad = tmp_path / "cls" / "broken.png"

@@ -33,6 +33,7 @@ def test_training_writes_checkpoints_grids_logs(image_folder, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000000", "step-00000002", "step-00000004"]
     assert sorted(p.name for p in (run / "grids").iterdir()) == ["epoch-0001.png", "epoch-0002.png"]
     assert list((run / "tensorboard").iterdir())
+    assert (run / ".medsr-output").is_file()  # a run folder inside a data folder is never read as training data
     log = read_log(run)
     assert "loss/d" not in log[2] and "loss/d" in log[3]  # warm-up epoch, then adversarial
     with safe_open(str(run / "checkpoints/step-00000004/model.safetensors"), "pt") as f:

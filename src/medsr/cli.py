@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medsr import __version__
 from medsr.errors import MedsrError
+from medsr.files import mark_output_folder
 from medsr.io.formats import FORMAT_CHOICES, with_format_extension
 from medsr.settings import DEVICES, PRECISIONS, PROTOCOLS, RUNTIMES, TILE, TILE_AMX, TILE_OVERLAP
 
@@ -37,10 +38,9 @@ def _load_upscaler(args, model_name: str | None, tile: int | None = None):
 
 def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
     """(file, path relative to the output folder) for each input file; folders are walked, except
-    the output folder where it lies inside one, and any folder inside one that holds an earlier run's
-    ledger (medsr-ledger.jsonl): medsr never reads its own outputs as inputs."""
+    the output folder where it lies inside one, and earlier outputs of medsr's (medsr.data.scan leaves
+    them out): medsr never reads its own outputs as inputs."""
     from medsr.data import scan
-    from medsr.inference.batch import LEDGER_NAME
 
     out = out_dir.resolve()
     pairs = []
@@ -50,14 +50,9 @@ def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
             folder = path.resolve()
             if folder == out:
                 raise MedsrError(f"{path}: -o is this input folder, so outputs would mix with the inputs; choose another output folder")
-            outputs = {ledger.parent.resolve() for ledger in path.rglob(LEDGER_NAME) if ledger.parent.resolve() != folder}
-            for earlier in sorted(outputs - {out}):
-                print(f"medsr: note: {earlier}: left out, it holds an earlier run's outputs ({LEDGER_NAME}); "
-                      "pass that folder itself to upscale them", file=sys.stderr)
-            if out.is_relative_to(folder):
-                outputs.add(out)
+            inside = out.is_relative_to(folder)  # -o inside this input folder: its files are outputs (around it: inputs)
             pairs += [(item.path, item.path.relative_to(path)) for item in scan(path)
-                      if not any(item.path.resolve().is_relative_to(o) for o in outputs)]
+                      if not (inside and item.path.resolve().is_relative_to(out))]
         elif path.is_file():
             pairs.append((path, Path(path.name)))
         else:
@@ -196,6 +191,7 @@ def _upscale(args) -> int:
     model, reference_name = _batch_model(args, args.model if in_plane else None, through_plane)
     for folder in {out_dir, summary_path.parent}:  # before any file is upscaled, rather than at every write
         _check_writable(folder, "-o" if folder == out_dir else "--summary")
+    mark_output_folder(out_dir)
     upscaler = model.upscaler
     jpeg = jpeg_reference = None  # default-jpeg for the JPEG-coded files of a run that holds others too (zoo.jpeg_default)
     if jpeg_model is not None:

@@ -29,3 +29,17 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+OUTPUT_MARKER = ".medsr-output"  # in every folder medsr writes results into; such folders are never read as inputs
+LEDGER_NAME = "medsr-ledger.jsonl"  # medsr upscale's resume ledger, in its output folder (older ones have no marker)
+
+
+def mark_output_folder(folder: Path) -> None:
+    """Make `folder` (created if needed) known as medsr's output, so that walking a data folder that
+    holds it (medsr.data.scan) leaves it out: outputs are never read back as inputs."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OUTPUT_MARKER
+    if not marker.exists():
+        marker.write_text("medsr writes its results here; medsr leaves this folder out of its inputs\n")

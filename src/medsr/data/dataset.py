@@ -21,6 +21,7 @@ import torch
 from medsr.data import augment as aug_lib
 from medsr.data import degrade, realistic, slice_profile
 from medsr.errors import MedsrError
+from medsr.files import LEDGER_NAME, OUTPUT_MARKER
 from medsr.io import is_supported, read_image, read_mnist, to_uint
 from medsr.io.types import as_unit
 from medsr.models.value_range import to_signed, to_unit
@@ -54,13 +55,18 @@ def scan(roots: str | Path | list) -> list[Item]:
 
 
 def _files_below(root: Path) -> list[Path]:
-    """Every file below `root`. A folder that cannot be read, or a link to a folder (not followed: a link
-    can loop), is said so in a warning rather than skipped in silence."""
+    """Every file below `root`, except in folders of medsr's own outputs (they hold OUTPUT_MARKER or an
+    upscale run's ledger): outputs are never read back as inputs. Those, a folder that cannot be read
+    and a link to a folder (not followed: a link can loop) are said so in a warning, not skipped in silence."""
     def unreadable(err: OSError) -> None:
         log.warning("note: %s: cannot read this folder (%s); its files are left out", err.filename, err.strerror)
 
     files = []
     for folder, subfolders, names in os.walk(root, onerror=unreadable):
+        if folder != str(root) and (OUTPUT_MARKER in names or LEDGER_NAME in names):
+            log.warning("note: %s: left out, it holds medsr's outputs; pass that folder itself to use them", folder)
+            subfolders.clear()
+            continue
         for name in subfolders:
             if os.path.islink(os.path.join(folder, name)):
                 log.warning("note: %s: a link to a folder, not followed; pass the folder it points to if its files are wanted",

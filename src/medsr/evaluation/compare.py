@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsr import figures, hardware
+from medsr import figures, hardware, zoo
 from medsr.data import degrade, load_arrays
 from medsr.errors import MedsrError
 from medsr.evaluation import quality, report
@@ -43,16 +43,19 @@ class Entry:
 def build_entries(names: list[str], device: str, precision: str, scale: int | None) -> tuple[list[Entry], int]:
     """Interpolation names stay classical methods; anything else is loaded as a model. `label=model`
     names a model file or run folder in the table and figures."""
-    entries = []
+    entries, first = [], None
     for item in names:
         name, _, ref = item.partition("=")
         ref = ref or name
         if ref in quality.BASELINES or ref == "bilinear":
             entries.append(Entry(quality.Method(ref)))
             continue
-        # the first model sets the comparison's scale; every later one must match it
+        # the first model sets the comparison's scale (unless --scale did); every later one must match it
+        if first is not None and scale is not None and zoo.model_scale(ref) != scale:
+            raise MedsrError(f"model {name} upscales x{zoo.model_scale(ref)}, not x{scale} as {first} does; "
+                             "compare models of one scale, e.g. --models bicubic,default,large")
         upscaler, meta = load_upscaler(ref, scale=scale, device=device, precision=precision, tile=0)
-        scale = upscaler.scale
+        first, scale = first or name, upscaler.scale
         seconds = meta.get("medsr_train_seconds")
         entries.append(Entry(quality.Method(name, upscaler), params=int(meta["parameters"]),
                              train_minutes=float(seconds) / 60 if seconds else None))

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from medsr.files import atomic_write
+from medsr.files import atomic_write, mark_output_folder
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -39,6 +39,7 @@ def write_reports(rows: list[dict], summary: list[dict], out_dir: Path, context:
     """per-image CSV, summary CSV, and a JSON with context + summary + rows (strict JSON: values
     that are not finite are null), each written atomically;
     `names` lets another report (medsr.evaluation.diagnostic) sit beside these in the same folder."""
+    mark_output_folder(out_dir)  # its figures are never scored as data
     paths = [Path(out_dir) / name for name in names]
     for path, table in zip(paths[:2], (rows, summary)):
         def write_csv(tmp: Path, table=table) -> None:

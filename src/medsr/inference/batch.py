@@ -42,7 +42,7 @@ import torch
 from tqdm import tqdm
 
 from medsr.errors import MedsrError
-from medsr.files import atomic_write
+from medsr.files import LEDGER_NAME, atomic_write  # noqa: F401 - batch.LEDGER_NAME for its callers
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
@@ -54,7 +54,6 @@ if TYPE_CHECKING:  # pydicom loads only when a series is written
 
 log = logging.getLogger(__name__)
 
-LEDGER_NAME = "medsr-ledger.jsonl"
 SUMMARY_NAME = "medsr-summary.csv"
 # atomic_write's temp files: ".<name>.<8 hex>.tmp[suffix]" next to the target.
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")

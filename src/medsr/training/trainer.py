@@ -43,7 +43,7 @@ from medsr import hardware, metrics, zoo
 from medsr.data import build_sampler, degrade
 from medsr.data.augment import Augment
 from medsr.errors import MedsrError
-from medsr.files import atomic_write
+from medsr.files import atomic_write, mark_output_folder
 from medsr.models import create_discriminator, create_generator
 from medsr.models.value_range import to_unit
 from medsr.training import losses
@@ -412,7 +412,7 @@ class Trainer:
 
         writer = None
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            mark_output_folder(self.run_dir)  # never read back as training data
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
             # a resumed run drops the events written after its checkpoint, and keeps the checkpoint's own step
             writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step_count + 1 if resume else None)
