@@ -75,8 +75,9 @@ def upscale(medsr_cli, archive: Path, out: Path, *extra: str, wait: bool = True)
 
 
 def outputs(out: Path) -> dict[str, bytes]:
+    """The output images: not the ledger, summary or the folder's .medsr-output marker."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and not p.name.startswith("medsr-")}
+            if p.is_file() and not p.name.startswith(("medsr-", ".medsr-"))}
 
 
 def check_ledger(out: Path) -> None:
