@@ -94,3 +94,13 @@ def page():
             "--disable-sync", "--no-first-run"])
         yield browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
         browser.close()
+
+
+def assert_one_line_error(result, *words):
+    """A CLI run that failed as a user error should: exit 2, one line 'medsr: error: ...' holding `words`."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("medsr: error:"), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]

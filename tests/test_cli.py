@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, needs_data
+from conftest import DATA, assert_one_line_error, needs_data
 from PIL import Image
 
 TINY = ["--set", "hr_size=48", "--set", "generator={channels: 8, num_blocks: 1}", "--set", "discriminator={channels: 4, dense: 16}",
@@ -19,15 +19,6 @@ TINY = ["--set", "hr_size=48", "--set", "generator={channels: 8, num_blocks: 1}"
 
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
-
-
-def assert_one_line_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("medsr: error:"), result.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import smooth_image
+from conftest import assert_one_line_error, smooth_image
 from PIL import Image
 
 from medsr.errors import MedsrError
@@ -22,15 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, **kw)
-
-
-def assert_one_line_error(result, *words):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("medsr: error:"), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def strict_json(path):
