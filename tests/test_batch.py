@@ -59,8 +59,8 @@ def run(src: Path, out: Path, model: Path, **kw) -> batch.BatchSummary:
 
 
 def outputs(out: Path) -> dict[Path, bytes]:
-    """The image files under `out` (not the ledger or summary), by path relative to `out`."""
-    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and not p.name.startswith("medsr-")}
+    """The image files under `out` (not the ledger, summary or .medsr-output marker), by path relative to `out`."""
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and not p.name.startswith(("medsr-", ".medsr-"))}
 
 
 @pytest.mark.parametrize("streams", [1, 2, 3])
