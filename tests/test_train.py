@@ -67,7 +67,7 @@ def test_resume_keeps_the_checkpoint_step_in_the_logs_and_every_step_once(image_
     Trainer(cfg).fit(stop_after=2)
     run = tmp_path / "tiny"
     with (run / "log.jsonl").open("a") as log:  # what a run killed after step 3 had written beyond its checkpoint
-        log.write(json.dumps({"step": 3, "loss/g": 1.0}) + "\n")
+        log.write(json.dumps({"step": 3, "loss/g": 1.0}) + "\n" + '{"step": 4, "lo')  # the last line cut by the kill
     Trainer(cfg).fit(resume=True)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 4

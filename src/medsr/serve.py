@@ -94,8 +94,9 @@ class UserError(Exception):
 def _safe_name(name: str) -> str:
     """The uploaded file's base name, reduced to characters that are safe in a path and a header."""
     base = re.sub(r"[^A-Za-z0-9._ -]", "_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
-    extension = file_extension(Path(base))[:20]
-    return base[: 120 - len(extension)].removesuffix(extension) + extension if len(base) > 120 else base
+    extension = file_extension(Path(base))[:20]  # kept when the name is cut: it says how to read the file
+    stem = base[: len(base) - len(extension)]
+    return stem[: 120 - len(extension)] + extension
 
 
 def _suffix(name: str) -> str:

@@ -378,8 +378,13 @@ class Trainer:
         them), so that every step is in it once."""
         if not log.is_file():
             return
-        kept = [line for line in log.read_text().splitlines(keepends=True)
-                if line.strip() and json.loads(line).get("step", 0) <= self.step_count]
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= self.step_count:
+                    kept.append(line + "\n")
+            except json.JSONDecodeError:  # a line cut short by the kill
+                pass
         atomic_write(log, lambda tmp: tmp.write_text("".join(kept)))
 
     def _check_recipe(self, path: Path, then: dict) -> None:
