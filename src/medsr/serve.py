@@ -182,12 +182,12 @@ class Server:
             "extensions": list(SUPPORTED_EXTENSIONS),
         }
 
-    def choose(self, model: str, paths: str | Path | list) -> str:
+    def choose(self, model: str, paths: list) -> str:
         """The model that runs: `model` itself, or for "auto" what `medsr upscale` would pick for
         `paths` (default-jpeg for JPEG files or DICOM stored as lossy JPEG), among the models this server offers."""
         if model != AUTO:
             return model
-        picked = zoo.default_model(None, paths if isinstance(paths, list) else [paths])
+        picked = zoo.default_model(None, paths)
         return picked if picked in self.models else zoo.DEFAULT_MODEL
 
     def upscaler_for(self, model: str):
@@ -455,14 +455,14 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
     async def upscale(request: Request, model: str = AUTO, name: str = "upload", demo: str | None = None, through: bool = False) -> dict:
         name = _safe_name(demo or name)
         if demo:
-            model = server.choose(model, name)
+            model = server.choose(model, [name])
             server.upscaler_for(model)
             job = server._new_job(name + ".png", model)
             work = server.upscale_demo, job, demo, model
         else:
             job, path = await server.receive(request, name, model)
             if path.suffix != ".zip":  # a zip's files are chosen for once unzipped (upscale_series)
-                job.model = model = server.choose(model, path)  # "auto" by what the file holds (a DICOM's transfer syntax)
+                job.model = model = server.choose(model, [path])  # "auto" by what the file holds (a DICOM's transfer syntax)
             work = server.upscale_upload, job, path, model, through
         try:
             answer = await _in_thread(*work)
