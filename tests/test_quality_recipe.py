@@ -104,6 +104,25 @@ def test_neighbourhood_clamp_bounds_the_output_and_is_trained_through():
     assert "clamp_margin" not in unclamped.config  # older models' configs are unchanged
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_zero_background_stays_exactly_zero(precision):
+    """A skull-stripped scan's background is 0, and a mask of `> 0` must still find the head after
+    upscaling: where a pixel's whole 3x3 source neighbourhood is 0, the shipped default gives 0."""
+    from scipy import ndimage
+
+    import medsr
+
+    y, x = np.mgrid[:96, :80]
+    rng = np.random.default_rng(0)
+    head = ((y - 48) ** 2 / 40**2 + (x - 40) ** 2 / 30**2) < 1
+    image = np.where(head, rng.integers(3000, 40000, head.shape), 0).astype(np.uint16)
+    out = medsr.upscale(image, model="default", scale=3, precision=precision)
+    zero = ndimage.minimum_filter((image == 0).astype(np.uint8), size=3, mode="nearest").astype(bool).repeat(3, 0).repeat(3, 1)
+    assert zero.sum() > 10000 and (out[zero] == 0).all(), np.unique(out[zero])
+    saturated = np.full((40, 40), 65535, np.uint16)  # a flat bright area keeps its value too
+    assert (medsr.upscale(saturated, model="default", scale=3, precision=precision) == 65535).all()
+
+
 def test_light_degradation_is_seeded_and_does_what_it_says():
     lr = torch.rand(4, 1, 40, 40)
     none = LightDegradation(jpeg=0, noise=0).apply(lr, torch.Generator().manual_seed(0))

@@ -136,6 +136,20 @@ def test_empty_planes_pass_through_untouched():
     assert np.abs(result.array[8:12, 6:10]).max() > 0
 
 
+def test_a_zero_background_around_a_round_head_stays_zero():
+    """Corners beside a round head lie in planes that cross it, where the network acts; a skull-stripped
+    volume's background must still come out exactly 0 (a mask of > 0 finds the head)."""
+    from scipy import ndimage
+
+    a, b = np.mgrid[:24, :24]
+    disc = (a - 11.5) ** 2 + (b - 11.5) ** 2 < 10**2
+    volume = np.where(disc[..., None], np.random.default_rng(7).random((24, 24, 6)) + 0.5, 0).astype(np.float32)
+    result = V.upscale_through_plane(volume, (1, 1, 4), 2, model=random_net(), progress=False, precision="fp32")
+    outside = ndimage.minimum_filter((~disc).astype(np.uint8), size=3, mode="nearest").astype(bool)  # zero all around in-plane
+    assert outside.sum() > 50 and np.all(result.array[outside] == 0)
+    assert np.all(result.array[disc] != 0)
+
+
 def test_any_axis_can_be_the_slice_axis():
     volume = np.random.default_rng(4).random((20, 16, 8)).astype(np.float32)
     last = V.upscale_through_plane(volume, (1, 1, 3), 2, model=random_net(), progress=False, precision="fp32")

@@ -197,7 +197,21 @@ def upscale_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, model
             progress(done, len(slabs))
     bar.close()
     out = np.maximum(out * (white / 2) + low, volume.min())  # mean of the two orientations, back to the input's units
+    out = _flat_kept(out, moved, grid.coords)
     return ThroughPlaneResult(np.moveaxis(out, 2, axis), _new_spacing(spacing, axis, grid), grid.positions, float(grid.positions[0]))
+
+
+def _flat_kept(out: np.ndarray, moved: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """`out` (A, B, new slices) where the source `moved` (A, B, slices) is flat around each new voxel
+    (the 5 nearest slices, 3x3 in-plane: all the cubic interpolation reads) set to that one value
+    exactly, so a skull-stripped volume's zero background stays 0, as the in-plane models keep it."""
+    from scipy import ndimage
+
+    size = (3, 3, 5)
+    flat = ndimage.maximum_filter(moved, size=size, mode="nearest") == ndimage.minimum_filter(moved, size=size, mode="nearest")
+    for k, j in enumerate(np.clip(np.rint(coords).astype(int), 0, moved.shape[2] - 1)):  # slice by slice: no second volume
+        out[:, :, k][flat[:, :, j]] = moved[:, :, j][flat[:, :, j]]
+    return out
 
 
 # ---- medsr upscale --through-plane: NIfTI volumes and DICOM series through the batch runner ----

@@ -8,7 +8,8 @@ Differences from the paper generator, each for quality per CPU-second:
 - `clamp_margin` (optional): every output pixel is kept within the range of its source pixel's
   3x3 LR neighbourhood, widened by `clamp_margin` of the full range. Bright or dark lines beyond
   what the input holds nearby (ringing at hard edges, such as a skull-stripped brain's border)
-  cannot appear. The clamp is part of the function trained, so the network learns under it.
+  cannot appear, and a flat neighbourhood (a zero background) keeps its value exactly. The clamp
+  is part of the function trained, so the network learns under it.
 
 `hr_input=True` makes the first conv take the HR-sized CutBlur input folded onto the LR grid
 (s*s channels per image channel, see medsr.data.augment); a plain LR input still works: it is
@@ -168,9 +169,12 @@ class EDSR(nn.Module):
 
 def neighbourhood_clamp(sr: torch.Tensor, lr: torch.Tensor, scale: int, margin: float) -> torch.Tensor:
     """`sr` kept within [min - m, max + m] of each pixel's 3x3 source neighbourhood in `lr`; values
-    are in [-1, 1], so `margin` (a share of the full range) is m = 2 * margin."""
+    are in [-1, 1], so `margin` (a share of the full range) is m = 2 * margin. Where the neighbourhood
+    is flat (a zero background, a saturated area) the output is its value exactly, in `lr`'s dtype, so
+    a skull-stripped volume's background stays 0 whatever the precision."""
     low, high = source_range(lr, scale)
-    return torch.minimum(torch.maximum(sr, (low - 2 * margin).to(sr.dtype)), (high + 2 * margin).to(sr.dtype))
+    kept = torch.minimum(torch.maximum(sr, (low - 2 * margin).to(sr.dtype)), (high + 2 * margin).to(sr.dtype))
+    return torch.where(high > low, kept, low)
 
 
 class FusedUpsample(nn.Module):
