@@ -38,11 +38,12 @@ def cluster(tmp_path_factory):
         pytest.skip("the ray command is not installed (pip install -e '.[ray]')")
     port, worker_port = free_port(), free_port()
     common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
+    nodes = tmp_path_factory.mktemp("nodes")  # the nodes' working folder, not the CLI's (test_relative_paths_...)
     try:
         subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                        *common], check=True, capture_output=True, env=ENV, timeout=120)
+                        *common], check=True, capture_output=True, env=ENV, timeout=120, cwd=nodes)
         subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                        f"--node-manager-port={worker_port}", *common], check=True, capture_output=True, env=ENV, timeout=120)
+                        f"--node-manager-port={worker_port}", *common], check=True, capture_output=True, env=ENV, timeout=120, cwd=nodes)
         yield f"127.0.0.1:{port}", worker_port
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, env=ENV, timeout=120)
@@ -167,3 +168,19 @@ def test_jpeg_files_get_their_model_on_ray_workers_too(medsr_cli, cluster, tmp_p
     assert runs["ray"] == runs["local"] == {f"scan_{i}.{ext}": sha["default-jpeg" if ext == "jpg" else "default"]
                                             for i in range(2) for ext in ("jpg", "png")}
     assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+
+
+def test_relative_paths_mean_the_callers_folders_on_every_node(medsr_cli, cluster, tmp_path):
+    """Ray's workers run in a folder of their own: inputs, outputs and a model file given relative to
+    the folder `medsr upscale` runs in must still mean that folder's (they wrote to the workers' own)."""
+    from medsr import zoo
+
+    address, _ = cluster
+    (tmp_path / "in").mkdir()
+    Image.fromarray((np.random.default_rng(2).random((40, 48)) * 255).astype(np.uint8)).save(tmp_path / "in" / "scan.png")
+    shutil.copy(zoo.shipped_models()["default"], tmp_path / "mine.safetensors")
+    result = subprocess.run(medsr_cli + ["upscale", "in", "-o", "out", "--model", "mine.safetensors", "--engine", "ray",
+                                         "--ray-address", address], capture_output=True, text=True, timeout=900, env=ENV, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(outputs(tmp_path / "out")) == ["scan.png"]
+    check_ledger(tmp_path / "out")

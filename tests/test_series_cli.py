@@ -112,6 +112,11 @@ def test_a_rerun_skips_the_series_and_a_changed_file_redoes_it(tmp_path, medsr_c
     (source / "3.dcm").touch()  # one file of the series changed
     redone = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0"])
     assert "upscaled 1 of 1" in redone.stdout, redone.stdout
+    first = sorted(p.name for p in out.glob("*.dcm"))
+    other = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0", "--scale", "2"])  # new settings, new file names
+    assert "upscaled 1 of 1" in other.stdout, other.stdout
+    now = sorted(p.name for p in out.glob("*.dcm"))
+    assert len(now) == len(first) and not set(now) & set(first)  # one derived series: the x2 one replaced the x3 one
 
 
 def test_a_broken_series_is_said_so_and_done_file_by_file(tmp_path, medsr_cli):

@@ -215,8 +215,8 @@ def _upscale(args) -> int:
                     getattr(args, "runtime", "torch"), reference, json.dumps(settings), model.model_name, args.format,
                     args.uncertainty, through_plane, protect, jpeg_setup)
 
-            setups = setup(args.model if in_plane else None, model, reference_name,
-                           jpeg and setup(jpeg_model, jpeg, jpeg_reference))
+            setups = setup(ray_engine.for_workers(args.model if in_plane else None), model, ray_engine.for_workers(reference_name),
+                           jpeg and setup(ray_engine.for_workers(jpeg_model), jpeg, ray_engine.for_workers(jpeg_reference)))
             summary = ray_engine.run_batch_ray(jobs, setups, ledger=ledger, force=args.force, on_result=progress,
                                                address=args.ray_address)
         else:

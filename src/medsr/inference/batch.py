@@ -246,8 +246,24 @@ def book_result(result: JobResult, book: Ledger | None, settings: dict[str, Any]
     if book is None or result.status != "done":
         return
     record = book.record(result.job, result.state, settings, result.files)
-    if book.get(result.job.record_path) != record:
+    old = book.get(result.job.record_path)
+    if old != record:
         book.append(record)
+        _remove_replaced(book, old, record)
+
+
+def _remove_replaced(book: Ledger, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """The files an earlier run of the same job wrote and this one did not (a derived series' names
+    hold its settings; uncertainty maps no longer asked for) removed, each only while it is still
+    the very file that run wrote, so a redone job leaves one set of outputs, not one per setting."""
+    written = {item["path"] for item in new["files"]}
+    for item in (old or {}).get("files", []):
+        try:
+            path = book.path.parent / item["path"]
+            if item["path"] not in written and path.is_file() and path.stat().st_size == item["size"] and sha256_file(path) == item["sha256"]:
+                path.unlink()
+        except (OSError, KeyError, TypeError):
+            continue  # gone already, or a record from another version: leave it
 
 
 def report_result(result: JobResult, book: Ledger | None, settings: dict[str, Any], on_result: Callable | None) -> None:

@@ -28,11 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medsr import zoo
 from medsr.errors import MedsrError
 from medsr.inference import batch
 from medsr.inference import volume as volume_sr
 from medsr.inference.upscaler import load_upscaler
 from medsr.io.types import quiet_libraries
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,41 @@ def _runner(setup: WorkerSetup) -> batch.JobRunner:
 
 
 def _run_jobs(rows: dict[str, np.ndarray], setup: WorkerSetup) -> dict[str, np.ndarray]:
-    """map_batches' function: each row's pickled Job -> its pickled JobResult."""
+    """map_batches' function: each row's pickled Job -> its pickled JobResult. A model that will not
+    load on this worker fails the job with one line, as a bad input does, rather than the whole run."""
     results = []
     with quiet_libraries():
         for blob in rows["job"]:
             job = pickle.loads(blob)
-            results.append(pickle.dumps(_runner(setup.for_job(job)).run(job)))
+            try:
+                runner = _runner(setup.for_job(job))
+            except MedsrError as err:
+                results.append(pickle.dumps(batch.JobResult(job, "failed", f"{job.input}: on Ray node {_node()}: {err}")))
+                continue
+            results.append(pickle.dumps(runner.run(job)))
     return {"index": rows["index"], "result": np.array(results, dtype=object)}
+
+
+def _node() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def for_workers(model: str | None) -> str | None:
+    """A --model value as workers on any node find it: a shipped name as it is (each node has the
+    package), a file or run folder as an absolute path (a worker's working directory is not the CLI's)."""
+    return model if model is None or model in zoo.shipped_models() else str(Path(model).absolute())
+
+
+def _absolute(job: batch.Job) -> batch.Job:
+    """`job` with absolute paths, as a worker whose working directory is not the CLI's must see them."""
+    series = job.series
+    if series is not None:
+        volumes = [dataclasses.replace(v, paths=[p.absolute() for p in v.paths]) for v in series.volumes]
+        series = dataclasses.replace(series, paths=[p.absolute() for p in series.paths], volumes=volumes,
+                                     repeats=[p.absolute() for p in series.repeats])
+    return dataclasses.replace(job, input=job.input.absolute(), output=job.output.absolute(), series=series)
 
 
 def require_ray():
@@ -124,7 +155,7 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
     try:
         if todo:
             _start(ray, address)
-            rows = [{"index": i, "job": pickle.dumps(jobs[i])} for i in todo]
+            rows = [{"index": i, "job": pickle.dumps(_absolute(jobs[i]))} for i in todo]
             dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
                 _run_jobs, fn_kwargs={"setup": setup}, batch_size=1, num_cpus=cpus_per_job, batch_format="numpy")
             for row in dataset.iter_rows():
@@ -132,6 +163,12 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
                 report(index, dataclasses.replace(pickle.loads(row["result"]), job=jobs[index]))  # the driver's own Job object
     except KeyboardInterrupt:
         interrupted = True
+    except Exception as err:  # Ray gave up (a worker died more often than it retries): the jobs left fail, the summary is written
+        log.debug("Ray stopped the run", exc_info=err)
+        reason = f"Ray stopped the run ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}); rerun to resume"
+        for index in todo:
+            if index not in results:
+                report(index, batch.JobResult(jobs[index], "failed", f"{jobs[index].input}: {reason}"))
     finally:
         if book is not None:
             book.close()
@@ -146,7 +183,8 @@ def _start(ray, address: str | None) -> None:
     if ray.is_initialized():
         return
     try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=True,
+        # "local": a new instance of our own, never one that `ray start` or RAY_ADDRESS left on this machine
+        ray.init(address=address or "local", logging_level=logging.ERROR, log_to_driver=False, configure_logging=True,
                  include_dashboard=False if address is None else None)
     except ConnectionError as err:
         raise MedsrError(f"--ray-address {address}: no Ray cluster there ({str(err).splitlines()[0]}); start one with "
