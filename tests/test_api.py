@@ -50,11 +50,51 @@ def test_the_api_matches_the_upscaler_it_wraps():
     assert medsr.load_model("default", precision="fp32") is medsr.load_model("default", precision="fp32")
 
 
+def test_wide_integers_and_extreme_floats_come_back_in_their_own_range():
+    """An int64 array (np.array of a list of ints) or int32 array is the same image as its uint16 copy;
+    it was squeezed from the dtype's whole range into float32 and came back as garbage (1e16)."""
+    lr = (np.random.default_rng(3).random((24, 20)) * 1000).astype(np.uint16)
+    expected = medsr.upscale(lr.astype(np.float32), precision="fp32")
+    for dtype in (np.int32, np.int64, np.uint64):
+        sr = medsr.upscale(lr.astype(dtype), precision="fp32")
+        assert sr.dtype == dtype and np.abs(sr.astype(np.float64) - expected).max() <= 0.5, dtype
+    huge = np.array([[-3e38, 3e38], [3e38, -3e38]], dtype=np.float32).repeat(8, 0).repeat(8, 1)
+    assert np.isfinite(medsr.upscale(huge, precision="fp32")).all()
+
+
 @pytest.mark.parametrize("bad", [np.zeros((0, 5)), np.zeros((2, 2, 2, 2)), np.array([[np.nan, 1.0]]), np.array([["a"]]),
-                                 np.zeros((4, 4), dtype=bool)])
+                                 np.zeros((4, 4), dtype=bool), np.zeros((32, 40, 3), np.uint8), [[1, 2], [3, 4]]])
 def test_bad_arrays_raise_one_medsr_error(bad):
     with pytest.raises(medsr.MedsrError):
         medsr.upscale(bad)
+
+
+def test_upscale_file_writes_the_format_asked_for_under_its_extension(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((10, 12), 80, np.uint8)).save(tmp_path / "scan.png")
+    written = medsr.upscale_file(tmp_path / "scan.png", tmp_path / "out.png", format="tiff")
+    assert written == tmp_path / "out.tif" and Image.open(written).format == "TIFF" and not (tmp_path / "out.png").exists()
+
+
+def test_upscale_volume_does_not_depend_on_the_integer_type():
+    """An int16 volume (as the API example has) is the same volume as its float copy; its dtype's range
+    put a zero background at mid-gray for the through-plane model, worse than cubic interpolation."""
+    zz, yy, xx = np.mgrid[:12, :32, :32]
+    head = ((zz - 6) ** 2 / 5**2 + (yy - 16) ** 2 / 12**2 + (xx - 16) ** 2 / 12**2) < 1
+    volume = np.where(head, 600 + 300 * np.sin(xx / 3.0) * np.cos(yy / 4.0), 0).astype(np.int16)
+    as_int = medsr.upscale_volume(volume, (4.0, 1.0, 1.0), precision="fp32")
+    as_float = medsr.upscale_volume(volume.astype(np.float32), (4.0, 1.0, 1.0), precision="fp32")
+    assert as_int.array.dtype == np.int16 and np.abs(as_int.array - as_float.array).max() <= 1
+
+
+def test_uncertainty_map_of_a_jpeg_file_describes_the_output_upscale_gives(tmp_path):
+    from PIL import Image
+
+    pixels = (np.random.default_rng(4).random((30, 36)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "scan.jpg", quality=80)
+    maps = medsr.uncertainty_map(tmp_path / "scan.jpg", precision="fp32")
+    np.testing.assert_allclose(maps["sr"], medsr.upscale(tmp_path / "scan.jpg", precision="fp32"), atol=1e-6)  # default-jpeg's
 
 
 def test_upscale_file_never_overwrites_its_source(tmp_path):

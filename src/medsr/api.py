@@ -57,6 +57,9 @@ def _checked_unit(array: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
         raise MedsrError(f"cannot upscale an array of dtype {array.dtype}; pass integer or float pixels")
     if array.ndim not in (2, 3) or min(array.shape) == 0:
         raise MedsrError(f"cannot upscale an array of shape {array.shape}; pass (H, W) or a stack (N, H, W) of gray images")
+    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:  # (H, W, 3): a stack of 3-pixel-wide images is no scan
+        raise MedsrError(f"an array of shape {array.shape} is a colour image (H, W, {array.shape[-1]}), not a stack (N, H, W); "
+                         "pass it in gray, e.g. its luminance (RGB @ [0.299, 0.587, 0.114])")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise MedsrError("the array holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
     return as_unit(array)
@@ -83,16 +86,22 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
     Returns:
         The upscaled array, shape (H*s, W*s) or (N, H*s, W*s).
     """
+    _check_image_type(image)
     if model is None and not isinstance(image, np.ndarray):
         model = zoo.default_model(scale, [image])
     upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime)
     if not isinstance(image, np.ndarray):
         return upscaler.upscale(read_image(image).pixels)
     pixels01, (low, high) = _checked_unit(image)
-    sr01 = upscaler.upscale(pixels01)
+    values = upscaler.upscale(pixels01).astype(np.float64) * (high - low) + low  # float64: a span near float32's limit stays finite
     if not np.issubdtype(image.dtype, np.integer):
-        return (sr01 * (high - low) + low).astype(image.dtype if image.dtype.itemsize >= 4 else np.float32)
-    return np.rint(sr01.astype(np.float64) * (high - low) + low).astype(image.dtype)
+        return values.astype(image.dtype if image.dtype.itemsize >= 4 else np.float32)
+    return np.rint(values).astype(image.dtype)
+
+
+def _check_image_type(image) -> None:
+    if not isinstance(image, (np.ndarray, str, os.PathLike)):
+        raise MedsrError(f"cannot upscale a {type(image).__name__}; pass a numpy array (np.asarray(...)) or a file path")
 
 
 def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: str | os.PathLike | None = None,
@@ -113,6 +122,8 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     (for a series, the folder, or the NIfTI file).
     """
     source, target = Path(source), Path(target)
+    if format is not None and not source.is_dir():
+        target = with_format_extension(target, format)  # TIFF bytes under a .png name would open as nothing
     if target.exists() and target.resolve() == source.resolve():
         raise MedsrError(f"{target}: the output would overwrite the input; choose another target path")
     in_plane = not through_plane or model is not None or scale is not None
@@ -174,8 +185,14 @@ def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or not all(s > 0 for s in spacing):
         raise MedsrError(f"spacing {spacing} must be 3 positive numbers (mm), one per axis of the volume")
+    if slice_axis is not None and slice_axis not in (-3, -2, -1, 0, 1, 2):
+        raise MedsrError(f"slice_axis {slice_axis}: a 3-D volume has axes 0, 1 and 2; pass one of them (or None: the coarsest)")
     axis = int(np.argmax(spacing)) if slice_axis is None else slice_axis % 3
-    pixels01, (low, high) = _checked_unit(array)
+    _checked_unit(array)
+    # The volume's own darkest to brightest value as 0..1, as medsr reads a NIfTI file: the through-plane
+    # model takes 0 for black, and an int16 volume's dtype range would put its zero background at mid-gray.
+    low, high = float(array.min()), float(array.max())
+    pixels01 = ((array.astype(np.float64) - low) / (high - low if high > low else 1.0)).astype(np.float32)
     shift = [0.0, 0.0, 0.0]
     if through_plane:
         result = volume_sr.upscale_through_plane(pixels01, spacing, axis, target_spacing=slice_spacing, slice_thickness=slice_thickness,
@@ -203,7 +220,9 @@ def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike | None = None, 
     a tenth of the image's range. At x2 and x4 no second model is shipped: without `reference_model`
     there is no "disagreement" and "combined" is the consistency residual alone.
     """
-    name = zoo.DEFAULT_MODEL if model is None else str(model)
+    _check_image_type(image)
+    # None: what `upscale` runs on this image (default-jpeg for the path of a JPEG file), so the maps describe that output
+    name = zoo.default_model(None, [] if isinstance(image, np.ndarray) else [image]) if model is None else str(model)
     upscaler = load_model(name, device=device, precision=precision)
     reference_name = reference_model or hallucination.reference_model_name(name, upscaler.scale)
     reference = None if reference_name is None else load_model(reference_name, device=device, precision=precision)

@@ -83,12 +83,16 @@ def printable(value: Any, limit: int = 64) -> str:
 def as_unit(array: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     """Integer or float pixels -> float32 in [0, 1], and the (low, high) values 0 and 1 stand for.
 
-    Integers span their dtype's full range (uint8: 0..255, int16: -32768..32767); floats already
-    in [0, 1] stay as they are; other floats (e.g. Hounsfield units) span their own min..max.
+    Integers of up to 16 bits span their dtype's full range (uint8: 0..255, int16: -32768..32767),
+    as image files hold them; floats already in [0, 1] stay as they are; wider integers (an int64
+    array from a list of ints) and other floats (e.g. Hounsfield units) span their own min..max
+    (a 64-bit range squeezed into float32 would keep a few levels of the data).
     """
-    if np.issubdtype(array.dtype, np.integer):
+    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize <= 2:
         info = np.iinfo(array.dtype)
         low, high = float(info.min), float(info.max)
+    elif np.issubdtype(array.dtype, np.integer):
+        low, high = float(array.min()), float(array.max())
     else:
         low, high = float(array.min()), float(array.max())
         low, high = (min(low, 0.0), max(high, 1.0)) if low >= 0.0 and high <= 1.0 else (low, high)
