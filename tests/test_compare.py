@@ -190,3 +190,13 @@ def test_models_of_another_scale_than_the_first_are_named_without_a_scale_option
         build_entries(["bicubic", "default", "default-x2"], "cpu", "fp32", None)
     with pytest.raises(MedsrError, match=r"model default upscales x3, not x2; drop --scale"):  # --scale 2 was given
         build_entries(["default"], "cpu", "fp32", 2)
+
+
+def test_duplicate_labels_are_refused_not_merged():
+    from medsr.errors import MedsrError
+    from medsr.evaluation.compare import build_entries
+
+    with pytest.raises(MedsrError, match=r"^--models names 'x' twice; name each entry once, labelling models with label=model"):
+        build_entries(["bicubic", "x=default-gan", "x=default"], "cpu", "fp32", None)
+    with pytest.raises(MedsrError, match=r"^--models names 'bicubic' twice"):
+        build_entries(["bicubic", "default", "bicubic"], "cpu", "fp32", None)

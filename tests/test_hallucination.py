@@ -188,3 +188,19 @@ def test_names():
     assert hallucination.reference_model_name("default-gan") == "default"
     assert hallucination.reference_model_name("paper") == "default"
     assert hallucination.reference_model_name("default-x2", 2) is None and hallucination.reference_model_name("default-x4", 4) is None
+
+
+def test_reference_is_chosen_by_the_weights_not_by_the_name(tmp_path, monkeypatch, scan):
+    from medsr import api, zoo
+
+    copy = tmp_path / "run" / "model.safetensors"  # the default's weights under another name: file and run folder
+    copy.parent.mkdir()
+    copy.write_bytes(zoo.resolve("default").read_bytes())
+    assert hallucination.reference_model_name(copy) == "default-gan"
+    assert hallucination.reference_model_name(copy.parent) == "default-gan"
+    _, lr, _ = scan
+    assert api.uncertainty_map(lr, model=str(copy))["disagreement"].max() > 0  # was compared with itself: all 0
+    # a model is never its own reference: with default-gan holding the default's weights, there is none
+    shipped = zoo.shipped_models()
+    monkeypatch.setattr(zoo, "shipped_models", lambda: dict(shipped, **{"default-gan": shipped["default"]}))
+    assert hallucination.reference_model_name("default") is None

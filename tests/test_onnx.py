@@ -123,6 +123,29 @@ def test_option_errors(default_onnx, tiny_model):
         load_upscaler(default_onnx, runtime="onnx", scale=2)
 
 
+def test_unsupported_opset_is_one_line_error_without_the_exporter_graph(tmp_path, tiny_model, medsr_cli):
+    with pytest.raises(MedsrError, match=r"^--opset 30: medsr exports ONNX opsets 11 to \d+; pick one of those"):
+        export_onnx(tiny_model, tmp_path / "a.onnx", opset=30)
+    result = run(medsr_cli + ["export", "--model", str(tiny_model), "-o", str(tmp_path / "b.onnx"), "--opset", "7"])
+    assert result.returncode == 2 and result.stdout == "", result.stdout[-500:]  # was ~24 KB of Torch IR graph
+    assert result.stderr.strip().count("\n") == 0 and "--opset 7: medsr exports ONNX opsets 11 to" in result.stderr, result.stderr
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_through_plane_model_is_refused_clearly_by_onnx_too(tmp_path):
+    with pytest.raises(MedsrError, match="makes thick slices thin, it does not upscale images; use it with --through-plane"):
+        load_upscaler("through-plane", runtime="onnx")
+    with pytest.raises(MedsrError, match="makes thick slices thin, it does not upscale images; use it with --through-plane"):
+        export_onnx("through-plane", tmp_path / "tp.onnx")
+    assert not (tmp_path / "tp.onnx").exists()
+
+
+def test_exported_default_gets_the_defaults_uncertainty_reference(default_onnx):
+    from medsr.inference import hallucination
+
+    assert hallucination.reference_model_name(default_onnx) == "default-gan"  # not itself, "default"
+
+
 def test_missing_onnxruntime_names_the_extra(tiny_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     with pytest.raises(MedsrError, match=r'pip install -e "\.\[onnx\]"'):

@@ -47,6 +47,10 @@ def build_entries(names: list[str], device: str, precision: str, scale: int | No
     for item in names:
         name, _, ref = item.partition("=")
         ref = ref or name
+        label = ref if ref in quality.BASELINES or ref == "bilinear" else name  # what the table and figures call it
+        if label in [e.method.name for e in entries]:
+            raise MedsrError(f"--models names '{label}' twice; name each entry once, labelling models with label=model, "
+                             "e.g. --models bicubic,gan=default-gan,psnr=default")
         if ref in quality.BASELINES or ref == "bilinear":
             entries.append(Entry(quality.Method(ref)))
             continue

@@ -19,6 +19,7 @@ that exactly (the true high-resolution image is unknown), but two cheap measures
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,10 +29,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from medsr import zoo
 from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import hot, to_uint8
 from medsr.files import atomic_write
+from medsr.inference import onnx
 
 # combined = 1.0 means a difference of 10 % of the LR image's own intensity range (max - min).
 COMBINED_UNIT = 0.1
@@ -203,12 +206,35 @@ def map_paths(stem_path: Path) -> tuple[Path, Path]:
     return stem_path.with_name(stem_path.name + PNG_SUFFIX), stem_path.with_name(stem_path.name + TIFF_SUFFIX)
 
 
-def reference_model_name(model_name: str, scale: int = 3) -> str | None:
+def _weights_id(model: str | Path) -> str | None:
+    """The sha256 of the model file `model` names (a shipped name, model file or run folder; for an .onnx
+    file from `medsr export`, of the model named in its medsr_source_model metadata), or None when unknown."""
+    path = Path(str(model))
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            return None
+        props = onnx.require("onnx").load(str(path), load_external_data=False).metadata_props
+        source = {p.key: p.value for p in props}.get("medsr_source_model")
+        return None if source is None or Path(source).suffix.lower() == ".onnx" else _weights_id(source)
+    try:
+        path = zoo.resolve(model)
+    except MedsrError:
+        return None
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def reference_model_name(model_name: str | Path, scale: int = 3) -> str | None:
     """The default reference for `model_name`: `default-gan` for `default`, `default` for every other
-    x3 model, and None at other scales (no second shipped model there: the map is the consistency residual alone)."""
+    x3 model, and None at other scales (no second shipped model there: the map is the consistency residual alone).
+
+    Models are told apart by their weights, so a file (or exported .onnx) of the default's weights gets
+    `default-gan` too, and a model is never its own reference (None then, as at other scales)."""
     if scale != 3:
         return None
-    return "default-gan" if model_name == "default" else "default"
+    weights = _weights_id(model_name)
+    reference = "default-gan" if weights is not None and weights == _weights_id("default") else "default"
+    return None if weights is not None and weights == _weights_id(reference) else reference
 
 
 def _save_float_tiff(path: Path, planes: np.ndarray, description: str) -> None:

@@ -27,6 +27,9 @@ from medsr.files import atomic_write
 
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 DEFAULT_OPSET = 17
+MIN_OPSET = 11  # every exportable medsr architecture exports from 11 on (EDSR's bicubic skip needs it)
+# the newest opset this torch's TorchScript exporter writes (20 where torch does not say)
+MAX_OPSET = getattr(getattr(torch.onnx, "_constants", None), "ONNX_MAX_OPSET", 20)
 TRACE_SIZE = (32, 32)  # large enough for EDSR's fused upsampling path at every scale (x8 needs > 18)
 CHECK_SIZES = ((27, 41), (12, 7))  # odd sizes, and one below the fused path's threshold
 CHECK_TOLERANCE = 1e-3  # in [-1, 1] units; a frozen size shows up as a wrong shape or errors far above this
@@ -48,6 +51,9 @@ def require(module: str) -> ModuleType:
 
 def onnx_bytes(generator: torch.nn.Module, meta: dict[str, str], source: str, opset: int = DEFAULT_OPSET) -> bytes:
     """The serialized ONNX model of a loaded generator, checked at two sizes against PyTorch."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:  # checked first: the exporter prints its whole graph when it refuses one
+        raise MedsrError(f"--opset {opset}: medsr exports ONNX opsets {MIN_OPSET} to {MAX_OPSET}; pick one of those "
+                         f"(default {DEFAULT_OPSET})")
     onnx = require("onnx")
     arch = meta.get("medsr_arch", "?")
     if arch in NOT_EXPORTABLE:
@@ -103,6 +109,9 @@ def export_onnx(model: str | Path, out: Path, opset: int = DEFAULT_OPSET) -> Pat
     out = Path(out)
     if out.suffix != ".onnx":
         raise MedsrError(f"{out}: the output of an ONNX export should end in .onnx; choose another -o")
+    from medsr.inference.upscaler import check_upscales  # not at the top: upscaler imports this module
+
     generator, meta = zoo.load(model)
+    check_upscales(model, meta)
     data = onnx_bytes(generator, meta, str(model), opset)
     return atomic_write(out, lambda tmp: tmp.write_bytes(data))

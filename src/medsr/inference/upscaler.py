@@ -162,6 +162,13 @@ def _model_scale(name: str, meta: dict[str, str], scale: int | None) -> int:
     return model_scale
 
 
+def check_upscales(model: str | Path, meta: dict[str, str]) -> None:
+    """MedsrError unless the model (its file's metadata `meta`) upscales images: the through-plane model does not."""
+    if meta.get("medsr_arch") == "through-plane":
+        raise MedsrError(f"model {model} makes thick slices thin, it does not upscale images; use it with --through-plane "
+                         "(medsr.upscale_volume in Python)")
+
+
 def load_upscaler(model: str | Path | None = None, *, scale: int | None = None, device: str = "auto",
                   precision: str = "auto", tile: int | None = None, tile_overlap: int = TILE_OVERLAP,
                   runtime: str = "torch") -> tuple[TiledUpscaler, dict[str, str]]:
@@ -181,9 +188,7 @@ def load_upscaler(model: str | Path | None = None, *, scale: int | None = None, 
             raise MedsrError(f"{model}: an ONNX model runs with --runtime onnx (runtime='onnx' in Python); add it")
         torch_device = hardware.resolve_device(device)
         generator, meta = zoo.load(model, torch_device)
-        if meta["medsr_arch"] == "through-plane":
-            raise MedsrError(f"model {model} makes thick slices thin, it does not upscale images; use it with --through-plane "
-                             "(medsr.upscale_volume in Python)")
+        check_upscales(model, meta)
         upscaler = Upscaler(generator, _model_scale(str(model), meta, scale), torch_device, precision, tile, tile_overlap)
     elif precision not in ("auto", "fp32"):
         raise MedsrError(f"--precision {precision}: the ONNX runtime runs fp32 only; use --precision fp32 or --runtime torch")
@@ -195,5 +200,6 @@ def load_upscaler(model: str | Path | None = None, *, scale: int | None = None, 
         _model_scale(str(model), meta, scale)
     else:
         generator, meta = zoo.load(model)
+        check_upscales(model, meta)
         upscaler = OnnxUpscaler(onnx.onnx_bytes(generator, meta, str(model)), _model_scale(str(model), meta, scale), device, tile, tile_overlap)
     return upscaler, meta
