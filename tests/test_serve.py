@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import DATA, ROOT, needs_data
+from conftest import DATA, ROOT, free_port, needs_data
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -210,6 +210,32 @@ def test_auto_runs_what_medsr_upscale_picks_default_jpeg_for_jpeg_files():
     without = create_app(models=["default"], precision="fp32")  # auto is offered only with both models
     with TestClient(without) as test_client:
         assert [m["name"] for m in test_client.get("/api/info").json()["models"]] == ["default"]
+
+
+def test_auto_without_the_default_offered_runs_an_offered_model_of_its_scale():
+    """--model default-x2 --model large: "auto" runs large (x3 like default), not the unoffered default."""
+    with TestClient(create_app(models=["default-x2", "large"], precision="fp32")) as test_client:
+        answer = test_client.post("/api/upscale?name=scan.png", content=png_bytes(12, 12))
+    assert answer.status_code == 200, answer.json()
+    assert answer.json()["model"] == "large" and answer.json()["output"] == {"width": 36, "height": 36}
+    from medsr import zoo
+
+    only_file = str(zoo.shipped_models()["default-x2"])  # --model some/run/model.safetensors
+    assert create_app(models=[only_file]).state.server.choose("auto", [Path("h.dcm")]) == only_file
+
+
+def test_a_port_in_use_is_one_line_before_the_banner(capsys):
+    import socket
+
+    from medsr.cli import main
+
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        assert main(["serve", "--port", str(port), "--model", "default"]) == 2
+    out, err = capsys.readouterr()
+    assert "open http" not in out and err.strip() == f"medsr: error: port {port} is in use; pick another with --port"
 
 
 def test_a_colour_upload_is_said_to_be_upscaled_as_gray(client):

@@ -11,11 +11,13 @@ the server goes on serving.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -188,7 +190,13 @@ class Server:
         if model != AUTO:
             return model
         picked = zoo.default_model(None, paths)
-        return picked if picked in self.models else zoo.DEFAULT_MODEL
+        if picked in self.models:
+            return picked
+        if zoo.DEFAULT_MODEL in self.models:
+            return zoo.DEFAULT_MODEL
+        # Neither is offered (--model default-x2 --model large): the first offered model of their scale, or the first.
+        scale = zoo.model_scale(picked)
+        return next((name for name, s in self.models.items() if s == scale), next(iter(self.models)))
 
     def upscaler_for(self, model: str):
         if model not in self.models:
@@ -505,6 +513,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = 
     """Start the page at http://host:port/ and serve until Ctrl-C; the temporary folder goes with it."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"medsr: warning: listening on {host}: anyone who can reach this machine can upload files and use its CPU")
+    _check_port_free(host, port)
     app = create_app(models, max_upload_mb, device, precision)
     print(f"medsr serve: open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/ "
           f"(uploads up to {max_upload_mb:g} MB, kept in {app.state.server.folder} until the server stops); Ctrl-C stops", flush=True)
@@ -512,3 +521,22 @@ def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = 
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         app.state.server.close()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind host:port as uvicorn will (every address of host, SO_REUSEADDR) and let go, so a port in use
+    is one line before the banner rather than uvicorn's error after it."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # an unknown host: uvicorn says so
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio's server binds: IPv6 only, so "::" is not refused over a 0.0.0.0 listener
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise MedsrError(f"port {port} is in use; pick another with --port") from None
