@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, assert_one_line_error, needs_data
+from conftest import DATA, ROOT, assert_one_line_error, needs_data
 from PIL import Image
 
 TINY = ["--set", "hr_size=48", "--set", "generator={channels: 8, num_blocks: 1}", "--set", "discriminator={channels: 4, dense: 16}",
@@ -57,8 +57,30 @@ def test_upscale_refuses_to_overwrite_inputs(tmp_path, trained_run, medsr_cli):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
     original = (tmp_path / "x.png").read_bytes()
     result = run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path), "--model", str(trained_run)])
-    assert result.returncode == 1 and "overwrite" in result.stderr
+    assert_one_line_error(result, "overwrite", "x.png")
     assert (tmp_path / "x.png").read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # nothing written: the scan folder is not marked as output
+
+
+def test_output_folders_that_are_files_are_refused_before_any_work(tmp_path, trained_run, image_folder, medsr_cli):
+    (tmp_path / "t.png").write_bytes(b"a file, not a folder")
+    data = ["--data", str(image_folder)]
+    assert_one_line_error(run(medsr_cli + ["evaluate", *data, "--model", str(trained_run), "--out", str(tmp_path / "t.png")]), "--out")
+    assert_one_line_error(run(medsr_cli + ["compare", *data, "--models", "bicubic", "--out", str(tmp_path / "t.png")]), "--out")
+    assert_one_line_error(run(medsr_cli + ["demo", "-o", str(tmp_path / "t.png")]), "-o")
+    assert_one_line_error(run(medsr_cli + ["train", str(ROOT / "configs" / "paper.yaml"), "--set", f"out_dir={tmp_path / 't.png'}"]), "out_dir")
+
+
+def test_a_file_named_twice_is_one_input_and_inputs_inside_o_get_a_note(tmp_path, trained_run, medsr_cli):
+    (tmp_path / "scans" / "out").mkdir(parents=True)
+    for name in ("a.png", "out/b.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "scans" / name)
+    both = run(medsr_cli + ["upscale", str(tmp_path / "scans"), str(tmp_path / "scans" / "a.png"), "-o", str(tmp_path / "o"),
+                            "--model", str(trained_run)])
+    assert both.returncode == 0 and "upscaled 2 of 2" in both.stdout, both.stdout + both.stderr
+    inside = run(medsr_cli + ["upscale", str(tmp_path / "scans"), "-o", str(tmp_path / "scans" / "out"), "--model", str(trained_run)])
+    assert inside.returncode == 0 and "upscaled 1 of 1" in inside.stdout, inside.stdout + inside.stderr
+    assert "1 file(s) in" in inside.stderr and "left out" in inside.stderr
 
 
 def test_user_errors_are_one_line(tmp_path, trained_run, medsr_cli):

@@ -23,7 +23,9 @@ def _train(args) -> int:
     from medsr.training.config import load_config
     from medsr.training.trainer import Trainer
 
-    trainer = Trainer(load_config(args.config, args.set or []))
+    cfg = load_config(args.config, args.set or [])
+    _output_folder(cfg.out_dir, "out_dir (--set out_dir=FOLDER)")
+    trainer = Trainer(cfg)
     trainer.fit(resume=args.resume)
     return 130 if trainer.interrupted else 0  # 130: the shell's code for a run stopped by Ctrl-C
 
@@ -51,13 +53,30 @@ def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
             if folder == out:
                 raise MedsrError(f"{path}: -o is this input folder, so outputs would mix with the inputs; choose another output folder")
             inside = out.is_relative_to(folder)  # -o inside this input folder: its files are outputs (around it: inputs)
-            pairs += [(item.path, item.path.relative_to(path)) for item in scan(path)
-                      if not (inside and item.path.resolve().is_relative_to(out))]
+            found = [(item.path, item.path.relative_to(path)) for item in scan(path)]
+            kept = [pair for pair in found if not (inside and pair[0].resolve().is_relative_to(out))]
+            if len(kept) < len(found):
+                print(f"medsr: note: {len(found) - len(kept)} file(s) in {out_dir} left out: -o is inside {path}, so its files "
+                      "are taken for outputs; choose an -o outside the inputs to upscale them", file=sys.stderr)
+            pairs += kept
         elif path.is_file():
             pairs.append((path, Path(path.name)))
         else:
             raise MedsrError(f"{path}: no such file or folder; check the path")
-    return pairs
+    unique = {}
+    for pair in pairs:  # a file named twice (a folder and a file in it, overlapping globs) is one input
+        unique.setdefault(pair[0].resolve(), pair)
+    return list(unique.values())
+
+
+def _output_folder(text: str, option: str) -> Path:
+    """The folder an option names, checked before any work (it was found a file only when the results
+    were written): not a file, and writable (made if need be)."""
+    folder = Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise MedsrError(f"{folder}: {option} must name a folder, and this is a file; choose another {option}")
+    _check_writable(folder, option)
+    return folder
 
 
 def _check_writable(folder: Path, option: str) -> None:
@@ -188,6 +207,10 @@ def _upscale(args) -> int:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
     if summary_path.is_dir():
         raise MedsrError(f"{summary_path}: --summary names a folder; give a file, such as {summary_path / batch.SUMMARY_NAME}")
+    jobs = _jobs(pairs, out_dir, args.format)
+    if jobs and all(job.series is None and job.output.resolve() == job.input.resolve() for job in jobs):
+        raise MedsrError(f"{jobs[0].input}: -o {out_dir} would overwrite the input(s) with their outputs; choose another "
+                         "output folder (or another --format)")
     model, reference_name = _batch_model(args, args.model if in_plane else None, through_plane)
     for folder in {out_dir, summary_path.parent}:  # before any file is upscaled, rather than at every write
         _check_writable(folder, "-o" if folder == out_dir else "--summary")
@@ -196,7 +219,6 @@ def _upscale(args) -> int:
     jpeg = jpeg_reference = None  # default-jpeg for the JPEG-coded files of a run that holds others too (zoo.jpeg_default)
     if jpeg_model is not None:
         jpeg, jpeg_reference = _batch_model(args, jpeg_model, through_plane)
-    jobs = _jobs(pairs, out_dir, args.format)
     if args.uncertainty and any(job.series for job in jobs):
         print("medsr: note: hallucination maps are drawn for single files; the DICOM series here get none", file=sys.stderr)
     progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
@@ -234,6 +256,7 @@ def _upscale(args) -> int:
 def _evaluate(args) -> int:
     from medsr.evaluation import quality, report
 
+    _output_folder(args.out, "--out")
     methods = [quality.Method(name) for name in quality.BASELINES]
     scale = args.scale
     for model in args.model or []:
@@ -266,6 +289,7 @@ def _compare(args) -> int:
     from medsr.evaluation.compare import compare
 
     names = [m for m in args.models.split(",") if m]
+    _output_folder(args.out, "--out")
     result = compare(args.data, names, Path(args.out), args.protocol, args.split, args.limit, args.figures,
                      args.scale, args.device, args.precision, timing=not args.no_timing)
     print(f"\n{args.protocol} protocol, split '{args.split}', {', '.join(args.data)}\n\n{result['table']}")
@@ -278,6 +302,7 @@ def _demo(args) -> int:
     from medsr.demo import run_demo
 
     args.model = args.model or zoo.default_model(args.scale)
+    _output_folder(args.output, "-o")
     upscaler, meta = _load_upscaler(args, args.model)
     paths = run_demo(upscaler, Path(args.output), args.model)
     print("wrote:\n  " + "\n  ".join(map(str, paths)))
