@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -339,3 +342,81 @@ def test_ctrl_c_mid_batch_writes_the_summary_and_exits_130(tmp_path, medsr_cli):
     assert "interrupted" in stdout and "Traceback" not in stderr
     ledger = [json.loads(line) for line in (out / batch.LEDGER_NAME).read_text().splitlines()]
     assert len(ledger) == statuses.count("done")  # every finished output was recorded, so a rerun resumes
+
+
+class HeldUpscaler:
+    """x2 by repeating pixels; an image `held` rows tall waits for `release` (a slow file), up to 10 s."""
+
+    scale = 2
+
+    def __init__(self, held: set[int]):
+        self.held, self.release, self.holding = held, threading.Event(), []
+
+    def upscale(self, pixels):
+        if pixels.shape[-2] in self.held:
+            self.holding.append(pixels.shape[-2])  # list.append: thread-safe
+            self.release.wait(10)
+        return np.repeat(np.repeat(pixels, 2, -2), 2, -1)
+
+
+def test_ctrl_c_says_so_at_once_and_ctrl_c_again_stops_without_waiting(tmp_path, monkeypatch):
+    """The first Ctrl-C says at once that the files under way will finish; the second stops waiting
+    for them and still returns the summary, with the file that finished behind them recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Ctrl-C is delivered to the main thread")
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name, rows in [("a", 20), ("b", 21), ("c", 22), ("d", 23)]:  # b and d are slow: held until released
+        Image.fromarray(np.full((rows, 30), 100, np.uint8)).save(src / f"{name}.png")
+    jobs = [batch.Job(p, out / p.name) for p in sorted(src.iterdir())]
+    upscaler = HeldUpscaler(held={21, 23})
+    said = threading.Event()
+
+    class Stderr(io.StringIO):
+        def write(self, text: str) -> int:
+            written = super().write(text)
+            if "Ctrl-C again" in self.getvalue():
+                said.set()
+            return written
+
+    stderr = Stderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    pressed, returned = [], threading.Event()
+
+    def ctrl_c() -> None:
+        if not returned.is_set():
+            pressed.append(time.monotonic())
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def press_twice() -> None:
+        deadline = time.monotonic() + 10
+        while not (len(upscaler.holding) == 2 and (out / "c.png").exists()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # c is written (and hashed) behind b, which holds it back from the report
+        ctrl_c()
+        said.wait(5)
+        ctrl_c()
+
+    presser = threading.Thread(target=press_twice)
+    presser.start()
+    try:
+        summary = batch.run_batch(jobs, upscaler, workers=1, streams=3, ledger=out / batch.LEDGER_NAME)
+    except KeyboardInterrupt:
+        pytest.fail(f"the second Ctrl-C escaped run_batch (no summary); stderr: {stderr.getvalue()!r}")
+    finally:
+        returned.set()
+        end, left = time.monotonic(), sorted(path.name for path in out.glob("*.png"))
+        upscaler.release.set()
+        presser.join(10)
+        for thread in threading.enumerate():  # the jobs it left finish now, so none runs when pytest exits
+            if thread.name.startswith("medsr-"):
+                thread.join(10)
+    assert len(pressed) == 2 and left == ["a.png", "c.png"]  # b and d, still held, wrote no output
+    assert said.is_set() and "medsr: stopping after the 2 file(s) under way (Ctrl-C again to stop now); rerun to resume" in stderr.getvalue()
+    assert end - pressed[1] < 2, "the second Ctrl-C waited for the files under way"
+    assert summary.interrupted
+    assert [(r.job.input.name, r.status) for r in summary.results] == [
+        ("a.png", "done"), ("b.png", "not started"), ("c.png", "done"), ("d.png", "not started")]
+    ledger = [json.loads(line)["output"] for line in (out / batch.LEDGER_NAME).read_text().splitlines()]
+    assert sorted(ledger) == ["a.png", "c.png"]  # c, finished behind b, is recorded: a rerun skips it
+    assert "2 not started" in summary.describe(out, 2)

@@ -365,3 +365,14 @@ def test_ray_address_goes_with_the_ray_engine(tmp_path, medsr_cli):
     result = run(medsr_cli + ["upscale", str(image), "-o", str(tmp_path / "out"), "--ray-address", "127.0.0.1:6379"])
     assert result.returncode == 2 and "--ray-address goes with --engine ray" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_made_from_another_input_is_not_replaced_in_silence(tmp_path, trained_run, medsr_cli):
+    for folder, value in (("a", 10), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((8, 8), value, np.uint8)).save(tmp_path / folder / "x.png")
+    command = medsr_cli + ["upscale", "-o", str(tmp_path / "out"), "--model", str(trained_run)]
+    assert run(command + [str(tmp_path / "a")]).returncode == 0
+    second = run(command + [str(tmp_path / "b")])
+    assert second.returncode == 0 and "medsr: note:" in second.stderr and str(tmp_path / "a" / "x.png") in second.stderr, second.stderr
+    assert "was made from" not in run(command + [str(tmp_path / "b")]).stderr  # its own output now: skipped, nothing to say

@@ -223,6 +223,12 @@ def _upscale(args) -> int:
         print("medsr: note: hallucination maps are drawn for single files; the DICOM series here get none", file=sys.stderr)
     progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
     ledger = out_dir / batch.LEDGER_NAME
+    replaced = batch.replaced_outputs(jobs, ledger)
+    if replaced:
+        job, other = replaced[0]
+        more = f" (and {len(replaced) - 1} more)" if len(replaced) > 1 else ""
+        print(f"medsr: note: {job.output} was made from {other} by an earlier run and is replaced by {job.input}'s output{more}; "
+              "give another -o to keep both", file=sys.stderr)
     try:
         if args.engine == "ray":
             from medsr.inference import ray_engine

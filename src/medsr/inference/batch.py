@@ -29,10 +29,11 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -440,6 +441,17 @@ def input_paths(jobs: list[Job]) -> set[Path]:
     return {path.resolve() for job in jobs for path in (job.series.paths if job.series else [job.input])}
 
 
+def replaced_outputs(jobs: list[Job], ledger: Path) -> list[tuple[Job, str]]:
+    """(job, the other input) for each job whose output the ledger says an earlier run made from
+    another input (`medsr upscale a/ -o out` then `medsr upscale b/ -o out`): the run replaces it."""
+    if not ledger.is_file():
+        return []
+    book = Ledger(ledger)
+    records = [(job, book.get(job.record_path)) for job in jobs]
+    return [(job, record["input"]) for job, record in records
+            if record and record.get("input") and record["input"] != str(job.input.resolve())]
+
+
 def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, format: str | None = None) -> dict[int, str]:
     """Jobs that must not run at all, by index: their output (with `uncertainty`, or its maps) would
     overwrite an input or another job's output or maps (scan.png and scan.tif have the same maps)."""
@@ -465,6 +477,39 @@ def open_ledger(ledger: Path | None, inputs: set[Path]) -> Ledger | None:
     return Ledger(ledger) if ledger is not None else None
 
 
+def _result(future: Future) -> Any:
+    """future.result(), waking twice a second: a Ctrl-C that lands just as the wait begins would
+    otherwise be seen only when the wait ends (the signal comes before the wait it should break)."""
+    while not future.done():
+        wait([future], timeout=0.5)
+    return future.result()
+
+
+def _exit_at_shutdown_if_running(futures: list[Future]) -> None:
+    """Jobs a second Ctrl-C left running on worker threads (a model step cannot be stopped) would hold
+    the process at exit: Python joins the pools' threads first (and a daemon thread still in torch
+    aborts it). So when the interpreter exits while one of `futures` still runs, exit at once, with
+    130 (Ctrl-C), after flushing stdout and stderr. What those jobs were writing is a temp file (every
+    output is written under a temp name, then renamed), which the next run removes."""
+    register = getattr(threading, "_register_atexit", None)  # called before the threads are joined (concurrent.futures uses it)
+    if register is None or not futures:
+        return
+
+    def exit_now() -> None:
+        if any(not future.done() for future in futures):
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(130)
+
+    try:
+        register(exit_now)
+    except RuntimeError:  # the interpreter is exiting already
+        pass
+
+
 def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | None = None,
               uncertainty: bool = False, reference=None, through_plane: volume_sr.ThroughPlane | None = None,
               workers: int = 2, streams: int | None = None, settings: dict[str, Any] | None = None, ledger: Path | None = None,
@@ -482,6 +527,9 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     `ledger` path, finished outputs are recorded there and jobs already complete with the same
     `settings` are skipped (`force` redoes them). `on_result` is called on this thread, in job
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
+    Ctrl-C (KeyboardInterrupt) stops it after the jobs under way (a line on stderr says so); Ctrl-C
+    again stops it at once, leaving those to the next run. Either way it returns with `interrupted`
+    set, every finished job reported and recorded, the rest "not started".
     With `jpeg`, that model upscales the JPEG files and DICOM stored as lossy JPEG instead
     (takes_jpeg_model; `medsr upscale`'s default runs default-jpeg on those, default on the rest);
     it must have `upscaler`'s scale.
@@ -540,26 +588,40 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         if (nxt := next(pending, None)) is not None:
             reading.append((nxt[1], submit(prepare, *nxt)))
 
+    def report(result: JobResult) -> None:
+        result.model = runner_for(result.job).model_name
+        results.append(result)
+        report_result(result, book, runner_for(result.job).settings, on_result)
+
     def drain(keep: int) -> None:
         """Report finished results from the front, in job order, waiting until at most `keep` are unreported."""
         while writing and (writing[0].done() or len(writing) > keep):
             future = writing[0]
             # a job Ctrl-C kept from starting is listed as not started below; a Ctrl-C while waiting
             # here leaves the job in `writing`, for the drain after it
-            result = None if future.cancelled() else future.result()
+            result = None if future.cancelled() else _result(future)
             writing.popleft()
             if result is not None:
-                result.model = runner_for(result.job).model_name
-                results.append(result)
-                report_result(result, book, runner_for(result.job).settings, on_result)
+                report(result)
+
+    def stop_now() -> None:
+        """The second Ctrl-C: cancel what has not started, report what has finished (in job order,
+        without waiting), and leave the jobs still running to the next run; `writing` keeps them."""
+        for future in writing:
+            future.cancel()
+        reported = {id(r.job) for r in results}
+        for future in list(writing):
+            if future.done() and not future.cancelled() and id(future.result().job) not in reported:
+                report(future.result())
 
     try:
         with quiet_libraries():  # entered once here: the readers' own per-file enter/exit is not thread-safe
             for _ in range(read_ahead + 1):
                 read_next()
             while reading:
-                job, future = reading.popleft()
-                prepared = future.result()
+                job, future = reading[0]
+                prepared = _result(future)
+                reading.popleft()  # after its result: a Ctrl-C while waiting leaves it to be cancelled
                 read_next()
                 if isinstance(prepared, JobResult):
                     writing.append(_finished(prepared))
@@ -576,21 +638,32 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                 drain(keep=write_behind)
             drain(keep=0)
     except KeyboardInterrupt:
-        # Ctrl-C: finish the writes under way (so they are recorded), list the rest as not started.
+        # Ctrl-C: finish the jobs under way (so they are recorded), list the rest as not started.
+        # Ctrl-C again (anywhere in here): stop waiting for them too (stop_now).
         interrupted = True
-        for _, future in reading:
-            future.cancel()
-        for future in writing if model_pool is not None else ():
-            future.cancel()  # jobs still waiting for a stream (those on one finish)
-        drain(keep=0)
+        try:
+            for _, future in reading:
+                future.cancel()
+            for future in writing if model_pool is not None else ():
+                future.cancel()  # jobs still waiting for a stream (those on one finish)
+            under_way = sum(not future.done() for future in writing)
+            tqdm.write(f"medsr: stopping after the {under_way} file(s) under way (Ctrl-C again to stop now); rerun to resume"
+                       if under_way else "medsr: stopping; rerun to resume", file=sys.stderr)
+            drain(keep=0)
+        except KeyboardInterrupt:
+            stop_now()
         for result in results:  # a Ctrl-C between a result and its ledger line
             book_result(result, book, runner_for(result.job).settings)
-        done = {id(r.job) for r in results}
-        results += [JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs if id(job) not in done]
+        finished = {id(r.job): r for r in results}
+        results = [finished.get(id(job)) or JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs]
     finally:
+        # After a Ctrl-C, wait for no thread: what still runs is a read whose result is not wanted or
+        # a job a second Ctrl-C left (stop_now); the process must not wait for them to exit either.
         for executor in (model_pool, pool):
             if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
+                executor.shutdown(wait=not interrupted, cancel_futures=True)
+        if interrupted:
+            _exit_at_shutdown_if_running([future for future in [*(f for _, f in reading), *writing] if not future.done()])
         torch.set_num_threads(threads)
         if book is not None:
             book.close()
