@@ -161,8 +161,10 @@ def test_bad_input_raises_one_line_errors(tmp_path):
     net = identity_net()
     with pytest.raises(MedsrError, match="at least 2 slices"):
         V.upscale_through_plane(np.ones((8, 8, 1)), (1, 1, 5), 2, model=net)
-    with pytest.raises(MedsrError, match="not coarser than the target"):
+    with pytest.raises(MedsrError, match="nothing to thin"):
         V.upscale_through_plane(np.ones((8, 8, 8)), (1, 1, 1), 2, model=net)
+    with pytest.raises(MedsrError, match="8 slices 4 mm apart make 8 at a target of 3.9 mm"):  # coarser, yet no new slice
+        V.upscale_through_plane(np.ones((8, 8, 8)), (1, 1, 4), 2, model=net, target_spacing=3.9)
     with pytest.raises(MedsrError, match="not a 3-D volume"):
         V.upscale_through_plane(np.ones((8, 8)), (1, 1), 1, model=net)
     four_d = tmp_path / "fmri.nii.gz"
@@ -172,7 +174,7 @@ def test_bad_input_raises_one_line_errors(tmp_path):
     assert str(four_d) in str(err.value) and "\n" not in str(err.value)
     iso = tmp_path / "iso.nii.gz"
     synthetic_nifti(iso, zooms=(1.0, 1.0, 1.0))
-    with pytest.raises(MedsrError, match="not coarser than the target"):
+    with pytest.raises(MedsrError, match="nothing to thin"):
         thin_nifti(iso, tmp_path / "out.nii.gz", net)
     with pytest.raises(MedsrError, match="not a through-plane one"):
         V.upscale_through_plane(np.ones((8, 8, 4)), (1, 1, 4), 2, model="default")

@@ -79,9 +79,10 @@ def _check(volume: np.ndarray, spacing, slice_axis: int, target_spacing: float |
     target = in_plane if target_spacing is None else float(target_spacing)
     if not (math.isfinite(target) and target > 0):
         raise MedsrError(f"{name}: target spacing {target_spacing} must be a positive number of mm")
-    if through_plane_grid(volume.shape[axis], spacing[axis], target).count <= volume.shape[axis]:
-        raise MedsrError(f"{name}: slice spacing {spacing[axis]:g} mm is not coarser than the target {target:g} mm; "
-                         "nothing to thin; ask for a smaller target (--slice-spacing, target_spacing=), name the thick axis "
+    count = through_plane_grid(volume.shape[axis], spacing[axis], target).count
+    if count <= volume.shape[axis]:
+        raise MedsrError(f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, "
+                         "so there is nothing to thin; ask for a smaller target (--slice-spacing, target_spacing=), name the thick axis "
                          "(slice_axis=), or upscale in-plane instead (without --through-plane)")
     if not np.all(np.isfinite(volume)):
         raise MedsrError(f"{name}: the volume holds NaN or infinite values; fix or mask them first")
