@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, ROOT, assert_one_line_error, needs_data
+from conftest import DATA, ROOT, assert_one_line_error, free_port, needs_data
 from PIL import Image
 
 TINY = ["--set", "hr_size=48", "--set", "generator={channels: 8, num_blocks: 1}", "--set", "discriminator={channels: 4, dense: 16}",
@@ -365,6 +365,8 @@ def test_ray_address_goes_with_the_ray_engine(tmp_path, medsr_cli):
     result = run(medsr_cli + ["upscale", str(image), "-o", str(tmp_path / "out"), "--ray-address", "127.0.0.1:6379"])
     assert result.returncode == 2 and "--ray-address goes with --engine ray" in result.stderr
     assert not (tmp_path / "out").exists()
+    nobody = run(medsr_cli + ["upscale", str(image), "-o", str(tmp_path / "out"), "--engine", "ray", "--ray-address", f"127.0.0.1:{free_port()}"])
+    assert_one_line_error(nobody, "--ray-address", "no Ray cluster there")  # at once: Ray itself waited minutes
 
 
 def test_an_output_made_from_another_input_is_not_replaced_in_silence(tmp_path, trained_run, medsr_cli):

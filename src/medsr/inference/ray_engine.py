@@ -163,6 +163,8 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
                 report(index, dataclasses.replace(pickle.loads(row["result"]), job=jobs[index]))  # the driver's own Job object
     except KeyboardInterrupt:
         interrupted = True
+    except MedsrError:
+        raise  # no cluster at --ray-address: one line, before any job ran
     except Exception as err:  # Ray gave up (a worker died more often than it retries): the jobs left fail, the summary is written
         log.debug("Ray stopped the run", exc_info=err)
         reason = f"Ray stopped the run ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[-1]}); rerun to resume"
@@ -178,10 +180,25 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
     return batch.BatchSummary(ordered, temp_removed, interrupted)
 
 
+def _check_reachable(address: str | None) -> None:
+    """A HOST:PORT that nothing listens on is one line at once (ray.init waits minutes for it, printing warnings)."""
+    import socket
+
+    host, _, port = (address or "").rpartition(":")
+    if not host or not port.isdigit():
+        return  # None, "auto", "ray://...": Ray finds or reports those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise MedsrError(f"--ray-address {address}: no Ray cluster there ({err.strerror or err}); start one with "
+                         "'ray start --head' or check the address") from None
+
+
 def _start(ray, address: str | None) -> None:
     """Join the cluster at `address`, or start a local one; quietly, as medsr's own output is the report."""
     if ray.is_initialized():
         return
+    _check_reachable(address)
     try:
         # "local": a new instance of our own, never one that `ray start` or RAY_ADDRESS left on this machine
         ray.init(address=address or "local", logging_level=logging.ERROR, log_to_driver=False, configure_logging=True,
