@@ -215,7 +215,8 @@ def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike | None = None, 
     """Where the upscaled image is not supported by its input (see medsr.inference.hallucination.hallucination_maps).
 
     Returns {"sr", "consistency", "disagreement", "combined"} as float32 arrays of the output's shape;
-    "combined" is 0 where the output is supported and >= 1 where it departs from the input (or from
+    "sr" is the output in [0, 1] (an integer array's dtype range, as `upscale` maps it: multiply back
+    yourself, or call `upscale` for the output in the input's units); "combined" is 0 where the output is supported and >= 1 where it departs from the input (or from
     `reference_model`, by default `default-gan` for `default` and `default` for every other x3 model) by
     a tenth of the image's range. At x2 and x4 no second model is shipped: without `reference_model`
     there is no "disagreement" and "combined" is the consistency residual alone.
