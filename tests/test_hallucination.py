@@ -204,3 +204,14 @@ def test_reference_is_chosen_by_the_weights_not_by_the_name(tmp_path, monkeypatc
     shipped = zoo.shipped_models()
     monkeypatch.setattr(zoo, "shipped_models", lambda: dict(shipped, **{"default-gan": shipped["default"]}))
     assert hallucination.reference_model_name("default") is None
+
+
+def test_an_explicit_reference_holding_the_models_own_weights_is_refused(tmp_path, scan):
+    from medsr import api, zoo
+
+    copy = tmp_path / "mine.safetensors"
+    copy.write_bytes(zoo.resolve("default").read_bytes())
+    _, lr, _ = scan
+    with pytest.raises(MedsrError, match="same weights"):
+        api.uncertainty_map(lr, model="default", reference_model=str(copy))
+    hallucination.check_reference("default", "default-gan")  # another model: fine

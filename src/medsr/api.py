@@ -225,6 +225,8 @@ def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike | None = None, 
     # None: what `upscale` runs on this image (default-jpeg for the path of a JPEG file), so the maps describe that output
     name = zoo.default_model(None, [] if isinstance(image, np.ndarray) else [image]) if model is None else str(model)
     upscaler = load_model(name, device=device, precision=precision)
+    if reference_model:
+        hallucination.check_reference(name, reference_model)
     reference_name = reference_model or hallucination.reference_model_name(name, upscaler.scale)
     reference = None if reference_name is None else load_model(reference_name, device=device, precision=precision)
     pixels01 = _checked_unit(image)[0] if isinstance(image, np.ndarray) else read_image(image).pixels

@@ -155,6 +155,8 @@ def _batch_model(args, model_name: str | None, through_plane):
     if args.uncertainty:
         from medsr.inference import hallucination
 
+        if args.reference_model:
+            hallucination.check_reference(model_name, args.reference_model)
         reference_name = args.reference_model or hallucination.reference_model_name(model_name, upscaler.scale)
         if reference_name is None:
             print(f"medsr: note: no shipped x{upscaler.scale} reference model; the uncertainty maps show the consistency "

@@ -224,6 +224,14 @@ def _weights_id(model: str | Path) -> str | None:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def check_reference(model: str | Path, reference: str | Path) -> None:
+    """MedsrError when an explicit reference model holds the model's own weights: its disagreement would be 0."""
+    weights = _weights_id(model)
+    if weights is not None and weights == _weights_id(reference):
+        raise MedsrError(f"--reference-model {reference} holds the same weights as the model {model}, so the maps would show no "
+                         "disagreement; name another model (or leave it out for the shipped choice)")
+
+
 def reference_model_name(model_name: str | Path, scale: int = 3) -> str | None:
     """The default reference for `model_name`: `default-gan` for `default`, `default` for every other
     x3 model, and None at other scales (no second shipped model there: the map is the consistency residual alone).
