@@ -75,6 +75,7 @@ def test_upscale_file_writes_the_format_asked_for_under_its_extension(tmp_path):
     Image.fromarray(np.full((10, 12), 80, np.uint8)).save(tmp_path / "scan.png")
     written = medsr.upscale_file(tmp_path / "scan.png", tmp_path / "out.png", format="tiff")
     assert written == tmp_path / "out.tif" and Image.open(written).format == "TIFF" and not (tmp_path / "out.png").exists()
+    assert medsr.upscale_file(tmp_path / "scan.png", tmp_path / "kept.tiff", format="tiff") == tmp_path / "kept.tiff"  # its own
 
 
 def test_upscale_volume_does_not_depend_on_the_integer_type():
@@ -86,6 +87,8 @@ def test_upscale_volume_does_not_depend_on_the_integer_type():
     as_int = medsr.upscale_volume(volume, (4.0, 1.0, 1.0), precision="fp32")
     as_float = medsr.upscale_volume(volume.astype(np.float32), (4.0, 1.0, 1.0), precision="fp32")
     assert as_int.array.dtype == np.int16 and np.abs(as_int.array - as_float.array).max() <= 1
+    four_slices = medsr.upscale_volume(np.moveaxis(volume[:4], 0, 2), (1.0, 1.0, 4.0), precision="fp32")  # (X, Y, 4): not colour
+    assert four_slices.array.shape[:2] == (32, 32) and four_slices.array.shape[2] > 4
 
 
 def test_uncertainty_map_of_a_jpeg_file_describes_the_output_upscale_gives(tmp_path):

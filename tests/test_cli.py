@@ -78,6 +78,10 @@ def test_a_file_named_twice_is_one_input_and_inputs_inside_o_get_a_note(tmp_path
     both = run(medsr_cli + ["upscale", str(tmp_path / "scans"), str(tmp_path / "scans" / "a.png"), "-o", str(tmp_path / "o"),
                             "--model", str(trained_run)])
     assert both.returncode == 0 and "upscaled 2 of 2" in both.stdout, both.stdout + both.stderr
+    (tmp_path / "scans" / "latest.png").symlink_to(tmp_path / "scans" / "a.png")  # two names of one file: two outputs
+    linked = run(medsr_cli + ["upscale", str(tmp_path / "scans"), "-o", str(tmp_path / "o2"), "--model", str(trained_run)])
+    assert linked.returncode == 0 and (tmp_path / "o2" / "a.png").is_file() and (tmp_path / "o2" / "latest.png").is_file(), linked.stderr
+    (tmp_path / "scans" / "latest.png").unlink()
     inside = run(medsr_cli + ["upscale", str(tmp_path / "scans"), "-o", str(tmp_path / "scans" / "out"), "--model", str(trained_run)])
     assert inside.returncode == 0 and "upscaled 1 of 1" in inside.stdout, inside.stdout + inside.stderr
     assert "1 file(s) in" in inside.stderr and "left out" in inside.stderr

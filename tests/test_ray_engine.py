@@ -184,3 +184,10 @@ def test_relative_paths_mean_the_callers_folders_on_every_node(medsr_cli, cluste
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(outputs(tmp_path / "out")) == ["scan.png"]
     check_ledger(tmp_path / "out")
+
+
+def test_a_ray_client_address_is_left_to_ray():
+    from medsr.inference.ray_engine import _check_reachable
+
+    _check_reachable("ray://127.0.0.1:1")  # Ray's client protocol: not a HOST:PORT to probe (it was refused as unknown host)
+    _check_reachable("auto")

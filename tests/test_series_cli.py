@@ -117,6 +117,9 @@ def test_a_rerun_skips_the_series_and_a_changed_file_redoes_it(tmp_path, medsr_c
     assert "upscaled 1 of 1" in other.stdout, other.stdout
     now = sorted(p.name for p in out.glob("*.dcm"))
     assert len(now) == len(first) and not set(now) & set(first)  # one derived series: the x2 one replaced the x3 one
+    as_nifti = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0", "--scale", "2", "--format", "nii"])
+    assert as_nifti.returncode == 0 and len(list(out.glob("*.nii.gz"))) == 1, as_nifti.stderr
+    assert sorted(p.name for p in out.glob("*.dcm")) == now  # another kind of output: the DICOM series stays, as a file's would
 
 
 def test_a_broken_series_is_said_so_and_done_file_by_file(tmp_path, medsr_cli):

@@ -51,13 +51,14 @@ def list_models() -> dict[str, int]:
     return zoo.shipped_scales()
 
 
-def _checked_unit(array: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-    """as_unit after checking that the array is a gray image or stack of finite numbers."""
+def _checked_unit(array: np.ndarray, volume: bool = False) -> tuple[np.ndarray, tuple[float, float]]:
+    """as_unit after checking that the array is a gray image or stack of finite numbers (`volume`: a
+    3-D volume, whose last axis may well hold 3 or 4 slices)."""
     if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise MedsrError(f"cannot upscale an array of dtype {array.dtype}; pass integer or float pixels")
     if array.ndim not in (2, 3) or min(array.shape) == 0:
         raise MedsrError(f"cannot upscale an array of shape {array.shape}; pass (H, W) or a stack (N, H, W) of gray images")
-    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:  # (H, W, 3): a stack of 3-pixel-wide images is no scan
+    if not volume and array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:  # (H, W, 3): a stack of 3-pixel-wide images is no scan
         raise MedsrError(f"an array of shape {array.shape} is a colour image (H, W, {array.shape[-1]}), not a stack (N, H, W); "
                          "pass it in gray, e.g. its luminance (RGB @ [0.299, 0.587, 0.114])")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
@@ -122,7 +123,7 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     (for a series, the folder, or the NIfTI file).
     """
     source, target = Path(source), Path(target)
-    if format is not None and not source.is_dir():
+    if format is not None and not source.is_dir() and not target.name.lower().endswith(tuple(format_named(format, target).extensions)):
         target = with_format_extension(target, format)  # TIFF bytes under a .png name would open as nothing
     if target.exists() and target.resolve() == source.resolve():
         raise MedsrError(f"{target}: the output would overwrite the input; choose another target path")
@@ -188,7 +189,7 @@ def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None
     if slice_axis is not None and slice_axis not in (-3, -2, -1, 0, 1, 2):
         raise MedsrError(f"slice_axis {slice_axis}: a 3-D volume has axes 0, 1 and 2; pass one of them (or None: the coarsest)")
     axis = int(np.argmax(spacing)) if slice_axis is None else slice_axis % 3
-    _checked_unit(array)
+    _checked_unit(array, volume=True)
     # The volume's own darkest to brightest value as 0..1, as medsr reads a NIfTI file: the through-plane
     # model takes 0 for black, and an int16 volume's dtype range would put its zero background at mid-gray.
     low, high = float(array.min()), float(array.max())
@@ -215,8 +216,8 @@ def uncertainty_map(image: ArrayOrPath, model: str | os.PathLike | None = None, 
     """Where the upscaled image is not supported by its input (see medsr.inference.hallucination.hallucination_maps).
 
     Returns {"sr", "consistency", "disagreement", "combined"} as float32 arrays of the output's shape;
-    "sr" is the output in [0, 1] (an integer array's dtype range, as `upscale` maps it: multiply back
-    yourself, or call `upscale` for the output in the input's units); "combined" is 0 where the output is supported and >= 1 where it departs from the input (or from
+    "sr" is the output in [0, 1] (the range `upscale` maps the input from: a uint8/uint16 array's dtype
+    range, other arrays' own min..max; call `upscale` for the output in the input's units); "combined" is 0 where the output is supported and >= 1 where it departs from the input (or from
     `reference_model`, by default `default-gan` for `default` and `default` for every other x3 model) by
     a tenth of the image's range. At x2 and x4 no second model is shipped: without `reference_model`
     there is no "disagreement" and "combined" is the consistency residual alone.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -64,8 +65,8 @@ def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
         else:
             raise MedsrError(f"{path}: no such file or folder; check the path")
     unique = {}
-    for pair in pairs:  # a file named twice (a folder and a file in it, overlapping globs) is one input
-        unique.setdefault(pair[0].resolve(), pair)
+    for pair in pairs:  # a file named twice (a folder and a file in it, overlapping globs) is one input; links stay two names
+        unique.setdefault(os.path.normpath(os.path.abspath(pair[0])), pair)
     return list(unique.values())
 
 
@@ -225,7 +226,8 @@ def _upscale(args) -> int:
         print("medsr: note: hallucination maps are drawn for single files; the DICOM series here get none", file=sys.stderr)
     progress = batch.Progress(len(jobs), enabled=len(jobs) >= 2)
     ledger = out_dir / batch.LEDGER_NAME
-    replaced = batch.replaced_outputs(jobs, ledger)
+    refused = batch.refused_jobs(jobs, batch.input_paths(jobs), args.uncertainty, args.format)
+    replaced = batch.replaced_outputs([job for i, job in enumerate(jobs) if i not in refused], ledger)
     if replaced:
         job, other = replaced[0]
         more = f" (and {len(replaced) - 1} more)" if len(replaced) > 1 else ""

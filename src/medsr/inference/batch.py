@@ -250,21 +250,31 @@ def book_result(result: JobResult, book: Ledger | None, settings: dict[str, Any]
     old = book.get(result.job.record_path)
     if old != record:
         book.append(record)
-        _remove_replaced(book, old, record)
+        if result.job.series is not None:
+            _remove_replaced_series(book, old, record)
 
 
-def _remove_replaced(book: Ledger, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-    """The files an earlier run of the same job wrote and this one did not (a derived series' names
-    hold its settings; uncertainty maps no longer asked for) removed, each only while it is still
-    the very file that run wrote, so a redone job leaves one set of outputs, not one per setting."""
+def _remove_replaced_series(book: Ledger, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """A derived series redone with other settings: its names hold the settings, so the earlier run's
+    files of the same kind (.dcm, .nii.gz) that this run did not write are removed, each only while it
+    is still the very file that run wrote and no other record lists it; one derived series stays, not
+    one per setting. Another kind (DICOM then --format nii) is kept, as a single file's is."""
     written = {item["path"] for item in new["files"]}
+    kinds = {_kind(path) for path in written}
+    listed = {item.get("path") for key, record in book.records.items() if key != new["output"] for item in record.get("files", [])}
     for item in (old or {}).get("files", []):
         try:
             path = book.path.parent / item["path"]
-            if item["path"] not in written and path.is_file() and path.stat().st_size == item["size"] and sha256_file(path) == item["sha256"]:
+            if (item["path"] not in written and item["path"] not in listed and _kind(item["path"]) in kinds and path.is_file()
+                    and path.stat().st_size == item["size"] and sha256_file(path) == item["sha256"]):
                 path.unlink()
         except (OSError, KeyError, TypeError):
             continue  # gone already, or a record from another version: leave it
+
+
+def _kind(path: str) -> str:
+    """A file's extension, .nii.gz counted as one."""
+    return ".nii.gz" if path.lower().endswith(".nii.gz") else Path(path).suffix.lower()
 
 
 def report_result(result: JobResult, book: Ledger | None, settings: dict[str, Any], on_result: Callable | None) -> None:
@@ -578,7 +588,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         return pool.submit(fn, *args) if pool else _finished(fn(*args))
 
     results: list[JobResult] = []
-    interrupted = False
+    interrupted = stopped_now = False  # stopped_now: a second Ctrl-C
     reading: deque[tuple[Job, Future]] = deque()  # inputs being decoded ahead of the model, in job order
     writing: deque[Future] = deque()  # results in job order; those still writing hold an SR image
     pending = iter(enumerate(jobs))
@@ -651,19 +661,20 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                        if under_way else "medsr: stopping; rerun to resume", file=sys.stderr)
             drain(keep=0)
         except KeyboardInterrupt:
+            stopped_now = True
             stop_now()
         for result in results:  # a Ctrl-C between a result and its ledger line
             book_result(result, book, runner_for(result.job).settings)
         finished = {id(r.job): r for r in results}
         results = [finished.get(id(job)) or JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs]
     finally:
-        # After a Ctrl-C, wait for no thread: what still runs is a read whose result is not wanted or
-        # a job a second Ctrl-C left (stop_now); the process must not wait for them to exit either.
+        # After a second Ctrl-C, wait for no thread: jobs it left (stop_now) still run, and the process
+        # must not wait for them to exit either. (After one Ctrl-C only reads can still run: waited for.)
         for executor in (model_pool, pool):
             if executor is not None:
-                executor.shutdown(wait=not interrupted, cancel_futures=True)
-        if interrupted:
-            _exit_at_shutdown_if_running([future for future in [*(f for _, f in reading), *writing] if not future.done()])
+                executor.shutdown(wait=not stopped_now, cancel_futures=True)
+        if stopped_now:
+            _exit_at_shutdown_if_running([future for future in writing if not future.done()])
         torch.set_num_threads(threads)
         if book is not None:
             book.close()

@@ -185,7 +185,7 @@ def _check_reachable(address: str | None) -> None:
     import socket
 
     host, _, port = (address or "").rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or "://" in host:
         return  # None, "auto", "ray://...": Ray finds or reports those itself
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
