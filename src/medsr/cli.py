@@ -74,10 +74,14 @@ def _output_folder(text: str, option: str) -> Path:
     """The folder an option names, checked before any work (it was found a file only when the results
     were written): not a file, and writable (made if need be)."""
     folder = Path(text)
-    if folder.exists() and not folder.is_dir():
-        raise MedsrError(f"{folder}: {option} must name a folder, and this is a file; choose another {option}")
+    _not_a_file(folder, option)
     _check_writable(folder, option)
     return folder
+
+
+def _not_a_file(folder: Path, option: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise MedsrError(f"{folder}: {option} must name a folder, and this is a file; choose another {option}")
 
 
 def _check_writable(folder: Path, option: str) -> None:
@@ -203,8 +207,7 @@ def _upscale(args) -> int:
         args.model = zoo.default_model(args.scale, inputs)
         jpeg_model = zoo.jpeg_default(args.scale, inputs)
         _say_which_default(args.model, jpeg_model, inputs)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MedsrError(f"{out_dir}: -o must name a folder, and this is a file; choose another -o")
+    _not_a_file(out_dir, "-o")
     summary_path = Path(args.summary) if args.summary else out_dir / batch.SUMMARY_NAME
     if summary_path.resolve() in {p.resolve() for p, _ in pairs}:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Callable
@@ -43,3 +44,12 @@ def mark_output_folder(folder: Path) -> None:
     marker = folder / OUTPUT_MARKER
     if not marker.exists():
         marker.write_text("medsr writes its results here; medsr leaves this folder out of its inputs\n")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

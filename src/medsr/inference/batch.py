@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -43,11 +42,11 @@ import torch
 from tqdm import tqdm
 
 from medsr.errors import MedsrError
-from medsr.files import LEDGER_NAME, atomic_write  # noqa: F401 - batch.LEDGER_NAME for its callers
+from medsr.files import LEDGER_NAME, atomic_write, sha256_file  # noqa: F401 - batch.LEDGER_NAME, batch.sha256_file for callers
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
-from medsr.io.formats import format_named, jpeg_coded
+from medsr.io.formats import file_extension, format_named, jpeg_coded
 from medsr.io.types import quiet_libraries
 
 if TYPE_CHECKING:  # pydicom loads only when a series is written
@@ -139,15 +138,6 @@ class BatchSummary:
                     rows.writerow([r.job.input, r.job.output, r.status, r.reason, f"{r.seconds:.3f}", r.model])
 
         return atomic_write(Path(path), write)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_identity(name: str | Path | None, meta: dict[str, str]) -> dict[str, str]:
@@ -260,21 +250,16 @@ def _remove_replaced_series(book: Ledger, old: dict[str, Any] | None, new: dict[
     is still the very file that run wrote and no other record lists it; one derived series stays, not
     one per setting. Another kind (DICOM then --format nii) is kept, as a single file's is."""
     written = {item["path"] for item in new["files"]}
-    kinds = {_kind(path) for path in written}
+    kinds = {file_extension(Path(path)) for path in written}
     listed = {item.get("path") for key, record in book.records.items() if key != new["output"] for item in record.get("files", [])}
     for item in (old or {}).get("files", []):
         try:
             path = book.path.parent / item["path"]
-            if (item["path"] not in written and item["path"] not in listed and _kind(item["path"]) in kinds and path.is_file()
+            if (item["path"] not in written and item["path"] not in listed and file_extension(Path(item["path"])) in kinds and path.is_file()
                     and path.stat().st_size == item["size"] and sha256_file(path) == item["sha256"]):
                 path.unlink()
         except (OSError, KeyError, TypeError):
             continue  # gone already, or a record from another version: leave it
-
-
-def _kind(path: str) -> str:
-    """A file's extension, .nii.gz counted as one."""
-    return ".nii.gz" if path.lower().endswith(".nii.gz") else Path(path).suffix.lower()
 
 
 def report_result(result: JobResult, book: Ledger | None, settings: dict[str, Any], on_result: Callable | None) -> None:

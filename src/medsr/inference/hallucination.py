@@ -19,7 +19,6 @@ that exactly (the true high-resolution image is unknown), but two cheap measures
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,7 +32,7 @@ from medsr import zoo
 from medsr.data import degrade
 from medsr.errors import MedsrError
 from medsr.figures import hot, to_uint8
-from medsr.files import atomic_write
+from medsr.files import atomic_write, sha256_file
 from medsr.inference import onnx
 
 # combined = 1.0 means a difference of 10 % of the LR image's own intensity range (max - min).
@@ -220,8 +219,7 @@ def _weights_id(model: str | Path) -> str | None:
         path = zoo.resolve(model)
     except MedsrError:
         return None
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return sha256_file(path)
 
 
 def check_reference(model: str | Path, reference: str | Path) -> None:

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import pickle
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,16 +87,10 @@ def _run_jobs(rows: dict[str, np.ndarray], setup: WorkerSetup) -> dict[str, np.n
             try:
                 runner = _runner(setup.for_job(job))
             except MedsrError as err:
-                results.append(pickle.dumps(batch.JobResult(job, "failed", f"{job.input}: on Ray node {_node()}: {err}")))
+                results.append(pickle.dumps(batch.JobResult(job, "failed", f"{job.input}: on Ray node {socket.gethostname()}: {err}")))
                 continue
             results.append(pickle.dumps(runner.run(job)))
     return {"index": rows["index"], "result": np.array(results, dtype=object)}
-
-
-def _node() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 def for_workers(model: str | None) -> str | None:
@@ -182,8 +177,6 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
 
 def _check_reachable(address: str | None) -> None:
     """A HOST:PORT that nothing listens on is one line at once (ray.init waits minutes for it, printing warnings)."""
-    import socket
-
     host, _, port = (address or "").rpartition(":")
     if not host or not port.isdigit() or "://" in host:
         return  # None, "auto", "ray://...": Ray finds or reports those itself
