@@ -124,17 +124,21 @@ def corrupted(fmt: str, edits: list[tuple[int, int]]) -> bytes:
     return bytes(data)
 
 
-def png_raw(array: np.ndarray, color_type: int, bit_depth: int) -> bytes:
-    """A PNG written by hand (Pillow cannot write 16-bit colour or gray+alpha); array is (H, W)
-    or (H, W, channels); color_type 0 gray, 2 RGB, 4 gray+alpha, 6 RGBA."""
+def png_raw(array: np.ndarray, color_type: int, bit_depth: int, interlace: bool = False, cut: int = 0) -> bytes:
+    """A PNG written by hand (Pillow cannot write 16-bit colour, gray+alpha or interlaced); array is
+    (H, W) or (H, W, channels); color_type 0 gray, 2 RGB, 4 gray+alpha, 6 RGBA; Adam7 passes if
+    `interlace`; the last `cut` rows (of the last pass) left out of the image data: a stream that ends early, closed properly."""
     height, width = array.shape[:2]
     sample = ">u2" if bit_depth == 16 else "u1"
-    rows = b"".join(b"\x00" + np.ascontiguousarray(array[y]).astype(sample).tobytes() for y in range(height))
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)) if interlace else ((0, 0, 1, 1),)
+    rows = [b"\x00" + np.ascontiguousarray(row).astype(sample).tobytes()
+            for x0, y0, dx, dy in passes for row in array[y0::dy, x0::dx] if row.size]
+    rows = b"".join(rows[: len(rows) - cut])
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, int(interlace))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 

@@ -401,3 +401,18 @@ def test_output_path_that_is_a_file(tmp_path, tiny_model, medsr_cli):
     hc.write(tmp_path, "taken", b"x")
     result = run(medsr_cli + ["upscale", str(tmp_path / "g.png"), "-o", str(tmp_path / "taken"), "--model", str(tiny_model)])
     assert result.returncode == 2 and "Traceback" not in result.stderr and "must name a folder" in result.stderr
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+@pytest.mark.parametrize("color_type, bits, channels", [(0, 8, 1), (0, 16, 1), (2, 8, 3), (6, 8, 4)])
+def test_png_whose_image_data_ends_early_is_refused(tmp_path, interlace, color_type, bits, channels):
+    """Pillow reads the rows a PNG's zlib stream lacks as zeros: the image would be upscaled half black."""
+    array = np.random.default_rng(5).integers(1, 2**bits, size=(37, 53, channels)).squeeze()
+    whole = hc.write(tmp_path, "whole.png", hc.png_raw(array, color_type, bits, interlace))
+    if channels == 1:  # Pillow decodes the bytes to the array: they are what the header declares
+        np.testing.assert_array_equal(np.rint(read_image(whole).pixels * (2**bits - 1)), array)
+    else:
+        assert read_image(whole).pixels.shape == (37, 53)
+    short = hc.write(tmp_path, "short.png", hc.png_raw(array, color_type, bits, interlace, cut=10))
+    with pytest.raises(MedsrError, match=r"short\.png: PNG image data ends early .*; re-export the image$"):
+        read_image(short)

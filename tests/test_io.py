@@ -407,6 +407,19 @@ def test_nifti_read_default_slice_axis(tmp_path):
     np.testing.assert_allclose(img.pixels[3], (data[:, :, 3] - lo) / (hi - lo), atol=1e-6)
 
 
+def test_nifti_to_dicom_keeps_values_and_refuses_a_volume(tmp_path):
+    path, data, _ = make_nifti(tmp_path / "one.nii.gz", shape=(4, 5, 1))
+    ds = pydicom.dcmread(write_image(tmp_path / "one.dcm", read_image(path), format="dcm"))
+    assert "NumberOfFrames" not in ds and ds.RescaleType == "US"
+    real = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    # the source's own values, to one 16-bit step of their range
+    np.testing.assert_allclose(real, data[:, :, 0], atol=(data.max() - data.min()) / 65535)
+    volume, _, _ = make_nifti(tmp_path / "vol.nii.gz")
+    with pytest.raises(MedsrError, match=r"vol\.dcm: cannot write the 6 slices of a nifti volume as DICOM.*--format nii"):
+        write_image(tmp_path / "vol.dcm", read_image(volume), format="dcm")
+    assert not (tmp_path / "vol.dcm").exists()
+
+
 def test_nifti_slice_axis_choice(tmp_path):
     path, data, _ = make_nifti(tmp_path / "vol.nii", zooms=(3.0, 1.0, 1.0))
     assert read_image(path).meta.slice_axis == 0  # the coarse axis

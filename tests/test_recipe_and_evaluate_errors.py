@@ -69,6 +69,14 @@ def test_data_of_another_type_is_refused(value):
     (["steps_per_epoch=0"], ["--set steps_per_epoch=0", "must be more than 0"]),
     (["time_budget_minutes=0"], ["--set time_budget_minutes=0", "must be more than 0"]),
     (["warmup_epochs=-1"], ["--set warmup_epochs=-1", "warmup_epochs must be 0 or more"]),
+    (["lr_generator=-1e-4"], ["--set lr_generator=-1e-4", "lr_generator must be more than 0"]),
+    (["lr_generator=.nan"], ["--set lr_generator=.nan", "lr_generator must be a finite number"]),
+    (["adversarial_weight=-0.001"], ["--set adversarial_weight=-0.001", "adversarial_weight must be 0 or more"]),
+    (["ema_decay=1"], ["--set ema_decay=1", "ema_decay must be 0 or more and less than 1"]),
+    (["val_fraction=-0.1"], ["--set val_fraction=-0.1", "val_fraction must be 0 or more and less than 1"]),
+    (["betas=[0.9, 1.0]"], ["--set betas=[0.9, 1.0]", "betas must be two numbers"]),
+    (["betas=[0.9]"], ["--set betas=[0.9]", "betas must be two numbers"]),
+    (["val_fraction=0.5", "test_fraction=0.5"], ["--set val_fraction=0.5, --set test_fraction=0.5", "leaves no images to train on"]),
     (["epoks=3"], ["--set epoks=3", "unknown key(s) epoks"]),
 ])
 def test_set_errors_name_the_option(overrides, words):

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medsr.errors import MedsrError
-from medsr.io import read_image, write_image
+from medsr.io import dicom, read_image, write_image
 from medsr.io import series as S
 
 SERIES = DATA / "dicom-series"
@@ -101,6 +101,7 @@ def synthetic_enhanced(path: Path, slices=4, times=2, spacing_z=3.0, shape=(8, 6
     ds = _base(ENHANCED_MR, "1.2.826.0.1.3680043.8.498.30", shape)
     ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.31"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.MRAcquisitionType, ds.PulseSequenceName = "2D", "GRE"  # allowed in an ORIGINAL image only
     shared = Dataset()
     orientation, measures = Dataset(), Dataset()
     orientation.ImageOrientationPatient = [f"{v:.8f}" for v in (*ROW, *COL)]
@@ -253,7 +254,7 @@ def test_derived_series_uids_are_new_deterministic_and_keep_study_and_frame(fold
     assert len({d.SOPInstanceUID for d in derived}) == len(derived)
     assert not {d.SOPInstanceUID for d in derived} & {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in series.paths}
     assert {(d.StudyInstanceUID, d.FrameOfReferenceUID) for d in derived} == {(first.StudyInstanceUID, first.FrameOfReferenceUID)}
-    assert {int(d.SeriesNumber) for d in derived} == {int(first.SeriesNumber) + S.SERIES_NUMBER_OFFSET}
+    assert {int(d.SeriesNumber) for d in derived} == {int(first.SeriesNumber) + dicom.SERIES_NUMBER_OFFSET}
     assert all("medsr" in d.SeriesDescription and d.ImageType[0] == "DERIVED" for d in derived)
     other = pydicom.dcmread(runs[2][0], stop_before_pixels=True)
     assert other.SeriesInstanceUID != derived[0].SeriesInstanceUID  # another model: another series
@@ -285,6 +286,9 @@ def test_through_plane_slices_get_their_positions_spacing_and_affine(folder, tmp
         assert abs(where - positions[k]) <= old_step / 2 + 1e-6
         step_location = float(volume.datasets[1].SliceLocation) - float(volume.datasets[0].SliceLocation)
         assert float(ds.SliceLocation) == pytest.approx(float(near.SliceLocation) + (positions[k] - where) * step_location / old_step, abs=1e-3)
+        if folder == "philips":  # its private slice count and number (SliceNumberMR) follow the new slices
+            block = ds.private_block(0x2001, "Philips Imaging DD 001")
+            assert (int(block[0x18].value), int(block[0x0A].value)) == (count, int(ds.InstanceNumber))
         if shutil.which("dciodvfy"):
             assert dciodvfy_errors(written[k]) <= dciodvfy_errors(volume.paths[volume.datasets.index(near)])
     src_niis, src_complaints = dcm2niix(source, tmp_path / "src-nii")
@@ -308,6 +312,7 @@ def test_single_file_path_moves_the_position_and_derives_uids(tmp_path):
     assert [float(v) for v in a.PixelSpacing] == [0.2, 0.175]
     assert (a.SOPInstanceUID, a.SeriesInstanceUID) == (b.SOPInstanceUID, b.SeriesInstanceUID)
     assert (tmp_path / "a.dcm").read_bytes() == (tmp_path / "b.dcm").read_bytes()
+    assert int(a.SeriesNumber) == int(pydicom.dcmread(source).SeriesNumber) + dicom.SERIES_NUMBER_OFFSET  # a new series
     write_image(tmp_path / "c.dcm", type(image)(pixels, image.meta), scale=4, model_name="other")
     assert pydicom.dcmread(tmp_path / "c.dcm").SOPInstanceUID != a.SOPInstanceUID
 

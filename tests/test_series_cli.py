@@ -80,6 +80,7 @@ def test_format_nii_writes_a_series_as_one_volume_where_dcm2niix_puts_it(name, t
     src = convert(source, tmp_path / "nii-source")[0]
     assert new.shape[2:] == src.shape[2:] and sorted(new.shape[:2]) == sorted(s * 3 for s in src.shape[:2])
     assert int(new.header["qform_code"]) == int(new.header["sform_code"]) == 1  # scanner space
+    assert new.header.get_xyzt_units() == src.header.get_xyzt_units() == ("mm", "sec")
     if new.ndim == 4:  # the fMRI series' time points, a repetition time apart, as dcm2niix has them
         assert new.header.get_zooms()[3] == pytest.approx(src.header.get_zooms()[3], rel=1e-3)
     # every source voxel centre (as dcm2niix places it) is the centre of a 3x3 block of new voxels

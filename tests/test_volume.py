@@ -102,10 +102,14 @@ def test_through_plane_keeps_qform_and_sform_apart_with_their_codes(tmp_path):
     sform[:3, 3] += (5.0, -7.0, 3.0)  # another space (code 4, MNI) than the scanner's (code 1)
     image = nib.load(str(src))
     image.set_sform(sform, code=4)
+    image.header.set_dim_info(slice=2)  # slice timing of the 9 acquired slices
+    image.header["slice_code"], image.header["slice_end"], image.header["slice_duration"] = 1, 8, 0.1
     nib.save(image, str(src))
     thin_nifti(src, dst, random_net())
     out = nib.load(str(dst))
     n_new = round(9 * 5.0 / 0.9)
+    # the new slices were not acquired, so they carry no slice timing (slice_end 8 of 50 would misread)
+    assert [float(out.header[key]) for key in ("slice_code", "slice_end", "slice_duration")] == [0, 0, 0]
     step = np.eye(4)  # new slice j sits at old slice j * t' / d + (t' - d) / (2 d)
     step[2, 2] = (45.0 / n_new) / 5.0
     step[2, 3] = (45.0 / n_new - 5.0) / 10.0

@@ -36,6 +36,16 @@ from medsr.io.types import (
 )
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+SERIES_NUMBER_OFFSET = 1000  # a derived series is numbered its source's SeriesNumber + 1000
+# The enhanced MR Pulse Sequence module's elements that only an ORIGINAL or MIXED image may hold
+# (dciodvfy: "present when condition unsatisfied" once ImageType says DERIVED).
+_ORIGINAL_ONLY_PULSE_SEQUENCE = (
+    "PulseSequenceName", "MRAcquisitionType", "EchoPulseSequence", "MultipleSpinEcho", "MultiPlanarExcitation",
+    "PhaseContrast", "TimeOfFlightContrast", "ArterialSpinLabelingContrast", "SteadyStatePulseSequence",
+    "EchoPlanarPulseSequence", "SaturationRecovery", "SpectrallySelectedSuppression", "OversamplingPhase",
+    "GeometryOfKSpaceTraversal", "RectilinearPhaseEncodeReordering", "SegmentedKSpaceTraversal", "CoverageOfKSpace",
+    "NumberOfKSpaceTrajectories",
+)
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
 # Elements that describe the old pixels and would be wrong for the new ones.
@@ -390,16 +400,32 @@ def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> 
         settings = (model_name, f"x{scale:g}")
         ds.SeriesInstanceUID = derived_uid("series", ds.SeriesInstanceUID, *settings) if ds.get("SeriesInstanceUID") else generate_uid()
         ds.SOPInstanceUID = derived_uid("sop", ds.SOPInstanceUID, *settings) if ds.get("SOPInstanceUID") else generate_uid()
+        try:  # a new series: not the source's number
+            ds.SeriesNumber = int(ds.SeriesNumber) + SERIES_NUMBER_OFFSET
+        except (AttributeError, TypeError, ValueError):
+            pass  # none, or damaged: left as it was
         _shift_to_finer_grid(ds, scale)
         _divide_spacing(ds, scale)
         kept = list(ds.get("ImageType", []))
         kept = [kept] if isinstance(kept, str) else kept
         # Enhanced (functional group) objects allow only PRIMARY or MIXED as the second value.
-        second = "PRIMARY" if "PerFrameFunctionalGroupsSequence" in ds else "SECONDARY"
-        ds.ImageType = ["DERIVED", second, *kept[2:]]
+        enhanced = "PerFrameFunctionalGroupsSequence" in ds
+        ds.ImageType = ["DERIVED", "PRIMARY" if enhanced else "SECONDARY", *kept[2:]]
+        for keyword in _ORIGINAL_ONLY_PULSE_SEQUENCE if enhanced else ():
+            if keyword in ds:
+                delattr(ds, keyword)
     else:
+        if pixels.ndim == 3 and len(pixels) > 1:
+            # A Secondary Capture holds one frame and no slice position or orientation.
+            raise MedsrError(f"{name}: cannot write the {len(pixels)} slices of a {meta.format} volume as DICOM (only a DICOM "
+                             f"source gives the scanner's tags and slice geometry a DICOM series needs); use --format nii or tiff")
         ds = _secondary_capture(meta)
-        stored = to_uint(pixels, int(ds.BitsStored))
+        stored = to_uint(pixels.reshape(pixels.shape[-2:]), int(ds.BitsStored))
+        top, (low, high) = 2 ** int(ds.BitsStored) - 1, meta.value_range
+        if high > low and (low, high) != (0, top):  # stored 0..top stand for the source's own values (a NIfTI's, an array's)
+            ds.RescaleSlope = DSfloat((high - low) / top, auto_format=True)
+            ds.RescaleIntercept = DSfloat(low, auto_format=True)
+            ds.RescaleType = "US"  # unspecified units
         if "PixelSpacing" in ds:
             _divide_spacing(ds, scale)
 

@@ -134,6 +134,8 @@ def resliced(meta: ImageMeta, new_spacing: float) -> ImageMeta:
     step[axis, axis] = new_spacing / spacing
     step[axis, 3] = (new_spacing - spacing) / (2 * spacing)
     header = source.header.copy()
+    if header.get_dim_info()[2] in (None, axis):  # slice timing describes the old slices: not these
+        header["slice_code"], header["slice_start"], header["slice_end"], header["slice_duration"] = 0, 0, 0, 0
     zooms = list(header.get_zooms())
     zooms[axis] = new_spacing
     _transform_forms(header, lambda affine: affine @ step)

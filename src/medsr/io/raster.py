@@ -43,6 +43,37 @@ def _sample_bits(page: PILImage.Image, path: Path) -> int:
     return 8
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel, by IHDR colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))  # x0, y0, dx, dy
+
+
+def _check_png_rows(path: Path) -> None:
+    """A MedsrError if the PNG's image data (its IDAT chunks, inflated) holds fewer rows than its
+    header declares: Pillow fills the missing rows with zeros without a word, so a file cut short
+    inside the stream, then closed properly, would be upscaled as a black image."""
+    data = Path(path).read_bytes()
+    pos, expected, inflate, got = 8, None, zlib.decompressobj(), 0
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body[:13])
+            bits = depth * _PNG_CHANNELS.get(colour, 1)
+            passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+            sizes = [(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in passes]
+            expected = sum(h * (1 + (w * bits + 7) // 8) for w, h in sizes if w > 0 and h > 0)  # a filter byte per row
+        elif kind == b"IDAT" and expected is not None:
+            while body and got < expected:  # inflate no more than the declared rows need
+                got += len(inflate.decompress(body, 1 << 20))
+                body = inflate.unconsumed_tail
+        elif kind == b"IEND":
+            break
+    if expected is not None and got < expected:
+        raise MedsrError(f"{path}: PNG image data ends early ({got} of {expected} bytes of rows; the rest would read as "
+                         f"black); re-export the image")
+
+
 COLOUR_NOTE = "in colour; upscaled as one gray channel (its luminance), as medsr does every scan"  # said where one was read
 
 
@@ -115,6 +146,8 @@ def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
                     pages.append(_page_to_gray(page, path))
                     if getattr(im, "n_frames", 1) > 1 and fmt != "tiff":
                         break  # animated GIF/PNG-style sequences: the first frame is the image
+                if fmt == "png":
+                    _check_png_rows(path)
     except MedsrError:
         raise
     except PILImage.DecompressionBombError:

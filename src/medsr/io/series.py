@@ -46,10 +46,10 @@ from medsr.io.types import Image, ImageMeta, printable, quiet_libraries
 # Two positions closer than this (mm) are the same slice; spacings may differ by this much (or by
 # 0.1 % of the spacing) before a volume counts as unevenly spaced. Scanners' rounding is ~1e-5 mm.
 TOLERANCE_MM = 0.01
-SERIES_NUMBER_OFFSET = 1000  # derived SeriesNumber = source SeriesNumber + 1000
 # Private elements holding the number of slices per volume, which converters such as dcm2niix
 # trust: rewritten when through-plane super-resolution changes that number.
 PRIVATE_SLICE_COUNTS = (("Philips Imaging DD 001", 0x2001, 0x18), ("GEMS_RELA_01", 0x0021, 0x4F))
+PRIVATE_SLICE_NUMBERS = (("Philips Imaging DD 001", 0x2001, 0x0A),)  # SliceNumberMR: 1.. within the volume
 
 
 @dataclass
@@ -519,7 +519,7 @@ def write_derived_series(
     source = series.volumes[0].datasets[0]
     stem = Path(out_dir) / _file_stem(series_uid)
     try:
-        number = int(source.get("SeriesNumber")) + SERIES_NUMBER_OFFSET
+        number = int(source.get("SeriesNumber")) + dicom.SERIES_NUMBER_OFFSET
     except (TypeError, ValueError):
         number = None
 
@@ -556,12 +556,14 @@ def write_derived_series(
                     ds.SliceThickness = _ds(grid.thickness)
                     ds.SpacingBetweenSlices = _ds(grid.spacing)
                     count = len(grid.positions)
-                    ds.InstanceNumber = volume.index * count + (k + 1 if ascending else count - k)
+                    in_volume = k + 1 if ascending else count - k
+                    ds.InstanceNumber = volume.index * count + in_volume
                     if locations is not None:
                         ds.SliceLocation = _ds(locations[k])
                     elif "SliceLocation" in ds:
                         del ds.SliceLocation
-                    _set_private_slice_counts(ds, count)
+                    _set_private(ds, PRIVATE_SLICE_COUNTS, count)
+                    _set_private(ds, PRIVATE_SLICE_NUMBERS, in_volume)
                 written.append(_save(finish(ds, dicom.derived_uid("sop", series_uid, volume.index, k)), target))
         return written
 
@@ -626,10 +628,10 @@ def write_series_nifti(
     image = nib.Nifti1Image(data, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")  # as dcm2niix writes them
     repetition = float(first.datasets[0].get("RepetitionTime") or 0) / 1000  # ms -> s
     if len(volumes) > 1 and repetition > 0 and all(v.label.startswith("time point") for v in series.volumes):
-        image.header.set_xyzt_units("mm", "sec")  # a time series: the 4th axis steps by the repetition time
-        image.header.set_zooms(image.header.get_zooms()[:3] + (repetition,))
+        image.header.set_zooms(image.header.get_zooms()[:3] + (repetition,))  # a time series: the 4th axis steps by TR
     image.header["descrip"] = f"medsr x{grid.scale:g} {model_name}"[:79].encode()
     path = Path(target) if target is not None else Path(out_dir) / f"{_file_stem(series_uid)}.nii.gz"
     with quiet_libraries():
@@ -678,14 +680,15 @@ def _numbered_along_normal(volume: Volume) -> bool:
     return bool(np.corrcoef(numbers, volume.positions)[0, 1] >= 0) if np.ptp(numbers) > 0 else True
 
 
-def _set_private_slice_counts(ds: Dataset, count: int) -> None:
-    for creator, group, offset in PRIVATE_SLICE_COUNTS:
+def _set_private(ds: Dataset, elements: tuple, value: int) -> None:
+    """Each of the private `elements` (creator, group, offset) the file holds set to `value`."""
+    for creator, group, offset in elements:
         try:
             block = ds.private_block(group, creator)
         except KeyError:  # no such private creator in this file
             continue
         if offset in block:
-            block[offset].value = count
+            block[offset].value = value
 
 
 def _derived(image: Image, scale: float, model_name: str, target: Path) -> Dataset:

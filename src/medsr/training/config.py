@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -87,10 +88,14 @@ FIELD_TYPES = typing.get_type_hints(TrainConfig)
 DEFAULT_DATA = "../shared/data"  # ${MEDSR_DATA} when the environment does not set it
 
 
-# Counts (and a budget) for which 0 makes no sense or divides by zero; and counts that may be 0 but not less.
+# Numbers for which 0 makes no sense or divides by zero; numbers that may be 0 but not less; shares
+# and rates that must also stay under 1 (a validation share of 1 leaves nothing to train on, an EMA
+# decay of 1 never moves, a beta of 1 divides by zero in Adam).
 POSITIVE = ("scale", "hr_size", "max_train_images", "max_val_images", "epochs", "steps_per_epoch", "batch_size",
-            "time_budget_minutes", "collapse_patience", "checkpoint_every", "keep_checkpoints", "grid_images", "log_every")
-NOT_NEGATIVE = ("warmup_epochs", "collapse_retries")
+            "time_budget_minutes", "collapse_patience", "checkpoint_every", "keep_checkpoints", "grid_images", "log_every",
+            "lr_generator", "lr_discriminator", "collapse_lr_factor")
+NOT_NEGATIVE = ("warmup_epochs", "collapse_retries", "pixel_weight", "teacher_weight", "perceptual_weight", "adversarial_weight")
+UNDER_ONE = ("val_fraction", "test_fraction", "ema_decay")
 TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
               list: "a list such as [a, b]", dict: "a mapping such as {key: value}"}
 
@@ -137,7 +142,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     if unknown:
         where = ", ".join(dict.fromkeys(origin[key] for key in unknown))
         raise MedsrError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known keys: {', '.join(sorted(known))}")
-    return TrainConfig(**{key: check_value(key, value, origin[key]) for key, value in values.items()})
+    cfg = TrainConfig(**{key: check_value(key, value, origin[key]) for key, value in values.items()})
+    if cfg.val_fraction + cfg.test_fraction >= 1:
+        where = ", ".join(origin[key] for key in ("val_fraction", "test_fraction") if key in origin)
+        raise MedsrError(f"{where}: val_fraction + test_fraction = {cfg.val_fraction + cfg.test_fraction:g} leaves no images "
+                         f"to train on; keep their sum under 1 (defaults 0.1 and 0.1)")
+    return cfg
 
 
 def check_value(key: str, value, where: str):
@@ -164,8 +174,15 @@ def check_value(key: str, value, where: str):
     if not fits:
         wanted = " or ".join(TYPE_WORDS[t] for t in types if t in TYPE_WORDS) + (" or null" if type(None) in types else "")
         raise MedsrError(f"{where}: {key} must be {wanted}, not {value!r}; fix the value{hint}")
+    if type(value) is float and not math.isfinite(value):
+        raise MedsrError(f"{where}: {key} must be a finite number, not {value}; fix the value{hint}")
     if value is not None and (key in POSITIVE and value <= 0 or key in NOT_NEGATIVE and value < 0):
         raise MedsrError(f"{where}: {key} must be {'more than 0' if key in POSITIVE else '0 or more'}, not {value}; "
+                         f"fix the value{hint}")
+    if key in UNDER_ONE and not 0 <= value < 1:
+        raise MedsrError(f"{where}: {key} must be 0 or more and less than 1, not {value}; fix the value{hint}")
+    if key == "betas" and not (len(value) == 2 and all(type(b) in (int, float) and 0 <= b < 1 for b in value)):
+        raise MedsrError(f"{where}: betas must be two numbers of 0 or more and less than 1, not {value!r}; "
                          f"fix the value{hint}")
     return value
 
