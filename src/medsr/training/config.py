@@ -153,8 +153,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 def check_value(key: str, value, where: str):
     """`value` for TrainConfig field `key`, or a MedsrError naming `where` (the recipe or --set option).
     The value must be of the field's type: a float field takes a whole number too, and number text
-    such as 1e-4 (which YAML reads as text); an optional field takes null. The counts in POSITIVE
-    must be more than 0, those in NOT_NEGATIVE 0 or more. data takes one folder as text (a list of one)."""
+    such as 1e-4 (which YAML reads as text); an optional field takes null. A number must be finite;
+    those in POSITIVE more than 0, those in NOT_NEGATIVE 0 or more, those in UNDER_ONE and each of
+    the two betas in [0, 1). data takes one folder as text (a list of one)."""
     if key == "data":
         folders = [value] if isinstance(value, str) else value
         if not isinstance(folders, list) or not folders or not all(isinstance(f, str) and f for f in folders):
