@@ -248,3 +248,25 @@ def test_spread_takes_evenly_spaced_items_so_every_class_is_in():
     assert {item[0] for item in spread(items, 2)} == {"a", "b"}  # the first 2 would both be class a
     assert spread(items, None) == spread(items, 10) == spread(items, 99) == items
     assert spread([], 3) == []
+
+
+@pytest.mark.parametrize("protocol, extra", [("patch", {}), ("mixed", {"mix": {"paper": 0.5, "native": 0.5}})])
+def test_a_limit_on_training_or_validation_images_spreads_over_the_classes(image_folder, monkeypatch, protocol, extra):
+    """max_train_images / max_val_images: the first N sorted files would all be of the first class folder."""
+    from medsr.data import dataset
+
+    decoded = []
+    real = dataset.load_arrays
+    monkeypatch.setattr(dataset, "load_arrays", lambda items, limit=None: decoded.extend(items) or real(items, limit))
+    dataset.build_sampler([str(image_folder)], "train", protocol, 3, 48, limit=6, **extra)
+    assert len(decoded) == 6 and {item.label for item in decoded} == {"alpha", "beta"}
+
+
+def test_a_split_with_no_file_says_why(tmp_path):
+    from medsr.data import build_sampler
+
+    (tmp_path / "cls").mkdir()
+    Image.fromarray(np.full((64, 64), 100, np.uint8)).save(tmp_path / "cls" / "only.png")
+    empty = next(s for s in ("train", "val", "test") if s != split_of("cls/only.png"))
+    with pytest.raises(MedsrError, match=rf"none of its 1 image file\(s\) falls in the '{empty}' split .*add images"):
+        build_sampler([str(tmp_path)], empty, "paper", 3, 48)

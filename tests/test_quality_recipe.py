@@ -1,6 +1,7 @@
 """The native-resolution recipe (issue 14): the artefact measures, the neighbourhood clamp, the light
 degradation, the mixed sampler and partial initialisation."""
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -169,6 +170,23 @@ def test_mixed_sampler_batches_hold_out_volumes_and_resume(mixed_data):
     assert 4 <= len(vlr) <= 8 and torch.equal(vlr, val.fixed_pairs(8)[0])  # fewer where a source has fewer val images
     with pytest.raises(MedsrError, match="unknown mix option"):
         build_sampler([str(folder)], "train", "mixed", 3, 48, mix={**mix, "jpg": 0.5})
+    with pytest.raises(MedsrError, match="no volume named vol-30 to hold out"):  # a typo would train on vol-3
+        build_sampler([str(folder)], "train", "mixed", 3, 48, mix={**mix, "volume_test": ["vol-30"]})
+
+
+def test_evaluate_splits_volumes_as_the_models_recipe_held_them_out(mixed_data):
+    """The file-name hash would put any of the volumes in the test split, a training one too."""
+    _, mix = mixed_data
+    held_out = quality.held_out_volumes({"medsr_recipe": json.dumps({"mix": mix})})
+    assert held_out == {"vol-2": "val", "vol-3": "test"}
+    method = quality.Method("bicubic", held_out=held_out)
+    scored = {}
+    for split in ("train", "val", "test"):
+        rows = quality.evaluate([mix["volume_data"]], [method], 3, "native", split)
+        files = {row["file"].split("#")[0] for row in rows}
+        scored[split] = sorted(Path(f).name for f in files)
+        assert all("#" in row["file"] for row in rows) and len({row["file"] for row in rows}) == len(rows)  # one row per slice
+    assert scored == {"train": ["vol-0.nii.gz", "vol-1.nii.gz"], "val": ["vol-2.nii.gz"], "test": ["vol-3.nii.gz"]}
 
 
 def test_a_recipes_zero_background_cuts_reach_the_paper_and_native_pairs(mixed_data):

@@ -44,6 +44,13 @@ def test_data_as_one_folder_is_a_list_of_one(image_folder, tmp_path):
     assert len(Trainer(cfg).sampler) > 20  # the folder's images, not a walk over its characters
 
 
+def test_an_hr_size_too_small_to_validate_is_refused_before_training(image_folder, tmp_path):
+    cfg = load_config(None, [f"data={image_folder}", f"out_dir={tmp_path}", "hr_size=15", "scale=3"])
+    with pytest.raises(MedsrError, match=r"^hr_size 15 leaves 9 px to score .* use hr_size 18 or more$"):
+        Trainer(cfg)  # it used to train every step, then fail at the first validation with no model written
+    assert not (tmp_path / cfg.name).exists()
+
+
 @pytest.mark.parametrize("value", ["5", "[]", "[a, 3]", "{a: b}", "null"])
 def test_data_of_another_type_is_refused(value):
     with pytest.raises(MedsrError, match=r"^--set data=.*: data must be a folder or a list of folders"):
@@ -215,3 +222,8 @@ def test_limit_below_one_is_refused(folder_with_blank, limit):
 def test_limit_zero_in_the_cli(folder_with_blank, medsr_cli, tmp_path):
     assert_one_line_error(run(medsr_cli + ["evaluate", "--data", str(folder_with_blank), "--split", "all", "--limit", "0",
                                            "--out", str(tmp_path / "out")]), "--limit 0", "at least 1")
+
+
+def test_models_of_two_scales_name_the_one_that_set_it(folder_with_blank, medsr_cli, tmp_path):
+    result = run(medsr_cli + ["evaluate", "--data", str(folder_with_blank), "--model", "default,default-x2", "--out", str(tmp_path / "o")])
+    assert_one_line_error(result, "model is x2 but default is x3")  # no --scale was given

@@ -83,7 +83,8 @@ def test_resume_refuses_another_recipe_changed_data_and_damaged_checkpoints(imag
     Trainer(cfg).fit(stop_after=2)
     with pytest.raises(MedsrError, match=r"started with another recipe \(lr_generator 0.0001 then, 0.5 now\)"):
         Trainer(tiny_config(image_folder, tmp_path / "a", lr_generator=0.5)).fit(resume=True)
-    Trainer(tiny_config(image_folder, tmp_path / "a", log_every=2, checkpoint_every=4)).fit(resume=True)  # how it writes may change
+    # how it writes, and on how many images it validates, may change
+    Trainer(tiny_config(image_folder, tmp_path / "a", log_every=2, checkpoint_every=4, max_val_images=2)).fit(resume=True)
 
     fewer = tmp_path / "fewer"
     shutil.copytree(image_folder, fewer)
@@ -116,6 +117,18 @@ def test_a_half_written_checkpoint_is_ignored(image_folder, tmp_path):
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"partial")
     assert Trainer(cfg).latest_checkpoint().name == "step-00000002"
+
+
+def test_a_checkpoint_set_aside_by_a_kill_is_found(image_folder, tmp_path):
+    """Saving a step again sets the first copy aside before the second takes its name: a kill in between leaves it aside."""
+    cfg = tiny_config(image_folder, tmp_path, keep_checkpoints=1)
+    Trainer(cfg).fit(stop_after=2)
+    checkpoints = tmp_path / "tiny" / "checkpoints"
+    (checkpoints / "step-00000002").rename(checkpoints / "step-00000002.old")
+    (checkpoints / "step-00000002.tmp").mkdir()  # the second copy, half written
+    assert Trainer(cfg).latest_checkpoint().name == "step-00000002"
+    Trainer(cfg).fit(resume=True)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000004"]
 
 
 def test_config_overrides_and_errors(tmp_path):

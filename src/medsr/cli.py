@@ -271,13 +271,13 @@ def _evaluate(args) -> int:
 
     _output_folder(args.out, "--out")
     methods = [quality.Method(name) for name in quality.BASELINES]
-    scale = args.scale
+    scale, scale_from = args.scale, "--scale"
     for model in args.model or []:
         upscaler, meta = _load_upscaler(args, model, tile=0)
         if scale is not None and upscaler.scale != scale:
-            raise MedsrError(f"{meta['path']}: model is x{upscaler.scale} but --scale is {scale}; evaluate models of one scale at a time")
-        scale = upscaler.scale
-        methods.append(quality.Method(model, upscaler))
+            raise MedsrError(f"{meta['path']}: model is x{upscaler.scale} but {scale_from} is x{scale}; evaluate models of one scale at a time")
+        scale, scale_from = upscaler.scale, scale_from if scale is not None else model
+        methods.append(quality.Method(model, upscaler, quality.held_out_volumes(meta)))
     scale = scale or 3
     if args.task == "classify":
         from medsr.evaluation import diagnostic

@@ -48,8 +48,11 @@ def psnr(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor:
     return _psnr(sr, hr, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
+SSIM_WINDOW = 11  # torchmetrics' default Gaussian window (px): the smallest side ssim scores
+
+
 def ssim(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor:
-    """Per-image SSIM (11-px Gaussian window, sigma 1.5), shape (B,)."""
+    """Per-image SSIM (SSIM_WINDOW-px Gaussian window, sigma 1.5), shape (B,)."""
     sr, hr = _prepare(sr, hr, border)
     return _ssim(sr, hr, data_range=1.0, reduction="none")
 

@@ -316,6 +316,19 @@ def volume_slices(files: list[Path], min_foreground: float = 0.15) -> list[np.nd
     return slices
 
 
+def _split_arrays(data_dirs: list[str], split: str, limit: int | None, val_fraction: float = 0.1,
+                  test_fraction: float = 0.1) -> list[np.ndarray]:
+    """The split's images decoded (load_arrays), `limit` of them spread evenly over the sorted files
+    so that every class is in; a split with no file is a MedsrError saying why that happens."""
+    items = scan(data_dirs)
+    chosen = select(items, split, val_fraction, test_fraction)
+    if not chosen:
+        raise MedsrError(f"{', '.join(map(str, data_dirs))}: none of its {len(items)} image file(s) falls in the '{split}' split "
+                         f"(each file's split comes from a hash of its name: val {val_fraction:g}, test {test_fraction:g}); "
+                         f"add images, a few dozen give every split some")
+    return load_arrays(spread(chosen, limit), limit)[0]
+
+
 def build_mixed_sampler(data_dirs: list[str], split: str, scale: int, hr_size: int, seed: int, limit: int | None,
                         split_fractions: dict, mix: dict, augment: aug_lib.Augment | None = None) -> MixedSampler:
     """The MixedSampler of a recipe's `mix`; `augment` applies to every source (the trainer passes it for training only)."""
@@ -331,7 +344,7 @@ def build_mixed_sampler(data_dirs: list[str], split: str, scale: int, hr_size: i
     degradation = "light" if split == "train" else "bicubic"  # validation stays the clean protocol
     sources = {}
     if shares["paper"] > 0 or shares["native"] > 0:
-        arrays, _ = load_arrays(select(scan(data_dirs), split, **split_fractions), limit)
+        arrays = _split_arrays(data_dirs, split, limit, **split_fractions)
         if shares["paper"] > 0:
             sources["paper"] = PairSampler(arrays, "paper", scale, hr_size, seed=seed, augment=augment)
         if shares["native"] > 0:
@@ -373,5 +386,5 @@ def build_sampler(data_dirs: list[str], split: str, protocol: str, scale: int, h
     if protocol == "mnist":
         arrays = mnist_arrays(data_dirs[0], split, val_fraction, test_fraction)[:limit]
     else:
-        arrays, _ = load_arrays(select(scan(data_dirs), split, val_fraction, test_fraction), limit)
+        arrays = _split_arrays(data_dirs, split, limit, val_fraction, test_fraction)
     return PairSampler(arrays, protocol, scale, hr_size, seed=seed, augment=augment, degradation=degradation)

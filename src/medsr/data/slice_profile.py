@@ -145,6 +145,10 @@ def volume_files(data_dirs: list[str], split: str, holdout: dict) -> list[Path]:
         files += sorted(root.glob("*.nii")) + sorted(root.glob("*.nii.gz"))
     stem = lambda p: p.name.removesuffix(".gz").removesuffix(".nii")
     val, test = set(holdout.get("val", [])), set(holdout.get("test", []))
+    unknown = sorted((val | test) - {stem(f) for f in files})
+    if unknown:  # a misspelt held-out subject would be trained on
+        raise MedsrError(f"{', '.join(data_dirs)}: no volume named {', '.join(unknown)} to hold out for val/test; name them by "
+                         f"file name without .nii/.nii.gz (here: {', '.join(sorted(map(stem, files))[:10]) or 'no NIfTI files'})")
     if split == "val":
         chosen = [f for f in files if stem(f) in val]
     elif split == "test":

@@ -61,7 +61,7 @@ def build_entries(names: list[str], device: str, precision: str, scale: int | No
         upscaler, meta = load_upscaler(ref, scale=scale, device=device, precision=precision, tile=0)
         first, scale = first or name, upscaler.scale
         seconds = meta.get("medsr_train_seconds")
-        entries.append(Entry(quality.Method(name, upscaler), params=int(meta["parameters"]),
+        entries.append(Entry(quality.Method(name, upscaler, quality.held_out_volumes(meta)), params=int(meta["parameters"]),
                              train_minutes=float(seconds) / 60 if seconds else None))
     if not entries:
         raise MedsrError("--models is empty; name at least one model or interpolation, e.g. --models bicubic,default")
@@ -152,18 +152,18 @@ def compare(data_dirs: list[str], names: list[str], out_dir: Path, protocol: str
     (out_dir / "table.md").write_text(table + "\n")
 
     # figures: some of the images just scored (not those left out), spread evenly, so every data folder shows up
-    arrays, kept = load_arrays(quality.split_items(data_dirs, split, limit))
+    arrays, kept = load_arrays(quality.split_items(data_dirs, split, limit, quality.held_out_by(methods)))
     scored = {r["file"] for r in rows}
-    arrays, kept = zip(*[(a, item) for a, item in zip(arrays, kept) if str(item.path) in scored])
+    arrays, kept, names = zip(*[(a, item, name) for a, item, name in zip(arrays, kept, quality.image_names(kept)) if name in scored])
     picks = np.unique(np.linspace(0, len(arrays) - 1, max(1, n_figures)).round().astype(int))
     (out_dir / "figures").mkdir(exist_ok=True)
     samples, figure_paths = [], []
     for i in picks:
         lr, hr = degrade.make_pair(as_unit(arrays[i])[0], protocol, scale)
         outputs = {m.name: m.run(lr, scale) for m in methods}
-        image_rows = [r for r in rows if r["file"] == str(kept[i].path)]
-        scores = {r["method"]: r["psnr"] for r in image_rows}
-        stem = f"{kept[i].label.replace('/', '-') or 'image'}-{kept[i].path.stem}"
+        scores = {r["method"]: r["psnr"] for r in rows if r["file"] == names[i]}
+        slice_index = names[i][len(str(kept[i].path)):].replace("#", "-")  # "-k" for a slice of a volume
+        stem = f"{kept[i].label.replace('/', '-') or 'image'}-{kept[i].path.stem}{slice_index}"
         path = out_dir / "figures" / f"{stem}.png"
         image_figure(lr, hr, outputs, scores).save(path)
         figure_paths.append(path)

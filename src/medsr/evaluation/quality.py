@@ -16,9 +16,11 @@ not apply; an infinite PSNR of an exact copy). When no image can be scored, a Me
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 BASELINES = ("nearest", "bicubic", "lanczos")
 METRICS = ("psnr", "ssim", "ms_ssim", "hf_ratio", "overshoot", "block_grid", "input_block_grid")
-MIN_SCORED_SIDE = 11  # SSIM's window: the smallest HR side, after the border crop, that is scored
+MIN_SCORED_SIDE = metrics.SSIM_WINDOW  # the smallest HR side, after the border crop, that is scored
 BLANK_SPAN = 1 / 65535  # an HR whose values span less (one 16-bit grey level) is blank
 GRID_CROP = 256  # the block-grid measure upscales this centre crop of each JPEG file, cut on its 8-pixel grid
 
@@ -47,6 +49,7 @@ GRID_CROP = 256  # the block-grid measure upscales this centre crop of each JPEG
 class Method:
     name: str
     upscaler: Upscaler | None = None  # None: a classical interpolation named by `name`
+    held_out: dict = field(default_factory=dict)  # volumes its recipe kept out of training by name: stem -> val | test
 
     def run(self, lr01: np.ndarray, scale: int) -> np.ndarray:
         if self.upscaler is None:
@@ -55,14 +58,53 @@ class Method:
         return self.upscaler.upscale_plane(lr01)
 
 
-def split_items(data_dirs: list[str], split: str, limit: int | None = None) -> list:
+def held_out_volumes(meta: dict) -> dict[str, str]:
+    """Stem -> "val" or "test" for the NIfTI volumes a model's recipe (its file's medsr_recipe) kept
+    out of training by name (mix.volume_val / volume_test, through_plane's val / test); the other
+    volumes beside them were trained on, whatever the file-name hash of the split would say."""
+    recipe = json.loads(meta.get("medsr_recipe") or "{}")
+    mix, through = recipe.get("mix") or {}, recipe.get("through_plane") or {}
+    named = {stem: "val" for stem in [*mix.get("volume_val", []), *through.get("val", [])]}
+    return named | {stem: "test" for stem in [*mix.get("volume_test", []), *through.get("test", [])]}
+
+
+def held_out_by(methods: list[Method]) -> dict[str, str]:
+    """The volumes any of the methods' recipes held out: test where one model tested on it, else val."""
+    named = {stem: kind for method in methods for stem, kind in method.held_out.items() if kind == "val"}
+    return named | {stem: kind for method in methods for stem, kind in method.held_out.items() if kind == "test"}
+
+
+def split_items(data_dirs: list[str], split: str, limit: int | None = None, held_out: dict | None = None) -> list:
     """The files `evaluate` scores: the split's images, or `limit` of them spread evenly over the
-    sorted list, so every class is in."""
+    sorted list, so every class is in. NIfTI volumes in a folder holding one that `held_out` names
+    (held_out_volumes) take their split from it: "train" unless named, as the models trained."""
     check_limit(limit)
-    items = select(scan(data_dirs), split)
+    held_out = held_out or {}
+    items = scan(data_dirs)
+    folders = {item.path.parent for item in items if _volume_stem(item.path) in held_out}
+    by_name = [item for item in items if item.path.parent in folders and _volume_stem(item.path) is not None]
+    items = select([item for item in items if item not in by_name], split) + [
+        item for item in by_name if split == "all" or held_out.get(_volume_stem(item.path), "train") == split]
+    items.sort(key=lambda item: item.path)
     if not items:
         raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
     return spread(items, limit)
+
+
+def image_names(kept: list) -> list[str]:
+    """A name for each image load_arrays decoded (its items, one per image): the file, and for a
+    file of several slices or frames FILE#k (k from 0), so that each row says which slice it scored."""
+    counts, seen, names = Counter(item.path for item in kept), Counter(), []
+    for item in kept:
+        names.append(str(item.path) if counts[item.path] == 1 else f"{item.path}#{seen[item.path]}")
+        seen[item.path] += 1
+    return names
+
+
+def _volume_stem(path: Path) -> str | None:
+    """A NIfTI file's name without .nii / .nii.gz (how recipes name volumes), else None."""
+    extension = formats.file_extension(path)
+    return path.name[: -len(extension)] if extension in (".nii", ".nii.gz") else None
 
 
 def check_limit(limit: int | None) -> None:
@@ -82,9 +124,9 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
     itself, not a downscale, is what a user upscales, so a centre crop of it on its 8-pixel grid is
     upscaled and metrics.block_grid_ratio compares output (on the 8*scale grid) with input
     (input_block_grid)."""
-    arrays, kept = load_arrays(split_items(data_dirs, split, limit))
-    named = [(str(item.path), item.label, as_unit(array)[0], formats.jpeg_coded(item.path))
-             for array, item in zip(arrays, kept)]
+    arrays, kept = load_arrays(split_items(data_dirs, split, limit, held_out_by(methods)))
+    named = [(name, item.label, as_unit(array)[0], formats.jpeg_coded(item.path))
+             for name, array, item in zip(image_names(kept), arrays, kept)]
     return evaluate_arrays(named, methods, scale, protocol)
 
 

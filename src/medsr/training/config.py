@@ -26,7 +26,7 @@ class TrainConfig:
     protocol: str = "paper"  # paper | patch | mnist (see medsr.data.PairSampler) | mixed | through-plane (medsr.data.slice_profile)
     scale: int = 3
     hr_size: int = 150  # HR side: the paper's 150, or the patch size
-    max_train_images: int | None = None
+    max_train_images: int | None = None  # a limit is spread evenly over the split's sorted files (every class is in)
     max_val_images: int = 64
     val_fraction: float = 0.1
     test_fraction: float = 0.1

@@ -50,8 +50,10 @@ from medsr.training import losses
 from medsr.training.collapse import CollapseGuard
 from medsr.training.config import TrainConfig, expand_data_path
 
-# What --resume may change: where, how long and how often the run writes, not what it learns.
-RESUME_MAY_CHANGE = ("name", "out_dir", "time_budget_minutes", "checkpoint_every", "keep_checkpoints", "log_every", "grid_images")
+# What --resume may change: where, how long and how often the run writes, and on how many images it
+# validates (validation only logs), not what it learns.
+RESUME_MAY_CHANGE = ("name", "out_dir", "time_budget_minutes", "checkpoint_every", "keep_checkpoints", "log_every", "grid_images",
+                     "max_val_images")
 
 
 def _set_requires_grad(module: torch.nn.Module, flag: bool) -> None:
@@ -65,6 +67,11 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        scored = cfg.hr_size - 2 * cfg.scale  # validation scores the HR crop less a border of `scale` px
+        if scored < metrics.SSIM_WINDOW:  # found only when the first validation failed, after the training
+            smallest = -(-(metrics.SSIM_WINDOW + 2 * cfg.scale) // cfg.scale) * cfg.scale
+            raise MedsrError(f"hr_size {cfg.hr_size} leaves {scored} px to score after validation's border of {cfg.scale} px, less "
+                             f"than SSIM's {metrics.SSIM_WINDOW}-px window; use hr_size {smallest} or more")
         self.cfg = cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -290,7 +297,8 @@ class Trainer:
         final = self.ckpt_dir / f"step-{self.step_count:08d}"
         tmp = self.ckpt_dir / f"{final.name}.tmp"
         if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            for stale in self.ckpt_dir.glob("step-*.tmp"):  # this one's, and any a kill left half written
+                shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
         state = {
@@ -314,9 +322,12 @@ class Trainer:
             networks = {zoo.GENERATOR_PREFIX: _unwrap(self.generator), zoo.EMA_PREFIX: self.ema,
                         zoo.DISCRIMINATOR_PREFIX: None if self.discriminator is None else _unwrap(self.discriminator)}
             zoo.save_checkpoint_model(tmp / "model.safetensors", networks, self.cfg.model, _unwrap(self.generator).config, self.record())
-            if final.exists():
-                shutil.rmtree(final)
+            aside = final.with_name(f"{final.name}.old")
+            if final.exists():  # this step saved again (Ctrl-C on a checkpoint step): set the first aside, never none
+                shutil.rmtree(aside, ignore_errors=True)
+                final.rename(aside)
             tmp.rename(final)
+            shutil.rmtree(aside, ignore_errors=True)
             for old in sorted(self.ckpt_dir.glob("step-*[0-9]"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self._barrier()
@@ -331,6 +342,10 @@ class Trainer:
                 "medsr_recipe": json.dumps(dataclasses.asdict(self.cfg))}
 
     def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint; one that a kill left set aside (save_checkpoint) is put back first."""
+        for aside in self.ckpt_dir.glob("step-*[0-9].old"):
+            if not aside.with_suffix("").exists():
+                aside.rename(aside.with_suffix(""))
         done = [p for p in sorted(self.ckpt_dir.glob("step-*[0-9]")) if (p / "model.safetensors").is_file() and (p / "state-rank0.pt").is_file()]
         return done[-1] if done else None
 
