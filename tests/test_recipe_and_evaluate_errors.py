@@ -227,3 +227,9 @@ def test_limit_zero_in_the_cli(folder_with_blank, medsr_cli, tmp_path):
 def test_models_of_two_scales_name_the_one_that_set_it(folder_with_blank, medsr_cli, tmp_path):
     result = run(medsr_cli + ["evaluate", "--data", str(folder_with_blank), "--model", "default,default-x2", "--out", str(tmp_path / "o")])
     assert_one_line_error(result, "model is x2 but default is x3")  # no --scale was given
+
+
+def test_a_mix_under_another_protocol_is_said_to_be_unused(image_folder, tmp_path, caplog):
+    cfg = load_config(None, [f"data={image_folder}", f"out_dir={tmp_path}", "hr_size=48", "protocol=paper", "mix={paper: 1}"])
+    Trainer(cfg)
+    assert "mix is set but protocol is paper: it is used only by protocol mixed" in caplog.text

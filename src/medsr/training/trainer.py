@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import gc
 import json
+import logging
 import math
 import os
 import random
@@ -50,6 +51,8 @@ from medsr.training import losses
 from medsr.training.collapse import CollapseGuard
 from medsr.training.config import TrainConfig, expand_data_path
 
+log = logging.getLogger(__name__)
+
 # What --resume may change: where, how long and how often the run writes, and on how many images it
 # validates (validation only logs), not what it learns.
 RESUME_MAY_CHANGE = ("name", "out_dir", "time_budget_minutes", "checkpoint_every", "keep_checkpoints", "log_every", "grid_images",
@@ -72,6 +75,9 @@ class Trainer:
             smallest = -(-(metrics.SSIM_WINDOW + 2 * cfg.scale) // cfg.scale) * cfg.scale
             raise MedsrError(f"hr_size {cfg.hr_size} leaves {scored} px to score after validation's border of {cfg.scale} px, less "
                              f"than SSIM's {metrics.SSIM_WINDOW}-px window; use hr_size {smallest} or more")
+        for key, protocol in (("mix", "mixed"), ("through_plane", "through-plane")):
+            if getattr(cfg, key) and cfg.protocol != protocol:
+                log.warning("%s is set but protocol is %s: it is used only by protocol %s", key, cfg.protocol, protocol)
         self.cfg = cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
