@@ -94,7 +94,10 @@ def bar_lines(results: dict, rims: dict) -> list[str]:
             closer = abs(gan["hf_ratio"] - 1) < abs(default["hf_ratio"] - 1)
             lines.append(f"| default-gan HF ratio closer to 1 than default, {modality}, {protocol} | {gan['hf_ratio']:.3f} "
                          f"| default {default['hf_ratio']:.3f} | {'yes' if closer else 'no'} |")
-    return lines + ["", "How far the networks can go at all (each fitted to the validation images it is then scored on):",
+    return lines + ["", "Recipe changes tried against the default's rim on the validation volume (more real skull-stripped slices, more",
+                    "zero-background cuts, MSE instead of L1; none brought it to bicubic's): docs/results/rim-recipes.md "
+                    "(`benchmarks/rim_recipes.py`).",
+                    "", "How far the networks can go at all (each fitted to the validation images it is then scored on):",
                     "docs/results/fit-bound-default.md, fit-bound-default-8000.md (four times the fitting) and fit-bound-large.md "
                     "(`benchmarks/fit_bound.py`).", ""]
 
