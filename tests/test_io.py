@@ -244,6 +244,39 @@ def test_an_8_bit_file_of_a_signed_ct_shows_its_window(tmp_path):
     assert np.abs(shown - (255 - expected)).max() <= 1  # MONOCHROME1: high values dark, the same window
 
 
+def test_a_16_bit_file_of_a_dicom_spans_its_values(tmp_path):
+    hu = np.linspace(-1000, 1000, 8 * 10).reshape(8, 10).round()
+    ct = make_dicom(tmp_path / "ct.dcm", hu, bits_stored=16, signed=True, WindowCenter=40, WindowWidth=400)
+    shown = np.asarray(PILImage.open(write_image(tmp_path / "ct.png", read_image(ct))), dtype=float)
+    assert shown.min() == 0 and shown.max() == 65535  # all of it (no window clips 16 bits), not 3 % of the int16 range
+    np.testing.assert_allclose(shown, (hu + 1000) / 2000 * 65535, atol=1)
+
+
+def test_a_derived_dicom_moves_what_is_given_in_pixels_and_keeps_its_lossy_history(tmp_path):
+    from pydicom.pixels import pack_bits
+    from pydicom.uid import JPEGBaseline8Bit
+
+    path = make_dicom(tmp_path / "cr.dcm", RNG.integers(0, 4096, size=(8, 10)), NominalScannedPixelSpacing=[0.2, 0.2],
+                      ShutterShape="RECTANGULAR", ShutterLeftVerticalEdge=2, ShutterRightVerticalEdge=9,
+                      ShutterUpperHorizontalEdge=3, ShutterLowerHorizontalEdge=7, DerivationDescription="lossy 10:1")
+    ds = pydicom.dcmread(path)
+    overlay = np.zeros((8, 10), np.uint8)
+    overlay[2:4, 5:9] = 1
+    for element, vr, value in ((0x0010, "US", 8), (0x0011, "US", 10), (0x0040, "CS", "G"), (0x0050, "SS", [1, 1]),
+                               (0x0100, "US", 1), (0x0102, "US", 0), (0x3000, "OW", pack_bits(overlay.ravel()))):
+        ds.add_new((0x6000, element), vr, value)
+    ds.save_as(path)
+    image = read_image(path)
+    image.meta.source.file_meta.TransferSyntaxUID = JPEGBaseline8Bit  # as a JPEG file that does not say it is lossy
+    out = pydicom.dcmread(write_image(tmp_path / "x3.dcm", type(image)(np.kron(image.pixels, np.ones((3, 3))), image.meta), scale=3))
+    assert [float(v) for v in out.NominalScannedPixelSpacing] == pytest.approx([0.2 / 3] * 2)
+    edges = [int(out.get(f"Shutter{side}")) for side in ("LeftVerticalEdge", "RightVerticalEdge", "UpperHorizontalEdge", "LowerHorizontalEdge")]
+    assert edges == [4, 27, 7, 21]  # the same columns 2-9 and rows 3-7 shown, on the finer grid
+    np.testing.assert_array_equal(out.overlay_array(0x6000), np.kron(overlay, np.ones((3, 3), np.uint8)))
+    assert (out.LossyImageCompression, out.LossyImageCompressionMethod) == ("01", "ISO_10918_1")
+    assert out.DerivationDescription.startswith("lossy 10:1; medsr super-resolution x3")
+
+
 def test_dicom_12bit_read(tmp_path):
     stored = RNG.integers(0, 4096, size=(6, 8))
     stored[0, 0], stored[0, 1] = 0, 4095

@@ -421,6 +421,17 @@ def test_enhanced_multiframe_volumes_and_derived_file(tmp_path):
         assert dciodvfy_errors(path) <= dciodvfy_errors(source)
 
 
+def test_an_enhanced_file_with_fewer_frames_than_its_groups_is_one_line(tmp_path):
+    source = synthetic_enhanced(tmp_path / "in" / "enhanced.dcm", times=1)
+    ds = pydicom.dcmread(source)
+    frame_bytes = len(ds.PixelData) // int(ds.NumberOfFrames)
+    ds.NumberOfFrames, ds.PixelData = int(ds.NumberOfFrames) - 1, ds.PixelData[:-frame_bytes]
+    ds.save_as(source)
+    series = only(S.scan_series(tmp_path / "in"))
+    with pytest.raises(MedsrError, match=r"enhanced\.dcm: its functional groups describe frame 4 but the file holds 3"):
+        series.volumes[0].pixels
+
+
 def test_enhanced_through_plane_rewrites_the_functional_groups(tmp_path):
     synthetic_enhanced(tmp_path / "in" / "enhanced.dcm", times=1)
     series = only(S.scan_series(tmp_path / "in"))

@@ -14,12 +14,14 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pack_bits
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLSNearLossless,
     generate_uid,
 )
 from pydicom.valuerep import DSfloat
@@ -36,6 +38,8 @@ from medsr.io.types import (
 )
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+# Transfer syntaxes that are lossy whatever the file says, and their LossyImageCompressionMethod.
+LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1", JPEGLSNearLossless: "ISO_14495_1"}
 SERIES_NUMBER_OFFSET = 1000  # a derived series is numbered its source's SeriesNumber + 1000
 # The enhanced MR Pulse Sequence module's elements that only an ORIGINAL or MIXED image may hold
 # (dciodvfy: "present when condition unsatisfied" once ImageType says DERIVED).
@@ -292,7 +296,7 @@ def _divide_spacing(ds: Dataset, scale: float) -> None:
         if elem.VR == "SQ":
             for item in elem.value:
                 _divide_spacing(item, scale)
-        elif elem.keyword in ("PixelSpacing", "ImagerPixelSpacing") and elem.value:
+        elif elem.keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing") and elem.value:
             values = elem.value if elem.VM > 1 else [elem.value]
             try:
                 elem.value = [DSfloat(float(v) / scale, auto_format=True) for v in values]
@@ -300,6 +304,42 @@ def _divide_spacing(ds: Dataset, scale: float) -> None:
                 damaged.append(elem.tag)
     for tag in damaged:
         del ds[tag]  # a spacing that cannot be read cannot be scaled, and the old one would be wrong
+
+
+_SHUTTER_EDGES = {  # 1-based: the first (left, upper) or the last (right, lower) column or row shown
+    "ShutterLeftVerticalEdge": "first", "ShutterUpperHorizontalEdge": "first",
+    "ShutterRightVerticalEdge": "last", "ShutterLowerHorizontalEdge": "last",
+}
+
+
+def _scale_shutters(ds: Dataset, scale: float) -> None:
+    """Display shutters, given in pixels of the old grid, on the new one (the same region shown)."""
+    for keyword, end in _SHUTTER_EDGES.items():
+        if ds.get(keyword) not in (None, ""):
+            edge = int(ds.get(keyword))
+            setattr(ds, keyword, round((edge - 1) * scale) + 1 if end == "first" else round(edge * scale))
+    if ds.get("RadiusOfCircularShutter") not in (None, ""):
+        ds.RadiusOfCircularShutter = round(int(ds.RadiusOfCircularShutter) * scale)
+    for keyword in ("CenterOfCircularShutter", "VerticesOfThePolygonalShutter"):  # pixel centres: (row, column) pairs
+        if ds.get(keyword):
+            setattr(ds, keyword, [round((int(v) - 0.5) * scale + 0.5) for v in ds[keyword].value])
+
+
+def _scale_overlays(ds: Dataset, scale: float) -> None:
+    """Overlay planes (groups 60xx) on the new grid: their bits repeated scale x scale, the origin
+    moved. One that cannot be redrawn so (a fractional scale, several frames, bits kept in the
+    pixel data) is dropped rather than left where it no longer belongs."""
+    for group in sorted({elem.tag.group for elem in ds if 0x6000 <= elem.tag.group <= 0x601E and elem.tag.group % 2 == 0}):
+        try:
+            if scale != int(scale) or int(ds.get((group, 0x0015), 1) or 1) != 1:  # NumberOfFramesInOverlay
+                raise ValueError("no integer scale of one frame")
+            factor, bits = int(scale), ds.overlay_array(group)
+            ds[group, 0x0010].value, ds[group, 0x0011].value = bits.shape[0] * factor, bits.shape[1] * factor  # rows, columns
+            ds[group, 0x0050].value = [(int(v) - 1) * factor + 1 for v in ds[group, 0x0050].value]  # origin, 1-based
+            ds[group, 0x3000].value = pack_bits(np.kron(bits, np.ones((factor, factor), dtype=bits.dtype)).ravel())
+        except Exception:  # noqa: BLE001 - an overlay pydicom cannot read is one this cannot move
+            for tag in [elem.tag for elem in ds if elem.tag.group == group]:
+                del ds[tag]
 
 
 def derived_uid(kind: str, *parts) -> str:
@@ -406,6 +446,11 @@ def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> 
             pass  # none, or damaged: left as it was
         _shift_to_finer_grid(ds, scale)
         _divide_spacing(ds, scale)
+        _scale_shutters(ds, scale)
+        _scale_overlays(ds, scale)
+        method = LOSSY_METHODS.get(str(getattr(getattr(meta.source, "file_meta", None), "TransferSyntaxUID", "")))
+        if method and str(ds.get("LossyImageCompression", "")) != "01":  # once lossy, always said (PS3.3 C.7.6.1.1.5)
+            ds.LossyImageCompression, ds.LossyImageCompressionMethod = "01", method
         kept = list(ds.get("ImageType", []))
         kept = [kept] if isinstance(kept, str) else kept
         # Enhanced (functional group) objects allow only PRIMARY or MIXED as the second value.
@@ -439,7 +484,8 @@ def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> 
     elif "NumberOfFrames" in ds:
         ds.NumberOfFrames = 1
     what = f"medsr super-resolution x{scale:g}" + (f" ({model_name})" if model_name else "")
-    ds.DerivationDescription = what[:1024]
+    earlier = str(ds.get("DerivationDescription", "") or "").strip()  # e.g. how the source was compressed
+    ds.DerivationDescription = (f"{earlier}; {what}" if earlier else what)[-1024:]
     ds.SeriesDescription = f"{ds.get('SeriesDescription', '') or ''} medsr x{scale:g}".strip()[-64:]
 
     data = stored.astype(stored.dtype.newbyteorder("<")).tobytes()

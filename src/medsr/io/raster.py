@@ -178,14 +178,15 @@ def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
     return Image(pixels, meta)
 
 
-def _displayed(pixels: np.ndarray, meta) -> np.ndarray:
-    """What an 8-bit file made from a DICOM or NIfTI shows: the window the DICOM names, else the image
-    stretched from its darkest to its brightest value. The pixels' own [0, 1] scale spans the whole
-    stored range, where a signed 16-bit CT sits in a sliver: written as they are, 8 bits would show
-    a flat gray. (16-bit outputs keep that scale, which loses nothing.)"""
+def _displayed(pixels: np.ndarray, meta, windowed: bool) -> np.ndarray:
+    """What a PNG, TIFF, JPEG or BMP made from a DICOM or NIfTI shows. The pixels' own [0, 1] scale
+    spans the whole stored range, where a 12-bit MR or a signed CT sits in a sliver: written as they
+    are, the file would show a flat gray. So an 8-bit file (`windowed`) shows the window the DICOM
+    names, and a 16-bit one, or one without a window, the image stretched from its darkest to its
+    brightest value (16 bits hold all of it, so nothing is clipped)."""
     from medsr.io.dicom import window01
 
-    window = window01(meta) if meta.format == "dicom" else None
+    window = window01(meta) if windowed and meta.format == "dicom" else None
     low, high = window or (float(pixels.min()), float(pixels.max()))
     return np.clip((pixels - low) / (high - low), 0.0, 1.0) if high > low else pixels
 
@@ -208,8 +209,8 @@ def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = No
         raise MedsrError(f"{name}: JPEG cannot hold an image of {pixels.shape[-2]}x{pixels.shape[-1]} (limit 65500 a side); use --format png or tiff")
     # JPEG and BMP cannot hold 16-bit grayscale, so they always get 8 bits.
     bits = 16 if image.meta.bit_depth > 8 and fmt in ("png", "tiff") else 8
-    if bits == 8 and image.meta.format in ("dicom", "nifti"):
-        pixels = _displayed(pixels, image.meta)
+    if image.meta.format in ("dicom", "nifti"):
+        pixels = _displayed(pixels, image.meta, windowed=bits == 8)
     frames = [pixels] if pixels.ndim == 2 else list(pixels)
     pages = [PILImage.fromarray(to_uint(f, bits)) for f in frames]
     options = {"quality": 95} if fmt == "jpeg" else dict(PNG_OPTIONS) if fmt == "png" else {}

@@ -130,8 +130,11 @@ class Volume:
                 continue
             if path not in whole_files:
                 whole_files[path] = dicom.read_dicom(path)
-            whole = whole_files[path]
-            images.append(Image(whole.pixels.reshape(-1, *whole.pixels.shape[-2:])[frame], whole.meta))
+            frames = whole_files[path].pixels.reshape(-1, *whole_files[path].pixels.shape[-2:])
+            if frame >= len(frames):
+                raise MedsrError(f"{path}: its functional groups describe frame {frame + 1} but the file holds {len(frames)} "
+                                 f"frame(s) (NumberOfFrames); the file is damaged, re-export it")
+            images.append(Image(frames[frame], whole_files[path].meta))
         for path, image in zip(self.paths, images):
             if image.pixels.shape != self.shape[1:]:
                 raise MedsrError(f"{path}: image is {image.pixels.shape} but was {self.shape[1:]} when the series was scanned; the file changed, scan again")
