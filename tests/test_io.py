@@ -277,6 +277,18 @@ def test_a_derived_dicom_moves_what_is_given_in_pixels_and_keeps_its_lossy_histo
     assert out.DerivationDescription.startswith("lossy 10:1; medsr super-resolution x3")
 
 
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7"])
+def test_a_1_bit_dicom_is_refused_before_any_work(tmp_path, sop_class):
+    from pydicom.pixels import pack_bits
+
+    ds = pydicom.dcmread(make_dicom(tmp_path / "seg.dcm", np.zeros((8, 8))))
+    ds.SOPClassUID, ds.BitsAllocated, ds.BitsStored, ds.HighBit = sop_class, 1, 1, 0
+    ds.PixelData = pack_bits(np.eye(8, dtype=np.uint8).ravel())
+    ds.save_as(tmp_path / "seg.dcm")
+    with pytest.raises(MedsrError, match=r"seg\.dcm: a 1-bit DICOM \(a segmentation or mask\), not an image to upscale"):
+        read_image(tmp_path / "seg.dcm")
+
+
 def test_dicom_12bit_read(tmp_path):
     stored = RNG.integers(0, 4096, size=(6, 8))
     stored[0, 0], stored[0, 1] = 0, 4095

@@ -40,6 +40,7 @@ from medsr.io.types import (
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 # Transfer syntaxes that are lossy whatever the file says, and their LossyImageCompressionMethod.
 LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1", JPEGLSNearLossless: "ISO_14495_1"}
+SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage: labels, not intensities
 SERIES_NUMBER_OFFSET = 1000  # a derived series is numbered its source's SeriesNumber + 1000
 # The enhanced MR Pulse Sequence module's elements that only an ORIGINAL or MIXED image may hold
 # (dciodvfy: "present when condition unsatisfied" once ImageType says DERIVED).
@@ -169,6 +170,9 @@ def _read_dicom(path: Path, max_pixels: int) -> Image:
         raise MedsrError(f"{path}: DICOM float pixel data is not supported; export it with integer pixel data")
     if "PixelData" not in ds:
         raise MedsrError(f"{path}: DICOM file has no pixel data (not an image, e.g. a report or DICOMDIR, or truncated); pick an image file or re-export it")
+    if str(ds.get("SOPClassUID", "")) == SEGMENTATION or int(ds.get("BitsAllocated", 8) or 8) == 1:
+        raise MedsrError(f"{path}: a 1-bit DICOM (a segmentation or mask), not an image to upscale; upscale the image it "
+                         f"was drawn on, or resample the mask with nearest neighbour")
     missing = [k for k in ("Rows", "Columns", "BitsAllocated", "BitsStored") if k not in ds]
     if missing:
         raise MedsrError(f"{path}: DICOM image lacks required element(s) {', '.join(missing)}; re-export the file")

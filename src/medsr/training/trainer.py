@@ -348,9 +348,12 @@ class Trainer:
                 "medsr_recipe": json.dumps(dataclasses.asdict(self.cfg))}
 
     def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint; one that a kill left set aside (save_checkpoint) is put back first."""
+        """The newest complete checkpoint. One that a kill left set aside (save_checkpoint) is put back
+        first, or removed where its replacement took its name."""
         for aside in self.ckpt_dir.glob("step-*[0-9].old"):
-            if not aside.with_suffix("").exists():
+            if aside.with_suffix("").exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
                 aside.rename(aside.with_suffix(""))
         done = [p for p in sorted(self.ckpt_dir.glob("step-*[0-9]")) if (p / "model.safetensors").is_file() and (p / "state-rank0.pt").is_file()]
         return done[-1] if done else None
