@@ -14,8 +14,8 @@ import argparse
 import nibabel as nib
 import numpy as np
 import torch
-from common import DATA, ROOT, machine
-from zero_background import VAL_VOLUME, validation_report
+from common import DATA
+from zero_background import VAL_VOLUME, write_validation_doc
 
 from medsr import zoo
 from medsr.evaluation import quality
@@ -65,19 +65,14 @@ def main():
                quality.Method("default, flat neighbourhoods kept (shipped)", after)]
     volume = np.asanyarray(nib.load(DATA / "nifti" / f"{VAL_VOLUME}.nii.gz").dataobj, dtype=np.float32)
     lit = {m.name: background_lit(m.upscaler, volume) for m in methods[1:]}
-    command = f"python benchmarks/flat_clamp.py --limit {args.limit}"
-    lines = ["# Keeping flat neighbourhoods flat (validation split)", "", f"Produced by `{command}` ({machine()}).",
-             "The shipped default with its neighbourhood clamp as trained (every output pixel within its 3x3 LR "
-             "neighbourhood's range + 4 %, a flat neighbourhood too) and as shipped (a flat neighbourhood gives its "
-             "value exactly); x3, fp32.", "",
-             f"## Background left nonzero ({VAL_VOLUME}, every 8th axial slice)", "",
-             "Output pixels whose 3x3 source neighbourhood is all zero (a skull-stripped volume's background) that are not 0.", "",
-             "| method | nonzero background (%) |", "|---|---:|", *(f"| {name} | {share:.3f} |" for name, share in lit.items()), ""]
-    print("\n".join(lines), flush=True)
-    lines += validation_report(methods, 3, args.limit)
-    out = ROOT / "docs" / "results" / "flat-clamp.md"
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+    write_validation_doc("flat-clamp.md", "Keeping flat neighbourhoods flat (validation split)",
+                         f"python benchmarks/flat_clamp.py --limit {args.limit}",
+                         "The shipped default with its neighbourhood clamp as trained (every output pixel within its 3x3 LR "
+                         "neighbourhood's range + 4 %, a flat neighbourhood too) and as shipped (a flat neighbourhood gives its "
+                         "value exactly); x3, fp32.", methods, args.limit,
+                         [f"## Background left nonzero ({VAL_VOLUME}, every 8th axial slice)", "",
+                          "Output pixels whose 3x3 source neighbourhood is all zero (a skull-stripped volume's background) that are not 0.", "",
+                          "| method | nonzero background (%) |", "|---|---:|", *(f"| {name} | {share:.3f} |" for name, share in lit.items()), ""])
 
 
 if __name__ == "__main__":

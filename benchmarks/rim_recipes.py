@@ -19,13 +19,12 @@ Finished runs are reused from runs/rim-recipes/ (delete it after reshipping defa
 import argparse
 
 import torch
-from common import FLOAT, ROOT, machine, trained_run
-from zero_background import validation_report
+from common import FLOAT
+from zero_background import fine_tuned_default, write_validation_doc
 
 from medsr import zoo
 from medsr.evaluation import quality
 from medsr.inference.upscaler import Upscaler
-from medsr.training.config import load_config
 
 MORE_VOLUMES = ["mix.paper=0.25", "mix.native=0.25", "mix.volumes=0.5"]
 VARIANTS = {  # label: (run name, recipe changes)
@@ -44,19 +43,12 @@ def main():
     model, _ = zoo.load("default")
     methods = [quality.Method("bicubic"), quality.Method("default", Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0))]
     for label, (name, changes) in VARIANTS.items():
-        cfg = load_config(ROOT / "configs" / "default.yaml",
-                          ["init_from=default", "epochs=1", f"steps_per_epoch={args.steps}", "checkpoint_every=200", *changes])
-        tuned, _ = trained_run(cfg, ROOT / "runs" / "rim-recipes", f"{name}-{args.steps}")
-        methods.append(quality.Method(f"default + {args.steps} steps, {label}", Upscaler(tuned, 3, torch.device("cpu"), FLOAT, tile=0)))
-    command = f"python benchmarks/rim_recipes.py --steps {args.steps} --limit {args.limit}"
-    lines = ["# Recipe changes against the rim at skull-stripped edges (validation split)", "",
-             f"Produced by `{command}` ({machine()}).",
-             f"The shipped default, fine-tuned for {args.steps} more steps of configs/default.yaml with one change each "
-             f"(same seed); x3, {FLOAT}.", ""]
-    lines += validation_report(methods, 3, args.limit)
-    out = ROOT / "docs" / "results" / "rim-recipes.md"
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+        tuned = fine_tuned_default(args.steps, changes, "rim-recipes", f"{name}-{args.steps}")
+        methods.append(quality.Method(f"default + {args.steps} steps, {label}", tuned))
+    write_validation_doc("rim-recipes.md", "Recipe changes against the rim at skull-stripped edges (validation split)",
+                         f"python benchmarks/rim_recipes.py --steps {args.steps} --limit {args.limit}",
+                         f"The shipped default, fine-tuned for {args.steps} more steps of configs/default.yaml with one change each "
+                         f"(same seed); x3, {FLOAT}.", methods, args.limit)
 
 
 if __name__ == "__main__":

@@ -35,14 +35,19 @@ VAL_VOLUME = "brain-t1-sub-08"
 DEPTH = 6
 
 
+def fine_tuned_default(steps: int, changes: list[str], runs: str, name: str) -> Upscaler:
+    """The shipped default after `steps` more steps of configs/default.yaml with `changes` (key=value,
+    as --set takes them), trained once into runs/<runs>/<name> and reused from there."""
+    cfg = load_config(ROOT / "configs" / "default.yaml",
+                      ["init_from=default", "epochs=1", f"steps_per_epoch={steps}", "checkpoint_every=200", *changes])
+    model, _ = trained_run(cfg, ROOT / "runs" / runs, name)
+    return Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0)
+
+
 def fine_tuned(steps: int, share: float) -> tuple[str, Upscaler]:
     """The shipped default after `steps` more steps of its recipe with a `share` of zero-background cuts."""
-    label = f"default + {steps} steps, zero_background {share:g}"
-    name = f"default+{steps}-zb{share:g}"
-    cfg = load_config(ROOT / "configs" / "default.yaml", ["init_from=default", "epochs=1", f"steps_per_epoch={steps}",
-                                                            f"augment={{zero_background: {share}}}", "checkpoint_every=200"])
-    model, _ = trained_run(cfg, ROOT / "runs" / "zero-background", name)
-    return label, Upscaler(model, 3, torch.device("cpu"), FLOAT, tile=0)
+    upscaler = fine_tuned_default(steps, [f"augment={{zero_background: {share}}}"], "zero-background", f"default+{steps}-zb{share:g}")
+    return f"default + {steps} steps, zero_background {share:g}", upscaler
 
 
 def profile(method: quality.Method, images: list[np.ndarray], scale: int = 3) -> np.ndarray:
@@ -101,6 +106,18 @@ def validation_report(methods: list[quality.Method], scale: int, limit: int) -> 
     return lines
 
 
+def write_validation_doc(file_name: str, title: str, command: str, about: str, methods: list[quality.Method], limit: int,
+                         sections: list[str] = ()) -> None:
+    """docs/results/<file_name>: the title, the command and machine, `about`, any `sections` of the
+    caller's own, then validation_report of the methods at x3."""
+    lines = [f"# {title}", "", f"Produced by `{command}` ({machine()}).", about, "", *sections]
+    print("\n".join(lines), flush=True)
+    lines += validation_report(methods, 3, limit)
+    out = ROOT / "docs" / "results" / file_name
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=600)
@@ -112,14 +129,10 @@ def main():
     methods += [quality.Method(*fine_tuned(args.steps, share)) for share in (0.0, *args.shares)]
     shares = " ".join(f"{share:g}" for share in args.shares)
     command = f"python benchmarks/zero_background.py --steps {args.steps} --shares {shares} --limit {args.limit}"
-    lines = ["# Zero-background cuts against the rim at skull-stripped edges (validation split)", "",
-             f"Produced by `{command}` ({machine()}).",
-             f"The shipped default, fine-tuned for {args.steps} more steps of configs/default.yaml without and with a share of "
-             f"its training pairs cut to a zero background (`augment: {{zero_background: SHARE}}`, SHARE {shares}); x3, {FLOAT}.", ""]
-    lines += validation_report(methods, 3, args.limit)
-    out = ROOT / "docs" / "results" / "zero-background.md"
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}")
+    write_validation_doc("zero-background.md", "Zero-background cuts against the rim at skull-stripped edges (validation split)", command,
+                         f"The shipped default, fine-tuned for {args.steps} more steps of configs/default.yaml without and with a share of "
+                         f"its training pairs cut to a zero background (`augment: {{zero_background: SHARE}}`, SHARE {shares}); x3, {FLOAT}.",
+                         methods, args.limit)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,11 @@ def read_volume(path: Path) -> np.ndarray:
     return volume / intensity_scale(volume)
 
 
+def volume_stem(path: Path) -> str:
+    """A NIfTI file's name without .nii / .nii.gz: how recipes name volumes (brain-t1-sub-08)."""
+    return path.name.removesuffix(".gz").removesuffix(".nii")
+
+
 def volume_files(data_dirs: list[str], split: str, holdout: dict) -> list[Path]:
     """The NIfTI volumes of a split: `holdout` names the val and test files (stems, e.g. brain-t1-sub-08);
     every other volume is train. Naming subjects keeps a whole volume on one side of the split."""
@@ -143,18 +148,17 @@ def volume_files(data_dirs: list[str], split: str, holdout: dict) -> list[Path]:
         if not root.is_dir():
             raise MedsrError(f"{root}: data folder not found; pass a folder of NIfTI volumes")
         files += sorted(root.glob("*.nii")) + sorted(root.glob("*.nii.gz"))
-    stem = lambda p: p.name.removesuffix(".gz").removesuffix(".nii")
     val, test = set(holdout.get("val", [])), set(holdout.get("test", []))
-    unknown = sorted((val | test) - {stem(f) for f in files})
+    unknown = sorted((val | test) - {volume_stem(f) for f in files})
     if unknown:  # a misspelt held-out subject would be trained on
         raise MedsrError(f"{', '.join(data_dirs)}: no volume named {', '.join(unknown)} to hold out for val/test; name them by "
-                         f"file name without .nii/.nii.gz (here: {', '.join(sorted(map(stem, files))[:10]) or 'no NIfTI files'})")
+                         f"file name without .nii/.nii.gz (here: {', '.join(sorted(map(volume_stem, files))[:10]) or 'no NIfTI files'})")
     if split == "val":
-        chosen = [f for f in files if stem(f) in val]
+        chosen = [f for f in files if volume_stem(f) in val]
     elif split == "test":
-        chosen = [f for f in files if stem(f) in test]
+        chosen = [f for f in files if volume_stem(f) in test]
     else:
-        chosen = [f for f in files if stem(f) not in val | test]
+        chosen = [f for f in files if volume_stem(f) not in val | test]
     if not chosen:
         raise MedsrError(f"{', '.join(data_dirs)}: no NIfTI volumes for split '{split}' (holdout {holdout}); check data and through_plane")
     return chosen

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from medsr import metrics
-from medsr.data import degrade, load_arrays, scan, select, spread
+from medsr.data import degrade, load_arrays, scan, select, slice_profile, spread
 from medsr.data.dataset import volume_slices
 from medsr.errors import MedsrError
 from medsr.evaluation import report
@@ -82,9 +82,9 @@ def split_items(data_dirs: list[str], split: str, limit: int | None = None, held
     held_out = held_out or {}
     items = scan(data_dirs)
     folders = {item.path.parent for item in items if _volume_stem(item.path) in held_out}
-    by_name = [item for item in items if item.path.parent in folders and _volume_stem(item.path) is not None]
-    items = select([item for item in items if item not in by_name], split) + [
-        item for item in by_name if split == "all" or held_out.get(_volume_stem(item.path), "train") == split]
+    by_name = {item.path for item in items if item.path.parent in folders and _volume_stem(item.path) is not None}
+    items = select([item for item in items if item.path not in by_name], split) + [
+        item for item in items if item.path in by_name and split in ("all", held_out.get(_volume_stem(item.path), "train"))]
     items.sort(key=lambda item: item.path)
     if not items:
         raise MedsrError(f"{', '.join(data_dirs)}: no images in the '{split}' split; use --split all or add images")
@@ -102,9 +102,8 @@ def image_names(kept: list) -> list[str]:
 
 
 def _volume_stem(path: Path) -> str | None:
-    """A NIfTI file's name without .nii / .nii.gz (how recipes name volumes), else None."""
-    extension = formats.file_extension(path)
-    return path.name[: -len(extension)] if extension in (".nii", ".nii.gz") else None
+    """slice_profile.volume_stem of a NIfTI file (how recipes name volumes), else None."""
+    return slice_profile.volume_stem(path) if formats.file_extension(path) in (".nii", ".nii.gz") else None
 
 
 def check_limit(limit: int | None) -> None:
