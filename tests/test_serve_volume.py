@@ -29,9 +29,9 @@ def zipped_series() -> bytes:
     return buffer.getvalue()
 
 
-def nifti_volume(path) -> None:
+def nifti_volume(path, volumes: int = 1) -> None:
     rng = np.random.default_rng(0)
-    volume = (rng.random((40, 32, 7)) * 1000).astype(np.int16)
+    volume = (rng.random((40, 32, 7) + ((volumes,) if volumes > 1 else ())) * 1000).astype(np.int16)
     nib.save(nib.Nifti1Image(volume, np.diag([0.9, 0.9, 4.0, 1.0])), path)
 
 
@@ -49,6 +49,18 @@ def test_thin_slices_give_a_view_across_them_and_a_download_with_the_new_grid(cl
         out.write(client.get(answer["download"]).content)
     derived = nib.load(tmp_path / "out.nii.gz")
     assert derived.shape == (120, 96, 31) and np.allclose(derived.header.get_zooms(), (0.3, 0.3, 28 / 31), atol=1e-5)
+
+
+def test_a_4d_file_is_made_thin_volume_by_volume_and_the_page_shows_the_first(client, tmp_path):
+    nifti_volume(tmp_path / "fmri.nii.gz", volumes=2)
+    answer = client.post("/api/upscale?model=default&name=fmri.nii.gz&through=true",
+                         content=(tmp_path / "fmri.nii.gz").read_bytes()).json()
+    assert answer["input"]["frames"] == 31 and "holds 2 volumes" in answer["note"]  # one volume's thin slices, not two run together
+    picture = Image.open(io.BytesIO(client.get(answer["across"]["after"]).content))
+    assert picture.size == (96, answer["across"]["height"])
+    with open(tmp_path / "out.nii.gz", "wb") as out:
+        out.write(client.get(answer["download"]).content)
+    assert nib.load(tmp_path / "out.nii.gz").shape == (120, 96, 31, 2)
 
 
 def test_thin_slices_of_a_2d_image_are_refused(client):

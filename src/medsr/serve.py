@@ -329,6 +329,8 @@ class Server:
         with self.lock:
             result = volume_sr.upscale_image(image, upscaler, options)
         sr = result.pixels
+        volumes = nifti.volume_count(image.meta)  # a 4-D file's volumes are all upscaled; the page shows the first
+        lr, sr = lr[: len(lr) // volumes], sr[: len(sr) // volumes]
         if through:  # the slider's "before" is then cubic interpolation across the slices, then bicubic
             lr = self._cubic(job, lr, nifti.slice_spacing(image.meta), image.meta.pixel_spacing, nifti.slice_spacing(result.meta))
         seconds = time.perf_counter() - started
@@ -339,6 +341,8 @@ class Server:
         answer = self._keep(job, lr, sr, s, model, seconds, image.meta.format)
         if image.meta.extra.get("colour"):
             answer["note"] = f"{job.name} is {raster.COLOUR_NOTE}."
+        if volumes > 1:
+            answer["note"] = f"{job.name} holds {volumes} volumes (time points or directions): all are in the download; this page shows the first."
         if truth is not None:
             score = {k: metrics.psnr(torch.from_numpy(v)[None, None], torch.from_numpy(truth)[None, None], s).item()
                      for k, v in (("bicubic", self._bicubic(job, 0)), ("medsr", sr))}

@@ -242,12 +242,14 @@ class ThroughPlane:
 
 def through_plane_image(image: Image, options: ThroughPlane) -> Image:
     """A NIfTI volume from read_image (slices first) made thin along its slice axis, with the
-    metadata of the new grid (same field of view), which write_image turns into the exact affine."""
+    metadata of the new grid (same field of view), which write_image turns into the exact affine.
+    A 4-D file's volumes (time points, directions) are made thin one by one."""
     from medsr.io import nifti  # on first use, as medsr.io imports its format modules (nibabel is slow to import)
 
     spacing = nifti.slice_spacing(image.meta)
-    result = options.apply(image.pixels, spacing, image.meta.pixel_spacing, image.meta.path)
-    return Image(result.array, nifti.resliced(image.meta, result.spacing[0]))
+    results = [options.apply(volume, spacing, image.meta.pixel_spacing, image.meta.path)
+               for volume in np.split(image.pixels, nifti.volume_count(image.meta))]
+    return Image(np.concatenate([result.array for result in results]), nifti.resliced(image.meta, results[0].spacing[0]))
 
 
 def through_plane_series(series: Series, stacks: list[np.ndarray], options: ThroughPlane) -> tuple[list[np.ndarray], dict]:

@@ -1,4 +1,5 @@
-"""NIfTI volumes via nibabel, presented as a stack of 2-D slices (N, H, W)."""
+"""NIfTI volumes via nibabel, presented as a stack of 2-D slices (N, H, W); a 4-D file (a volume per
+time point or diffusion direction) as every volume's slices in turn."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def _load(path: Path, max_pixels: int = MAX_PIXELS):
     # Trailing singleton dimensions (e.g. X*Y*Z*1 exported as 4-D) carry no data.
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
-    if len(shape) > 3:
-        raise MedsrError(f"{path}: {len(shape)}-D NIfTI {shape} is not supported; extract a 3-D volume first (e.g. fslroi)")
+    if len(shape) > 4:
+        raise MedsrError(f"{path}: {len(shape)}-D NIfTI {shape} is not supported; extract a 3-D or 4-D volume first (e.g. fslroi)")
     if math.prod(shape) > max_pixels:
         raise TooLargeError(f"{path}: volume too large ({'x'.join(map(str, shape))} voxels, limit {max_pixels} voxels); crop or downsample it first")
     try:
@@ -59,8 +60,8 @@ def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = M
     if data.ndim < 2 or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise MedsrError(f"{path}: NIfTI data of shape {data.shape} and type {data.dtype} is not a grayscale image or volume; convert it first")
 
-    zooms = [float(z) for z in img.header.get_zooms()[: data.ndim]]
-    if data.ndim == 3:
+    zooms = [float(z) for z in img.header.get_zooms()[: min(data.ndim, 3)]]
+    if data.ndim >= 3:
         if slice_axis is None:
             # Slices across the coarsest axis; ties go to the last axis (the usual slice axis).
             slice_axis = max(range(3), key=lambda a: (zooms[a], a))
@@ -85,6 +86,9 @@ def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = M
     pixels = (values - lo) / span
     if slice_axis is not None:
         pixels = np.moveaxis(pixels, slice_axis, 0)
+    volumes = data.shape[3] if data.ndim == 4 else 1
+    if volumes > 1:  # (slices, rows, columns, volumes) -> every volume's slices in turn
+        pixels = np.moveaxis(pixels, 3, 0).reshape(-1, *pixels.shape[1:3])
 
     rows, cols = _in_plane_axes(data.ndim, slice_axis)
     spacing = (zooms[rows], zooms[cols])
@@ -96,9 +100,15 @@ def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = M
         pixel_spacing=spacing if all(z > 0 for z in spacing) else None,
         slice_axis=slice_axis,
         source=img,
-        extra={"dtype": str(data.dtype)},
+        extra={"dtype": str(data.dtype), "volumes": volumes},
     )
     return Image(np.ascontiguousarray(pixels, dtype=np.float32), meta)
+
+
+def volume_count(meta: ImageMeta) -> int:
+    """How many 3-D volumes (time points, diffusion directions) a NIfTI record from read_nifti holds:
+    its pixels are their slices in turn, volume by volume."""
+    return int(meta.extra.get("volumes", 1)) if meta.format == "nifti" else 1
 
 
 def scaled_affine(affine: np.ndarray, axes: list[int], scale: float) -> np.ndarray:
@@ -167,6 +177,9 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         slice_axis = meta.slice_axis if pixels.ndim == 3 else None
         if pixels.ndim == 3 and slice_axis is None:
             slice_axis = 2  # a stack from a 2-D source: slices become the third axis
+        volumes = volume_count(meta)
+        if volumes > 1:  # every volume's slices in turn -> (slices, rows, columns, volumes)
+            values = np.moveaxis(values.reshape(volumes, -1, *values.shape[1:]), 0, 3)
         data = np.moveaxis(values, 0, slice_axis) if slice_axis is not None else values
         dtype = np.dtype(meta.extra.get("dtype", "float32"))
         if np.issubdtype(dtype, np.integer):
