@@ -127,3 +127,22 @@ def test_a_shipped_model_at_each_scale(scale):
     maps = medsr.uncertainty_map(lr, model=name, precision="fp32")
     assert maps["combined"].shape == (20 * scale, 18 * scale)
     assert ("disagreement" in maps) == (scale == 3)  # no second shipped model at x2 and x4
+
+
+@pytest.mark.parametrize("call", [
+    lambda lr: medsr.upscale(lr, tile=7.5), lambda lr: medsr.upscale(lr, scale="3"), lambda lr: medsr.upscale(lr, device=None),
+    lambda lr: medsr.upscale_volume(np.zeros((8, 8, 4)), spacing=4.0), lambda lr: medsr.upscale_volume(np.zeros((8, 8, 4)), spacing="abc"),
+    lambda lr: medsr.upscale_volume(np.zeros((8, 8, 4)), spacing=(1, 1, 4), slice_axis=1.0),
+    lambda lr: medsr.load_model("default", precision="fp32").upscale(lr),  # uint8 into the [0, 1] upscaler: all white before
+    lambda lr: medsr.load_model("default", precision="fp32").upscale(lr.astype(np.float32)),  # 0..255 floats likewise
+    lambda lr: medsr.load_model("default", precision="fp32").upscale(lr[0].astype(np.float32) / 255),  # 1-D
+])
+def test_wrong_argument_types_and_ranges_are_one_medsr_error(call):
+    lr = (np.random.default_rng(0).random((20, 24)) * 255).astype(np.uint8)
+    with pytest.raises(medsr.MedsrError) as err:
+        call(lr)
+    assert "\n" not in str(err.value)
+
+
+def test_tile_auto_is_the_default_tile():
+    assert medsr.load_model("default", tile="auto").tile == medsr.load_model("default").tile

@@ -420,3 +420,21 @@ def test_ctrl_c_says_so_at_once_and_ctrl_c_again_stops_without_waiting(tmp_path,
     ledger = [json.loads(line)["output"] for line in (out / batch.LEDGER_NAME).read_text().splitlines()]
     assert sorted(ledger) == ["a.png", "c.png"]  # c, finished behind b, is recorded: a rerun skips it
     assert "2 not started" in summary.describe(out, 2)
+
+
+def test_a_volume_to_a_one_image_format_fails_before_the_model_runs(tmp_path, tiny_model):
+    """A NIfTI volume to PNG (or to DICOM) cannot be written: said before the volume's minutes of upscaling, not after."""
+    import nibabel as nib
+
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 16, 6)).astype(np.float32), np.diag([1.0, 1.0, 4.0, 1.0])),
+             tmp_path / "in" / "vol.nii.gz")
+    upscaler, _ = load_upscaler(tiny_model, precision="fp32")
+    calls = []
+    upscale = upscaler.upscale
+    upscaler.upscale = lambda pixels: calls.append(pixels.shape) or upscale(pixels)
+    for fmt, words in (("png", "use --format tiff or nii"), ("dcm", "use --format nii or tiff")):
+        job = batch.Job(tmp_path / "in" / "vol.nii.gz", tmp_path / "out" / f"vol.{fmt}")
+        summary = batch.run_batch([job], upscaler, format=fmt, settings={}, ledger=None)
+        assert summary.results[0].status == "failed" and words in summary.results[0].reason, summary.results[0].reason
+    assert calls == []

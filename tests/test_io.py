@@ -652,3 +652,18 @@ def test_a_pixel_limit_refuses_every_format_from_its_header(tmp_path):
         assert read_image(path, max_pixels=pixels).pixels.size == pixels
         with pytest.raises(TooLargeError, match=f"{path.name}.*too large"):
             read_image(path, max_pixels=pixels - 1)
+
+
+def test_a_scale_that_does_not_match_the_pixels_is_refused_not_written_with_wrong_spacing(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    for source in (get_testdata_file("MR_small.dcm"), tmp_path / "v.nii"):
+        if source == tmp_path / "v.nii":
+            nib.save(nib.Nifti1Image(np.zeros((16, 12, 5), np.float32), np.diag([1.0, 1.0, 4.0, 1.0])), source)
+        image = read_image(source)
+        tripled = Image(np.repeat(np.repeat(image.pixels, 3, axis=-2), 3, axis=-1), image.meta)
+        out = tmp_path / ("out" + str(source)[-4:])
+        with pytest.raises(MedsrError, match="times the scale 2"):
+            write_image(out, tripled, scale=2, model_name="m")
+        assert not out.exists()
+        write_image(out, tripled, scale=3, model_name="m")

@@ -180,3 +180,22 @@ def test_cli_bad_onnx_file_is_one_line_error(tmp_path, default_onnx, medsr_cli):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("medsr: error:") and "broken.onnx" in lines[0], result.stderr
+
+
+def test_a_missing_device_is_said_as_such_not_blamed_on_the_file(default_onnx):
+    with pytest.raises(MedsrError) as err:
+        load_upscaler(default_onnx, runtime="onnx", device="gpu")
+    assert "unknown device 'gpu'" in str(err.value) and "not a readable ONNX model" not in str(err.value)
+
+
+def test_the_graph_clips_its_output_and_carries_the_contract(default_onnx):
+    """Outside medsr the graph's output is cast to integers: a raw 1.08 wrapped round to black."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(default_onnx), providers=["CPUExecutionProvider"])
+    lr = np.full((1, 1, 24, 24), -1.0, np.float32)
+    lr[..., 8:16, 8:16] = 1.0  # a hard bright square: the raw network overshoots at its edges
+    out = session.run(["sr"], {"lr": lr})[0]
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    doc = onnx.load(str(default_onnx)).doc_string
+    assert "darkest" in doc and "brightest" in doc and "(sr + 1) / 2" in doc

@@ -139,3 +139,51 @@ def test_uncertainty_with_a_series_says_it_draws_no_maps(tmp_path, medsr_cli):
                               "--uncertainty"])
     assert result.returncode == 0, result.stderr
     assert "the DICOM series here get none" in result.stderr and not list((tmp_path / "out").glob("*.uncertainty.*"))
+
+
+def disc_with_a_report(tmp_path: Path) -> Path:
+    """The Siemens series as a disc export (a DICOMDIR indexing it) plus a structured report in the same series."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.fileset import FileSet
+    from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
+
+    disc = FileSet()
+    for path in sorted((SERIES / "siemens-sag-gre-fieldmap").glob("*.dcm")):
+        disc.add(pydicom.dcmread(path))
+    disc.write(tmp_path / "disc")
+    first = pydicom.dcmread(next((SERIES / "siemens-sag-gre-fieldmap").glob("*.dcm")), stop_before_pixels=True)
+    report = pydicom.Dataset()
+    report.file_meta = FileMetaDataset()
+    report.file_meta.MediaStorageSOPClassUID, report.file_meta.MediaStorageSOPInstanceUID = BasicTextSRStorage, generate_uid()
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.SOPClassUID, report.SOPInstanceUID, report.Modality = BasicTextSRStorage, report.file_meta.MediaStorageSOPInstanceUID, "SR"
+    report.StudyInstanceUID, report.SeriesInstanceUID = first.StudyInstanceUID, generate_uid()
+    report.save_as(tmp_path / "disc" / "report.dcm", enforce_file_format=True)
+    return tmp_path / "disc"
+
+
+@pytest.mark.parametrize("fmt", [[], ["--format", "png"]])
+def test_a_disc_export_upscales_its_images_and_leaves_the_dicomdir_and_report_out(fmt, tmp_path, medsr_cli):
+    disc = disc_with_a_report(tmp_path)
+    result = run(medsr_cli + ["upscale", str(disc), "-o", str(tmp_path / "out"), "--tile", "0", *fmt])
+    assert result.returncode == 0, result.stderr  # nothing failed: an index and a report are no failures
+    notes = [line for line in result.stderr.splitlines() if "hold no image" in line]
+    assert len(notes) == 1 and f"{disc / 'DICOMDIR'} and 1 more" in notes[0] and "left out" in notes[0], result.stderr
+    assert "skipped" not in result.stderr
+    written = sorted((tmp_path / "out").rglob("*.png" if fmt else "*.dcm"))
+    assert len(written) == 5
+    alone = run(medsr_cli + ["upscale", str(disc / "DICOMDIR"), "-o", str(tmp_path / "named"), "--tile", "0"])
+    assert alone.returncode == 1 and f"{disc / 'DICOMDIR'}: holds no image (a DICOMDIR)" in alone.stderr
+
+
+def test_an_image_without_its_pixel_data_in_a_folder_still_fails(tmp_path, medsr_cli):
+    import pydicom
+
+    (tmp_path / "in").mkdir()
+    source = sorted((SERIES / "siemens-sag-gre-fieldmap").glob("*.dcm"))[0]
+    cut = pydicom.dcmread(source)
+    del cut.PixelData  # an MR image cut short: its class says image, so it is a failure, not an index to leave out
+    cut.save_as(tmp_path / "in" / "cut.dcm")
+    result = run(medsr_cli + ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--tile", "0"])
+    assert result.returncode == 1 and "has no pixel data" in result.stderr and "left out" not in result.stderr

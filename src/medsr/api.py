@@ -183,10 +183,14 @@ def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None
     array = np.asarray(volume)
     if array.ndim != 3:
         raise MedsrError(f"upscale_volume takes a 3-D volume, not an array of shape {array.shape}; pass (X, Y, Z)")
-    spacing = tuple(float(s) for s in spacing)
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise MedsrError(f"spacing {spacing!r} must be 3 positive numbers (mm), one per axis of the volume") from None
     if len(spacing) != 3 or not all(s > 0 for s in spacing):
         raise MedsrError(f"spacing {spacing} must be 3 positive numbers (mm), one per axis of the volume")
-    if slice_axis is not None and slice_axis not in (-3, -2, -1, 0, 1, 2):
+    if slice_axis is not None and (isinstance(slice_axis, bool) or not isinstance(slice_axis, (int, np.integer))
+                                   or slice_axis not in (-3, -2, -1, 0, 1, 2)):
         raise MedsrError(f"slice_axis {slice_axis}: a 3-D volume has axes 0, 1 and 2; pass one of them (or None: the coarsest)")
     axis = int(np.argmax(spacing)) if slice_axis is None else slice_axis % 3
     _checked_unit(array, volume=True)

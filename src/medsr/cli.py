@@ -97,20 +97,26 @@ def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
     return out_dir / (rel if fmt is None else with_format_extension(rel, fmt))
 
 
-def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> list:
+def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None, named: set[Path] = frozenset()) -> list:
     """One job per file, except that while the output stays DICOM or is NIfTI, the volumes of a DICOM
     series are one job that writes one derived series (or one NIfTI file); a series that cannot form a
-    volume is said so (one line) and done file by file."""
+    volume is said so (one line) and done file by file. DICOM files in a folder that hold no image (a
+    DICOMDIR, reports, presentation states) are left out with one note; `named` files are kept (and fail)."""
     from medsr.inference import batch
     from medsr.io.formats import format_named, format_of_path
 
     as_series = fmt is None or format_named(fmt).name in ("dicom", "nifti")
-    dicom_files = [path for path, _ in pairs if as_series and getattr(format_of_path(path), "name", "") == "dicom"]
-    series_of = {}
+    dicom_files = [path for path, _ in pairs if getattr(format_of_path(path), "name", "") == "dicom"]
+    series_of, left_out = {}, set()
     if dicom_files:  # pydicom loads only when there are DICOM files
         from medsr.io import series as series_io
 
         for found in series_io.scan_series(dicom_files):
+            if not found.images:
+                left_out.update(path for path in found.paths if path not in named)
+                continue
+            if not as_series:
+                continue
             if found.repeats and found.volumes:  # (without a volume every file is done on its own)
                 print(f"medsr: note: {found.repeats[0]}" + (f" and {len(found.repeats) - 1} more" if len(found.repeats) > 1 else "")
                       + ": a copy of another file of its series (the same SOPInstanceUID); left out", file=sys.stderr)
@@ -118,9 +124,15 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None) -> lis
                 series_of.update(dict.fromkeys(found.paths, found))
             elif len(found.paths) > 1 and found.spatial:  # radiographs without positions are not series to warn about
                 print(f"medsr: note: {found.message}", file=sys.stderr)
+    if left_out:
+        first = min(left_out)
+        print(f"medsr: note: {first}" + (f" and {len(left_out) - 1} more" if len(left_out) > 1 else "")
+              + ": DICOM objects that hold no image (a DICOMDIR, reports, presentation states); left out", file=sys.stderr)
     jobs, started = [], set()
     for path, rel in pairs:
         found = series_of.get(path)
+        if path in left_out:
+            continue
         if found is None:
             jobs.append(batch.Job(path, _output_path(rel, out_dir, fmt)))
         elif found.uid not in started:  # the whole series is one job, where its first file is
@@ -213,7 +225,7 @@ def _upscale(args) -> int:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
     if summary_path.is_dir():
         raise MedsrError(f"{summary_path}: --summary names a folder; give a file, such as {summary_path / batch.SUMMARY_NAME}")
-    jobs = _jobs(pairs, out_dir, args.format)
+    jobs = _jobs(pairs, out_dir, args.format, {Path(text) for text in args.inputs})
     if jobs and all(job.series is None and job.output.resolve() == job.input.resolve() for job in jobs):
         raise MedsrError(f"{jobs[0].input}: -o {out_dir} would overwrite the input(s) with their outputs; choose another "
                          "output folder (or another --format)")
@@ -333,10 +345,10 @@ def _serve(args) -> int:
 
 
 def _export(args) -> int:
-    from medsr.inference.onnx import export_onnx
+    from medsr.inference.onnx import CONTRACT, export_onnx
 
     path = export_onnx(args.model, Path(args.output), args.opset)
-    print(f"wrote {path} (ONNX opset {args.opset}, fp32, input 'lr' (1, 1, H, W) in [-1, 1], any H and W)")
+    print(f"wrote {path} (ONNX opset {args.opset}, fp32, any H and W): {CONTRACT}")
     return 0
 
 

@@ -49,6 +49,8 @@ def default_tile(device: torch.device | None, precision: str) -> int:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    if not isinstance(name, str):
+        raise MedsrError(f"device {name!r}: give a name, auto, cpu or cuda")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -46,6 +46,7 @@ from medsr.files import LEDGER_NAME, atomic_write, sha256_file  # noqa: F401 - b
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
+from medsr.io.dispatch import check_writable
 from medsr.io.formats import file_extension, format_named, jpeg_coded
 from medsr.io.types import quiet_libraries
 
@@ -357,6 +358,7 @@ class JobRunner:
         """The model's part: (result, hallucination maps or None). Raises MedsrError or MemoryError."""
         if job.series is not None:  # the maps are drawn for single files only
             return volume_sr.upscale_series(job.series, data, self.upscaler, self.through_plane), None
+        check_writable(job.output, data, format=self.format, name=job.input)  # a volume to PNG: said before its minutes of work, not after
         sr = volume_sr.upscale_image(data, self.upscaler, self.through_plane)
         maps = None if not self.uncertainty else hallucination.hallucination_maps(data.pixels, self.upscaler, self.reference,
                                                                                   sr01=sr.pixels)

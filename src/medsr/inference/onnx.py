@@ -1,5 +1,5 @@
 """Export a generator to ONNX: fp32, input "lr" shaped (1, 1, H, W) in [-1, 1] with any H and W,
-output "sr" shaped (1, 1, H*scale, W*scale), and the medsr metadata in the file's metadata_props
+output "sr" shaped (1, 1, H*scale, W*scale) in [-1, 1] (clipped in the graph), and the medsr metadata in the file's metadata_props
 (medsr_arch, medsr_scale, medsr_config, medsr_source_model, ...) so an .onnx file carries its scale.
 
 The TorchScript exporter (`dynamo=False`) is used: it gives correct dynamic sizes for the EDSR,
@@ -49,6 +49,25 @@ def require(module: str) -> ModuleType:
         raise MedsrError(f"ONNX support needs the '{module}' package, which is not installed: pip install -e \".[onnx]\"") from None
 
 
+# What a caller does around the graph to get medsr's result (medsr.inference.upscaler.TiledUpscaler):
+# the models were trained on images spanning the full range, so each image is stretched to its own.
+CONTRACT = (f"{INPUT_NAME} (1, 1, H, W) float32 = 2 * (image - min) / (max - min) - 1, each image stretched from its own "
+            f"darkest (min) to brightest (max) value as medsr does; {OUTPUT_NAME} (1, 1, H*scale, W*scale) in [-1, 1]; "
+            f"the upscaled image = min + ({OUTPUT_NAME} + 1) / 2 * (max - min)")
+
+
+class _Clipped(torch.nn.Module):
+    """The generator with its output clipped to [-1, 1], as medsr clips it: raw outputs reach a little
+    beyond, which wraps around when cast to integers."""
+
+    def __init__(self, generator: torch.nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        return self.generator(lr).clamp(-1.0, 1.0)
+
+
 def onnx_bytes(generator: torch.nn.Module, meta: dict[str, str], source: str, opset: int = DEFAULT_OPSET) -> bytes:
     """The serialized ONNX model of a loaded generator, checked at two sizes against PyTorch."""
     if not MIN_OPSET <= opset <= MAX_OPSET:  # checked first: the exporter prints its whole graph when it refuses one
@@ -62,6 +81,7 @@ def onnx_bytes(generator: torch.nn.Module, meta: dict[str, str], source: str, op
     generator = generator.float().cpu().eval()
     if hasattr(generator, "fused_for_inference"):
         generator = generator.fused_for_inference()
+    generator = _Clipped(generator)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and tracer notes; the size check below is the real test
@@ -73,7 +93,7 @@ def onnx_bytes(generator: torch.nn.Module, meta: dict[str, str], source: str, op
             raise MedsrError(f"{source}: ONNX export (opset {opset}) failed: {str(err).splitlines()[0][:200]}; "
                              "try another --opset or --runtime torch") from None
     model = onnx.load_from_string(buffer.getvalue())
-    model.doc_string = f"medsr {arch} x{meta.get('medsr_scale')}: {INPUT_NAME} (1, 1, H, W) in [-1, 1] -> {OUTPUT_NAME} in [-1, 1]"
+    model.doc_string = f"medsr {arch} x{meta.get('medsr_scale')}: {CONTRACT}"
     props = {k: v for k, v in meta.items() if k.startswith("medsr_")}
     props["medsr_source_model"] = source
     for key, value in props.items():

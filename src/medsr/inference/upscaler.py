@@ -21,12 +21,28 @@ from medsr.models.value_range import to_signed, to_unit
 from medsr.settings import RUNTIMES, TILE, TILE_OVERLAP
 
 
+def _check_unit(pixels01) -> None:
+    """A MedsrError unless `pixels01` is an (H, W) or (N, H, W) float array in [0, 1]: 8-bit values
+    (0..255) would all come out white, without a word."""
+    if not isinstance(pixels01, np.ndarray) or pixels01.ndim not in (2, 3) or not np.issubdtype(pixels01.dtype, np.floating):
+        what = f"{pixels01.dtype} array of shape {pixels01.shape}" if isinstance(pixels01, np.ndarray) else type(pixels01).__name__
+        raise MedsrError(f"upscale takes an (H, W) or (N, H, W) float array in [0, 1], not a {what}; "
+                         "medsr.upscale() takes any dtype and range")
+    low, high = (float(pixels01.min()), float(pixels01.max())) if pixels01.size else (0.0, 0.0)
+    if not (0.0 <= low and high <= 1.0):  # NaN fails too
+        raise MedsrError(f"upscale takes values in [0, 1], and these span {low:g} to {high:g}; scale them first (8-bit: "
+                         "pixels / 255) or call medsr.upscale(), which takes any dtype and range")
+
+
 class TiledUpscaler:
     """Tiling and the per-image range stretch, shared by the runtimes. A subclass supplies `_run`,
     which upscales one tile ([0, 1] in, [0, 1] out); arrays are (H, W) or (N, H, W) in [0, 1]."""
 
     def __init__(self, scale: int, tile: int | None = None, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
-        # tile None: TILE (the torch Upscaler then takes hardware.default_tile's choice)
+        # tile None or "auto": TILE (the torch Upscaler then takes hardware.default_tile's choice)
+        tile = None if tile == "auto" else tile
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer))):
+            raise MedsrError(f"tile {tile!r}: give a whole number of LR pixels, 0 (the whole image at once) or None (auto)")
         if tile is not None and tile < 0:
             raise MedsrError(f"tile {tile}: give 0 (the whole image at once) or a tile size in LR pixels")
         if tile_overlap < 0:
@@ -62,6 +78,7 @@ class TiledUpscaler:
 
     def upscale(self, pixels01: np.ndarray) -> np.ndarray:
         """(H, W) or (N, H, W) [0, 1] -> upscaled, each frame / slice on its own."""
+        _check_unit(pixels01)
         if pixels01.ndim == 2:
             return self.upscale_plane(pixels01)
         return np.stack([self.upscale_plane(plane) for plane in pixels01])
@@ -79,7 +96,7 @@ class Upscaler(TiledUpscaler):
         if precision == "auto" and device.type == "cpu" and hardware.cpu_runs_int8_auto() and int8.within_budget(calibration):
             precision = "int8"  # as exact as bf16 within int8.AUTO_BUDGET_DB, and faster
         self.precision = "int8" if precision == "int8" else "bf16" if self.dtype == torch.bfloat16 else "fp32"  # what runs
-        self.tile = hardware.default_tile(device, self.precision) if tile is None else tile
+        self.tile = hardware.default_tile(device, self.precision) if tile in (None, "auto") else tile
         model = model.to(device).eval()
         if hasattr(model, "fused_for_inference"):
             model = model.fused_for_inference()  # same function, fewer operations
@@ -120,9 +137,9 @@ class OnnxUpscaler(TiledUpscaler):
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as the torch runtime
         options.log_severity_level = 3  # errors only: onnxruntime's own warnings would interleave with medsr's output
+        providers = _onnx_providers(ort, device)  # its own error (no such device), not the file's
         try:
-            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                                providers=_onnx_providers(ort, device))
+            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types, with multi-line messages
             raise MedsrError(f"{name}: not a readable ONNX model ({type(err).__name__}); check the file is complete "
                              "or export it again with 'medsr export'") from None
@@ -181,6 +198,8 @@ def load_upscaler(model: str | Path | None = None, *, scale: int | None = None, 
     """
     if runtime not in RUNTIMES:
         raise MedsrError(f"unknown runtime '{runtime}'; use {' or '.join(RUNTIMES)}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, np.integer))):
+        raise MedsrError(f"scale {scale!r}: give a whole number (2, 3 or 4 for the shipped models) or None (the model's own)")
     model = zoo.default_model(scale) if model is None else model
     is_onnx_file = Path(str(model)).suffix.lower() == ".onnx"
     if runtime == "torch":

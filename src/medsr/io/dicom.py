@@ -17,6 +17,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pack_bits
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -159,6 +160,28 @@ def lossy_jpeg(path: Path) -> bool:
     return syntax in (JPEGBaseline8Bit, JPEGExtended12Bit)
 
 
+def check_stack(pixels: np.ndarray, meta: ImageMeta, name) -> None:
+    """A MedsrError for several slices from a source that is not DICOM: a Secondary Capture holds one
+    frame and no slice position or orientation, and only a DICOM source gives the scanner's tags."""
+    if meta.format != "dicom" and pixels.ndim == 3 and len(pixels) > 1:
+        raise MedsrError(f"{name}: cannot write the {len(pixels)} slices of a {meta.format} volume as DICOM (only a DICOM "
+                         f"source gives the scanner's tags and slice geometry a DICOM series needs); use --format nii or tiff")
+
+
+def non_image_class(ds: Dataset) -> str | None:
+    """What `ds` is, by its storage class, where the file holds no image and its class says so: "DICOMDIR",
+    "DICOM Basic Text SR object" (a report), a presentation state, a PDF... None for an image, and for
+    a file without pixel data whose class does not say (a truncated image)."""
+    if any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return None
+    meta = getattr(ds, "file_meta", None)
+    uid = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    name = UID(str(uid)).name if uid else ""
+    if not name.endswith(" Storage") or "Image" in name:
+        return None
+    return "DICOMDIR" if name == "Media Storage Directory Storage" else f"DICOM {name.removesuffix(' Storage')} object"
+
+
 def read_dicom(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
     with quiet_libraries():
         return _read_dicom(path, max_pixels)
@@ -168,6 +191,9 @@ def _read_dicom(path: Path, max_pixels: int) -> Image:
     ds = read_dataset(path)
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         raise MedsrError(f"{path}: DICOM float pixel data is not supported; export it with integer pixel data")
+    kind = non_image_class(ds)
+    if kind:
+        raise MedsrError(f"{path}: holds no image (a {kind}); pick an image file (in a folder, medsr leaves such files out)")
     if "PixelData" not in ds:
         raise MedsrError(f"{path}: DICOM file has no pixel data (not an image, e.g. a report or DICOMDIR, or truncated); pick an image file or re-export it")
     if str(ds.get("SOPClassUID", "")) == SEGMENTATION or int(ds.get("BitsAllocated", 8) or 8) == 1:
@@ -425,6 +451,10 @@ def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> 
     if pixels.shape[-1] > 65535 or pixels.shape[-2] > 65535:
         raise MedsrError(f"{name}: image {pixels.shape[-2]}x{pixels.shape[-1]} exceeds DICOM's 65535 rows/columns; use a smaller scale")
     if meta.format == "dicom" and isinstance(meta.source, Dataset):
+        rows, cols = int(meta.source.Rows), int(meta.source.Columns)
+        if tuple(pixels.shape[-2:]) != (round(rows * scale), round(cols * scale)):  # else every spacing written would be wrong
+            raise MedsrError(f"{name}: the pixels are {pixels.shape[-2]}x{pixels.shape[-1]}, not the source's {rows}x{cols} "
+                             f"times the scale {scale:g}; pass the scale they were upscaled by")
         ds = copy.deepcopy(meta.source)
         if "PixelData" in ds:
             del ds.PixelData
@@ -464,10 +494,7 @@ def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> 
             if keyword in ds:
                 delattr(ds, keyword)
     else:
-        if pixels.ndim == 3 and len(pixels) > 1:
-            # A Secondary Capture holds one frame and no slice position or orientation.
-            raise MedsrError(f"{name}: cannot write the {len(pixels)} slices of a {meta.format} volume as DICOM (only a DICOM "
-                             f"source gives the scanner's tags and slice geometry a DICOM series needs); use --format nii or tiff")
+        check_stack(pixels, meta, name)
         ds = _secondary_capture(meta)
         stored = to_uint(pixels.reshape(pixels.shape[-2:]), int(ds.BitsStored))
         top, (low, high) = 2 ** int(ds.BitsStored) - 1, meta.value_range

@@ -70,6 +70,21 @@ def _output_format(path: Path, meta: ImageMeta, name: str | None) -> Format:
     return format_named(meta.format if meta.format in FORMAT_NAMES else "png", path)
 
 
+def check_writable(path: str | os.PathLike, image: Image, *, format: str | None = None, name=None) -> None:
+    """The MedsrError write_image(path, image, format=format) would raise for a stack of slices the
+    output format cannot hold, raised before any upscaling (a volume's minutes of work) is spent;
+    `name` (default: path) starts the message."""
+    fmt = _output_format(Path(path), image.meta, format)
+    if fmt.module == "dicom":
+        from medsr.io.dicom import check_stack
+
+        check_stack(image.pixels, image.meta, name or path)
+    elif fmt.module == "raster":
+        from medsr.io.raster import check_stack
+
+        check_stack(image.pixels, fmt.name, image.meta, name or path)
+
+
 def write_image(
     path: str | os.PathLike,
     image: Image,

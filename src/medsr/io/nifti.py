@@ -1,5 +1,6 @@
 """NIfTI volumes via nibabel, presented as a stack of 2-D slices (N, H, W); a 4-D file (a volume per
-time point or diffusion direction) as every volume's slices in turn."""
+time point or diffusion direction) as every volume's slices in turn; a 2-D file as (y, x), rows along
+y, as a viewer draws it (and as medsr and dcm2niix write a single image: columns along x)."""
 
 from __future__ import annotations
 
@@ -90,7 +91,9 @@ def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = M
     if volumes > 1:  # (slices, rows, columns, volumes) -> every volume's slices in turn
         pixels = np.moveaxis(pixels, 3, 0).reshape(-1, *pixels.shape[1:3])
 
-    rows, cols = _in_plane_axes(data.ndim, slice_axis)
+    if data.ndim == 2:  # (x, y) as a viewer draws it, dcm2niix and medsr write one: columns along x
+        pixels = pixels.T
+    rows, cols = (1, 0) if data.ndim == 2 else _in_plane_axes(data.ndim, slice_axis)
     spacing = (zooms[rows], zooms[cols])
     meta = ImageMeta(
         path=str(path),
@@ -166,6 +169,31 @@ def _transform_forms(header: nib.Nifti1Header, transform) -> None:
         header.set_qform(transform(qform), code=int(qform_code))
 
 
+def _dicom_affine(meta: ImageMeta, row: float, col: float) -> np.ndarray | None:
+    """The RAS affine of (column, row, frame) indices for a DICOM file that says where it lies
+    (ImagePositionPatient, ImageOrientationPatient, PixelSpacing), as dcm2niix places it; None otherwise."""
+    if meta.format != "dicom" or meta.pixel_spacing is None:
+        return None
+    from medsr.io import dicom  # pydicom loads only for DICOM sources
+
+    ds = meta.source
+    position = dicom.float_vector(ds.get("ImagePositionPatient"), 3)
+    orientation = dicom.float_vector(ds.get("ImageOrientationPatient"), 6)
+    if position is None or orientation is None:
+        return None
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    if not np.linalg.norm(normal) > 0:
+        return None
+    try:
+        step = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+    except (TypeError, ValueError):
+        step = 1.0
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * col, col_dir * row, normal / np.linalg.norm(normal) * step, position
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
 def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:
     meta = image.meta
     pixels = image.pixels.astype(np.float64)
@@ -180,7 +208,7 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         volumes = volume_count(meta)
         if volumes > 1:  # every volume's slices in turn -> (slices, rows, columns, volumes)
             values = np.moveaxis(values.reshape(volumes, -1, *values.shape[1:]), 0, 3)
-        data = np.moveaxis(values, 0, slice_axis) if slice_axis is not None else values
+        data = np.moveaxis(values, 0, slice_axis) if slice_axis is not None else values.T  # 2-D: columns along x
         dtype = np.dtype(meta.extra.get("dtype", "float32"))
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
@@ -189,17 +217,27 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         header = source.header.copy()
         zooms = [float(z) for z in header.get_zooms()] + [1.0, 1.0, 1.0]  # padded for a 2-D source
     else:
-        # From a raster or DICOM: keep real units as float32, slices along the third axis.
+        # From a raster or DICOM file: real units as float32 (MONOCHROME1's stored values, as read_dicom
+        # showed them inverted), axes (column, row[, frame]) as NIfTI and dcm2niix order an image.
+        if meta.photometric == "MONOCHROME1":
+            values = hi - (values - lo)
         slice_axis = 2 if pixels.ndim == 3 else None
-        data = (np.moveaxis(values, 0, 2) if slice_axis is not None else values).astype(np.float32)
+        data = np.ascontiguousarray(values.T if pixels.ndim == 2 else np.transpose(values, (2, 1, 0)), dtype=np.float32)
         header = nib.Nifti1Header()
         row, col = meta.pixel_spacing or (1.0, 1.0)
-        affine = np.diag([row, col, 1.0, 1.0])
-        zooms = [row, col, 1.0]
+        affine = _dicom_affine(meta, row, col)
+        scanner = affine is not None
+        if affine is None:  # no place in a scanner: upright in a viewer, the first row at the top
+            affine = np.diag([col, -row, 1.0, 1.0])
+            affine[1, 3] = row * (round(pixels.shape[-2] / scale) - 1)
+        zooms = [col, row, 1.0]
 
     axes = _in_plane_axes(data.ndim, slice_axis)
     new_zooms = [z / scale if a in axes else z for a, z in enumerate(zooms[: data.ndim])]
     if source is not None:
+        if any(data.shape[a] != round(source.shape[a] * scale) for a in axes):  # else the affine written would be wrong
+            raise MedsrError(f"{target or path}: the upscaled volume is {'x'.join(map(str, data.shape))}, not the source's "
+                             f"{'x'.join(map(str, source.shape))} times the scale {scale:g} in-plane; pass the scale it was upscaled by")
         header.set_data_shape(data.shape)
         _transform_forms(header, lambda affine: scaled_affine(affine, axes, scale))
         header.set_zooms(new_zooms)
@@ -208,8 +246,9 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         new_affine = scaled_affine(affine, axes, scale)
         out = nib.Nifti1Image(data, new_affine, header)
         out.header.set_zooms(new_zooms)
-        out.set_sform(new_affine, code=2)  # 2 = aligned to another scan: a raster or DICOM file has no NIfTI space
-        out.set_qform(new_affine, code=2)
+        code = 1 if scanner else 2  # 1: the scanner's space (a DICOM file's position); 2: aligned to another scan
+        out.set_sform(new_affine, code=code)
+        out.set_qform(new_affine, code=code)
     out.header["descrip"] = (f"medsr x{scale:g} {model_name}".strip())[:79].encode()
     with quiet_libraries():  # header fixes nibabel logs for a damaged source header
         nib.save(out, path)

@@ -191,6 +191,13 @@ def _displayed(pixels: np.ndarray, meta, windowed: bool) -> np.ndarray:
     return np.clip((pixels - low) / (high - low), 0.0, 1.0) if high > low else pixels
 
 
+def check_stack(pixels: np.ndarray, fmt: str, meta: ImageMeta, name) -> None:
+    """A MedsrError for a stack of slices (a volume, frames, pages) to a format that holds one image."""
+    if pixels.ndim == 3 and len(pixels) > 1 and fmt != "tiff":
+        choices = "tiff, dcm or nii" if meta.format == "dicom" else "tiff or nii"  # a DICOM volume needs a DICOM source
+        raise MedsrError(f"{name}: cannot write a stack of {pixels.shape[0]} slices as {fmt.upper()}; use --format {choices}")
+
+
 def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = None) -> None:
     """Write to `path` as 8-bit, or 16-bit where the input had more than 8 bits and the format can hold it.
 
@@ -200,11 +207,7 @@ def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = No
     pixels = image.pixels
     if pixels.ndim == 3 and pixels.shape[0] == 1:
         pixels = pixels[0]
-    if pixels.ndim == 3 and fmt != "tiff":
-        raise MedsrError(
-            f"{name}: cannot write a stack of {pixels.shape[0]} slices as {fmt.upper()}; "
-            "use --format tiff, dcm or nii"
-        )
+    check_stack(pixels, fmt, image.meta, name)
     if fmt == "jpeg" and max(pixels.shape[-2:]) > 65500:  # libjpeg's limit; it fails mid-write otherwise
         raise MedsrError(f"{name}: JPEG cannot hold an image of {pixels.shape[-2]}x{pixels.shape[-1]} (limit 65500 a side); use --format png or tiff")
     # JPEG and BMP cannot hold 16-bit grayscale, so they always get 8 bits.

@@ -66,6 +66,7 @@ class _Slice:
     identity: tuple  # what tells volumes apart: echo, b-value, gradient, time point, stack
     order: tuple  # how to order several slices at one position when identity does not
     problem: str | None = None  # why this slice cannot be part of any volume
+    image: bool = True  # False: the file holds no image and its class says so (a DICOMDIR, a report: dicom.non_image_class)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class Series:
     reason: str | None = None  # set: process these files one by one (dicom.write_dicom)
     spatial: bool = True  # some file has ImagePositionPatient and ImageOrientationPatient: a volume was possible
     repeats: list[Path] = dataclasses.field(default_factory=list)  # copies of files already in (same SOPInstanceUID): left out
+    images: bool = True  # False: none of its files holds an image (DICOMDIR, reports, presentation states)
 
     @property
     def message(self) -> str:
@@ -263,6 +265,7 @@ def _file_slices(path: Path) -> tuple[str, list[_Slice]]:
             ds = dicom.read_dataset(path)
     except MedsrError as err:
         return "", [_Slice(path, Dataset(), None, None, None, None, (), (), (), problem=str(err).split(": ", 1)[-1])]
+    kind = dicom.non_image_class(ds)
     has_pixels = "PixelData" in ds
     if has_pixels:
         del ds.PixelData  # headers only; Volume.pixels reads the files again
@@ -270,10 +273,10 @@ def _file_slices(path: Path) -> tuple[str, list[_Slice]]:
     if ds.get("PerFrameFunctionalGroupsSequence"):
         return uid, _frame_slices(path, ds)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    problem = None if has_pixels else "has no pixel data (not an image)"
+    problem = None if has_pixels else f"holds no image (a {kind})" if kind else "has no pixel data (not an image)"
     if frames > 1:
         problem = "is a multi-frame file without per-frame positions"
-    return uid, [_slice(
+    return uid, [dataclasses.replace(_slice(
         path, ds, None, ds, ds, ds,
         identity=(
             _sortable(ds.get("EchoNumbers")),
@@ -285,7 +288,7 @@ def _file_slices(path: Path) -> tuple[str, list[_Slice]]:
         order=(_sortable(ds.get("TriggerTime")), _sortable(ds.get("AcquisitionNumber")),
                _sortable(ds.get("AcquisitionTime")), _sortable(ds.get("InstanceNumber"))),
         problem=problem,
-    )]
+    ), image=kind is None)]
 
 
 def scan_series(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Series]:
@@ -310,7 +313,7 @@ def scan_series(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         uid, slices = _file_slices(path)
         if not uid:
             reason = slices[0].problem or "has no SeriesInstanceUID"
-            loose.append(Series("", [path], [], reason, spatial=False))
+            loose.append(Series("", [path], [], reason, spatial=False, images=slices[0].image))
         else:
             by_uid[uid].extend(slices)
     found = []
@@ -320,7 +323,7 @@ def scan_series(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         groups, reason = _split_volumes(slices)
         volumes = [] if reason else _volumes(uid, groups)
         spatial = any(s.position is not None and s.orientation is not None for s in slices)
-        found.append(Series(uid, files, volumes, reason, spatial, repeats))
+        found.append(Series(uid, files, volumes, reason, spatial, repeats, images=any(s.image for s in slices)))
     return found + loose
 
 
