@@ -380,3 +380,17 @@ def test_serve_without_fastapi_says_what_to_install(tmp_path):
     result = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from medsr.cli import main; "
                              "sys.exit(main(['serve']))", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and ".[serve]" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_name_in_any_script_is_kept_and_the_download_says_it(client):
+    answer = client.post("/api/upscale", params={"model": "default", "name": "ñandú 日本語.png"}, content=png_bytes(12, 12)).json()
+    assert answer["name"] == "ñandú 日本語.png" and answer["download_name"] == "ñandú 日本語-medsr-default-x3.png"
+    header = client.get(answer["download"]).headers["content-disposition"]
+    assert "filename*=utf-8''" in header and "%E6%97%A5" in header  # RFC 6266: the name percent-encoded
+    assert client.post("/api/upscale", params={"name": "../../a/b\\c.png"}, content=png_bytes(12, 12)).json()["name"] == "c.png"
+
+
+def test_a_wrongly_typed_parameter_is_one_line_not_a_validation_dump(client):
+    answer = client.post("/api/upscale", params={"name": "a.png", "through": "maybe"}, content=png_bytes(12, 12))
+    assert answer.status_code == 400 and answer.json() == {"error": answer.json()["error"]}
+    assert answer.json()["error"].startswith("through: ") and "\n" not in answer.json()["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 
 import nibabel as nib
@@ -173,3 +174,26 @@ def test_page_shows_a_volume_across_its_thin_slices_in_chromium(served, page, tm
     assert box["height"] / box["width"] == pytest.approx(93 / 96, rel=0.02)  # true proportions across the slices
     page.select_option("#view", "slices")
     page.wait_for_function("document.getElementById('after').src.includes('/after?slice=15')")
+
+
+def test_volume_errors_name_the_users_file(client, tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 6), np.float32), np.eye(4)), tmp_path / "iso1mm.nii.gz")  # already thin
+    answer = client.post("/api/upscale?model=default&name=iso1mm.nii.gz&through=true", content=(tmp_path / "iso1mm.nii.gz").read_bytes())
+    assert answer.status_code == 400 and answer.json()["error"].startswith("iso1mm.nii.gz: ") and "input" not in answer.json()["error"]
+
+
+@needs_data
+def test_a_zipped_series_names_its_own_files_and_says_how_many_volumes_it_holds(client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(SIEMENS.glob("*.dcm")):
+            if path.name != "3.dcm":  # a slice missing: no volume
+                archive.write(path, f"export/{path.name}")
+    answer = client.post("/api/upscale?model=default&name=gap.zip", content=buffer.getvalue())
+    assert answer.status_code == 400 and "export/" in answer.json()["error"] and not re.search(r"\b\d{5}\b", answer.json()["error"])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted((DATA / "dicom-series" / "philips-epi-fmri").glob("*.dcm")):
+            archive.write(path, path.name)
+    answer = client.post("/api/upscale?model=default&name=fmri.zip", content=buffer.getvalue()).json()
+    assert answer["volumes"] == 3 and "holds 3 volumes" in answer["note"]

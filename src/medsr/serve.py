@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image as PILImage
@@ -94,8 +95,9 @@ class UserError(Exception):
 
 
 def _safe_name(name: str) -> str:
-    """The uploaded file's base name, reduced to characters that are safe in a path and a header."""
-    base = re.sub(r"[^A-Za-z0-9._ -]", "_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
+    """The uploaded file's base name, reduced to characters that are safe in a path (letters and digits
+    of any script, '.', '-', '_', space); the download's header spells non-ASCII names as RFC 6266 asks."""
+    base = re.sub(r"[^\w. -]", "_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"  # \w: letters of any script
     extension = file_extension(Path(base))[:20]  # kept when the name is cut: it says how to read the file
     stem = base[: len(base) - len(extension)]
     return stem[: 120 - len(extension)] + extension
@@ -107,21 +109,22 @@ def _suffix(name: str) -> str:
     return extension if extension in (*SUPPORTED_EXTENSIONS, ".zip") else ""
 
 
-def _unzip(path: Path, folder: Path, name: str, limit_bytes: int) -> list[Path]:
-    """The zip's files, extracted flat into `folder` under numbered names: nothing in the archive
-    chooses where it is written, and more than `limit_bytes` unpacked (a zip bomb) is refused."""
+def _unzip(path: Path, folder: Path, name: str, limit_bytes: int) -> dict[Path, str]:
+    """The zip's files, extracted flat into `folder` under numbered names (nothing in the archive
+    chooses where it is written; more than `limit_bytes` unpacked, a zip bomb, is refused), each with
+    its name in the zip, which messages use."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
             if sum(m.file_size for m in members) > limit_bytes:
                 raise UserError(f"{name} unpacks to more than {limit_bytes / 2**20:g} MB; upload a smaller series or use 'medsr upscale'", 413)
             folder.mkdir()
-            files = []
+            files = {}
             for number, member in enumerate(members):
                 target = folder / f"{number:05d}"
                 with archive.open(member) as source, target.open("wb") as out:
                     shutil.copyfileobj(source, out)
-                files.append(target)
+                files[target] = member.filename
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as err:
         raise UserError(f"{name} is not a readable zip file ({type(err).__name__}); zip the series' files again") from None
     return files
@@ -288,10 +291,11 @@ class Server:
         slice, as `medsr upscale` does a folder; the download is a zip of the derived series
         (series_io.write_derived_series), and the page shows the first."""
         files = _unzip(path, job.folder / "series", job.name, 4 * self.max_upload_bytes)
-        found = series_io.scan_series(files)
+        found = series_io.scan_series(list(files))
         volumes = [series for series in found if series.volumes]
         if not volumes:
             why = next((series.reason for series in found if series.uid), "no file in it is a DICOM image")
+            why = re.sub(r"\b\d{5}\b", lambda number: files.get(job.folder / "series" / number[0], number[0]), why)  # its names in the zip
             raise UserError(f"{job.name}: holds no DICOM series that forms a volume ({why}); zip the files of one series")
         total = sum(math.prod(volume.shape) for series in volumes for volume in series.volumes)  # from the headers
         if total > MAX_INPUT_PIXELS:
@@ -318,6 +322,9 @@ class Server:
         job.files["download"] = download
         answer = self._keep(job, shown, done[0][0][0], upscaler.scale, model, seconds, "dicom series")
         answer["volumes"] = len(volumes[0].volumes)
+        if answer["volumes"] > 1:
+            answer["note"] = (f"{job.name} holds {answer['volumes']} volumes (time points, echoes or directions): all are in the "
+                              "download; this page shows the first.")
         answer["series"] = len(volumes)
         return answer
 
@@ -326,8 +333,11 @@ class Server:
         lr = image.pixels
         started = time.perf_counter()
         options = volume_sr.ThroughPlane(device=self.device, precision=self.precision) if through else None
-        with self.lock:
-            result = volume_sr.upscale_image(image, upscaler, options)
+        try:
+            with self.lock:
+                result = volume_sr.upscale_image(image, upscaler, options)
+        except MedsrError as err:  # it names the stored upload (input.nii.gz): the user knows their own file name
+            raise UserError(str(err).replace(image.meta.path, job.name)) from None
         sr = result.pixels
         volumes = nifti.volume_count(image.meta)  # a 4-D file's volumes are all upscaled; the page shows the first
         lr, sr = lr[: len(lr) // volumes], sr[: len(sr) // volumes]
@@ -443,6 +453,12 @@ def create_app(models: list[str] | None = None, max_upload_mb: float = 50, devic
     @app.exception_handler(UserError)
     async def user_error(request: Request, err: UserError):
         return JSONResponse({"error": str(err)}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'not valid')}; check the request"}, status_code=400)
 
     @app.exception_handler(MedsrError)
     async def medsr_error(request: Request, err: MedsrError):
