@@ -438,3 +438,45 @@ def test_a_volume_to_a_one_image_format_fails_before_the_model_runs(tmp_path, ti
         summary = batch.run_batch([job], upscaler, format=fmt, settings={}, ledger=None)
         assert summary.results[0].status == "failed" and words in summary.results[0].reason, summary.results[0].reason
     assert calls == []
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_writes(tmp_path, tiny_model, medsr_cli):
+    """It would remove the first run's temporary files (its outputs failed) and redo its work."""
+    from medsr.files import output_folder_lock
+
+    src = make_inputs(tmp_path / "in", 2)
+    command = [*medsr_cli, "upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--tile", "0"]
+    with output_folder_lock(tmp_path / "out"):
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode != 0 and "another medsr run is writing into this folder" in second.stderr
+    assert second.stderr.count("\n") == 1 and not outputs(tmp_path / "out")
+    assert subprocess.run(command, capture_output=True, text=True, timeout=300).returncode == 0  # free again
+
+
+def test_a_ledger_that_cannot_be_written_fails_its_jobs_and_the_run_goes_on(tmp_path, tiny_model, monkeypatch):
+    src = make_inputs(tmp_path / "in", 4)
+
+    def full(self, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch.Ledger, "append", full)
+    summary = run(src, tmp_path / "out", tiny_model, workers=0, streams=1)
+    assert [r.status for r in summary.results] == ["failed"] * 4  # each output written, none recorded: a rerun redoes them
+    assert all("resume ledger" in r.reason and "No space left" in r.reason for r in summary.results)
+    assert len(outputs(tmp_path / "out")) == 4
+
+
+def test_a_ledger_cut_before_its_last_newline_keeps_every_record(tmp_path, tiny_model):
+    src = make_inputs(tmp_path / "in", 4)
+    run(src, tmp_path / "out", tiny_model)
+    ledger = tmp_path / "out" / batch.LEDGER_NAME
+    ledger.write_bytes(ledger.read_bytes()[:-1])  # the last line loses its newline
+    (src / "img_01.png").touch()  # redone, so its record is appended after the cut line
+    assert run(src, tmp_path / "out", tiny_model).done == 1
+    assert run(src, tmp_path / "out", tiny_model).done == 0  # the next record did not spoil the cut one
+
+
+def test_a_folder_in_the_ledgers_place_is_one_line(tmp_path, tiny_model):
+    (tmp_path / "out" / batch.LEDGER_NAME).mkdir(parents=True)
+    with pytest.raises(batch.MedsrError, match="the resume ledger's name is taken by a folder"):
+        run(make_inputs(tmp_path / "in", 1), tmp_path / "out", tiny_model)

@@ -178,12 +178,16 @@ def test_relative_paths_mean_the_callers_folders_on_every_node(medsr_cli, cluste
     address, _ = cluster
     (tmp_path / "in").mkdir()
     Image.fromarray((np.random.default_rng(2).random((40, 48)) * 255).astype(np.uint8)).save(tmp_path / "in" / "scan.png")
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
     shutil.copy(zoo.shipped_models()["default"], tmp_path / "mine.safetensors")
     result = subprocess.run(medsr_cli + ["upscale", "in", "-o", "out", "--model", "mine.safetensors", "--engine", "ray",
                                          "--ray-address", address], capture_output=True, text=True, timeout=900, env=ENV, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]
     assert list(outputs(tmp_path / "out")) == ["scan.png"]
     check_ledger(tmp_path / "out")
+    # told in the caller's own paths, as the local engine tells them (the workers saw absolute ones)
+    assert "in/scan.png -> out/scan.png" in result.stdout and "medsr: skipped: in/broken.png: " in result.stderr
+    assert str(tmp_path) not in result.stdout + result.stderr
 
 
 def test_a_ray_client_address_is_left_to_ray():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medsr import __version__
 from medsr.errors import MedsrError
-from medsr.files import mark_output_folder
+from medsr.files import mark_output_folder, output_folder_lock
 from medsr.io.formats import FORMAT_CHOICES, with_format_extension
 from medsr.settings import DEVICES, PRECISIONS, PROTOCOLS, RUNTIMES, TILE, TILE_AMX, TILE_OVERLAP
 
@@ -248,32 +248,33 @@ def _upscale(args) -> int:
         more = f" (and {len(replaced) - 1} more)" if len(replaced) > 1 else ""
         print(f"medsr: note: {job.output} was made from {other} by an earlier run and is replaced by {job.input}'s output{more}; "
               "give another -o to keep both", file=sys.stderr)
-    try:
-        if args.engine == "ray":
-            from medsr.inference import ray_engine
+    with output_folder_lock(out_dir):  # a second run into it would remove this one's temporary files
+        try:
+            if args.engine == "ray":
+                from medsr.inference import ray_engine
 
-            scale = upscaler.scale if upscaler else 1
-            protect = tuple(str(p.resolve()) for p, _ in pairs)
+                scale = upscaler.scale if upscaler else 1
+                protect = tuple(str(p.resolve()) for p, _ in pairs)
 
-            def setup(model_name: str | None, model: batch.BatchModel, reference: str | None, jpeg_setup=None):
-                settings = batch.batch_settings(model.settings, scale, args.format, args.uncertainty, through_plane)
-                return ray_engine.WorkerSetup(
-                    model_name, args.scale, args.device, model.settings["precision"], model.settings["tile"], args.tile_overlap,
-                    getattr(args, "runtime", "torch"), reference, json.dumps(settings), model.model_name, args.format,
-                    args.uncertainty, through_plane, protect, jpeg_setup)
+                def setup(model_name: str | None, model: batch.BatchModel, reference: str | None, jpeg_setup=None):
+                    settings = batch.batch_settings(model.settings, scale, args.format, args.uncertainty, through_plane)
+                    return ray_engine.WorkerSetup(
+                        model_name, args.scale, args.device, model.settings["precision"], model.settings["tile"], args.tile_overlap,
+                        getattr(args, "runtime", "torch"), reference, json.dumps(settings), model.model_name, args.format,
+                        args.uncertainty, through_plane, protect, jpeg_setup)
 
-            setups = setup(ray_engine.for_workers(args.model if in_plane else None), model, ray_engine.for_workers(reference_name),
-                           jpeg and setup(ray_engine.for_workers(jpeg_model), jpeg, ray_engine.for_workers(jpeg_reference)))
-            summary = ray_engine.run_batch_ray(jobs, setups, ledger=ledger, force=args.force, on_result=progress,
-                                               address=args.ray_address)
-        else:
-            summary = batch.run_batch(jobs, upscaler, model_name=model.model_name, format=args.format,
-                                      uncertainty=args.uncertainty, reference=model.reference, through_plane=through_plane,
-                                      workers=args.workers, streams=args.streams, settings=model.settings, ledger=ledger,
-                                      force=args.force, on_result=progress, jpeg=jpeg)
-    finally:
-        progress.close()
-    summary.write_csv(summary_path)
+                setups = setup(ray_engine.for_workers(args.model if in_plane else None), model, ray_engine.for_workers(reference_name),
+                               jpeg and setup(ray_engine.for_workers(jpeg_model), jpeg, ray_engine.for_workers(jpeg_reference)))
+                summary = ray_engine.run_batch_ray(jobs, setups, ledger=ledger, force=args.force, on_result=progress,
+                                                   address=args.ray_address)
+            else:
+                summary = batch.run_batch(jobs, upscaler, model_name=model.model_name, format=args.format,
+                                          uncertainty=args.uncertainty, reference=model.reference, through_plane=through_plane,
+                                          workers=args.workers, streams=args.streams, settings=model.settings, ledger=ledger,
+                                          force=args.force, on_result=progress, jpeg=jpeg)
+        finally:
+            progress.close()
+        summary.write_csv(summary_path)
     print(f"{summary.describe(out_dir, upscaler.scale if upscaler else 1)}\nsummary: {summary_path}")
     return 130 if summary.interrupted else 1 if summary.failed else 0
 

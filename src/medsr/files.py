@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -9,6 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medsr.errors import MedsrError
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> Path:
@@ -44,6 +50,22 @@ def mark_output_folder(folder: Path) -> None:
     marker = folder / OUTPUT_MARKER
     if not marker.exists():
         marker.write_text("medsr writes its results here; medsr leaves this folder out of its inputs\n")
+
+
+@contextlib.contextmanager
+def output_folder_lock(folder: Path):
+    """Held while a run writes into `folder` (on its OUTPUT_MARKER): a second run into the same folder
+    is refused in one line. Where the system has no fcntl (Windows), nothing is locked."""
+    folder = Path(folder)
+    mark_output_folder(folder)
+    with open(folder / OUTPUT_MARKER, "a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MedsrError(f"{folder}: another medsr run is writing into this folder; wait for it to end, "
+                                 "or choose another -o") from None
+        yield
 
 
 def sha256_file(path: Path) -> str:

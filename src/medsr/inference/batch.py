@@ -21,6 +21,7 @@ are removed first.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -159,16 +160,20 @@ class Ledger:
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
         self._file = None
-        lines = 0
+        lines, text = 0, ""
+        if self.path.exists() and not self.path.is_file():
+            raise MedsrError(f"{self.path}: the resume ledger's name is taken by a folder; move it, or choose another -o")
         if self.path.is_file():
-            for line in self.path.read_text(errors="replace").splitlines():
+            text = self.path.read_text(errors="replace")
+            for line in text.splitlines():
                 lines += 1
                 try:
                     record = json.loads(line)
                     self.records[record["output"]] = record
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut short by a killed run, or junk: that output is redone
-        if lines > len(self.records):  # rewrite without stale or broken lines so reruns stay small
+        # rewrite without stale or broken lines so reruns stay small, and with its last line ended, so the next record starts a line
+        if lines > len(self.records) or (text and not text.endswith("\n")):
             text = "".join(json.dumps(r) + "\n" for r in self.records.values())
             atomic_write(self.path, lambda tmp: tmp.write_text(text))
 
@@ -215,7 +220,8 @@ class Ledger:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk: the jobs whose records failed said so already
+                self._file.close()
             self._file = None
 
 
@@ -264,8 +270,13 @@ def _remove_replaced_series(book: Ledger, old: dict[str, Any] | None, new: dict[
 
 
 def report_result(result: JobResult, book: Ledger | None, settings: dict[str, Any], on_result: Callable | None) -> None:
-    """A finished job: booked in the ledger when done (at once, so a killed run keeps it), then handed to on_result."""
-    book_result(result, book, settings)
+    """A finished job: booked in the ledger when done (at once, so a killed run keeps it), then handed to
+    on_result. A ledger that cannot be written (a full disk) fails that job, which a rerun then redoes."""
+    try:
+        book_result(result, book, settings)
+    except OSError as err:
+        result.status, result.reason = "failed", (f"{result.job.input}: its output is written but the resume ledger {book.path} "
+                                                  f"is not ({err.strerror or err}); free space and rerun to have it recorded")
     if on_result is not None:
         on_result(result)
 

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import pickle
 import socket
 from collections.abc import Callable
@@ -99,6 +100,14 @@ def for_workers(model: str | None) -> str | None:
     return model if model is None or model in zoo.shipped_models() else str(Path(model).absolute())
 
 
+def _as_driver_tells_it(result: batch.JobResult, job: batch.Job) -> batch.JobResult:
+    """A worker's result with the driver's own Job object and its paths as the caller gave them (the
+    worker saw them absolute), so messages, the summary and the ledger read as the local engine's."""
+    reason = result.reason.replace(str(job.input.absolute()), str(job.input))
+    files = result.files if job.output.is_absolute() else [dict(item, path=os.path.relpath(item["path"])) for item in result.files]
+    return dataclasses.replace(result, job=job, reason=reason, files=files)
+
+
 def _absolute(job: batch.Job) -> batch.Job:
     """`job` with absolute paths, as a worker whose working directory is not the CLI's must see them."""
     series = job.series
@@ -155,7 +164,7 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
                 _run_jobs, fn_kwargs={"setup": setup}, batch_size=1, num_cpus=cpus_per_job, batch_format="numpy")
             for row in dataset.iter_rows():
                 index = int(row["index"])
-                report(index, dataclasses.replace(pickle.loads(row["result"]), job=jobs[index]))  # the driver's own Job object
+                report(index, _as_driver_tells_it(pickle.loads(row["result"]), jobs[index]))
     except KeyboardInterrupt:
         interrupted = True
     except MedsrError:
