@@ -130,6 +130,11 @@ def _unzip(path: Path, folder: Path, name: str, limit_bytes: int) -> dict[Path, 
     return files
 
 
+def _several_volumes(name: str, count: int) -> str:
+    """The page's note for an upload of several volumes (a 4-D NIfTI, a zipped series of time points)."""
+    return f"{name} holds {count} volumes (time points, echoes or directions): all are in the download; this page shows the first."
+
+
 def _stem(name: str) -> str:
     """The user's file name without its extension, for the download's name."""
     stem = Path(name).name
@@ -323,8 +328,7 @@ class Server:
         answer = self._keep(job, shown, done[0][0][0], upscaler.scale, model, seconds, "dicom series")
         answer["volumes"] = len(volumes[0].volumes)
         if answer["volumes"] > 1:
-            answer["note"] = (f"{job.name} holds {answer['volumes']} volumes (time points, echoes or directions): all are in the "
-                              "download; this page shows the first.")
+            answer["note"] = _several_volumes(job.name, answer["volumes"])
         answer["series"] = len(volumes)
         return answer
 
@@ -352,7 +356,7 @@ class Server:
         if image.meta.extra.get("colour"):
             answer["note"] = f"{job.name} is {raster.COLOUR_NOTE}."
         if volumes > 1:
-            answer["note"] = f"{job.name} holds {volumes} volumes (time points or directions): all are in the download; this page shows the first."
+            answer["note"] = _several_volumes(job.name, volumes)
         if truth is not None:
             score = {k: metrics.psnr(torch.from_numpy(v)[None, None], torch.from_numpy(truth)[None, None], s).item()
                      for k, v in (("bicubic", self._bicubic(job, 0)), ("medsr", sr))}
