@@ -265,7 +265,8 @@ def test_damaged_dicom_header_that_reads_still_writes_or_refuses(tmp_path):
     path = hc.write(tmp_path, "damaged.dcm", data)
     image = read_image(path)
     assert image.meta.pixel_spacing is None  # unreadable spacing is unknown, not guessed
-    out = write_image(tmp_path / "out.dcm", image, scale=3, model_name="m")
+    tripled = type(image)(np.repeat(np.repeat(image.pixels, 3, axis=-1), 3, axis=-2), image.meta)
+    out = write_image(tmp_path / "out.dcm", tripled, scale=3, model_name="m")
     written = pydicom.dcmread(out)
     assert "PixelSpacing" not in written and written.SOPClassUID == SECONDARY_CAPTURE
 
