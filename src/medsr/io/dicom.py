@@ -378,6 +378,24 @@ def derived_uid(kind: str, *parts) -> str:
     return generate_uid(entropy_srcs=["medsr", kind, *(str(p) for p in parts)])
 
 
+def index_affine(row_dir: np.ndarray, col_dir: np.ndarray, pixel_spacing: tuple[float, float], slice_step: float,
+                 origin: np.ndarray, space: str = "LPS") -> np.ndarray:
+    """4x4 from (column, row, slice) index to mm, in DICOM LPS or (space="RAS") NIfTI-style RAS: columns
+    step along row_dir by the column spacing, rows along col_dir by the row spacing (pixel_spacing is
+    (between rows, between columns)), slices along the unit normal by `slice_step`."""
+    normal = np.cross(row_dir, col_dir)
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * pixel_spacing[1]
+    affine[:3, 1] = col_dir * pixel_spacing[0]
+    affine[:3, 2] = normal / np.linalg.norm(normal) * slice_step
+    affine[:3, 3] = origin
+    if space.upper() == "RAS":
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    if space.upper() != "LPS":
+        raise ValueError(f"space must be 'LPS' or 'RAS', got {space!r}")
+    return affine
+
+
 def float_vector(value, size: int) -> np.ndarray | None:
     """`size` finite floats from a multi-valued element (a position, an orientation), else None."""
     try:

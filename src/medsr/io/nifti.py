@@ -181,17 +181,13 @@ def _dicom_affine(meta: ImageMeta, row: float, col: float) -> np.ndarray | None:
     orientation = dicom.float_vector(ds.get("ImageOrientationPatient"), 6)
     if position is None or orientation is None:
         return None
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    if not np.linalg.norm(normal) > 0:
+    if not np.linalg.norm(np.cross(orientation[:3], orientation[3:])) > 0:
         return None
     try:
         step = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
     except (TypeError, ValueError):
         step = 1.0
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_dir * col, col_dir * row, normal / np.linalg.norm(normal) * step, position
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return dicom.index_affine(orientation[:3], orientation[3:], (row, col), step, position, "RAS")
 
 
 def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:

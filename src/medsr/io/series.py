@@ -110,16 +110,7 @@ class Volume:
 
     def affine(self, space: str = "LPS") -> np.ndarray:
         """4x4 from (column, row, slice) index to mm, in DICOM LPS or (space="RAS") NIfTI-style RAS."""
-        affine = np.eye(4)
-        affine[:3, 0] = self.row_dir * self.pixel_spacing[1]
-        affine[:3, 1] = self.col_dir * self.pixel_spacing[0]
-        affine[:3, 2] = self.normal * self.slice_spacing
-        affine[:3, 3] = self.origin
-        if space.upper() == "RAS":
-            return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-        if space.upper() != "LPS":
-            raise ValueError(f"space must be 'LPS' or 'RAS', got {space!r}")
-        return affine
+        return dicom.index_affine(self.row_dir, self.col_dir, self.pixel_spacing, self.slice_spacing, self.origin, space)
 
     @cached_property
     def _loaded(self) -> tuple[np.ndarray, list[ImageMeta]]:
