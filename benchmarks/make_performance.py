@@ -35,7 +35,8 @@ brain MRI and chest X-ray. `auto` runs a model in int8 on CPUs with int8 units, 
 AVX2 but no native bf16 (benchmarks/int8_here.py), when its int8 lost at most 0.05 dB against bf16
 on the validation split (recorded in the model file when it shipped; next section), else in bf16
 where native, else fp32 ("auto runs"). The profile and the ceiling share are of that float path.
-The tile table (16 px of overlap until 2026-12-06, 20 now) is what medsr's default tiles
+The tile table (16 px of overlap until 2026-12-06, 20 now; since 2026-12-07 every row and precision timed in turns,
+best of 3) is what medsr's default tiles
 (`medsr.hardware.default_tile`) rest on: 512 LR pixels, so a 512x512 scan is one call, where the
 AMD EPYC with AVX-512 ran 256 to 512 and one call alike within its run-to-run noise; 256 for bf16 on CPUs
 with AMX, where 128 and 256 ran 1.3-1.6x faster than 512 or one call on the Xeon
@@ -124,7 +125,13 @@ def main():
                   "On an Intel Xeon with AVX-512 and VNNI but no native bf16 and no AMX (2 cores, torch 2.13), the default",
                   "model only: [results/performance-avx512-vnni.md](results/performance-avx512-vnni.md), made on 2026-12-07 by",
                   "`python benchmarks/make_performance.py --quick --out docs/results/performance-avx512-vnni.md`; there `auto` runs",
-                  "int8, 3.2x faster than fp32 on one 512x512 scan.", ""]
+                  "int8, 3.2x faster than fp32 on one 512x512 scan.", "",
+                  "On an Intel Xeon with AMX as a 2-core machine of its own (torch 2.13), the default model only:",
+                  "[results/performance-amx-2core.md](results/performance-amx-2core.md), made on 2026-12-07 by",
+                  "`python benchmarks/make_performance.py --quick --out docs/results/performance-amx-2core.md`; there `auto` runs int8,",
+                  "0.13 s for one 512x512 scan against 0.17 s in bf16 and 0.71 s in fp32. Its tile table ranks 512-px tiles a little",
+                  "above 256-px ones for bf16 (0.78 against 0.85 s on 1024x1024; 0.83 against 0.97 s in an earlier run), the reverse",
+                  "of the server's above (torch 2.11, huge pages on); medsr's bf16 tile on AMX stays 256 until the two machines agree.", ""]
     for (title, script, text), body in zip(sections, bodies):
         lines += [f"## {title}", "", f"`python benchmarks/{' '.join(script)}`", "", text, "", body, ""]
     lines += [] if args.quick else ["## Tried and not shipped, or not tried", "",
