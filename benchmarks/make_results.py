@@ -103,6 +103,10 @@ def bar_lines(results: dict, rims: dict) -> list[str]:
                     "(`benchmarks/clamp_scope.py`).",
                     "", "The default's recipe trained 20000 steps instead of 3000 (validation): 0.02 to 0.09 dB more PSNR, and a larger rim",
                     "(1.06 % against 1.00 %): docs/results/recipe-length.md (`benchmarks/recipe_length.py`).",
+                    "", "What the rim measure sees (docs/results/edge-ramp.md, `benchmarks/edge_ramp.py`): inside the kept-out subject's",
+                    "edges the default's mean intensity climbs without a maximum, as the original's does (at 1, 2, 3 px: 15.5, 28.6,",
+                    "34.2 % of the range; original 20.2, 28.0, 33.4 %): its rim is a ramp a little steeper than the original's, not a",
+                    "line. default-paper's profile has a maximum (a line) on the demo's brain; the default's has none there either.",
                     "", "How far the networks can go at all (each fitted to the validation images it is then scored on):",
                     "docs/results/fit-bound-default.md, fit-bound-default-8000.md (four times the fitting) and fit-bound-large.md "
                     "(`benchmarks/fit_bound.py`).", ""]
