@@ -85,3 +85,44 @@ def test_a_2d_nifti_reads_as_a_viewer_draws_it_and_writes_back_unchanged(tmp_pat
     assert image.meta.pixel_spacing == pytest.approx((0.8, 0.5))  # (between rows, between columns)
     again = nib.load(write_image(tmp_path / "same.nii", image))
     np.testing.assert_array_equal(np.asanyarray(again.dataobj), data)
+
+
+# world (RAS) direction of each voxel axis, one affine per way a volume may be stored
+STORED = {"RAS": np.diag([1.0, 1.0, 1.0]), "LAS (dcm2niix)": np.diag([-1.0, 1.0, 1.0]), "LPS": np.diag([-1.0, -1.0, 1.0]),
+          "y before x": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])}
+
+
+@pytest.mark.parametrize("stored", STORED)
+@pytest.mark.parametrize("plane, corner", [("axial", "left anterior"), ("coronal", "left superior"), ("sagittal", "posterior superior")])
+def test_a_volumes_slices_are_drawn_as_a_dicom_viewer_draws_them(tmp_path, stored, plane, corner):
+    """Axial slices: the patient's left on the screen's right, anterior at the top; coronal: left on the
+    right, superior at the top; sagittal: posterior on the right, superior at the top; however the file
+    orders and turns its axes."""
+    from medsr.io import read_image
+    from medsr.io.nifti import display_view, displayed, undisplayed
+
+    across_world = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]  # the world axis the slices are stacked along
+    thick = int(np.abs(STORED[stored][across_world]).argmax())  # the voxel axis along it: the slice axis
+    zooms = np.ones(3)
+    zooms[thick] = 4.0
+    affine = np.eye(4)
+    affine[:3, :3] = STORED[stored] * zooms
+    shape = [6, 5, 7]
+    shape[thick] = 3
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    ras = ijk @ affine[:3, :3].T
+    # the target corner (RAS: +x right, +y anterior, +z superior)
+    score = {"axial": -ras[..., 0] + ras[..., 1], "coronal": -ras[..., 0] + ras[..., 2], "sagittal": -ras[..., 1] + ras[..., 2]}[plane]
+    volume = np.zeros(shape, dtype=np.int16)
+    middle = [slice(None)] * 3
+    middle[thick] = shape[thick] // 2
+    in_slice = np.full(shape, -np.inf)
+    in_slice[tuple(middle)] = score[tuple(middle)]
+    volume[np.unravel_index(in_slice.argmax(), shape)] = 1000
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "v.nii")
+    image = read_image(tmp_path / "v.nii")
+    view = display_view(image.meta)
+    shown = displayed(image.pixels, view)[shape[thick] // 2]
+    row, column = np.unravel_index(shown.argmax(), shown.shape)
+    assert (row, column) == (0, shown.shape[1] - 1), f"{corner} corner drawn at {(row, column)} of {shown.shape}"
+    assert np.array_equal(undisplayed(displayed(image.pixels, view), view), image.pixels)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import subprocess
 import zipfile
 
 import nibabel as nib
@@ -20,6 +22,7 @@ from test_serve import open_page, upscale_in_page  # noqa: E402
 from medsr.serve import create_app  # noqa: E402
 
 SIEMENS = DATA / "dicom-series" / "siemens-sag-gre-fieldmap"  # 5 sagittal slices of 64x42
+DCM2NIIX = shutil.which("dcm2niix")
 
 
 def zipped_series() -> bytes:
@@ -41,11 +44,12 @@ def test_thin_slices_give_a_view_across_them_and_a_download_with_the_new_grid(cl
     answer = client.post("/api/upscale?model=default&name=volume.nii.gz&through=true",
                          content=(tmp_path / "volume.nii.gz").read_bytes()).json()
     assert answer["input"]["frames"] == 31  # 7 x 4 mm = 28 mm of slices at the 0.9 mm pixel spacing: 31 slices
-    # the plane across the slices at true proportions: 31 slices of 28/31 mm over 32 x 3 pixels of 0.3 mm
-    assert answer["across"]["width"] == 96 and answer["across"]["height"] == round(31 * (28 / 31) / 0.3)
+    # the plane across the slices at true proportions: 31 slices of 28/31 mm over the shown columns, the file's
+    # 40 rows (x, drawn across the screen as a viewer draws an axial slice) x 3 pixels of 0.3 mm
+    assert answer["across"]["width"] == 120 and answer["across"]["height"] == round(31 * (28 / 31) / 0.3)
     for kind in ("before", "after"):
         picture = Image.open(io.BytesIO(client.get(answer["across"][kind]).content))
-        assert picture.size == (96, answer["across"]["height"])
+        assert picture.size == (120, answer["across"]["height"])
     with open(tmp_path / "out.nii.gz", "wb") as out:
         out.write(client.get(answer["download"]).content)
     derived = nib.load(tmp_path / "out.nii.gz")
@@ -58,7 +62,7 @@ def test_a_4d_file_is_made_thin_volume_by_volume_and_the_page_shows_the_first(cl
                          content=(tmp_path / "fmri.nii.gz").read_bytes()).json()
     assert answer["input"]["frames"] == 31 and "holds 2 volumes" in answer["note"]  # one volume's thin slices, not two run together
     picture = Image.open(io.BytesIO(client.get(answer["across"]["after"]).content))
-    assert picture.size == (96, answer["across"]["height"])
+    assert picture.size == (120, answer["across"]["height"])  # x across the screen (test above)
     with open(tmp_path / "out.nii.gz", "wb") as out:
         out.write(client.get(answer["download"]).content)
     assert nib.load(tmp_path / "out.nii.gz").shape == (120, 96, 31, 2)
@@ -133,8 +137,31 @@ def test_a_nifti_volume_shows_every_slice(client, tmp_path):
     assert answer["input"]["frames"] == 7 and answer["frame"] == 3
     before = Image.open(io.BytesIO(client.get(f"{answer['before']}?slice=6").content))
     after = Image.open(io.BytesIO(client.get(f"{answer['after']}?slice=6").content))
-    assert before.size == after.size == (96, 120)
+    overlay = Image.open(io.BytesIO(client.get(f"{answer['overlay']}?slice=6").content))
+    # (40, 32) voxels along x and y: drawn as a viewer draws an axial slice, x across the screen
+    assert before.size == after.size == overlay.size == (120, 96)
+    assert answer["input"]["width"] == 40 and answer["output"]["height"] == 96
     assert not np.array_equal(np.asarray(after), np.asarray(Image.open(io.BytesIO(client.get(f"{answer['after']}?slice=0").content))))
+
+
+@needs_data
+@pytest.mark.skipif(DCM2NIIX is None, reason="dcm2niix is not installed (apt install dcm2niix); .ci/run installs it")
+@pytest.mark.parametrize("series", ["siemens-sag-gre-fieldmap", "philips-epi-fmri"])
+def test_a_nifti_that_dcm2niix_made_of_a_series_is_drawn_as_the_series_is(client, tmp_path, series):
+    """The page draws a NIfTI volume's slices as a DICOM viewer draws the scan: the same picture for the
+    series (zipped) and for dcm2niix's conversion of it, a sagittal one and an axial 4-D one."""
+    source = DATA / "dicom-series" / series
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(source.iterdir()):
+            archive.write(path, path.name)
+    subprocess.run([DCM2NIIX, "-z", "n", "-f", "volume", "-o", str(tmp_path), str(source)], capture_output=True, check=True)
+    shown = [client.post(f"/api/upscale?model=default&name={name}", content=content).json()
+             for name, content in (("series.zip", buffer.getvalue()), ("volume.nii", (tmp_path / "volume.nii").read_bytes()))]
+    assert shown[0]["input"] | {"format": ""} == shown[1]["input"] | {"format": ""}
+    assert shown[0]["frame"] == shown[1]["frame"] and shown[0]["input"]["frames"] % 2 == 1  # the middle slice, in either order
+    before = [np.asarray(Image.open(io.BytesIO(client.get(answer["before"]).content)), dtype=int) for answer in shown]
+    assert before[0].shape == before[1].shape and np.abs(before[0] - before[1]).max() <= 1
 
 
 @needs_data
@@ -168,10 +195,10 @@ def test_page_shows_a_volume_across_its_thin_slices_in_chromium(served, page, tm
     assert page.text_content("#slice-value") == "16 of 31" and page.is_visible("#view-tool")
     page.select_option("#view", "across")
     page.wait_for_function("document.getElementById('after').src.endsWith('/across-after') && document.getElementById('after').complete "
-                           "&& document.getElementById('before').src.endsWith('/across-before') && document.getElementById('after').naturalWidth === 96")
+                           "&& document.getElementById('before').src.endsWith('/across-before') && document.getElementById('after').naturalWidth === 120")
     assert not page.is_visible("#slice-tool") and not page.is_visible("#overlay-toggle")
     box = page.locator("#stage").bounding_box()
-    assert box["height"] / box["width"] == pytest.approx(93 / 96, rel=0.02)  # true proportions across the slices
+    assert box["height"] / box["width"] == pytest.approx(93 / 120, rel=0.02)  # true proportions across the slices (x across)
     page.select_option("#view", "slices")
     page.wait_for_function("document.getElementById('after').src.includes('/after?slice=15')")
 

@@ -123,3 +123,18 @@ def test_the_through_plane_model_is_not_an_in_plane_one(tmp_path, medsr_cli):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "flat.png")
     result = run(medsr_cli + ["upscale", str(tmp_path / "flat.png"), "-o", str(tmp_path / "out"), "--model", "through-plane"])
     assert result.returncode == 2 and "use it with --through-plane" in result.stderr
+
+
+def test_a_volumes_uncertainty_picture_is_drawn_as_a_viewer_draws_its_slices(tmp_path, medsr_cli):
+    """--uncertainty on a NIfTI volume: the overlay PNG shows a slice as medsr serve and a DICOM viewer draw
+    it (x across the screen: 40 voxels x 3 wide, 36 x 3 high, above the legend); the TIFF keeps the file's layout."""
+    from PIL import Image
+
+    from medsr.inference.hallucination import legend
+
+    thick_volume(tmp_path / "v.nii.gz")
+    result = run([*medsr_cli, "upscale", str(tmp_path / "v.nii.gz"), "-o", str(tmp_path / "out"), "--uncertainty", "--tile", "0"])
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "out" / "v.uncertainty.png").size == (120, 108 + legend(120).shape[0])
+    tiff = Image.open(tmp_path / "out" / "v.uncertainty.tif")
+    assert tiff.size == (108, 120) and tiff.n_frames == 8  # (rows, columns) as read: the file's x down the rows

@@ -76,7 +76,8 @@ class Job:
     sr: np.ndarray | None = None  # (slices, h*s, w*s) float16: what the slice pictures are drawn from
     scale: int = 1
     window: tuple[float, float] = (0.0, 1.0)
-    thin_spacing: tuple[float, float] | None = None  # slices made thin: (mm between them, mm between the input's columns)
+    thin_spacing: tuple[float, float] | None = None  # slices made thin: (mm between them, mm between the shown input's columns)
+    view: tuple[bool, bool, bool] = (False, False, False)  # nifti.display_view: how lr01 and sr were turned to be shown
     done: bool = False  # finished: its results may be dropped for newer ones (KEEP_JOBS)
 
     @property
@@ -352,6 +353,9 @@ class Server:
         # A name without a known extension was read as DICOM (recognised by its DICM preamble).
         download_name = f"{_stem(job.name)}-medsr-{model}-x{s}{_suffix(job.name) or '.dcm'}"
         job.files["download"] = write_image(job.folder / download_name, result, scale=s, model_name=f"medsr {model}")
+        job.view = nifti.display_view(image.meta)  # a NIfTI volume's slices drawn as a DICOM viewer draws them
+        if through and job.view[0]:  # the shown columns are the file's rows
+            job.thin_spacing = (job.thin_spacing[0], image.meta.pixel_spacing[0])
         answer = self._keep(job, lr, sr, s, model, seconds, image.meta.format)
         if image.meta.extra.get("colour"):
             answer["note"] = f"{job.name} is {raster.COLOUR_NOTE}."
@@ -359,7 +363,7 @@ class Server:
             answer["note"] = _several_volumes(job.name, volumes)
         if truth is not None:
             score = {k: metrics.psnr(torch.from_numpy(v)[None, None], torch.from_numpy(truth)[None, None], s).item()
-                     for k, v in (("bicubic", self._bicubic(job, 0)), ("medsr", sr))}
+                     for k, v in (("bicubic", nifti.undisplayed(self._bicubic(job, 0), job.view)), ("medsr", sr))}
             answer["psnr"] = {k: round(v, 2) for k, v in score.items()}
         return answer
 
@@ -367,8 +371,8 @@ class Server:
     def _keep(job: Job, lr: np.ndarray, sr: np.ndarray, scale: int, model: str, seconds: float, input_format: str) -> dict:
         """Keep what the slice pictures are drawn from; the answer the page shows."""
         job.scale = scale
-        job.lr01 = lr if lr.ndim == 3 else lr[None]
-        job.sr = (sr if sr.ndim == 3 else sr[None]).astype(np.float16)
+        job.lr01 = nifti.displayed(lr if lr.ndim == 3 else lr[None], job.view)
+        job.sr = nifti.displayed((sr if sr.ndim == 3 else sr[None]).astype(np.float16), job.view)
         job.frame = len(job.lr01) // 2
         job.window = _display_window(job.lr01[job.frame])
         across = {}
@@ -379,9 +383,9 @@ class Server:
             "model": model,
             "scale": scale,
             "seconds": round(seconds, 3),
-            "input": {"width": int(lr.shape[-1]), "height": int(lr.shape[-2]), "format": input_format, "frames": len(job.lr01)},
+            "input": {"width": int(job.lr01.shape[-1]), "height": int(job.lr01.shape[-2]), "format": input_format, "frames": len(job.lr01)},
             "frame": job.frame,
-            "output": {"width": int(sr.shape[-1]), "height": int(sr.shape[-2])},
+            "output": {"width": int(job.sr.shape[-1]), "height": int(job.sr.shape[-2])},
             "download_name": job.files["download"].name,
         }
 
@@ -430,10 +434,12 @@ class Server:
                 upscaler = self.upscaler_for(job.model)
                 reference_name = hallucination.reference_model_name(job.model, upscaler.scale)
                 reference = None if reference_name is None else api.load_model(reference_name, device=self.device, precision=self.precision)
-                with self.lock:
-                    maps = hallucination.hallucination_maps(job.lr01[k], upscaler, reference, sr01=job.sr[k].astype(np.float32))
+                with self.lock:  # on the slice as the model saw it, then turned as the page shows it
+                    maps = hallucination.hallucination_maps(nifti.undisplayed(job.lr01[k], job.view), upscaler, reference,
+                                                            sr01=nifti.undisplayed(job.sr[k].astype(np.float32), job.view))
                 low, high = job.window
-                picture = hallucination.overlay(np.clip((maps["sr"] - low) / (high - low), 0, 1), maps["combined"])
+                shown = {key: nifti.displayed(maps[key], job.view) for key in ("sr", "combined")}
+                picture = hallucination.overlay(np.clip((shown["sr"] - low) / (high - low), 0, 1), shown["combined"])
                 PILImage.fromarray(picture).save(path, format="PNG", compress_level=1)
             job.files[name] = path
         return job.files[name]

@@ -34,6 +34,7 @@ from medsr.errors import MedsrError
 from medsr.figures import hot, to_uint8
 from medsr.files import atomic_write, sha256_file
 from medsr.inference import onnx
+from medsr.io import nifti
 
 # combined = 1.0 means a difference of 10 % of the LR image's own intensity range (max - min).
 COMBINED_UNIT = 0.1
@@ -249,12 +250,15 @@ def _save_float_tiff(path: Path, planes: np.ndarray, description: str) -> None:
 
 
 def write_maps(stem_path: Path, maps: dict[str, np.ndarray], *, protect: Iterable[Path] = (),
-               threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX) -> list[Path]:
+               threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX,
+               view: tuple[bool, bool, bool] = (False, False, False)) -> list[Path]:
     """Write `<stem>.uncertainty.png` (the overlay, with its legend below) and `<stem>.uncertainty.tif`
     (the float32 combined map, one page per plane of a stack, its units and threshold in the TIFF's
     ImageDescription), atomically. Returns the two paths.
 
-    For a stack the PNG shows the plane with the highest mean `combined` (the most suspicious one).
+    For a stack the PNG shows the plane with the highest mean `combined` (the most suspicious one),
+    turned as `view` says (medsr.io.nifti.display_view: a NIfTI volume's slice as a viewer draws it);
+    the TIFF keeps the planes as the output file holds them.
     A target that is one of the `protect` paths (the inputs) is refused, so inputs are never overwritten.
     """
     png, tif = map_paths(stem_path)
@@ -265,7 +269,7 @@ def write_maps(stem_path: Path, maps: dict[str, np.ndarray], *, protect: Iterabl
     sr, combined = maps["sr"], maps["combined"]
     planes = combined[None] if combined.ndim == 2 else combined
     pick = int(np.argmax(planes.reshape(len(planes), -1).mean(1)))
-    picture = overlay(sr if sr.ndim == 2 else sr[pick], planes[pick], threshold, vmax)
+    picture = overlay(nifti.displayed(sr if sr.ndim == 2 else sr[pick], view), nifti.displayed(planes[pick], view), threshold, vmax)
     picture = np.concatenate([picture, legend(picture.shape[1], threshold, vmax)])
     atomic_write(png, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
     atomic_write(tif, lambda tmp: _save_float_tiff(tmp, planes, map_description(threshold, vmax)))

@@ -114,6 +114,50 @@ def volume_count(meta: ImageMeta) -> int:
     return int(meta.extra.get("volumes", 1)) if meta.format == "nifti" else 1
 
 
+def display_view(meta: ImageMeta) -> tuple[bool, bool, bool]:
+    """(transpose, flip_rows, flip_columns), applied in that order, that draw a NIfTI volume's slices
+    (read_nifti's rows and columns: its two in-plane axes in file order) as a DICOM viewer draws the
+    scan: across the screen toward the patient's left (toward posterior for sagittal slices), down
+    the screen toward posterior (axial slices) or inferior (coronal and sagittal). So a volume that
+    dcm2niix made from a series is drawn as the series is. Any other image: as it is."""
+    if meta.format != "nifti" or meta.slice_axis is None or meta.source is None:
+        return False, False, False
+    rows_axis, columns_axis = _in_plane_axes(3, meta.slice_axis)
+    lps = np.asarray(meta.source.affine, dtype=np.float64)[:3, :3] * np.array([[-1.0], [-1.0], [1.0]])  # RAS -> DICOM's LPS
+    down, across = lps[:, rows_axis], lps[:, columns_axis]
+    normal = int(np.abs(np.cross(down, across)).argmax())  # 0: sagittal, 1: coronal, 2: axial slices
+    sideways = 1 if normal == 0 else 0  # the world axis drawn across the screen: y for sagittal slices, else x
+    transpose = bool(abs(down[sideways]) > abs(across[sideways]))
+    if transpose:
+        down, across = across, down
+    flip_rows = bool(down[1] < 0) if normal == 2 else bool(down[2] > 0)  # down: +y (posterior) or -z (inferior)
+    return transpose, flip_rows, bool(across[sideways] < 0)
+
+
+def displayed(planes: np.ndarray, view: tuple[bool, bool, bool]) -> np.ndarray:
+    """Planes (..., rows, columns) drawn as display_view's `view` says (a copy when it changes them)."""
+    transpose, flip_rows, flip_columns = view
+    if transpose:
+        planes = np.swapaxes(planes, -1, -2)
+    if flip_rows:
+        planes = planes[..., ::-1, :]
+    if flip_columns:
+        planes = planes[..., ::-1]
+    return np.ascontiguousarray(planes) if any(view) else planes
+
+
+def undisplayed(planes: np.ndarray, view: tuple[bool, bool, bool]) -> np.ndarray:
+    """The inverse of displayed: drawn planes back in the file's rows and columns."""
+    transpose, flip_rows, flip_columns = view
+    if flip_columns:
+        planes = planes[..., ::-1]
+    if flip_rows:
+        planes = planes[..., ::-1, :]
+    if transpose:
+        planes = np.swapaxes(planes, -1, -2)
+    return np.ascontiguousarray(planes) if any(view) else planes
+
+
 def scaled_affine(affine: np.ndarray, axes: list[int], scale: float) -> np.ndarray:
     """Affine for a grid `scale` times finer along `axes`, covering the same field of view.
 
