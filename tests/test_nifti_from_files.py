@@ -98,7 +98,7 @@ def test_a_volumes_slices_are_drawn_as_a_dicom_viewer_draws_them(tmp_path, store
     """Axial slices: the patient's left on the screen's right, anterior at the top; coronal: left on the
     right, superior at the top; sagittal: posterior on the right, superior at the top; however the file
     orders and turns its axes."""
-    from medsr.io import read_image
+    from medsr.io import read_image, write_image
     from medsr.io.nifti import display_view, displayed, undisplayed
 
     across_world = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]  # the world axis the slices are stacked along
@@ -126,3 +126,8 @@ def test_a_volumes_slices_are_drawn_as_a_dicom_viewer_draws_them(tmp_path, store
     row, column = np.unravel_index(shown.argmax(), shown.shape)
     assert (row, column) == (0, shown.shape[1] - 1), f"{corner} corner drawn at {(row, column)} of {shown.shape}"
     assert np.array_equal(undisplayed(displayed(image.pixels, view), view), image.pixels)
+    # written as a TIFF stack (--format tiff), each page is the slice as drawn
+    with Image.open(write_image(tmp_path / "v.tif", image, format="tiff")) as tiff:
+        tiff.seek(shape[thick] // 2)
+        page = np.asarray(tiff)
+    assert np.unravel_index(page.argmax(), page.shape) == (0, page.shape[1] - 1)

@@ -96,7 +96,8 @@ def write_image(
     """Write `image.pixels` ([0,1], already super-resolved by `scale`) using the input's metadata.
 
     The format is `format` if given, else the one named by the path's extension, else the
-    input's own format. Written atomically; returns the path.
+    input's own format. A NIfTI volume written as TIFF has its slices drawn as a viewer draws them
+    (medsr.io.nifti.display_view). Written atomically; returns the path.
     """
     path = Path(path)
     pixels = np.asarray(image.pixels)
@@ -122,6 +123,8 @@ def write_image(
             lambda tmp: write_nifti(tmp, image, scale=scale, model_name=model_name, target=path),
             suffix,
         )
+    from medsr.io.nifti import display_view, displayed
     from medsr.io.raster import write_raster
 
+    image = Image(displayed(pixels, display_view(image.meta)), image.meta)  # a NIfTI volume's slices as a viewer draws them
     return atomic_write(path, lambda tmp: write_raster(tmp, image, fmt.name, target=path))
