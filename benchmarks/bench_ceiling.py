@@ -11,6 +11,7 @@
     python benchmarks/bench_ceiling.py
 """
 
+import argparse
 import warnings
 
 import torch
@@ -94,6 +95,7 @@ def markdown(result: dict) -> str:
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help, then nothing
     print(f"{machine()}\n")
     print(markdown(measure()))
 

@@ -12,6 +12,8 @@ ratio (medsr.metrics.block_grid_ratio) of the input on its 8-pixel grid and of e
     python benchmarks/jpeg_dicom.py
 """
 
+import argparse
+
 import torch
 from common import DATA, FLOAT, ROOT, machine
 from pydicom.uid import UID
@@ -27,6 +29,7 @@ MODELS = ("default", "default-jpeg")
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help, then nothing
     upscalers = {name: load_upscaler(name, precision=FLOAT, tile=0)[0] for name in MODELS}
     lines = ["## DICOM files stored as lossy JPEG: block grid in and out", "",
              f"Produced by `python benchmarks/jpeg_dicom.py` ({machine()}).",

@@ -224,13 +224,26 @@ def test_paper_recipe_on_brain_mri_then_upscale_a_real_dicom(tmp_path, medsr_cli
 def test_demo_writes_figures(tmp_path, trained_run, medsr_cli):
     pytest.importorskip("nilearn", reason="demo images not installed; pip install -e '.[demo]'")
     pytest.importorskip("data_store", reason="pydicom-data not installed; pip install -e '.[demo]'")
-    result = run(medsr_cli + ["demo", "-o", str(tmp_path), "--model", str(trained_run)])
+    demo = tmp_path / "project" / "medsr-demo"
+    result = run(medsr_cli + ["demo", "-o", str(demo), "--model", str(trained_run)])
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("chest-cr", "brain-mri"):
         assert f"{name}:" in result.stdout and "bicubic" in result.stdout
-        figure = Image.open(tmp_path / f"{name}-comparison.png")
-        sr = Image.open(tmp_path / f"{name}-x3.png")
+        figure = Image.open(demo / f"{name}-comparison.png")
+        sr = Image.open(demo / f"{name}-x3.png")
         assert figure.width > 3 * 500 and sr.width > 150
+    # the demo's folder is medsr's output: a later run over the folder holding it leaves it out
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "project" / "scan.png")
+    later = run(medsr_cli + ["upscale", str(tmp_path / "project"), "-o", str(tmp_path / "out"), "--model", str(trained_run)])
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.png")) == ["scan.png"]
+
+
+def test_evaluate_classify_takes_one_data_set(tmp_path, image_folder, medsr_cli):
+    result = run(medsr_cli + ["evaluate", "--task", "classify", "--data", str(image_folder), str(image_folder),
+                              "--model", "default", "--out", str(tmp_path / "f")])
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "medsr: error: --task classify tells apart the classes of one data set; give one --data folder at a time, not 2"]
 
 
 def test_models_lists_shipped(medsr_cli):
@@ -339,6 +352,28 @@ def test_upscale_with_uncertainty_writes_an_overlay_and_a_float_map(tmp_path, tr
     values = np.asarray(Image.open(tmp_path / "out" / "scan.uncertainty.tif"), dtype=np.float32)
     assert overlay.size == (120, 90 + legend_height(120)) and overlay.mode == "RGB"  # the legend strip below the image
     assert values.shape == (90, 120) and np.isfinite(values).all() and values.max() > 0
+
+
+def test_reference_model_without_uncertainty_and_verbose_after_the_command(tmp_path, medsr_cli):
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(tmp_path / "x.png")
+    alone = run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--reference-model", "default-gan"])
+    assert alone.returncode == 2 and alone.stderr.strip().splitlines() == [
+        "medsr: error: --reference-model is what --uncertainty compares with; add --uncertainty"]
+    assert not (tmp_path / "out").exists()
+    late = run(medsr_cli + ["upscale", "-v", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")])
+    assert late.returncode == 1 and "Traceback" in late.stderr  # -v after the command: tracebacks, as before it
+    assert run(medsr_cli + ["-v", "models"]).returncode == 0 and run(medsr_cli + ["models"]).returncode == 0
+
+
+def test_the_uncertainty_overlay_of_12_bit_data_is_drawn_in_its_own_range(tmp_path, medsr_cli):
+    """A 12-bit scan in a 16-bit file (as most MR and CT are): the overlay's gray image spans black to white,
+    not the bottom 6 % of the 16-bit range (nearly black)."""
+    y, x = np.mgrid[0:30, 0:40]
+    Image.fromarray((100 * x + 20 * y).astype(np.uint16)).save(tmp_path / "mr12.png")  # 0 to 4480
+    result = run(medsr_cli + ["upscale", str(tmp_path / "mr12.png"), "-o", str(tmp_path / "out"), "--uncertainty", "--tile", "0"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    gray = np.asarray(Image.open(tmp_path / "out" / "mr12.uncertainty.png").convert("L"))[:90]  # the image, above its legend
+    assert gray.min() <= 5 and gray.max() >= 250
 
 
 def test_uncertainty_at_x4_uses_the_consistency_residual_alone(tmp_path, medsr_cli):

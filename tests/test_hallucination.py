@@ -7,7 +7,7 @@ from PIL import Image
 
 from medsr.data import degrade
 from medsr.errors import MedsrError
-from medsr.figures import to_uint8
+from medsr.figures import display_window, to_uint8, windowed
 from medsr.inference import hallucination
 from medsr.inference.upscaler import Upscaler
 from medsr.models import create_generator
@@ -156,7 +156,8 @@ def test_write_maps_round_trips(tmp_path, scan):
     with Image.open(png) as img:
         picture = np.asarray(img)
         assert img.mode == "RGB" and img.size == (60, 60 + hallucination.legend(60).shape[0])  # the overlay, its legend below
-    assert np.array_equal(picture[:60], hallucination.overlay(maps["sr"], maps["combined"]))
+    shown = windowed(maps["sr"], display_window(maps["sr"]))  # drawn from its 0.5th to its 99.5th percentile
+    assert np.array_equal(picture[:60], hallucination.overlay(shown, maps["combined"]))
     legend = picture[60:].astype(int)
     assert (legend[..., 0] - legend[..., 2] > 100).any()  # the red-to-yellow colour bar is drawn
     with Image.open(tif) as img:

@@ -209,6 +209,8 @@ def _upscale(args) -> int:
         raise MedsrError("--slice-spacing, --slice-thickness and --adapt-minutes go with --through-plane; add it")
     if args.ray_address and args.engine != "ray":
         raise MedsrError("--ray-address goes with --engine ray; add it")
+    if args.reference_model and not args.uncertainty:
+        raise MedsrError("--reference-model is what --uncertainty compares with; add --uncertainty")
     # --through-plane alone makes slices thin and keeps the in-plane grid; --model or --scale adds in-plane SR
     in_plane = not args.through_plane or args.model is not None or args.scale is not None
     out_dir = Path(args.output)
@@ -297,6 +299,9 @@ def _evaluate(args) -> int:
 
         if args.protocol != "paper":
             raise MedsrError("--task classify uses the paper protocol (150x150 HR); drop --protocol native")
+        if len(args.data) > 1:
+            raise MedsrError(f"--task classify tells apart the classes of one data set; give one --data folder at a time, "
+                             f"not {len(args.data)}")
         diagnostic.run_classify(args.data, methods, scale, Path(args.out), classifier=args.classifier,
                               classifier_epochs=args.classifier_epochs, split=args.split, limit=args.limit,
                               device=args.device, precision=args.precision)
@@ -509,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the shipped models")
     p.set_defaults(func=_models)
+    for command in sub.choices.values():  # -v after the command too; SUPPRESS keeps one given before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
     return parser
 
 

@@ -20,6 +20,7 @@ import torch
 from medsr import figures, metrics
 from medsr.data import degrade
 from medsr.errors import MedsrError
+from medsr.files import mark_output_folder
 from medsr.inference.upscaler import Upscaler
 from medsr.io import Image, ImageMeta, read_image, write_image
 
@@ -52,7 +53,7 @@ def demo_images() -> dict[str, np.ndarray]:
 def run_demo(upscaler: Upscaler, out_dir: Path, model_name: str) -> list[Path]:
     """Upscale every demo image; write the SR PNG and a bicubic | medsr | original figure, with a
     second row of zoomed insets of the image's busiest region (boxed in red on the original)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    mark_output_folder(out_dir)  # never read back as input by a later medsr upscale of a folder holding it
     s = upscaler.scale
     written = []
     for name, original in demo_images().items():

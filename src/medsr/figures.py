@@ -13,6 +13,18 @@ def to_uint8(array01: np.ndarray) -> np.ndarray:
     return (np.clip(array01, 0, 1) * 255).round().astype(np.uint8)
 
 
+def display_window(pixels01: np.ndarray) -> tuple[float, float]:
+    """The 0.5-99.5 percentile range to draw an image in: a 12-bit scan in a 16-bit range would otherwise look black."""
+    low, high = np.percentile(pixels01, [0.5, 99.5])
+    return (float(low), float(high)) if high > low else (0.0, 1.0)
+
+
+def windowed(pixels01: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """pixels01 stretched so that `window` spans [0, 1], clipped."""
+    low, high = window
+    return np.clip((pixels01 - low) / (high - low), 0, 1)
+
+
 def tile(array01: np.ndarray, label: str, width: int, resample=Image.Resampling.LANCZOS) -> Image.Image:
     """A gray [0, 1] array (or an RGB uint8 array) resized to `width`, under a caption bar."""
     pixels = array01 if array01.dtype == np.uint8 else to_uint8(array01)

@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 from medsr import api, demo, metrics, zoo
 from medsr.data import degrade
 from medsr.errors import MedsrError, TooLargeError
-from medsr.figures import to_uint8
+from medsr.figures import display_window, to_uint8, windowed
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import (
@@ -142,15 +142,8 @@ def _stem(name: str) -> str:
     return stem[: -len(_suffix(stem))] if _suffix(stem) else stem
 
 
-def _display_window(pixels01: np.ndarray) -> tuple[float, float]:
-    """The 0.5-99.5 percentile range: a 12-bit scan in a 16-bit range would otherwise look black."""
-    low, high = np.percentile(pixels01, [0.5, 99.5])
-    return (float(low), float(high)) if high > low else (0.0, 1.0)
-
-
 def _save_png(path: Path, pixels01: np.ndarray, window: tuple[float, float]) -> Path:
-    low, high = window
-    PILImage.fromarray(to_uint8((pixels01 - low) / (high - low))).save(path, format="PNG", compress_level=1)
+    PILImage.fromarray(to_uint8(windowed(pixels01, window))).save(path, format="PNG", compress_level=1)
     return path
 
 
@@ -374,7 +367,7 @@ class Server:
         job.lr01 = nifti.displayed(lr if lr.ndim == 3 else lr[None], job.view)
         job.sr = nifti.displayed((sr if sr.ndim == 3 else sr[None]).astype(np.float16), job.view)
         job.frame = len(job.lr01) // 2
-        job.window = _display_window(job.lr01[job.frame])
+        job.window = display_window(job.lr01[job.frame])
         across = {}
         if job.thin_spacing is not None:
             across = {"across": {"width": job.sr.shape[2], "height": round(len(job.sr) * job.across_aspect)}}
@@ -402,8 +395,7 @@ class Server:
                 plane = plane.clamp(0, 1).numpy()
             else:
                 plane = job.sr[:, row * job.scale + job.scale // 2, :].astype(np.float32)
-            low, high = job.window
-            picture = PILImage.fromarray(to_uint8((plane - low) / (high - low)))
+            picture = PILImage.fromarray(to_uint8(windowed(plane, job.window)))
             picture = picture.resize((plane.shape[1], round(len(plane) * job.across_aspect)), PILImage.Resampling.BICUBIC)
             path = job.folder / f"{kind}.png"
             picture.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM).save(path, format="PNG", compress_level=1)  # head at the top
@@ -437,9 +429,8 @@ class Server:
                 with self.lock:  # on the slice as the model saw it, then turned as the page shows it
                     maps = hallucination.hallucination_maps(nifti.undisplayed(job.lr01[k], job.view), upscaler, reference,
                                                             sr01=nifti.undisplayed(job.sr[k].astype(np.float32), job.view))
-                low, high = job.window
                 shown = {key: nifti.displayed(maps[key], job.view) for key in ("sr", "combined")}
-                picture = hallucination.overlay(np.clip((shown["sr"] - low) / (high - low), 0, 1), shown["combined"])
+                picture = hallucination.overlay(windowed(shown["sr"], job.window), shown["combined"])
                 PILImage.fromarray(picture).save(path, format="PNG", compress_level=1)
             job.files[name] = path
         return job.files[name]

@@ -47,7 +47,6 @@ from medsr.files import LEDGER_NAME, atomic_write, sha256_file  # noqa: F401 - b
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
-from medsr.io import nifti as nifti_io
 from medsr.io.dispatch import check_writable
 from medsr.io.formats import file_extension, format_named, jpeg_coded
 from medsr.io.types import quiet_libraries
@@ -391,8 +390,10 @@ class JobRunner:
             else:
                 written = [write_image(job.output, image, scale=self.scale, model_name=self.model_name, format=self.format)]
             if maps is not None:
+                from medsr.io.nifti import display_view
+
                 written += hallucination.write_maps(hallucination.stem_for(written[0]), maps, protect=self.protect,
-                                                    view=nifti_io.display_view(image.meta))
+                                                    view=display_view(image.meta))
             files = [_file_record(path) for path in written]
         except Exception as err:  # noqa: BLE001 - _failure says what it was
             return _failure(job, err, time.perf_counter() - started)

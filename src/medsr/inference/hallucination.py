@@ -31,10 +31,9 @@ from PIL import Image, ImageDraw
 from medsr import zoo
 from medsr.data import degrade
 from medsr.errors import MedsrError
-from medsr.figures import hot, to_uint8
+from medsr.figures import display_window, hot, to_uint8, windowed
 from medsr.files import atomic_write, sha256_file
 from medsr.inference import onnx
-from medsr.io import nifti
 
 # combined = 1.0 means a difference of 10 % of the LR image's own intensity range (max - min).
 COMBINED_UNIT = 0.1
@@ -257,10 +256,14 @@ def write_maps(stem_path: Path, maps: dict[str, np.ndarray], *, protect: Iterabl
     ImageDescription), atomically. Returns the two paths.
 
     For a stack the PNG shows the plane with the highest mean `combined` (the most suspicious one),
-    turned as `view` says (medsr.io.nifti.display_view: a NIfTI volume's slice as a viewer draws it);
+    turned as `view` says (medsr.io.nifti.display_view: a NIfTI volume's slice as a viewer draws it) and
+    stretched from its 0.5th to its 99.5th percentile (figures.display_window: a 12-bit scan in a
+    16-bit range is not black, a CT's air and bone not one flat gray);
     the TIFF keeps the planes as the output file holds them.
     A target that is one of the `protect` paths (the inputs) is refused, so inputs are never overwritten.
     """
+    from medsr.io.nifti import displayed  # nibabel loads on first use, not at start-up
+
     png, tif = map_paths(stem_path)
     protected = {Path(p).resolve() for p in protect}
     for target in (png, tif):
@@ -269,7 +272,8 @@ def write_maps(stem_path: Path, maps: dict[str, np.ndarray], *, protect: Iterabl
     sr, combined = maps["sr"], maps["combined"]
     planes = combined[None] if combined.ndim == 2 else combined
     pick = int(np.argmax(planes.reshape(len(planes), -1).mean(1)))
-    picture = overlay(nifti.displayed(sr if sr.ndim == 2 else sr[pick], view), nifti.displayed(planes[pick], view), threshold, vmax)
+    shown = displayed(sr if sr.ndim == 2 else sr[pick], view)
+    picture = overlay(windowed(shown, display_window(shown)), displayed(planes[pick], view), threshold, vmax)
     picture = np.concatenate([picture, legend(picture.shape[1], threshold, vmax)])
     atomic_write(png, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
     atomic_write(tif, lambda tmp: _save_float_tiff(tmp, planes, map_description(threshold, vmax)))

@@ -123,8 +123,10 @@ def write_image(
             lambda tmp: write_nifti(tmp, image, scale=scale, model_name=model_name, target=path),
             suffix,
         )
-    from medsr.io.nifti import display_view, displayed
     from medsr.io.raster import write_raster
 
-    image = Image(displayed(pixels, display_view(image.meta)), image.meta)  # a NIfTI volume's slices as a viewer draws them
+    if image.meta.format == "nifti":  # a NIfTI volume's slices as a viewer draws them
+        from medsr.io.nifti import display_view, displayed
+
+        image = Image(displayed(pixels, display_view(image.meta)), image.meta)
     return atomic_write(path, lambda tmp: write_raster(tmp, image, fmt.name, target=path))
