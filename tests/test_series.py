@@ -141,7 +141,7 @@ def synthetic_enhanced(path: Path, slices=4, times=2, spacing_z=3.0, shape=(8, 6
 
 
 def only(found: list[S.Series]) -> S.Series:
-    assert len(found) == 1, [s.message for s in found]
+    assert len(found) == 1, [s.message() for s in found]
     return found[0]
 
 
@@ -352,8 +352,8 @@ def test_series_that_cannot_form_a_volume_say_why(positions, kwargs, reason, tmp
         assert series.reason is None and len(series.volumes) == 1
         return
     assert series.volumes == [] and reason in series.reason
-    assert "\n" not in series.message and series.message.endswith("processing it slice by slice instead")
-    assert str(tmp_path / "in") in series.message
+    assert "\n" not in series.message() and series.message().endswith("processing it slice by slice instead")
+    assert str(tmp_path / "in") in series.message()
 
 
 def test_mixed_sizes_orientations_and_shear_fall_back(tmp_path):
@@ -539,7 +539,7 @@ def test_unreadable_file_is_its_own_slice_by_slice_entry(tmp_path):
     (folder / "text.dcm").write_bytes(b"not a DICOM file at all\n" * 20)
     found = S.scan_series(folder)
     assert sorted(len(s.volumes) for s in found) == [0, 0, 1]
-    messages = sorted(s.message for s in found if not s.volumes)
+    messages = sorted(s.message() for s in found if not s.volumes)
     assert messages[0].startswith(f"{folder / 'cut.dcm'}: has no pixel data")
     assert messages[1].startswith(f"{folder / 'text.dcm'}: not a DICOM file")
     assert not any("\n" in m for m in messages)

@@ -42,6 +42,7 @@ def test_through_plane_alone_makes_the_slices_thin_with_the_exact_affine(tmp_pat
     source = thick_volume(tmp_path / "t1.nii.gz")
     result = run(medsr_cli + ["upscale", str(tmp_path / "t1.nii.gz"), "-o", str(tmp_path / "out"), "--through-plane"])
     assert result.returncode == 0, result.stderr
+    assert "upscaled 1 of 1 file(s) made thin across the slices into" in result.stdout  # not "x1"
     out = nib.load(tmp_path / "out" / "t1.nii.gz")
     assert out.shape == (40, 36, 36)  # 8 x 4 mm = 32 mm of slices at 0.9 mm: 36 slices of 32/36 mm
     assert np.allclose(out.header.get_zooms(), (0.9, 0.9, 32 / 36), atol=1e-5)
@@ -55,6 +56,7 @@ def test_through_plane_with_in_plane_sr_and_a_chosen_spacing(tmp_path, medsr_cli
     result = run(medsr_cli + ["upscale", str(tmp_path / "t1.nii.gz"), "-o", str(tmp_path / "out"), "--through-plane",
                               "--slice-spacing", "2", "--scale", "2", "--tile", "0"])
     assert result.returncode == 0, result.stderr
+    assert "upscaled 1 of 1 file(s) x2 and made thin across the slices into" in result.stdout
     out = nib.load(tmp_path / "out" / "t1.nii.gz")
     assert out.shape == (80, 72, 16)
     assert np.abs(out.affine - expected_affine(source.affine, 4.0, 2.0, in_plane=2)).max() < 1e-4
@@ -68,12 +70,31 @@ def test_through_plane_options_without_the_flag_and_2d_images_get_one_line(tmp_p
 
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "flat.png")
     result = run(medsr_cli + ["upscale", str(tmp_path / "flat.png"), "-o", str(tmp_path / "out2"), "--through-plane"])
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [  # said before any work, in one line
+        f"medsr: error: {tmp_path / 'flat.png'}: --through-plane makes the slices of a volume thin, and PNG, JPEG, TIFF and BMP "
+        "files hold none; give a NIfTI volume or a DICOM series folder"]
+    assert not (tmp_path / "out2").exists()
+    (tmp_path / "mixed").mkdir()  # beside a volume, it is one failed file of the run, which goes on
+    (tmp_path / "flat.png").rename(tmp_path / "mixed" / "flat.png")
+    (tmp_path / "t1.nii.gz").rename(tmp_path / "mixed" / "t1.nii.gz")
+    result = run(medsr_cli + ["upscale", str(tmp_path / "mixed"), "-o", str(tmp_path / "out4"), "--through-plane"])
     assert result.returncode == 1 and "not a 3-D NIfTI volume" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "out4" / "t1.nii.gz").is_file()
     from pydicom.data import get_testdata_file
 
     (tmp_path / "one.dcm").write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())  # one slice: no volume
     result = run(medsr_cli + ["upscale", str(tmp_path / "one.dcm"), "-o", str(tmp_path / "out3"), "--through-plane"])
     assert result.returncode == 1 and "not part of a DICOM series that forms a volume" in result.stderr
+
+
+@needs_data
+def test_a_series_with_a_missing_slice_is_said_not_to_be_made_thin(tmp_path, medsr_cli):
+    (tmp_path / "gap").mkdir()
+    for k in (1, 2, 4, 5):  # slice 3 of the 5 missing: no evenly spaced volume
+        shutil.copy(DATA / "dicom-series" / "siemens-sag-gre-fieldmap" / f"{k}.dcm", tmp_path / "gap")
+    result = run(medsr_cli + ["upscale", str(tmp_path / "gap"), "-o", str(tmp_path / "out"), "--through-plane"])
+    assert result.returncode == 1 and "--through-plane cannot make it thin (its files fail)" in result.stderr
+    assert "slice by slice instead" not in result.stderr
 
 
 @needs_data

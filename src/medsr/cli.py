@@ -16,7 +16,7 @@ from pathlib import Path
 from medsr import __version__
 from medsr.errors import MedsrError
 from medsr.files import mark_output_folder, output_folder_lock
-from medsr.io.formats import FORMAT_CHOICES, with_format_extension
+from medsr.io.formats import FORMAT_CHOICES, format_of_extension, with_format_extension
 from medsr.settings import DEVICES, PRECISIONS, PROTOCOLS, RUNTIMES, TILE, TILE_AMX, TILE_OVERLAP
 
 
@@ -97,11 +97,12 @@ def _output_path(rel: Path, out_dir: Path, fmt: str | None) -> Path:
     return out_dir / (rel if fmt is None else with_format_extension(rel, fmt))
 
 
-def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None, named: set[Path] = frozenset()) -> list:
+def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None, named: set[Path] = frozenset(), thin: bool = False) -> list:
     """One job per file, except that while the output stays DICOM or is NIfTI, the volumes of a DICOM
     series are one job that writes one derived series (or one NIfTI file); a series that cannot form a
     volume is said so (one line) and done file by file. DICOM files in a folder that hold no image (a
-    DICOMDIR, reports, presentation states) are left out with one note; `named` files are kept (and fail)."""
+    DICOMDIR, reports, presentation states) are left out with one note; `named` files are kept (and fail).
+    `thin` (--through-plane): such a series cannot be made thin, and the note says so."""
     from medsr.inference import batch
     from medsr.io.formats import format_named, format_of_path
 
@@ -123,7 +124,8 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None, named:
             if found.volumes:
                 series_of.update(dict.fromkeys(found.paths, found))
             elif len(found.paths) > 1 and found.spatial:  # radiographs without positions are not series to warn about
-                print(f"medsr: note: {found.message}", file=sys.stderr)
+                then = "--through-plane cannot make it thin (its files fail)" if thin else "processing it slice by slice instead"
+                print(f"medsr: note: {found.message(then)}", file=sys.stderr)
     if left_out:
         first = min(left_out)
         print(f"medsr: note: {first}" + (f" and {len(left_out) - 1} more" if len(left_out) > 1 else "")
@@ -227,7 +229,11 @@ def _upscale(args) -> int:
         raise MedsrError(f"{summary_path}: the summary CSV would overwrite this input; choose another --summary")
     if summary_path.is_dir():
         raise MedsrError(f"{summary_path}: --summary names a folder; give a file, such as {summary_path / batch.SUMMARY_NAME}")
-    jobs = _jobs(pairs, out_dir, args.format, {Path(text) for text in args.inputs})
+    jobs = _jobs(pairs, out_dir, args.format, {Path(text) for text in args.inputs}, thin=through_plane is not None)
+    if through_plane and jobs and all(job.series is None and getattr(format_of_extension(job.input), "module", "") == "raster"
+                                      for job in jobs):
+        raise MedsrError(f"{jobs[0].input}: --through-plane makes the slices of a volume thin, and PNG, JPEG, TIFF and BMP files "
+                         "hold none; give a NIfTI volume or a DICOM series folder")
     if jobs and all(job.series is None and job.output.resolve() == job.input.resolve() for job in jobs):
         raise MedsrError(f"{jobs[0].input}: -o {out_dir} would overwrite the input(s) with their outputs; choose another "
                          "output folder (or another --format)")
@@ -277,7 +283,7 @@ def _upscale(args) -> int:
         finally:
             progress.close()
         summary.write_csv(summary_path)
-    print(f"{summary.describe(out_dir, upscaler.scale if upscaler else 1)}\nsummary: {summary_path}")
+    print(f"{summary.describe(out_dir, upscaler.scale if upscaler else 1, thin=through_plane is not None)}\nsummary: {summary_path}")
     return 130 if summary.interrupted else 1 if summary.failed else 0
 
 

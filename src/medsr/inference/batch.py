@@ -112,12 +112,14 @@ class BatchSummary:
     def failed(self) -> list[JobResult]:
         return [r for r in self.results if r.status == "failed"]
 
-    def describe(self, out_dir: Path, scale: int, show_failures: int = 10) -> str:
-        """The end-of-run summary: counts on one line, then the first failures with their reasons."""
+    def describe(self, out_dir: Path, scale: int, show_failures: int = 10, thin: bool = False) -> str:
+        """The end-of-run summary: counts on one line, then the first failures with their reasons.
+        `scale` 1 with `thin`: slices made thin alone (--through-plane without in-plane SR)."""
         failed = self.failed
         series = sum(r.job.series is not None for r in self.results)
         counted = "file(s)" if not series else "file(s) and series" if series < len(self.results) else "series"
-        text = f"upscaled {self.done} of {len(self.results)} {counted} x{scale} into {out_dir}"
+        how = " and ".join(([f"x{scale}"] if scale != 1 or not thin else []) + (["made thin across the slices"] if thin else []))
+        text = f"upscaled {self.done} of {len(self.results)} {counted} {how} into {out_dir}"
         if self.skipped:
             text += f"; {self.skipped} skipped (complete)"
         if failed:

@@ -162,11 +162,10 @@ class Series:
     repeats: list[Path] = dataclasses.field(default_factory=list)  # copies of files already in (same SOPInstanceUID): left out
     images: bool = True  # False: none of its files holds an image (DICOMDIR, reports, presentation states)
 
-    @property
-    def message(self) -> str:
-        """The one line a caller prints for a series processed slice by slice."""
+    def message(self, then: str = "processing it slice by slice instead") -> str:
+        """The one line a caller prints for a series that forms no volume: why, then what is done instead."""
         first = self.paths[0] if len(self.paths) == 1 else f"{self.paths[0].parent} (series {self.uid or '?'}, {len(self.paths)} files)"
-        return f"{first}: {self.reason}; processing it slice by slice instead"
+        return f"{first}: {self.reason}; {then}"
 
 
 def _to_range(image: Image, value_range: tuple[float, float]) -> np.ndarray:
