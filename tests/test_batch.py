@@ -450,6 +450,9 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_writes(tmp
         second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode != 0 and "another medsr run is writing into this folder" in second.stderr
     assert second.stderr.count("\n") == 1 and not outputs(tmp_path / "out")
+    with output_folder_lock(tmp_path / "out"):  # refused before the model loads: a model file that is not there is not reached
+        early = subprocess.run([*command[:-4], "--model", str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
+    assert "another medsr run is writing into this folder" in early.stderr and "missing" not in early.stderr
     assert subprocess.run(command, capture_output=True, text=True, timeout=300).returncode == 0  # free again
 
 

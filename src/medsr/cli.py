@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medsr import __version__
 from medsr.errors import MedsrError
-from medsr.files import mark_output_folder, output_folder_lock
+from medsr.files import OUTPUT_MARKER, mark_output_folder, output_folder_lock
 from medsr.io.formats import FORMAT_CHOICES, format_of_extension, with_format_extension
 from medsr.settings import DEVICES, PRECISIONS, PROTOCOLS, RUNTIMES, TILE, TILE_AMX, TILE_OVERLAP
 
@@ -237,6 +237,9 @@ def _upscale(args) -> int:
     if jobs and all(job.series is None and job.output.resolve() == job.input.resolve() for job in jobs):
         raise MedsrError(f"{jobs[0].input}: -o {out_dir} would overwrite the input(s) with their outputs; choose another "
                          "output folder (or another --format)")
+    if (out_dir / OUTPUT_MARKER).exists():  # a folder another run is writing into: said before the model loads, not after
+        with output_folder_lock(out_dir):
+            pass
     model, reference_name = _batch_model(args, args.model if in_plane else None, through_plane)
     for folder in {out_dir, summary_path.parent}:  # before any file is upscaled, rather than at every write
         _check_writable(folder, "-o" if folder == out_dir else "--summary")
