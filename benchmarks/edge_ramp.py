@@ -19,10 +19,9 @@ import argparse
 import numpy as np
 import torch
 from common import DATA, FLOAT, ROOT, machine
-from scipy import ndimage
 from zero_background import demo_brain
 
-from medsr import zoo
+from medsr import metrics, zoo
 from medsr.data import degrade
 from medsr.evaluation import quality
 from medsr.inference.upscaler import Upscaler
@@ -39,7 +38,7 @@ def ramp(images: list[np.ndarray], method: quality.Method | None) -> np.ndarray:
         lr, hr = degrade.make_pair(image, "native", 3, native_cap=None)
         out = hr if method is None else method.run(lr, 3)
         low, span = float(hr.min()), max(float(hr.max() - hr.min()), 1e-12)
-        distance = ndimage.distance_transform_edt(hr > low + 0.01 * span).round()  # as medsr.metrics.zero_edge_profile
+        distance = metrics.zero_edge_distance(hr)  # as medsr.metrics.zero_edge_profile takes it
         rows.append([100 * ((out - low) / span)[distance == d].mean() if (distance == d).any() else np.nan for d in range(1, DEPTH + 1)])
     return np.nanmean(np.array(rows, dtype=float), axis=0)
 

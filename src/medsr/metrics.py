@@ -15,6 +15,7 @@ whether a method restores texture. `hf_energy_ratio` measures that (see docs/RES
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure as _ms_ssim,
@@ -126,6 +127,15 @@ def block_grid_ratio(images: torch.Tensor, block: int = 8) -> torch.Tensor:
     return on / off.clamp_min(1e-12)
 
 
+def zero_edge_distance(hr: np.ndarray, background: float = 0.01) -> np.ndarray:
+    """Each pixel's distance (Euclidean, rounded; 0 in it) to the zero background of a 2-D image: the
+    pixels within `background` of its range above its minimum (a skull-stripped volume's or a template's zero)."""
+    from scipy import ndimage
+
+    low, span = float(hr.min()), max(float(hr.max() - hr.min()), 1e-12)
+    return ndimage.distance_transform_edt(hr > low + background * span).round()
+
+
 def zero_edge_profile(sr: torch.Tensor, hr: torch.Tensor, depth: int = 6, background: float = 0.01) -> torch.Tensor:
     """Mean error (sr - hr) at each distance 1..depth pixels inside the edge of a zero background,
     as a share of hr's range, shape (depth,); nan where no pixel lies at that distance.
@@ -136,11 +146,9 @@ def zero_edge_profile(sr: torch.Tensor, hr: torch.Tensor, depth: int = 6, backgr
     scans draws it inside such edges: a positive error a few pixels in, where the truth has none.
     sr and hr are one 2-D image each (any leading singleton dimensions).
     """
-    from scipy import ndimage
-
     sr, hr = sr.float().squeeze().cpu().numpy(), hr.float().squeeze().cpu().numpy()
-    low, span = float(hr.min()), max(float(hr.max() - hr.min()), 1e-12)
-    distance = ndimage.distance_transform_edt(hr > low + background * span).round()
+    span = max(float(hr.max() - hr.min()), 1e-12)
+    distance = zero_edge_distance(hr, background)
     error = (sr - hr) / span
     return torch.tensor([float(error[distance == d].mean()) if (distance == d).any() else float("nan")
                          for d in range(1, depth + 1)])

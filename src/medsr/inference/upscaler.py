@@ -38,8 +38,9 @@ class TiledUpscaler:
     """Tiling and the per-image range stretch, shared by the runtimes. A subclass supplies `_run`,
     which upscales one tile ([0, 1] in, [0, 1] out); arrays are (H, W) or (N, H, W) in [0, 1]."""
 
-    def __init__(self, scale: int, tile: int | None = None, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
-        # tile None or "auto": TILE (the torch Upscaler then takes hardware.default_tile's choice)
+    def __init__(self, scale: int, tile: int | None = None, tile_overlap: int = TILE_OVERLAP, normalize: bool = True,
+                 auto_tile: int = TILE):
+        # tile None or "auto": auto_tile (the torch Upscaler passes hardware.default_tile's choice)
         tile = None if tile == "auto" else tile
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer))):
             raise MedsrError(f"tile {tile!r}: give a whole number of LR pixels, 0 (the whole image at once) or None (auto)")
@@ -47,7 +48,7 @@ class TiledUpscaler:
             raise MedsrError(f"tile {tile}: give 0 (the whole image at once) or a tile size in LR pixels")
         if tile_overlap < 0:
             raise MedsrError(f"tile overlap {tile_overlap}: give 0 or more pixels of context around each tile")
-        self.scale, self.tile, self.overlap, self.normalize = scale, TILE if tile is None else tile, tile_overlap, normalize
+        self.scale, self.tile, self.overlap, self.normalize = scale, auto_tile if tile is None else tile, tile_overlap, normalize
 
     def _run(self, lr01: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -89,14 +90,13 @@ class Upscaler(TiledUpscaler):
 
     def __init__(self, model: torch.nn.Module, scale: int, device: torch.device, precision: str = "auto",
                  tile: int | None = None, tile_overlap: int = TILE_OVERLAP, normalize: bool = True):
-        super().__init__(scale, tile, tile_overlap, normalize)
         self.device = device
         self.dtype = hardware.resolve_precision("auto" if precision == "int8" else precision, device)
         calibration = getattr(model, "int8_calibration", None)  # set by zoo.load from the file's medsr_int8 metadata
         if precision == "auto" and device.type == "cpu" and hardware.cpu_runs_int8_auto() and int8.within_budget(calibration):
             precision = "int8"  # as exact as bf16 within int8.AUTO_BUDGET_DB, and faster
         self.precision = "int8" if precision == "int8" else "bf16" if self.dtype == torch.bfloat16 else "fp32"  # what runs
-        self.tile = hardware.default_tile(device, self.precision) if tile in (None, "auto") else tile
+        super().__init__(scale, tile, tile_overlap, normalize, auto_tile=hardware.default_tile(device, self.precision))
         model = model.to(device).eval()
         if hasattr(model, "fused_for_inference"):
             model = model.fused_for_inference()  # same function, fewer operations
