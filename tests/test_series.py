@@ -208,6 +208,19 @@ def test_real_series_group_into_the_volumes_dcm2niix_sees(folder, volumes, slice
         assert [p.name for p in series.volumes[0].paths] == ["5.dcm", "4.dcm", "3.dcm", "2.dcm", "1.dcm"]
 
 
+def test_philips_precise_float_factor_only_for_one_scaling_across_the_series():
+    def philips(rescale_slope: str, scale_slope: float) -> Dataset:
+        ds = Dataset()
+        ds.RescaleSlope = rescale_slope
+        ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0E, "FL", scale_slope)
+        return ds
+
+    assert S.philips_float_factor([philips("2", 0.25), philips("2", 0.25)]) == pytest.approx(2.0)  # 1 / (RS * SS)
+    assert S.philips_float_factor([philips("2", 0.25), philips("4", 0.25)]) == 1.0  # varies: display values kept
+    assert S.philips_float_factor([philips("2", 0.0)]) == 1.0
+    assert S.philips_float_factor([philips("2", 0.25), Dataset()]) == 1.0  # not every file is Philips
+
+
 @pytest.mark.parametrize("folder", ["siemens", "philips"])
 @needs_series
 @needs_dcm2niix

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -602,8 +603,8 @@ def write_series_nifti(
 ) -> list[Path]:
     """The super-resolved volumes of `series` (write_derived_series's arguments) as one NIfTI file:
     axes (column, row, slice along the normal), a 4th axis for a series of several volumes (time
-    points step by the repetition time, in seconds), values in the series' own units (float32), and
-    the affine in RAS+ mm as nibabel and dcm2niix give the source series, moved to the finer grid
+    points step by the repetition time, in seconds), values in the series' own units as dcm2niix gives
+    them (float32; philips_float_factor), and the affine in RAS+ mm as nibabel and dcm2niix give the source series, moved to the finer grid
     over the same field of view (qform and sform code 1, scanner). Named like the derived series' files (medsr_<hash>.nii.gz in `out_dir`) unless
     `target` names the file. Returns [the path written], as write_derived_series returns its files."""
     import nibabel as nib
@@ -616,10 +617,12 @@ def write_series_nifti(
     lps[:3, 2] = first.normal * grid.spacing
     lps[:3, 3] += first.normal * (grid.positions[0] - first.positions[0])
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    factor = philips_float_factor([ds for volume in series.volumes for ds in volume.datasets])
     volumes = []
     for volume, result in zip(series.volumes, pixels):
         low, high = volume.metas[0].value_range
-        volumes.append(np.transpose(low + np.clip(result, 0.0, 1.0) * (high - low), (2, 1, 0)).astype(np.float32))
+        values = (low + np.clip(result, 0.0, 1.0) * (high - low)) * factor
+        volumes.append(np.transpose(values, (2, 1, 0)).astype(np.float32))
     data = volumes[0] if len(volumes) == 1 else np.stack(volumes, axis=3)
     image = nib.Nifti1Image(data, affine)
     image.set_qform(affine, code=1)
@@ -632,6 +635,23 @@ def write_series_nifti(
     path = Path(target) if target is not None else Path(out_dir) / f"{_file_stem(series_uid)}.nii.gz"
     with quiet_libraries():
         return [atomic_write(path, lambda tmp: nib.save(image, tmp), suffix=file_extension(path))]
+
+
+def philips_float_factor(datasets: Sequence[Dataset]) -> float:
+    """What turns the series' rescaled values into Philips' precise floating-point values, as dcm2niix
+    writes a Philips MR series by default (its -p y): FP = (PV * RS + RI) / (RS * SS), with SS the private
+    MRScaleSlope (2005,100E); 1.0 for other series, and for one whose RS * SS varies between slices
+    (which dcm2niix too only warns about)."""
+    factors = []
+    for ds in datasets:
+        try:
+            scale_slope = float(ds.private_block(0x2005, "Philips MR Imaging DD 001")[0x0E].value)
+        except (KeyError, TypeError, ValueError):  # not a Philips MR file, or one without the element
+            return 1.0
+        if not (math.isfinite(scale_slope) and scale_slope > 0):
+            return 1.0
+        factors.append(1.0 / (dicom.rescale(ds)[0] * scale_slope))
+    return factors[0] if factors and max(factors) <= min(factors) * (1 + 1e-6) else 1.0
 
 
 def _rescaled_to_hold(ds: Dataset, pixels01: np.ndarray, meta: ImageMeta) -> Dataset:
