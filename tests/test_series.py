@@ -476,6 +476,25 @@ def test_through_plane_on_a_synthetic_series(tmp_path):
     assert "SliceLocation" not in derived[0]  # the source had none to follow
 
 
+def test_a_series_slice_thickness_sets_the_through_plane_profile_unless_one_is_given(tmp_path, monkeypatch):
+    from medsr.inference import volume as V
+    from medsr.models import create_generator
+
+    series = only(S.scan_series(synthetic_series(tmp_path / "gaps", (0, 3, 6, 9))))  # 2 mm slices 3 mm apart
+    assert series.volumes[0].slice_thickness == 2.0
+    assert only(S.scan_series([synthetic_enhanced(tmp_path / "enhanced" / "e.dcm", times=1)])).volumes[0].slice_thickness == 3.0
+    synthetic_slice(tmp_path / "mixed" / "a.dcm", 0, SliceThickness=1.0)
+    synthetic_slice(tmp_path / "mixed" / "b.dcm", 2, SliceThickness=2.0, instance=2)
+    assert only(S.scan_series(tmp_path / "mixed")).volumes[0].slice_thickness is None
+
+    seen, real = [], V.upscale_through_plane
+    monkeypatch.setattr(V, "upscale_through_plane", lambda *a, **k: seen.append(k["slice_thickness"]) or real(*a, **k))
+    net = create_generator("through-plane", channels=8, num_blocks=1)
+    for options in (V.ThroughPlane(model=net, precision="fp32"), V.ThroughPlane(slice_thickness=2.5, model=net, precision="fp32")):
+        V.through_plane_series(series, [series.volumes[0].pixels], options)
+    assert seen == [2.0, 2.5]  # the header's, then the user's
+
+
 def test_differing_rescales_share_one_value_range(tmp_path):
     folder = tmp_path / "pet"
     for z in range(3):  # like PET: every slice its own slope

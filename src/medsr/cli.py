@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "alone it keeps the in-plane grid, with --model or --scale it also upscales in-plane")
     p.add_argument("--slice-spacing", type=float, metavar="MM", help="with --through-plane: the new slice spacing (default: the in-plane pixel spacing)")
     p.add_argument("--slice-thickness", type=float, metavar="MM",
-                   help="with --through-plane: the slices' thickness when it differs from their spacing (gaps; default: the spacing)")
+                   help="with --through-plane: the slices' thickness when it differs from their spacing "
+                        "(gaps; default: a DICOM series' SliceThickness, else the spacing)")
     p.add_argument("--adapt-minutes", type=float, default=0, metavar="N",
                    help="with --through-plane: first fine-tune the model on each volume's own in-plane detail for N minutes")
     p.add_argument("--workers", type=int, default=2, help="local engine: threads that decode and write files around the model (0: none)")

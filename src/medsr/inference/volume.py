@@ -220,8 +220,8 @@ def _flat_kept(out: np.ndarray, moved: np.ndarray, coords: np.ndarray) -> np.nda
 @dataclass(frozen=True)
 class ThroughPlane:
     """What `--through-plane` asks for: the target slice spacing in mm (None: the finest in-plane
-    spacing), the slices' thickness where they have gaps (None: their spacing), and minutes of
-    per-volume adaptation."""
+    spacing), the slices' thickness where they have gaps (None: a DICOM series' SliceThickness, else
+    their spacing), and minutes of per-volume adaptation."""
 
     slice_spacing: float | None = None
     slice_thickness: float | None = None
@@ -230,12 +230,15 @@ class ThroughPlane:
     device: str = "auto"
     precision: str = "auto"
 
-    def apply(self, stack: np.ndarray, slice_spacing: float, pixel_spacing, name: str) -> ThroughPlaneResult:
-        """(slices, rows, columns) in [0, 1] -> thin slices along the first axis, still in [0, 1]."""
+    def apply(self, stack: np.ndarray, slice_spacing: float, pixel_spacing, name: str,
+              slice_thickness: float | None = None) -> ThroughPlaneResult:
+        """(slices, rows, columns) in [0, 1] -> thin slices along the first axis, still in [0, 1];
+        `slice_thickness`: the file's own, used where the options give none."""
         if pixel_spacing is None:
             raise MedsrError(f"{name}: has no in-plane pixel spacing, so its slices' thickness means nothing; fix the header")
+        thickness = self.slice_thickness if self.slice_thickness is not None else slice_thickness
         result = upscale_through_plane(stack, (slice_spacing, *pixel_spacing), 0, model=self.model, target_spacing=self.slice_spacing,
-                                       slice_thickness=self.slice_thickness, adapt_minutes=self.adapt_minutes,
+                                       slice_thickness=thickness, adapt_minutes=self.adapt_minutes,
                                        device=self.device, precision=self.precision, name=name)
         return result._replace(array=np.clip(result.array, 0.0, 1.0))
 
@@ -255,7 +258,7 @@ def through_plane_image(image: Image, options: ThroughPlane) -> Image:
 def through_plane_series(series: Series, stacks: list[np.ndarray], options: ThroughPlane) -> tuple[list[np.ndarray], dict]:
     """Every volume of a DICOM series made thin: the new stacks, and the keyword arguments that tell
     write_derived_series where the new slices are (mm along the normal) and how thick."""
-    results = [options.apply(stack, volume.slice_spacing, volume.pixel_spacing, str(volume.paths[0]))
+    results = [options.apply(stack, volume.slice_spacing, volume.pixel_spacing, str(volume.paths[0]), volume.slice_thickness)
                for volume, stack in zip(series.volumes, stacks)]
     first = series.volumes[0]
     return [r.array for r in results], {"positions": first.positions[0] + results[0].positions, "slice_thickness": results[0].spacing[0]}

@@ -106,6 +106,22 @@ class Volume:
         return self.frames is not None
 
     @property
+    def slice_thickness(self) -> float | None:
+        """SliceThickness (mm) when every slice gives the same positive one (an enhanced file's in its
+        PixelMeasuresSequence), else None."""
+        values = set()
+        for ds, frame in zip(self.datasets, self.frames or [None] * len(self.datasets)):
+            if frame is not None:
+                per_frame = ds.PerFrameFunctionalGroupsSequence[frame]
+                ds = dicom.functional_group(per_frame, _item(ds, "SharedFunctionalGroupsSequence"), "PixelMeasuresSequence") or Dataset()
+            try:
+                values.add(float(ds.get("SliceThickness")))
+            except (TypeError, ValueError):  # missing, empty or damaged
+                return None
+        value = values.pop() if len(values) == 1 else math.nan
+        return value if math.isfinite(value) and value > 0 else None
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         return len(self.positions), int(self.datasets[0].Rows), int(self.datasets[0].Columns)
 
