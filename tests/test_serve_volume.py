@@ -206,7 +206,9 @@ def test_page_shows_a_volume_across_its_thin_slices_in_chromium(served, page, tm
 def test_volume_errors_name_the_users_file(client, tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((20, 20, 6), np.float32), np.eye(4)), tmp_path / "iso1mm.nii.gz")  # already thin
     answer = client.post("/api/upscale?model=default&name=iso1mm.nii.gz&through=true", content=(tmp_path / "iso1mm.nii.gz").read_bytes())
-    assert answer.status_code == 400 and answer.json()["error"].startswith("iso1mm.nii.gz: ") and "input" not in answer.json()["error"]
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error.startswith("iso1mm.nii.gz: ") and "input" not in error
+    assert "6 slices are 1 mm apart" in error and "untick 'Thin slices'" in error and "--" not in error  # the page's words, not the CLI's
 
 
 @needs_data

@@ -7,3 +7,11 @@ class MedsrError(Exception):
 
 class TooLargeError(MedsrError):
     """An image or volume above the pixel limit a reader was given, found from its header before decoding."""
+
+
+class NothingToThinError(MedsrError):
+    """Through-plane SR asked of slices already as thin as the target: `slices` slices `spacing` mm apart."""
+
+    def __init__(self, message: str, slices: int, spacing: float):
+        super().__init__(message)
+        self.slices, self.spacing = slices, spacing

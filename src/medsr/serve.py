@@ -24,7 +24,7 @@ import time
 import uuid
 import zipfile
 from collections import OrderedDict
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect
 
 from medsr import api, demo, metrics, zoo
 from medsr.data import degrade
-from medsr.errors import MedsrError, TooLargeError
+from medsr.errors import MedsrError, NothingToThinError, TooLargeError
 from medsr.figures import display_window, to_uint8, windowed
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
@@ -134,6 +134,16 @@ def _unzip(path: Path, folder: Path, name: str, limit_bytes: int) -> dict[Path, 
 def _several_volumes(name: str, count: int) -> str:
     """The page's note for an upload of several volumes (a 4-D NIfTI, a zipped series of time points)."""
     return f"{name} holds {count} volumes (time points, echoes or directions): all are in the download; this page shows the first."
+
+
+@contextmanager
+def _thin_advice(name: str):
+    """A volume whose slices are already thin, said in the page's words (the library's advice names CLI options)."""
+    try:
+        yield
+    except NothingToThinError as err:
+        raise UserError(f"{name}: its {err.slices} slices are {err.spacing:g} mm apart, already as thin as its pixels; "
+                        "untick 'Thin slices' to upscale it in-plane") from None
 
 
 def _stem(name: str) -> str:
@@ -305,7 +315,7 @@ class Server:
         upscaler = self.upscaler_for(model)
         started = time.perf_counter()
         options = volume_sr.ThroughPlane(device=self.device, precision=self.precision) if through else None
-        with self.lock:
+        with self.lock, _thin_advice(job.name):
             done = [volume_sr.upscale_series(series, stack, upscaler, options) for series, stack in zip(volumes, stacks)]
         shown = stacks[0][0]
         if through:  # the new slices are as thick as their spacing
@@ -332,7 +342,7 @@ class Server:
         started = time.perf_counter()
         options = volume_sr.ThroughPlane(device=self.device, precision=self.precision) if through else None
         try:
-            with self.lock:
+            with self.lock, _thin_advice(job.name):
                 result = volume_sr.upscale_image(image, upscaler, options)
         except MedsrError as err:  # it names the stored upload (input.nii.gz): the user knows their own file name
             raise UserError(str(err).replace(image.meta.path, job.name)) from None

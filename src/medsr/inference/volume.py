@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from medsr import hardware, zoo
 from medsr.data import slice_profile
-from medsr.errors import MedsrError
+from medsr.errors import MedsrError, NothingToThinError
 from medsr.io import Image
 from medsr.models.value_range import to_signed, to_unit
 
@@ -81,9 +81,9 @@ def _check(volume: np.ndarray, spacing, slice_axis: int, target_spacing: float |
         raise MedsrError(f"{name}: target spacing {target_spacing} must be a positive number of mm")
     count = through_plane_grid(volume.shape[axis], spacing[axis], target).count
     if count <= volume.shape[axis]:
-        raise MedsrError(f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, "
-                         "so there is nothing to thin; ask for a smaller target (--slice-spacing, target_spacing=), name the thick axis "
-                         "(slice_axis=), or upscale in-plane instead (without --through-plane)")
+        raise NothingToThinError(f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, "
+                                 "so there is nothing to thin; ask for a smaller target (--slice-spacing, target_spacing=), name the thick axis "
+                                 "(slice_axis=), or upscale in-plane instead (without --through-plane)", volume.shape[axis], spacing[axis])
     if not np.all(np.isfinite(volume)):
         raise MedsrError(f"{name}: the volume holds NaN or infinite values; fix or mask them first")
     return volume.astype(np.float32, copy=False), spacing, axis, target
