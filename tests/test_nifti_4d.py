@@ -72,6 +72,17 @@ def test_through_plane_thins_each_volume_on_its_own(tmp_path):
         np.testing.assert_allclose(values[..., t], np.minimum(alone.array, data.max()), atol=0.05)  # the file's range holds
 
 
+def test_a_4d_file_is_adapted_once_not_once_per_volume(tmp_path, monkeypatch):
+    four_d(tmp_path / "fmri.nii.gz", shape=(24, 20, 4, 3))
+    tuned, real = [], V.adapt
+    monkeypatch.setattr(V, "adapt", lambda *a, **k: tuned.append(real(*a, **k)) or tuned[-1])
+    net = create_generator("through-plane", channels=8, num_blocks=1)
+    options = V.ThroughPlane(model=net, slice_spacing=2.5, adapt_minutes=0.002, precision="fp32")
+    thin = V.through_plane_image(read_image(tmp_path / "fmri.nii.gz"), options)
+    assert len(tuned) == 1 and thin.pixels.shape == (3 * 8, 24, 20)  # --adapt-minutes N takes N minutes, not N per time point
+    assert options.adapt_minutes == 0.002 and options.model is net  # the caller's options are left as they were
+
+
 def test_more_than_four_dimensions_refused_in_one_line(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2, 3), np.float32), np.eye(4)), tmp_path / "field.nii")
     with pytest.raises(MedsrError, match=r"field\.nii.*5-D.*3-D or 4-D") as err:

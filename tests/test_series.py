@@ -495,6 +495,18 @@ def test_a_series_slice_thickness_sets_the_through_plane_profile_unless_one_is_g
     assert seen == [2.0, 2.5]  # the header's, then the user's
 
 
+def test_a_series_of_several_volumes_is_adapted_once(tmp_path, monkeypatch):
+    from medsr.inference import volume as V
+    from medsr.models import create_generator
+
+    series = only(S.scan_series([synthetic_enhanced(tmp_path / "e.dcm", times=2, shape=(16, 12))]))
+    tuned, real = [], V.adapt
+    monkeypatch.setattr(V, "adapt", lambda *a, **k: tuned.append(real(*a, **k)) or tuned[-1])
+    options = V.ThroughPlane(model=create_generator("through-plane", channels=8, num_blocks=1), adapt_minutes=0.002, precision="fp32")
+    stacks, grid = V.through_plane_series(series, [volume.pixels for volume in series.volumes], options)
+    assert len(tuned) == 1 and len(stacks) == 2 and stacks[0].shape == stacks[1].shape == (17, 16, 12)
+
+
 def test_differing_rescales_share_one_value_range(tmp_path):
     folder = tmp_path / "pet"
     for z in range(3):  # like PET: every slice its own slope

@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --through-plane: the slices' thickness when it differs from their spacing "
                         "(gaps; default: a DICOM series' SliceThickness, else the spacing)")
     p.add_argument("--adapt-minutes", type=float, default=0, metavar="N",
-                   help="with --through-plane: first fine-tune the model on each volume's own in-plane detail for N minutes")
+                   help="with --through-plane: first fine-tune the model on each file's own in-plane detail for N minutes "
+                        "(a 4-D file or series: on its first volume, for all)")
     p.add_argument("--workers", type=int, default=2, help="local engine: threads that decode and write files around the model (0: none)")
     p.add_argument("--streams", type=int, help="local engine: files upscaled at once, each with its share of the CPU threads "
                    "(default: 2 on a CPU with 2 or more threads, else 1; faster on 2 cores: docs/PERFORMANCE.md)")

@@ -19,7 +19,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -152,6 +152,49 @@ def adapt(network: torch.nn.Module, volume01: np.ndarray, slice_axis: int, facto
     return tuned.eval()
 
 
+class _Prepared(NamedTuple):
+    """A checked volume ready for the through-plane network, in its conventions."""
+
+    volume: np.ndarray  # float32, the caller's axes
+    spacing: list
+    axis: int
+    grid: ThroughPlaneGrid
+    thickness: float  # mm
+    device: torch.device
+    dtype: torch.dtype | None
+    network: torch.nn.Module
+    low: float  # intensities (v - low) / white: the slice axis first in each plane, white ~ 1
+    white: float
+    moved: np.ndarray  # (A, B, slices): a view of volume
+
+
+def _prepare(volume: np.ndarray, spacing, slice_axis: int, model, target_spacing: float | None, slice_thickness: float | None,
+             device: str, precision: str, name: str) -> _Prepared:
+    volume, spacing, axis, target = _check(volume, spacing, slice_axis, target_spacing, name)
+    thickness = spacing[axis] if slice_thickness is None else float(slice_thickness)
+    if not (math.isfinite(thickness) and thickness > 0):
+        raise MedsrError(f"{name}: slice thickness {slice_thickness} must be a positive number of mm")
+    torch_device = hardware.resolve_device(device)
+    # int8 concerns the in-plane models (medsr.models.int8); the through-plane network runs as auto then
+    dtype = hardware.resolve_precision("auto" if precision == "int8" else precision, torch_device)
+    low = min(0.0, float(volume.min()))
+    return _Prepared(volume, spacing, axis, through_plane_grid(volume.shape[axis], spacing[axis], target), thickness, torch_device,
+                     dtype, _load_model(model, torch_device), low, slice_profile.intensity_scale(volume - low), np.moveaxis(volume, axis, 2))
+
+
+def _adapted(p: _Prepared, minutes: float) -> torch.nn.Module:
+    return adapt(p.network, (p.moved - p.low) / p.white, 2, p.spacing[p.axis] / p.grid.spacing, p.thickness / p.grid.spacing,
+                 minutes, p.device, p.dtype)
+
+
+def adapted_model(volume: np.ndarray, spacing, slice_axis: int, minutes: float, *, model=MODEL, target_spacing: float | None = None,
+                  slice_thickness: float | None = None, device: str = "auto", precision: str = "auto",
+                  name: str = "volume") -> torch.nn.Module:
+    """The through-plane network fine-tuned for `minutes` on this volume's own in-plane detail, as
+    upscale_through_plane's adapt_minutes does, to pass on as its `model`: the volumes of a 4-D file share one."""
+    return _adapted(_prepare(volume, spacing, slice_axis, model, target_spacing, slice_thickness, device, precision, name), minutes)
+
+
 def upscale_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, model=MODEL, target_spacing: float | None = None,
                           slice_thickness: float | None = None, adapt_minutes: float = 0, progress: bool | Callable = True,
                           device: str = "auto", precision: str = "auto", name: str = "volume") -> ThroughPlaneResult:
@@ -163,23 +206,10 @@ def upscale_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, model
     profile of the adaptation pairs. adapt_minutes > 0 fine-tunes a copy of the model on this volume's
     in-plane planes first. progress: True for a tqdm bar, False, or a callable(done, total).
     model: a shipped name, a model file, or a loaded network. Returns ThroughPlaneResult."""
-    volume, spacing, axis, target = _check(volume, spacing, slice_axis, target_spacing, name)
-    thickness = spacing[axis] if slice_thickness is None else float(slice_thickness)
-    if not (math.isfinite(thickness) and thickness > 0):
-        raise MedsrError(f"{name}: slice thickness {slice_thickness} must be a positive number of mm")
-    grid = through_plane_grid(volume.shape[axis], spacing[axis], target)
-    torch_device = hardware.resolve_device(device)
-    # int8 concerns the in-plane models (medsr.models.int8); the through-plane network runs as auto then
-    dtype = hardware.resolve_precision("auto" if precision == "int8" else precision, torch_device)
-    network = _load_model(model, torch_device)
-
-    # The network's convention: the slice axis first in each plane, intensities with white ~ 1.
-    low = min(0.0, float(volume.min()))
-    white = slice_profile.intensity_scale(volume - low)
-    moved = np.moveaxis(volume, axis, 2)  # (A, B, slices): a view
+    prepared = _prepare(volume, spacing, slice_axis, model, target_spacing, slice_thickness, device, precision, name)
+    volume, spacing, axis, grid, _, torch_device, dtype, network, low, white, moved = prepared
     if adapt_minutes > 0:
-        network = adapt(network, (moved - low) / white, 2, spacing[axis] / grid.spacing, thickness / grid.spacing,
-                        adapt_minutes, torch_device, dtype)
+        network = _adapted(prepared, adapt_minutes)
     matrix = slice_profile.interpolation_matrix(moved.shape[2], grid.coords, order=3)
     out = np.zeros(moved.shape[:2] + (grid.count,), dtype=np.float32)
 
@@ -226,7 +256,7 @@ class ThroughPlane:
     slice_spacing: float | None = None
     slice_thickness: float | None = None
     adapt_minutes: float = 0.0
-    model: str = MODEL
+    model: str | torch.nn.Module = MODEL  # a shipped name, a model file, or a loaded (adapted) network
     device: str = "auto"
     precision: str = "auto"
 
@@ -234,33 +264,53 @@ class ThroughPlane:
               slice_thickness: float | None = None) -> ThroughPlaneResult:
         """(slices, rows, columns) in [0, 1] -> thin slices along the first axis, still in [0, 1];
         `slice_thickness`: the file's own, used where the options give none."""
+        result = upscale_through_plane(stack, self._spacing(slice_spacing, pixel_spacing, name), 0, model=self.model,
+                                       target_spacing=self.slice_spacing, slice_thickness=self._thickness(slice_thickness),
+                                       adapt_minutes=self.adapt_minutes, device=self.device, precision=self.precision, name=name)
+        return result._replace(array=np.clip(result.array, 0.0, 1.0))
+
+    def adapted_on(self, stack: np.ndarray, slice_spacing: float, pixel_spacing, name: str,
+                   slice_thickness: float | None = None) -> ThroughPlane:
+        """These options with the model fine-tuned once, on `stack` (apply's arguments), for all the
+        volumes of one file to share: a 4-D file's adaptation takes adapt_minutes, not that per volume."""
+        if self.adapt_minutes <= 0:
+            return self
+        network = adapted_model(stack, self._spacing(slice_spacing, pixel_spacing, name), 0, self.adapt_minutes, model=self.model,
+                                target_spacing=self.slice_spacing, slice_thickness=self._thickness(slice_thickness),
+                                device=self.device, precision=self.precision, name=name)
+        return replace(self, model=network, adapt_minutes=0.0)
+
+    @staticmethod
+    def _spacing(slice_spacing: float, pixel_spacing, name: str) -> tuple:
         if pixel_spacing is None:
             raise MedsrError(f"{name}: has no in-plane pixel spacing, so its slices' thickness means nothing; fix the header")
-        thickness = self.slice_thickness if self.slice_thickness is not None else slice_thickness
-        result = upscale_through_plane(stack, (slice_spacing, *pixel_spacing), 0, model=self.model, target_spacing=self.slice_spacing,
-                                       slice_thickness=thickness, adapt_minutes=self.adapt_minutes,
-                                       device=self.device, precision=self.precision, name=name)
-        return result._replace(array=np.clip(result.array, 0.0, 1.0))
+        return slice_spacing, *pixel_spacing
+
+    def _thickness(self, own: float | None) -> float | None:
+        return self.slice_thickness if self.slice_thickness is not None else own
 
 
 def through_plane_image(image: Image, options: ThroughPlane) -> Image:
     """A NIfTI volume from read_image (slices first) made thin along its slice axis, with the
     metadata of the new grid (same field of view), which write_image turns into the exact affine.
-    A 4-D file's volumes (time points, directions) are made thin one by one."""
+    A 4-D file's volumes (time points, directions) are made thin one by one (adapted once, on the first)."""
     from medsr.io import nifti  # on first use, as medsr.io imports its format modules (nibabel is slow to import)
 
     spacing = nifti.slice_spacing(image.meta)
-    results = [options.apply(volume, spacing, image.meta.pixel_spacing, image.meta.path)
-               for volume in np.split(image.pixels, nifti.volume_count(image.meta))]
+    volumes = np.split(image.pixels, nifti.volume_count(image.meta))
+    options = options.adapted_on(volumes[0], spacing, image.meta.pixel_spacing, image.meta.path) if len(volumes) > 1 else options
+    results = [options.apply(volume, spacing, image.meta.pixel_spacing, image.meta.path) for volume in volumes]
     return Image(np.concatenate([result.array for result in results]), nifti.resliced(image.meta, results[0].spacing[0]))
 
 
 def through_plane_series(series: Series, stacks: list[np.ndarray], options: ThroughPlane) -> tuple[list[np.ndarray], dict]:
     """Every volume of a DICOM series made thin: the new stacks, and the keyword arguments that tell
     write_derived_series where the new slices are (mm along the normal) and how thick."""
+    first = series.volumes[0]
+    if len(stacks) > 1:
+        options = options.adapted_on(stacks[0], first.slice_spacing, first.pixel_spacing, str(first.paths[0]), first.slice_thickness)
     results = [options.apply(stack, volume.slice_spacing, volume.pixel_spacing, str(volume.paths[0]), volume.slice_thickness)
                for volume, stack in zip(series.volumes, stacks)]
-    first = series.volumes[0]
     return [r.array for r in results], {"positions": first.positions[0] + results[0].positions, "slice_thickness": results[0].spacing[0]}
 
 
