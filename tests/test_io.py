@@ -244,6 +244,31 @@ def test_an_8_bit_file_of_a_signed_ct_shows_its_window(tmp_path):
     assert np.abs(shown - (255 - expected)).max() <= 1  # MONOCHROME1: high values dark, the same window
 
 
+def voi_lut_item(curve: np.ndarray, first: int = 0) -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = [len(curve), first, 16]
+    item.add_new(0x00283006, "US", [int(v) for v in curve])  # LUTData
+    return item
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_an_8_bit_file_of_a_dicom_with_a_voi_lut_shows_it_as_dcmtk_does(photometric, tmp_path):
+    import shutil
+    import subprocess
+
+    stored = np.linspace(0, 4095, 16 * 20).reshape(16, 20).round()
+    curve = np.round(np.sqrt(np.arange(3000) / 2999) * 60000)  # a display curve over the first 3000 values, then its top
+    path = make_dicom(tmp_path / "cr.dcm", stored, photometric=photometric, VOILUTSequence=[voi_lut_item(curve)],
+                      WindowCenter=2048, WindowWidth=400)  # the LUT wins over a window, as in pydicom's apply_voi_lut
+    shown = np.asarray(PILImage.open(write_image(tmp_path / "cr.bmp", read_image(path))), dtype=float)
+    expected = curve[np.minimum(stored, 2999).astype(int)] / 65535 * 255  # 16 bits per entry: 60000 is not quite white
+    expected = 255 - expected if photometric == "MONOCHROME1" else expected
+    assert np.abs(shown - expected).max() <= 1
+    if shutil.which("dcmj2pnm"):  # dcmtk's renderer with the file's first VOI LUT: the same picture
+        subprocess.run(["dcmj2pnm", "+on", "+Wl", "1", str(path), str(tmp_path / "dcmtk.png")], check=True, capture_output=True)
+        assert np.abs(shown - np.asarray(PILImage.open(tmp_path / "dcmtk.png"), dtype=float)).max() <= 1
+
+
 def test_a_16_bit_file_of_a_dicom_spans_its_values(tmp_path):
     hu = np.linspace(-1000, 1000, 8 * 10).reshape(8, 10).round()
     ct = make_dicom(tmp_path / "ct.dcm", hu, bits_stored=16, signed=True, WindowCenter=40, WindowWidth=400)

@@ -276,6 +276,29 @@ def window01(meta: ImageMeta) -> tuple[float, float] | None:
     return (1.0 - high, 1.0 - low) if meta.photometric == "MONOCHROME1" else (low, high)
 
 
+def voi_lut01(pixels: np.ndarray, meta: ImageMeta) -> np.ndarray | None:
+    """`pixels` (read_dicom's [0, 1] scale) through the file's first VOI LUT (VOI LUT Sequence), as
+    dcmtk shows them: on [0, 1] by the LUT's bits per entry (LUTDescriptor), bright = high; None without
+    a usable one. X-rays (CR, DX) often carry their display curve so rather than as a window."""
+    from pydicom.pixels.processing import apply_voi
+
+    ds = meta.source
+    if ds is None or not ds.get("VOILUTSequence"):
+        return None
+    inverted = meta.photometric == "MONOCHROME1"
+    lo, hi = meta.value_range
+    values = np.rint(lo + (1.0 - pixels if inverted else pixels).astype(np.float64) * (hi - lo)).astype(np.int64)
+    try:
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        shown = apply_voi(values, ds).astype(np.float64) if 8 <= bits <= 16 else None  # the standard's range
+    except (AttributeError, IndexError, TypeError, ValueError):  # a damaged or partial LUT: the window is used instead
+        return None
+    if shown is None:
+        return None
+    shown = np.clip(shown / (2.0 ** bits - 1), 0.0, 1.0)
+    return (1.0 - shown if inverted else shown).astype(np.float32)
+
+
 def _to_stored(pixels: np.ndarray, ds: Dataset, meta: ImageMeta) -> np.ndarray:
     """Inverse of read_dicom's normalisation: [0,1] -> stored integers of the source file."""
     if meta.photometric == "MONOCHROME1":

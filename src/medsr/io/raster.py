@@ -183,9 +183,12 @@ def _displayed(pixels: np.ndarray, meta, windowed: bool) -> np.ndarray:
     spans the whole stored range, where a 12-bit MR or a signed CT sits in a sliver: written as they
     are, the file would show a flat gray. So an 8-bit file (`windowed`) shows the window the DICOM
     names, and a 16-bit one, or one without a window, the image stretched from its darkest to its
-    brightest value (16 bits hold all of it, so nothing is clipped)."""
-    from medsr.io.dicom import window01
+    brightest value (16 bits hold all of it, so nothing is clipped). An 8-bit file of a DICOM with a
+    VOI LUT shows it through that LUT, as pydicom's apply_voi_lut prefers it to the window."""
+    from medsr.io.dicom import voi_lut01, window01
 
+    if windowed and meta.format == "dicom" and (shown := voi_lut01(pixels, meta)) is not None:
+        return shown
     window = window01(meta) if windowed and meta.format == "dicom" else None
     low, high = window or (float(pixels.min()), float(pixels.max()))
     return np.clip((pixels - low) / (high - low), 0.0, 1.0) if high > low else pixels
