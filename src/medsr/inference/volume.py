@@ -81,9 +81,10 @@ def _check(volume: np.ndarray, spacing, slice_axis: int, target_spacing: float |
         raise MedsrError(f"{name}: target spacing {target_spacing} must be a positive number of mm")
     count = through_plane_grid(volume.shape[axis], spacing[axis], target).count
     if count <= volume.shape[axis]:
-        raise NothingToThinError(f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, "
-                                 "so there is nothing to thin; ask for a smaller target (--slice-spacing, target_spacing=), name the thick axis "
-                                 "(slice_axis=), or upscale in-plane instead (without --through-plane)", volume.shape[axis], spacing[axis])
+        raise NothingToThinError(
+            f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, so there is "
+            "nothing to thin; ask for a smaller target (--slice-spacing, target_spacing=), name the thick axis (slice_axis=), or "
+            "upscale in-plane instead (without --through-plane)", volume.shape[axis], spacing[axis])
     if not np.all(np.isfinite(volume)):
         raise MedsrError(f"{name}: the volume holds NaN or infinite values; fix or mask them first")
     return volume.astype(np.float32, copy=False), spacing, axis, target
@@ -251,7 +252,7 @@ def _flat_kept(out: np.ndarray, moved: np.ndarray, coords: np.ndarray) -> np.nda
 class ThroughPlane:
     """What `--through-plane` asks for: the target slice spacing in mm (None: the finest in-plane
     spacing), the slices' thickness where they have gaps (None: a DICOM series' SliceThickness, else
-    their spacing), and minutes of per-volume adaptation."""
+    their spacing), and minutes of adaptation (once per file)."""
 
     slice_spacing: float | None = None
     slice_thickness: float | None = None

@@ -290,10 +290,10 @@ def voi_lut01(pixels: np.ndarray, meta: ImageMeta) -> np.ndarray | None:
     values = np.rint(lo + (1.0 - pixels if inverted else pixels).astype(np.float64) * (hi - lo)).astype(np.int64)
     try:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        shown = apply_voi(values, ds).astype(np.float64) if 8 <= bits <= 16 else None  # the standard's range
+        shown = apply_voi(values, ds).astype(np.float64)
     except (AttributeError, IndexError, TypeError, ValueError):  # a damaged or partial LUT: the window is used instead
         return None
-    if shown is None:
+    if not 8 <= bits <= 16:  # outside the standard's range: likewise
         return None
     shown = np.clip(shown / (2.0 ** bits - 1), 0.0, 1.0)
     return (1.0 - shown if inverted else shown).astype(np.float32)

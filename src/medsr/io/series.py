@@ -620,8 +620,9 @@ def write_series_nifti(
     """The super-resolved volumes of `series` (write_derived_series's arguments) as one NIfTI file:
     axes (column, row, slice along the normal), a 4th axis for a series of several volumes (time
     points step by the repetition time, in seconds), values in the series' own units as dcm2niix gives
-    them (float32; philips_float_factor), and the affine in RAS+ mm as nibabel and dcm2niix give the source series, moved to the finer grid
-    over the same field of view (qform and sform code 1, scanner). Named like the derived series' files (medsr_<hash>.nii.gz in `out_dir`) unless
+    them (float32; philips_float_factor), and the affine in RAS+ mm as nibabel and dcm2niix give the
+    source series, moved to the finer grid over the same field of view (qform and sform code 1,
+    scanner). Named like the derived series' files (medsr_<hash>.nii.gz in `out_dir`) unless
     `target` names the file. Returns [the path written], as write_derived_series returns its files."""
     import nibabel as nib
 
