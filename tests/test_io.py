@@ -466,6 +466,15 @@ def make_nifti(path, shape=(4, 5, 6), zooms=(1.0, 1.0, 3.0), dtype=np.int16):
     return path, data, affine
 
 
+def test_a_nifti_gz_whose_checksum_fails_is_refused_not_read_as_numbers(tmp_path):
+    path, _, _ = make_nifti(tmp_path / "vol.nii.gz", shape=(16, 16, 8))
+    packed = bytearray(gzip.compress(gzip.decompress(path.read_bytes())))
+    packed[-8] ^= 0xFF  # the CRC at the stream's end no longer matches: its bytes were damaged on the way
+    path.write_bytes(bytes(packed))
+    with pytest.raises(MedsrError, match=r"vol\.nii\.gz: not a readable NIfTI file \(truncated or corrupt: CRC check failed"):
+        read_image(path)
+
+
 def test_nifti_read_default_slice_axis(tmp_path):
     path, data, _ = make_nifti(tmp_path / "vol.nii.gz")
     img = read_image(path)

@@ -5,6 +5,7 @@ y, as a viewer draws it (and as medsr and dcm2niix write a single image: columns
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import math
 import zlib
 from pathlib import Path
@@ -48,9 +49,21 @@ def _load(path: Path, max_pixels: int = MAX_PIXELS):
         raise TooLargeError(f"{path}: volume too large ({'x'.join(map(str, shape))} voxels, limit {max_pixels} voxels); crop or downsample it first")
     try:
         data = np.asanyarray(img.dataobj)  # applies scl_slope/scl_inter; ints stay ints if unscaled
+        _check_gzip_stream(path)
     except _DECODE_ERRORS as err:
         raise _not_readable(path, err)
     return img, data.reshape(shape)
+
+
+def _check_gzip_stream(path: Path) -> None:
+    """nibabel reads a .nii.gz only as far as its voxels go, so a damaged stream's checksum (at its
+    end) is never checked and corrupt voxels pass as numbers: read a gzipped file to its end."""
+    with open(path, "rb") as file:
+        if file.read(2) != b"\x1f\x8b":
+            return
+    with gzip.open(path, "rb") as stream:
+        while stream.read(1 << 24):
+            pass
 
 
 def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = MAX_PIXELS) -> Image:
