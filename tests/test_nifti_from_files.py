@@ -47,6 +47,16 @@ def test_a_dicom_file_lands_where_dcm2niix_puts_it(tmp_path, medsr_cli):
 
 
 @needs_dcm2niix
+def test_values_are_on_the_files_integer_grid_and_its_zero_background_stays_zero(tmp_path, medsr_cli):
+    source = DICOM / "head-mr-flair-implicit.dcm"  # signed 16-bit MR, 0 outside the head
+    ref, new = dcm2niix(source, tmp_path), upscale_to_nii(medsr_cli, source, tmp_path / "out")
+    before, after = np.asanyarray(ref.dataobj, dtype=np.float64), np.asanyarray(new.dataobj, dtype=np.float64)
+    assert before.min() == 0 and (before == 0).mean() > 0.02
+    assert np.array_equal(after, np.rint(after))  # what the file can hold, as dcm2niix gives it (not 574.999)
+    assert after.min() == 0 and (after == 0).mean() > 0.25 * (before == 0).mean()  # not -7.6e-6 where the background was
+
+
+@needs_dcm2niix
 def test_monochrome1_keeps_its_stored_values(tmp_path, medsr_cli):
     source = DICOM / "chest-cr-siim-monochrome1.dcm"
     ref, new = dcm2niix(source, tmp_path), upscale_to_nii(medsr_cli, source, tmp_path / "out")

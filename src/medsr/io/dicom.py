@@ -315,6 +315,14 @@ def _to_stored(pixels: np.ndarray, ds: Dataset, meta: ImageMeta) -> np.ndarray:
     return stored.astype(dtype)
 
 
+def real_values(pixels: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """read_dicom's [0, 1] pixels as the real values (after the rescale) that the file can hold: its
+    stored integers' grid, in its own convention (MONOCHROME1 not inverted), float64."""
+    ds = meta.source
+    slope, intercept = (1.0, 0.0) if meta.photometric in _COLOR else rescale(ds)
+    return _to_stored(pixels, ds, meta).astype(np.float64) * slope + intercept
+
+
 def _secondary_capture(meta: ImageMeta) -> Dataset:
     """Minimal Secondary Capture dataset for pixels that did not come from a DICOM file."""
     bits = 8 if meta.bit_depth <= 8 else 16

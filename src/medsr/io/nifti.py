@@ -270,9 +270,13 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         header = source.header.copy()
         zooms = [float(z) for z in header.get_zooms()] + [1.0, 1.0, 1.0]  # padded for a 2-D source
     else:
-        # From a raster or DICOM file: real units as float32 (MONOCHROME1's stored values, as read_dicom
-        # showed them inverted), axes (column, row[, frame]) as NIfTI and dcm2niix order an image.
-        if meta.photometric == "MONOCHROME1":
+        # From a raster or DICOM file: real units as float32 (a DICOM's on its stored integers' grid, as
+        # dcm2niix has them, MONOCHROME1's not inverted), axes (column, row[, frame]) as NIfTI and dcm2niix order an image.
+        if meta.format == "dicom" and meta.source is not None:
+            from medsr.io import dicom  # pydicom loads only for DICOM sources
+
+            values = dicom.real_values(pixels, meta)
+        elif meta.photometric == "MONOCHROME1":
             values = hi - (values - lo)
         slice_axis = 2 if pixels.ndim == 3 else None
         data = np.ascontiguousarray(values.T if pixels.ndim == 2 else np.transpose(values, (2, 1, 0)), dtype=np.float32)
