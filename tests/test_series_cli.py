@@ -190,3 +190,11 @@ def test_an_image_without_its_pixel_data_in_a_folder_still_fails(tmp_path, medsr
     cut.save_as(tmp_path / "in" / "cut.dcm")
     result = run(medsr_cli + ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--tile", "0"])
     assert result.returncode == 1 and "has no pixel data" in result.stderr and "left out" not in result.stderr
+
+
+def test_a_series_made_thin_into_png_or_tiff_files_is_one_line_before_any_work(tmp_path, medsr_cli):
+    source = SERIES / "siemens-sag-gre-fieldmap"
+    result = run(medsr_cli + ["upscale", str(source), "-o", str(tmp_path / "out"), "--through-plane", "--format", "tiff"])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"medsr: error: {source}: --through-plane") and "use --format nii" in result.stderr
+    assert not list(tmp_path.glob("out/*.tif*"))

@@ -117,6 +117,9 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None, named:
                 left_out.update(path for path in found.paths if path not in named)
                 continue
             if not as_series:
+                if thin and found.volumes:  # its files alone are single slices, and nothing would be made thin
+                    raise MedsrError(f"{found.paths[0].parent}: --through-plane makes a DICOM series thin as a series (DICOM) or "
+                                     f"one NIfTI volume, not as {format_named(fmt).name.upper()} files; drop --format or use --format nii")
                 continue
             if found.repeats and found.volumes:  # (without a volume every file is done on its own)
                 print(f"medsr: note: {found.repeats[0]}" + (f" and {len(found.repeats) - 1} more" if len(found.repeats) > 1 else "")
