@@ -198,3 +198,13 @@ def test_a_series_made_thin_into_png_or_tiff_files_is_one_line_before_any_work(t
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"medsr: error: {source}: --through-plane") and "use --format nii" in result.stderr
     assert not list(tmp_path.glob("out/*.tif*"))
+
+
+def test_a_series_with_one_unreadable_file_says_the_series_was_not_upscaled(tmp_path, medsr_cli):
+    shutil.copytree(SERIES / "siemens-sag-gre-fieldmap", tmp_path / "in")
+    cut = tmp_path / "in" / "3.dcm"
+    cut.write_bytes(cut.read_bytes()[:-2000])  # its header reads, its pixels do not
+    result = run(medsr_cli + ["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--tile", "0"])
+    assert result.returncode == 1
+    [line] = [line for line in result.stdout.splitlines() if "failed:" in line]
+    assert f"{cut}: " in line and f"(so its series, 5 files in {tmp_path / 'in'}, was not upscaled)" in line

@@ -365,6 +365,8 @@ class JobRunner:
             data = [volume.pixels for volume in job.series.volumes] if job.series else read_image(job.input)
             return data, state, time.perf_counter() - started
         except Exception as err:  # noqa: BLE001 - _failure says what it was
+            if job.series is not None and isinstance(err, MedsrError):  # one file of it named: say what that cost
+                err = MedsrError(f"{err} (so its series, {len(job.series.paths)} files in {job.input}, was not upscaled)")
             return _failure(job, err, time.perf_counter() - started)
 
     def upscale(self, job: Job, data) -> tuple[Any, dict | None]:
