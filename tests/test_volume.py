@@ -171,6 +171,10 @@ def test_bad_input_raises_one_line_errors(tmp_path):
         V.upscale_through_plane(np.ones((8, 8, 8)), (1, 1, 4), 2, model=net, target_spacing=3.9)
     with pytest.raises(MedsrError, match="not a 3-D volume"):
         V.upscale_through_plane(np.ones((8, 8)), (1, 1), 1, model=net)
+    with pytest.raises(MedsrError, match=r"make 4000000 at a target of 1e-05 mm, 256,000,000 voxels, above medsr's limit of 100,000,000"):
+        V.upscale_through_plane(np.ones((8, 8, 10)), (1, 1, 4), 2, model=net, target_spacing=1e-5)  # before any memory is taken
+    with pytest.raises(MedsrError, match="adapt_minutes -3 must be 0"):
+        V.upscale_through_plane(np.ones((8, 8, 4)), (1, 1, 4), 2, model=net, adapt_minutes=-3)
     iso = tmp_path / "iso.nii.gz"
     synthetic_nifti(iso, zooms=(1.0, 1.0, 1.0))
     with pytest.raises(MedsrError, match="nothing to thin"):

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from conftest import DATA, needs_data
 
+from medsr.errors import MedsrError
+
 DCM2NIIX = shutil.which("dcm2niix")
 
 
@@ -159,3 +161,27 @@ def test_a_volumes_uncertainty_picture_is_drawn_as_a_viewer_draws_its_slices(tmp
     assert Image.open(tmp_path / "out" / "v.uncertainty.png").size == (120, 108 + legend(120).shape[0])
     tiff = Image.open(tmp_path / "out" / "v.uncertainty.tif")
     assert tiff.size == (108, 120) and tiff.n_frames == 8  # (rows, columns) as read: the file's x down the rows
+
+
+def test_the_api_refuses_a_series_into_an_image_file_and_thin_options_without_through_plane(tmp_path):
+    import medsr
+
+    thick_volume(tmp_path / "t1.nii.gz")
+    with pytest.raises(MedsrError, match="slice_spacing, slice_thickness and adapt_minutes go with through_plane=True"):
+        medsr.upscale_file(tmp_path / "t1.nii.gz", tmp_path / "x.nii.gz", slice_spacing=1.0)  # silently ignored before
+    series = DATA / "dicom-series" / "siemens-sag-gre-fieldmap"
+    if not series.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    for target, fmt in (("x.png", None), ("x.dcm", None), ("x", "tiff")):
+        with pytest.raises(MedsrError, match=rf"{series}: a DICOM series is written as a derived series into a folder, or as one NIfTI"):
+            medsr.upscale_file(series, tmp_path / target, scale=2, tile=0, format=fmt)
+        assert not (tmp_path / target).exists()  # not a folder named x.png full of DICOM files
+    assert len(list(medsr.upscale_file(series, tmp_path / "derived", scale=2, tile=0, format="dcm").glob("*.dcm"))) == 5
+
+
+def test_through_plane_values_are_checked_as_options(tmp_path, medsr_cli):
+    thick_volume(tmp_path / "t1.nii.gz")
+    for option, value, words in (("--slice-spacing", "0", "is not a length"), ("--slice-thickness", "nan", "is not a length"),
+                                 ("--adapt-minutes", "-1", "is not a duration")):
+        result = run(medsr_cli + ["upscale", str(tmp_path / "t1.nii.gz"), "-o", str(tmp_path / "out"), "--through-plane", option, value])
+        assert result.returncode == 2 and f"argument {option}: '{value}' {words}" in result.stderr

@@ -105,6 +105,11 @@ def _check_image_type(image) -> None:
         raise MedsrError(f"cannot upscale a {type(image).__name__}; pass a numpy array (np.asarray(...)) or a file path")
 
 
+def _check_thin_options(through_plane: bool, slice_spacing, slice_thickness, adapt_minutes) -> None:
+    if not through_plane and (slice_spacing is not None or slice_thickness is not None or adapt_minutes):
+        raise MedsrError("slice_spacing, slice_thickness and adapt_minutes go with through_plane=True; add it")
+
+
 def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: str | os.PathLike | None = None,
                  scale: int | None = None, *, format: str | None = None, through_plane: bool = False,
                  slice_spacing: float | None = None, slice_thickness: float | None = None, adapt_minutes: float = 0,
@@ -123,6 +128,7 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     (for a series, the folder, or the NIfTI file).
     """
     source, target = Path(source), Path(target)
+    _check_thin_options(through_plane, slice_spacing, slice_thickness, adapt_minutes)
     if format is not None and not source.is_dir() and not target.name.lower().endswith(tuple(format_named(format, target).extensions)):
         target = with_format_extension(target, format)  # TIFF bytes under a .png name would open as nothing
     if target.exists() and target.resolve() == source.resolve():
@@ -137,7 +143,11 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
         found = [series for series in series_io.scan_series(source) if series.volumes]
         if not found:
             raise MedsrError(f"{source}: holds no DICOM series that forms a volume; pass a folder of one series' files, or a file")
-        nifti = getattr(format_named(format) if format is not None else format_of_extension(target), "name", None) == "nifti"
+        kind = getattr(format_named(format) if format is not None else format_of_extension(target), "name", None)
+        if kind not in (None, "nifti") and not (kind == "dicom" and (format is not None or target.is_dir())):  # not a folder x.png
+            raise MedsrError(f"{source}: a DICOM series is written as a derived series into a folder, or as one NIfTI file, not as "
+                             f"{target.name}; name a folder, or a .nii.gz file")
+        nifti = kind == "nifti"
         if nifti and format is not None:
             target = with_format_extension(target, format)
         if nifti and len(found) > 1:
@@ -180,6 +190,7 @@ def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None
         VolumeResult(array, spacing, origin_shift): for a NIfTI affine A, the new affine has column
         a = A[:3, a] * new_spacing[a] / spacing[a] and origin A[:3, 3] + sum of A[:3, a] * origin_shift[a] / spacing[a].
     """
+    _check_thin_options(through_plane, slice_spacing, slice_thickness, adapt_minutes)
     array = np.asarray(volume)
     if array.ndim != 3:
         raise MedsrError(f"upscale_volume takes a 3-D volume, not an array of shape {array.shape}; pass (X, Y, Z)")

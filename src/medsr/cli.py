@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -396,6 +397,26 @@ def _tile_size(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"'{text}' is not a tile size; give LR pixels (0 = whole image at once) or auto") from None
 
 
+def _millimetres(text: str) -> float:
+    """--slice-spacing's and --slice-thickness's value."""
+    return _number(text, lambda value: value > 0, "is not a length; give a positive number of mm")
+
+
+def _minutes(text: str) -> float:
+    """--adapt-minutes's value."""
+    return _number(text, lambda value: value >= 0, "is not a duration; give minutes, 0 or more")
+
+
+def _number(text: str, allowed, problem: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and allowed(value)):
+        raise argparse.ArgumentTypeError(f"'{text}' {problem}")
+    return value
+
+
 def _device_options(p) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="int8: the model's residual body in int8 (CPU; shipped default models and large; faster, slightly less exact: "
@@ -461,11 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--through-plane", action="store_true",
                    help="make the thick slices of NIfTI volumes and DICOM series thin (SMORE-style through-plane SR); "
                         "alone it keeps the in-plane grid, with --model or --scale it also upscales in-plane")
-    p.add_argument("--slice-spacing", type=float, metavar="MM", help="with --through-plane: the new slice spacing (default: the in-plane pixel spacing)")
-    p.add_argument("--slice-thickness", type=float, metavar="MM",
+    p.add_argument("--slice-spacing", type=_millimetres, metavar="MM", help="with --through-plane: the new slice spacing (default: the in-plane pixel spacing)")
+    p.add_argument("--slice-thickness", type=_millimetres, metavar="MM",
                    help="with --through-plane: the slices' thickness when it differs from their spacing "
                         "(gaps; default: a DICOM series' SliceThickness, else the spacing)")
-    p.add_argument("--adapt-minutes", type=float, default=0, metavar="N",
+    p.add_argument("--adapt-minutes", type=_minutes, default=0, metavar="N",
                    help="with --through-plane: first fine-tune the model on each file's own in-plane detail for N minutes "
                         "(a 4-D file or series: on its first volume, for all)")
     p.add_argument("--workers", type=int, default=2, help="local engine: threads that decode and write files around the model (0: none)")

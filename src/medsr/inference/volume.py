@@ -30,6 +30,7 @@ from medsr import hardware, zoo
 from medsr.data import slice_profile
 from medsr.errors import MedsrError, NothingToThinError
 from medsr.io import Image
+from medsr.io.types import MAX_PIXELS
 from medsr.models.value_range import to_signed, to_unit
 
 if TYPE_CHECKING:  # pydicom loads only when a series is upscaled
@@ -80,6 +81,10 @@ def _check(volume: np.ndarray, spacing, slice_axis: int, target_spacing: float |
     if not (math.isfinite(target) and target > 0):
         raise MedsrError(f"{name}: target spacing {target_spacing} must be a positive number of mm")
     count = through_plane_grid(volume.shape[axis], spacing[axis], target).count
+    voxels = count * math.prod(n for a, n in enumerate(volume.shape) if a != axis)
+    if voxels > MAX_PIXELS:
+        raise MedsrError(f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, "
+                         f"{voxels:,} voxels, above medsr's limit of {MAX_PIXELS:,}; ask for a larger target (--slice-spacing, target_spacing=)")
     if count <= volume.shape[axis]:
         raise NothingToThinError(
             f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, so there is "
@@ -170,8 +175,10 @@ class _Prepared(NamedTuple):
 
 
 def _prepare(volume: np.ndarray, spacing, slice_axis: int, model, target_spacing: float | None, slice_thickness: float | None,
-             device: str, precision: str, name: str) -> _Prepared:
+             adapt_minutes: float, device: str, precision: str, name: str) -> _Prepared:
     volume, spacing, axis, target = _check(volume, spacing, slice_axis, target_spacing, name)
+    if not (math.isfinite(adapt_minutes) and adapt_minutes >= 0):
+        raise MedsrError(f"{name}: adapt_minutes {adapt_minutes} must be 0 (no adaptation) or more")
     thickness = spacing[axis] if slice_thickness is None else float(slice_thickness)
     if not (math.isfinite(thickness) and thickness > 0):
         raise MedsrError(f"{name}: slice thickness {slice_thickness} must be a positive number of mm")
@@ -193,7 +200,8 @@ def adapted_model(volume: np.ndarray, spacing, slice_axis: int, minutes: float, 
                   name: str = "volume") -> torch.nn.Module:
     """The through-plane network fine-tuned for `minutes` on this volume's own in-plane detail, as
     upscale_through_plane's adapt_minutes does, to pass on as its `model`: the volumes of a 4-D file share one."""
-    return _adapted(_prepare(volume, spacing, slice_axis, model, target_spacing, slice_thickness, device, precision, name), minutes)
+    prepared = _prepare(volume, spacing, slice_axis, model, target_spacing, slice_thickness, minutes, device, precision, name)
+    return _adapted(prepared, minutes)
 
 
 def upscale_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, model=MODEL, target_spacing: float | None = None,
@@ -207,7 +215,7 @@ def upscale_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, model
     profile of the adaptation pairs. adapt_minutes > 0 fine-tunes a copy of the model on this volume's
     in-plane planes first. progress: True for a tqdm bar, False, or a callable(done, total).
     model: a shipped name, a model file, or a loaded network. Returns ThroughPlaneResult."""
-    prepared = _prepare(volume, spacing, slice_axis, model, target_spacing, slice_thickness, device, precision, name)
+    prepared = _prepare(volume, spacing, slice_axis, model, target_spacing, slice_thickness, adapt_minutes, device, precision, name)
     volume, spacing, axis, grid, _, torch_device, dtype, network, low, white, moved = prepared
     if adapt_minutes > 0:
         network = _adapted(prepared, adapt_minutes)
