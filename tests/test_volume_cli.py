@@ -45,6 +45,7 @@ def test_through_plane_alone_makes_the_slices_thin_with_the_exact_affine(tmp_pat
     result = run(medsr_cli + ["upscale", str(tmp_path / "t1.nii.gz"), "-o", str(tmp_path / "out"), "--through-plane"])
     assert result.returncode == 0, result.stderr
     assert "upscaled 1 of 1 file(s) made thin across the slices into" in result.stdout  # not "x1"
+    assert "slab" not in result.stderr and "\r" not in result.stderr  # stderr is no terminal here: no progress bar's redraws
     out = nib.load(tmp_path / "out" / "t1.nii.gz")
     assert out.shape == (40, 36, 36)  # 8 x 4 mm = 32 mm of slices at 0.9 mm: 36 slices of 32/36 mm
     assert np.allclose(out.header.get_zooms(), (0.9, 0.9, 32 / 36), atol=1e-5)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -275,7 +276,8 @@ class ThroughPlane:
         `slice_thickness`: the file's own, used where the options give none."""
         result = upscale_through_plane(stack, self._spacing(slice_spacing, pixel_spacing, name), 0, model=self.model,
                                        target_spacing=self.slice_spacing, slice_thickness=self._thickness(slice_thickness),
-                                       adapt_minutes=self.adapt_minutes, device=self.device, precision=self.precision, name=name)
+                                       adapt_minutes=self.adapt_minutes, device=self.device, precision=self.precision, name=name,
+                                       progress=sys.stderr.isatty())  # a log gets the batch's plain lines, not a bar's redraws
         return result._replace(array=np.clip(result.array, 0.0, 1.0))
 
     def adapted_on(self, stack: np.ndarray, slice_spacing: float, pixel_spacing, name: str,
