@@ -298,6 +298,24 @@ def test_cli_summary_csv_progress_and_exit_code(tmp_path, tiny_model, medsr_cli)
     assert {r["status"] for r in read_csv(tmp_path / "again.csv")} == {"skipped"}
 
 
+def test_a_file_of_the_users_where_an_output_goes_is_kept_until_force(tmp_path, tiny_model, medsr_cli):
+    src, out = make_inputs(tmp_path / "in", 3), tmp_path / "out"
+    theirs = out / "img_01.png"  # the user's own file, in a folder they point -o at
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"my notes")
+    command = medsr_cli + ["upscale", str(src), "-o", str(out), "--model", str(tiny_model)]
+    for _ in range(2):  # the second run too: the folder is medsr's now, the file still is not
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1 and "1 failed" in result.stdout
+        assert f"{theirs} is already there and no run of medsr wrote it; move that file, choose another -o folder, or pass --force" \
+            in result.stdout
+        assert theirs.read_bytes() == b"my notes"
+    assert subprocess.run([*command, "--force"], capture_output=True, timeout=300).returncode == 0
+    assert Image.open(theirs).size == (120, 90)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "3 skipped (complete)" in result.stdout  # medsr's now: recorded, and kept
+
+
 def test_sigkill_mid_batch_then_rerun_matches_an_uninterrupted_run(tmp_path, medsr_cli):
     # A model big enough that 80 images take a few seconds, so the kill lands mid-run.
     model = save_tiny_model(tmp_path / "slow.safetensors", channels=32, num_blocks=4)

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -43,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from medsr.errors import MedsrError
-from medsr.files import LEDGER_NAME, atomic_write, sha256_file  # noqa: F401 - batch.LEDGER_NAME, batch.sha256_file for callers
+from medsr.files import LEDGER_NAME, OUTPUT_MARKER, atomic_write, sha256_file  # noqa: F401 - batch.LEDGER_NAME, batch.sha256_file for callers
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
@@ -467,9 +468,11 @@ def replaced_outputs(jobs: list[Job], ledger: Path) -> list[tuple[Job, str]]:
             if record and record.get("input") and record["input"] != str(job.input.resolve())]
 
 
-def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, format: str | None = None) -> dict[int, str]:
+def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, format: str | None = None,
+                 book: Ledger | None = None, force: bool = False) -> dict[int, str]:
     """Jobs that must not run at all, by index: their output (with `uncertainty`, or its maps) would
-    overwrite an input or another job's output or maps (scan.png and scan.tif have the same maps)."""
+    overwrite an input or another job's output or maps (scan.png and scan.tif have the same maps), or,
+    with a ledger `book` and not `force`, the user's own file already there (_users_file)."""
     refused, claimed = {}, {}
     for index, job in enumerate(jobs):
         targets = [job.record_path]
@@ -478,12 +481,30 @@ def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, 
         targets = [target.resolve() for target in targets]
         if any(target in inputs for target in targets):
             refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
+        elif book is not None and not force and job.series is None and _users_file(job.output, book):
+            refused[index] = (f"{job.input}: {job.output} is already there and no run of medsr wrote it; move that file, "
+                              "choose another -o folder, or pass --force to replace it")
         elif clash := next((target for target in targets if target in claimed), None):
             hint = "rename one of them" + (" or drop --format" if format and clash == targets[0] else "")
             refused[index] = f"{job.input}: its output {clash} was already written from {claimed[clash]}; {hint}"
         else:
             claimed.update(dict.fromkeys(targets, job.input))
     return refused
+
+
+def _users_file(output: Path, book: Ledger) -> bool:
+    """A file at `output` that no run of medsr wrote: the ledger has no record of it, and it is older
+    than the folder's use as medsr's output (its OUTPUT_MARKER), so not one a killed run left unrecorded."""
+    try:
+        written = output.stat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(written.st_mode) or book.get(output) is not None:
+        return False
+    try:
+        return written.st_mtime < (book.path.parent / OUTPUT_MARKER).stat().st_mtime
+    except OSError:  # not marked yet: whatever is there is not medsr's
+        return True
 
 
 def open_ledger(ledger: Path | None, inputs: set[Path]) -> Ledger | None:
@@ -558,7 +579,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     settings = batch_settings(settings, scale, format, uncertainty, through_plane)
     inputs = input_paths(jobs)
     book = open_ledger(ledger, inputs)
-    refused = refused_jobs(jobs, inputs, uncertainty, format)
+    refused = refused_jobs(jobs, inputs, uncertainty, format, book, force)
     temp_removed = remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
     runner = JobRunner(upscaler, settings, model_name, format, uncertainty, reference, through_plane, inputs)
     jpeg_runner = runner

@@ -139,7 +139,8 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
     settings = [parsed[each] for each in setups]
     inputs = batch.input_paths(jobs)
     book = batch.open_ledger(ledger, inputs)
-    refused = batch.refused_jobs(jobs, inputs, any(each["uncertainty"] for each in settings), settings[0]["format"] if settings else None)
+    refused = batch.refused_jobs(jobs, inputs, any(each["uncertainty"] for each in settings), settings[0]["format"] if settings else None,
+                                 book, force)
     temp_removed = batch.remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)
     results: dict[int, batch.JobResult] = {}
 
