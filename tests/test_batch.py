@@ -285,7 +285,7 @@ def test_cli_summary_csv_progress_and_exit_code(tmp_path, tiny_model, medsr_cli)
     progress = [line for line in result.stderr.splitlines() if line.startswith("upscale:")]
     assert progress and "files/s" in progress[0] and "ETA" in progress[0], result.stderr  # not a tty: plain lines
     rows = read_csv(out / batch.SUMMARY_NAME)
-    assert len(rows) == 13 and set(rows[0]) == {"input", "output", "status", "reason", "seconds", "model"}
+    assert len(rows) == 13 and set(rows[0]) == {"input", "output", "status", "reason", "seconds", "model", "series"}
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["input"].endswith("broken.png") and "not a readable image" in failed[0]["reason"]
     assert sum(r["status"] == "done" for r in rows) == 12

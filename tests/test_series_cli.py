@@ -2,6 +2,7 @@
 dcm2niix (the standard DICOM-to-NIfTI converter) turns into one volume per source volume, with the
 source's affine refined in-plane; reruns skip it, and a changed file redoes it."""
 
+import csv
 import hashlib
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from conftest import DATA, needs_data
 
@@ -40,6 +42,9 @@ def test_a_series_comes_back_as_one_series_with_the_right_affine(name, tmp_path,
     result = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0"])
     assert result.returncode == 0, result.stderr
     assert "upscaled 1 of 1 series" in result.stdout  # the whole series is one unit of work
+    with open(out / "medsr-summary.csv", newline="") as fh:
+        [row] = list(csv.DictReader(fh))
+    assert row["status"] == "done" and row["series"] == pydicom.dcmread(next(source.glob("*.dcm"))).SeriesInstanceUID
 
     before, after = convert(source, tmp_path / "nii-source"), convert(out, tmp_path / "nii-derived")
     assert len(after) == len(before) == 1, "one derived series, converted as one (4-D for the time points) image"

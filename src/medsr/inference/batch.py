@@ -134,13 +134,15 @@ class BatchSummary:
         return text
 
     def write_csv(self, path: Path) -> Path:
-        """One row per job (input, output, status, reason, seconds, model), written atomically."""
+        """One row per job (input, output, status, reason, seconds, model, and for a DICOM series its
+        SeriesInstanceUID: a folder's series share input and output), written atomically."""
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:  # names not in UTF-8
                 rows = csv.writer(fh)
-                rows.writerow(["input", "output", "status", "reason", "seconds", "model"])
+                rows.writerow(["input", "output", "status", "reason", "seconds", "model", "series"])
                 for r in self.results:
-                    rows.writerow([r.job.input, r.job.output, r.status, r.reason, f"{r.seconds:.3f}", r.model])
+                    series = r.job.series.uid if r.job.series is not None else ""
+                    rows.writerow([r.job.input, r.job.output, r.status, r.reason, f"{r.seconds:.3f}", r.model, series])
 
         return atomic_write(Path(path), write)
 
