@@ -316,6 +316,19 @@ def test_a_file_of_the_users_where_an_output_goes_is_kept_until_force(tmp_path, 
     assert result.returncode == 0 and "3 skipped (complete)" in result.stdout  # medsr's now: recorded, and kept
 
 
+def test_several_input_folders_each_land_under_their_own_name(tmp_path, tiny_model, medsr_cli):
+    first, second = make_inputs(tmp_path / "ward-a", 2), make_inputs(tmp_path / "ward-b", 2, seed=1)  # the same file names
+    out = tmp_path / "out"
+    result = subprocess.run(medsr_cli + ["upscale", str(first), str(second), "-o", str(out), "--model", str(tiny_model)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "upscaled 4 of 4 file(s)" in result.stdout, result.stdout
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "ward-a/img_01.png", "ward-a/sub/img_00.png", "ward-b/img_01.png", "ward-b/sub/img_00.png"]
+    alone = subprocess.run(medsr_cli + ["upscale", str(first), "-o", str(tmp_path / "one"), "--model", str(tiny_model)],
+                           capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0 and (tmp_path / "one" / "img_01.png").is_file()  # one folder: its structure as it is
+
+
 def test_sigkill_mid_batch_then_rerun_matches_an_uninterrupted_run(tmp_path, medsr_cli):
     # A model big enough that 80 images take a few seconds, so the kill lands mid-run.
     model = save_tiny_model(tmp_path / "slow.safetensors", channels=32, num_blocks=4)

@@ -43,10 +43,12 @@ def _load_upscaler(args, model_name: str | None, tile: int | None = None):
 def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
     """(file, path relative to the output folder) for each input file; folders are walked, except
     the output folder where it lies inside one, and earlier outputs of medsr's (medsr.data.scan leaves
-    them out): medsr never reads its own outputs as inputs."""
+    them out): medsr never reads its own outputs as inputs. One folder's structure lands in the output
+    folder as it is; of several folders, each lands in a subfolder of its own name."""
     from medsr.data import scan
 
     out = out_dir.resolve()
+    several = sum(Path(text).is_dir() for text in paths) > 1  # each folder's files then go under its name, as cp -r puts them
     pairs = []
     for text in paths:
         path = Path(text)
@@ -55,7 +57,8 @@ def _collect_inputs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
             if folder == out:
                 raise MedsrError(f"{path}: -o is this input folder, so outputs would mix with the inputs; choose another output folder")
             inside = out.is_relative_to(folder)  # -o inside this input folder: its files are outputs (around it: inputs)
-            found = [(item.path, item.path.relative_to(path)) for item in scan(path)]
+            under = Path(folder.name) if several else Path()
+            found = [(item.path, under / item.path.relative_to(path)) for item in scan(path)]
             kept = [pair for pair in found if not (inside and pair[0].resolve().is_relative_to(out))]
             if len(kept) < len(found):
                 print(f"medsr: note: {len(found) - len(kept)} file(s) in {out_dir} left out: -o is inside {path}, so its files "
