@@ -75,7 +75,8 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
             DICOM, NIfTI). Integer arrays keep their dtype and range (uint8 in, uint8 out); float
             arrays in [0, 1] come back in [0, 1]; other float arrays (e.g. Hounsfield units) come
             back in their own range. A file gives float32 in [0, 1] (use `upscale_file` to keep
-            its format and metadata).
+            its format and metadata); a NIfTI volume as its slices, (slices, rows, columns), each
+            slice across its thickest axis (`upscale_volume` keeps the array's own axes).
         model: shipped model name (see `list_models()`), .safetensors file, run folder, or, with
             runtime="onnx", an .onnx file. None: the shipped default for `scale` (x3: "default", or
             "default-jpeg" for the path of a JPEG file or DICOM stored as lossy JPEG, as `medsr upscale` picks).
