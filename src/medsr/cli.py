@@ -485,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--through-plane", action="store_true",
                    help="make the thick slices of NIfTI volumes and DICOM series thin (SMORE-style through-plane SR); "
                         "alone it keeps the in-plane grid, with --model or --scale it also upscales in-plane")
-    p.add_argument("--slice-spacing", type=_millimetres, metavar="MM", help="with --through-plane: the new slice spacing (default: the in-plane pixel spacing)")
+    p.add_argument("--slice-spacing", type=_millimetres, metavar="MM",
+                   help="with --through-plane: the new slice spacing (default: the source's in-plane pixel spacing)")
     p.add_argument("--slice-thickness", type=_millimetres, metavar="MM",
                    help="with --through-plane: the slices' thickness when it differs from their spacing "
                         "(gaps; default: a DICOM series' SliceThickness, else the spacing)")

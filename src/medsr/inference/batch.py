@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from medsr.errors import MedsrError
-from medsr.files import LEDGER_NAME, OUTPUT_MARKER, atomic_write, sha256_file  # noqa: F401 - batch.LEDGER_NAME, batch.sha256_file for callers
+from medsr.files import LEDGER_NAME, OUTPUT_MARKER, atomic_write, sha256_file  # noqa: F401 - LEDGER_NAME, sha256_file: callers'
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
