@@ -199,3 +199,13 @@ def test_the_graph_clips_its_output_and_carries_the_contract(default_onnx):
     assert out.min() >= -1.0 and out.max() <= 1.0
     doc = onnx.load(str(default_onnx)).doc_string
     assert "darkest" in doc and "brightest" in doc and "(sr + 1) / 2" in doc
+
+
+@pytest.mark.parametrize("name", ["paper", "srgan"])
+def test_the_shipped_models_with_batchnorm_export_and_agree(name, tmp_path):
+    """paper and srgan hold BatchNorm: the size check must compare the graph with the model in eval mode."""
+    path = export_onnx(name, tmp_path / f"{name}.onnx")
+    lr = np.random.default_rng(0).random((27, 41)).astype(np.float32)
+    ours = torch_upscaler(name).upscale(lr)
+    theirs = load_upscaler(path, runtime="onnx")[0].upscale(lr)
+    assert np.abs(ours - theirs).max() < 1e-3

@@ -81,7 +81,7 @@ def onnx_bytes(generator: torch.nn.Module, meta: dict[str, str], source: str, op
     generator = generator.float().cpu().eval()
     if hasattr(generator, "fused_for_inference"):
         generator = generator.fused_for_inference()
-    generator = _Clipped(generator)
+    generator = _Clipped(generator).eval()  # export() puts the wrapper back as it found it: train mode would reach BatchNorm
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and tracer notes; the size check below is the real test
