@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import subprocess
@@ -394,3 +395,17 @@ def test_a_wrongly_typed_parameter_is_one_line_not_a_validation_dump(client):
     answer = client.post("/api/upscale", params={"name": "a.png", "through": "maybe"}, content=png_bytes(12, 12))
     assert answer.status_code == 400 and answer.json() == {"error": answer.json()["error"]}
     assert answer.json()["error"].startswith("through: ") and "\n" not in answer.json()["error"]
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--port", "99999"], "argument --port: '99999' is not a port; give a number from 1 to 65535"),
+    (["--max-upload-mb", "-1"], "--max-upload-mb -1: give a positive size in MB"),
+    (["--model", "through-plane"], "--model through-plane: it makes thick slices thin rather than upscaling images"),
+])
+def test_options_the_page_cannot_use_are_refused_before_the_banner(options, words, capsys):
+    from medsr.cli import main
+
+    with pytest.raises(SystemExit) if options[0] == "--port" else contextlib.nullcontext():
+        assert main(["serve", *options]) == 2
+    out, err = capsys.readouterr()
+    assert "open http" not in out and "Traceback" not in err and words in err

@@ -420,6 +420,13 @@ def _number(text: str, allowed, problem: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    """--port's value: a TCP port."""
+    if not (text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port; give a number from 1 to 65535")
+    return int(text)
+
+
 def _device_options(p) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="int8: the model's residual body in int8 (CPU; shipped default models and large; faster, slightly less exact: "
@@ -539,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="a local web page: upload a scan, compare before/after, download the result", formatter_class=formatter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this computer only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--model", action="append", help="offer this model (repeatable; default: every shipped model)")
     p.add_argument("--max-upload-mb", type=float, default=50, help="refuse uploads larger than this")
     _device_options(p)

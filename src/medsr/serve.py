@@ -163,7 +163,12 @@ class Server:
     def __init__(self, model_names: list[str], max_upload_mb: float, device: str, precision: str):
         self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.device, self.precision = device, precision
+        if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
+            raise MedsrError(f"--max-upload-mb {max_upload_mb:g}: give a positive size in MB")
         self.models = {name: zoo.model_scale(name) for name in model_names}
+        if flat := [name for name, scale in self.models.items() if scale == 1]:
+            raise MedsrError(f"--model {flat[0]}: it makes thick slices thin rather than upscaling images; the page runs it through "
+                             "'Thin slices' on its own, so name in-plane models only (medsr models lists them)")
         self.folder = Path(tempfile.mkdtemp(prefix="medsr-serve-"))
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.lock = threading.Lock()  # one model run at a time: bounded memory, fair order
