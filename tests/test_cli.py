@@ -417,3 +417,12 @@ def test_an_output_made_from_another_input_is_not_replaced_in_silence(tmp_path, 
     second = run(command + [str(tmp_path / "b")])
     assert second.returncode == 0 and "medsr: note:" in second.stderr and str(tmp_path / "a" / "x.png") in second.stderr, second.stderr
     assert "was made from" not in run(command + [str(tmp_path / "b")]).stderr  # its own output now: skipped, nothing to say
+
+
+def test_a_negative_figure_count_is_a_usage_error(capsys):
+    from medsr.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["compare", "--data", "scans", "--figures", "-1"])
+    assert stop.value.code == 2 and "argument --figures: '-1' is not a count; give 0 or more" in capsys.readouterr().err
+    assert build_parser().parse_args(["compare", "--data", "scans", "--figures", "0"]).figures == 0

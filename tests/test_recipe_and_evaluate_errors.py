@@ -224,6 +224,12 @@ def test_limit_zero_in_the_cli(folder_with_blank, medsr_cli, tmp_path):
                                            "--out", str(tmp_path / "out")]), "--limit 0", "at least 1")
 
 
+def test_a_file_given_as_data_is_said_to_be_a_file(folder_with_blank, medsr_cli, tmp_path):
+    image = next(p for p in folder_with_blank.rglob("*") if p.is_file())
+    assert_one_line_error(run(medsr_cli + ["evaluate", "--data", str(image), "--out", str(tmp_path / "o")]),
+                          f"{image}: a file, where a folder of images is wanted; pass the folder that holds it")
+
+
 def test_models_of_two_scales_name_the_one_that_set_it(folder_with_blank, medsr_cli, tmp_path):
     result = run(medsr_cli + ["evaluate", "--data", str(folder_with_blank), "--model", "default,default-x2", "--out", str(tmp_path / "o")])
     assert_one_line_error(result, "model is x2 but default is x3")  # no --scale was given

@@ -420,6 +420,13 @@ def _number(text: str, allowed, problem: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    """A number of things: 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not a count; give 0 or more")
+    return int(text)
+
+
 def _port(text: str) -> int:
     """--port's value: a TCP port."""
     if not (text.isdigit() and 1 <= int(text) <= 65535):
@@ -436,9 +443,10 @@ def _device_options(p) -> None:
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
 
 
-def _model_options(p, model_help: str) -> None:
+def _model_options(p, model_help: str,
+                   scale_help: str = "upscaling factor; must be the model's own (without --model: picks the shipped default of that scale)") -> None:
     p.add_argument("--model", help=model_help)
-    p.add_argument("--scale", type=int, help="upscaling factor; must be the model's own (without --model: picks the shipped default of that scale)")
+    p.add_argument("--scale", type=int, help=scale_help)
     _device_options(p)
     p.add_argument("--tile", type=_tile_size, default="auto",
                    help=f"LR tile size in pixels; 0 = whole image at once; auto = {TILE}, or {TILE_AMX} for bf16 on CPUs with AMX (faster there)")
@@ -512,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM/MS-SSIM of models and baselines on a data split", formatter_class=formatter)
     p.add_argument("--data", nargs="+", required=True, help="data folder(s)")
-    _model_options(p, "comma-separated models to evaluate besides the interpolations (shipped names, files, run folders)")
+    _model_options(p, "comma-separated models to evaluate besides the interpolations (shipped names, files, run folders)",
+                   "upscaling factor; must be the models' own (without --model: the interpolations alone, at this factor)")
     p.add_argument("--protocol", default="paper", choices=PROTOCOLS)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="evaluate at most this many images, spread evenly over the split (every class)")
@@ -533,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="paper", choices=PROTOCOLS)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="at most this many images")
-    p.add_argument("--figures", type=int, default=4, help="per-image figures to draw")
+    p.add_argument("--figures", type=_count, default=4, help="per-image figures to draw")
     p.add_argument("--scale", type=int, help="expected scale; must match the models")
     _device_options(p)
     p.add_argument("--no-timing", action="store_true", help="skip the ms-per-512x512 measurement")

@@ -44,6 +44,8 @@ def scan(roots: str | Path | list) -> list[Item]:
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     items = []
     for root in map(Path, roots):
+        if root.is_file():
+            raise MedsrError(f"{root}: a file, where a folder of images is wanted; pass the folder that holds it (see README, 'Data layout')")
         if not root.is_dir():
             raise MedsrError(f"{root}: data folder not found; pass an existing folder (see README, 'Data layout')")
         for path in sorted(p for p in _files_below(root) if is_supported(p)):
