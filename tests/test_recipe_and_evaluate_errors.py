@@ -239,3 +239,12 @@ def test_a_mix_under_another_protocol_is_said_to_be_unused(image_folder, tmp_pat
     cfg = load_config(None, [f"data={image_folder}", f"out_dir={tmp_path}", "hr_size=48", "protocol=paper", "mix={paper: 1}"])
     Trainer(cfg)
     assert "mix is set but protocol is paper: it is used only by protocol mixed" in caplog.text
+
+
+@pytest.mark.parametrize("item, names", [("lr_schedule=cosin", "constant, cosine"), ("pixel_loss=l3", "mse, l1, charbonnier"),
+                                         ("gan_loss=wgan", "bce, ragan"), ("model=edrs", "edsr"),
+                                         ("protocol=bogus", "mixed, through-plane")])
+def test_a_misspelt_name_is_said_when_the_recipe_loads_naming_its_source(item, names):
+    key, value = item.split("=")
+    with pytest.raises(MedsrError, match=rf"^--set {item}: {key} must be one of .*{names}.*, not '{value}'"):
+        load_config(None, [item])  # before any image is read, as other values are

@@ -185,7 +185,24 @@ def check_value(key: str, value, where: str):
     if key == "betas" and not (len(value) == 2 and all(type(b) in (int, float) and 0 <= b < 1 for b in value)):
         raise MedsrError(f"{where}: betas must be two numbers of 0 or more and less than 1, not {value!r}; "
                          f"fix the value{hint}")
+    names = _names(key)
+    if names is not None and value not in names:
+        raise MedsrError(f"{where}: {key} must be one of {', '.join(names)}, not {value!r}; fix the value{hint}")
     return value
+
+
+def _names(key: str) -> tuple[str, ...] | None:
+    """The names a text field takes where it is one of a few, so that a typo is said at once, not
+    after the images have loaded."""
+    if key == "model":
+        from medsr.models import GENERATORS
+
+        return tuple(GENERATORS)
+    if key in ("pixel_loss", "gan_loss"):
+        from medsr.training import losses
+
+        return losses.PIXEL_LOSSES if key == "pixel_loss" else losses.GAN_LOSSES
+    return {"lr_schedule": ("constant", "cosine"), "protocol": ("paper", "patch", "mnist", "mixed", "through-plane")}.get(key)
 
 
 def expand_data_path(text: str) -> str:

@@ -13,6 +13,8 @@ from medsr.errors import MedsrError
 from medsr.models.value_range import to_unit
 from medsr.zoo import read_weights
 
+PIXEL_LOSSES = ("mse", "l1", "charbonnier")
+
 
 def pixel_loss(name: str):
     """The generator's reconstruction loss by name: mse (the paper), l1, or charbonnier."""
@@ -22,7 +24,7 @@ def pixel_loss(name: str):
         return F.l1_loss
     if name == "charbonnier":
         return lambda sr, hr: torch.sqrt((sr - hr) ** 2 + 1e-6).mean()
-    raise MedsrError(f"unknown pixel loss '{name}'; use mse, l1 or charbonnier")
+    raise MedsrError(f"unknown pixel loss '{name}'; use {', '.join(PIXEL_LOSSES)}")
 
 
 def discriminator_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
