@@ -400,6 +400,7 @@ def test_a_wrongly_typed_parameter_is_one_line_not_a_validation_dump(client):
 @pytest.mark.parametrize("options, words", [
     (["--port", "99999"], "argument --port: '99999' is not a port; give a number from 1 to 65535"),
     (["--max-upload-mb", "-1"], "--max-upload-mb -1: give a positive size in MB"),
+    (["--max-upload-mb", "nan"], "--max-upload-mb nan: give a positive size in MB"),  # checked before it is made bytes
     (["--model", "through-plane"], "--model through-plane: it makes thick slices thin rather than upscaling images"),
 ])
 def test_options_the_page_cannot_use_are_refused_before_the_banner(options, words, capsys):

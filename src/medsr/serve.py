@@ -161,10 +161,10 @@ class Server:
     """The state behind the page: model choices, the temporary folder and its jobs."""
 
     def __init__(self, model_names: list[str], max_upload_mb: float, device: str, precision: str):
-        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
-        self.device, self.precision = device, precision
         if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
             raise MedsrError(f"--max-upload-mb {max_upload_mb:g}: give a positive size in MB")
+        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
+        self.device, self.precision = device, precision
         self.models = {name: zoo.model_scale(name) for name in model_names}
         if flat := [name for name, scale in self.models.items() if scale == 1]:
             raise MedsrError(f"--model {flat[0]}: it makes thick slices thin rather than upscaling images; the page runs it through "
