@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -476,6 +477,7 @@ def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, 
     overwrite an input or another job's output or maps (scan.png and scan.tif have the same maps), or,
     with a ledger `book` and not `force`, the user's own file already there (_users_file)."""
     refused, claimed = {}, {}
+    medsr_since = _marked_at(book) if book is not None and not force else None
     for index, job in enumerate(jobs):
         targets = [job.record_path]
         if uncertainty and job.series is None:
@@ -483,7 +485,7 @@ def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, 
         targets = [target.resolve() for target in targets]
         if any(target in inputs for target in targets):
             refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
-        elif book is not None and not force and job.series is None and _users_file(job.output, book):
+        elif book is not None and not force and job.series is None and _users_file(job.output, book, medsr_since):
             refused[index] = (f"{job.input}: {job.output} is already there and no run of medsr wrote it; move that file, "
                               "choose another -o folder, or pass --force to replace it")
         elif clash := next((target for target in targets if target in claimed), None):
@@ -494,19 +496,22 @@ def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, 
     return refused
 
 
-def _users_file(output: Path, book: Ledger) -> bool:
+def _marked_at(book: Ledger) -> float:
+    """When the ledger's folder was first marked as medsr's output (its OUTPUT_MARKER); infinity while it is not."""
+    try:
+        return (book.path.parent / OUTPUT_MARKER).stat().st_mtime
+    except OSError:  # not marked yet: whatever is there is not medsr's
+        return math.inf
+
+
+def _users_file(output: Path, book: Ledger, medsr_since: float) -> bool:
     """A file at `output` that no run of medsr wrote: the ledger has no record of it, and it is older
-    than the folder's use as medsr's output (its OUTPUT_MARKER), so not one a killed run left unrecorded."""
+    than the folder's use as medsr's output (`medsr_since`, _marked_at), so not one a killed run left unrecorded."""
     try:
         written = output.stat()
     except OSError:
         return False
-    if not stat.S_ISREG(written.st_mode) or book.get(output) is not None:
-        return False
-    try:
-        return written.st_mtime < (book.path.parent / OUTPUT_MARKER).stat().st_mtime
-    except OSError:  # not marked yet: whatever is there is not medsr's
-        return True
+    return stat.S_ISREG(written.st_mode) and book.get(output) is None and written.st_mtime < medsr_since
 
 
 def open_ledger(ledger: Path | None, inputs: set[Path]) -> Ledger | None:
