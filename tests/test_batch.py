@@ -316,6 +316,16 @@ def test_a_file_of_the_users_where_an_output_goes_is_kept_until_force(tmp_path, 
     assert result.returncode == 0 and "3 skipped (complete)" in result.stdout  # medsr's now: recorded, and kept
 
 
+def test_the_library_keeps_a_users_file_in_a_folder_medsr_has_not_marked(tmp_path, tiny_model):
+    src, out = make_inputs(tmp_path / "in", 2), tmp_path / "out"
+    (out / "img_01.png").parent.mkdir()
+    (out / "img_01.png").write_bytes(b"my notes")  # no .medsr-output marker: run_batch called directly, not by the CLI
+    summary = run(src, out, tiny_model)
+    [failed] = summary.failed
+    assert summary.done == 1 and failed.job.output == out / "img_01.png" and "no run of medsr wrote it" in failed.reason
+    assert (out / "img_01.png").read_bytes() == b"my notes"
+
+
 def test_several_input_folders_each_land_under_their_own_name(tmp_path, tiny_model, medsr_cli):
     first, second = make_inputs(tmp_path / "ward-a", 2), make_inputs(tmp_path / "ward-b", 2, seed=1)  # the same file names
     out = tmp_path / "out"
