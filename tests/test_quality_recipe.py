@@ -12,10 +12,11 @@ from PIL import Image
 from test_train import tiny_config
 
 from medsr import metrics, zoo
-from medsr.data import degrade
+from medsr.data import dataset, degrade
 from medsr.data.dataset import LightDegradation, build_sampler, volume_slices
 from medsr.errors import MedsrError
 from medsr.evaluation import quality
+from medsr.io import read_image
 from medsr.models import create_generator
 from medsr.training.trainer import Trainer
 from medsr.zoo import save_model
@@ -172,6 +173,18 @@ def test_mixed_sampler_batches_hold_out_volumes_and_resume(mixed_data):
         build_sampler([str(folder)], "train", "mixed", 3, 48, mix={**mix, "jpg": 0.5})
     with pytest.raises(MedsrError, match="no volume named vol-30 to hold out"):  # a typo would train on vol-3
         build_sampler([str(folder)], "train", "mixed", 3, 48, mix={**mix, "volume_test": ["vol-30"]})
+
+
+def test_a_limit_caps_the_volumes_read_and_their_slices(mixed_data, monkeypatch):
+    """max_train_images shrinks a mixed recipe's volume source too: a quick run does not decode every volume."""
+    folder, mix = mixed_data
+    read = []
+    monkeypatch.setattr(dataset, "read_image", lambda path, *a, **k: read.append(Path(path).name) or read_image(path, *a, **k))
+    sampler = build_sampler([str(folder)], "train", "mixed", 3, 48, limit=1, mix=mix)
+    assert [name for name in read if name.startswith("vol-")] == ["vol-0.nii.gz"]
+    assert len(sampler.sources["volumes"]) == 1 and len(sampler.sources["paper"]) == 1
+    every = build_sampler([str(folder)], "train", "mixed", 3, 48, limit=5, mix=mix)
+    assert len(every.sources["volumes"]) == 5  # spread over both training volumes' slices
 
 
 def test_evaluate_splits_volumes_as_the_models_recipe_held_them_out(mixed_data):

@@ -248,3 +248,20 @@ def test_a_misspelt_name_is_said_when_the_recipe_loads_naming_its_source(item, n
     key, value = item.split("=")
     with pytest.raises(MedsrError, match=rf"^--set {item}: {key} must be one of .*{names}.*, not '{value}'"):
         load_config(None, [item])  # before any image is read, as other values are
+
+
+@pytest.mark.parametrize("items, words", [
+    (["generator.chanels=32"], r"^--set generator.chanels=32: unknown option\(s\) \['chanels'\] for generator 'paper'"),
+    (["model=edsr", "generator.channels=abc"], r"^--set generator.channels=abc, --set model=edsr: generator .* is not usable \(TypeError"),
+    (["scale=5", "model=edsr"], r"^--set model=edsr, --set scale=5: generator 'edsr' does not support scale 5"),
+    (["model=edsr", "adversarial_weight=0.1"], r"^--set model=edsr, --set adversarial_weight=0.1: model edsr has no discriminator .* discriminator_model"),
+    (["discriminator.width=3"], r"^--set discriminator.width=3: unknown option\(s\) \['width'\] for discriminator 'paper'"),
+    (["protocol=mixed", "mix.jpg=0.5"], r"^--set mix.jpg=0.5: unknown mix option\(s\) \['jpg'\]"),
+    (["protocol=mixed", "mix.paper=x"], r"^--set mix.paper=x: mix.paper must be a share of 0 or more, not 'x'"),
+    (["augment.flip=0.5"], r"^--set augment.flip=0.5: unknown augment option\(s\) \['flip'\]"),
+    (["protocol=through-plane", "model=through-plane", "scale=1", "adversarial_weight=0", "through_plane.factor=[2, 4]"], r"^--set through_plane.factor=\[2, 4\]: unknown through_plane"),
+])
+def test_options_inside_a_recipes_mappings_are_checked_when_it_loads(items, words):
+    """A typo in generator, discriminator, mix, augment or through_plane is said before any image is read, naming its --set."""
+    with pytest.raises(MedsrError, match=words):
+        load_config(None, items)

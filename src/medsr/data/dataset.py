@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,18 +332,28 @@ def _split_arrays(data_dirs: list[str], split: str, limit: int | None, val_fract
     return load_arrays(spread(chosen, limit), limit)[0]
 
 
-def build_mixed_sampler(data_dirs: list[str], split: str, scale: int, hr_size: int, seed: int, limit: int | None,
-                        split_fractions: dict, mix: dict, augment: aug_lib.Augment | None = None) -> MixedSampler:
-    """The MixedSampler of a recipe's `mix`; `augment` applies to every source (the trainer passes it for training only)."""
+def mix_options(mix: dict) -> tuple[dict, str | None, dict, LightDegradation]:
+    """A recipe's `mix` as (shares by source, volume_data, {val, test: held-out volume stems}, the
+    LightDegradation); an unknown key is a MedsrError naming the known ones."""
     options = dict(mix)
-    shares = {name: float(options.pop(name, 0)) for name in MIX_SOURCES}
+    shares = {name: options.pop(name, 0) for name in MIX_SOURCES}
+    for name, share in shares.items():
+        if type(share) not in (int, float) or not 0 <= share < math.inf:
+            raise MedsrError(f"mix.{name} must be a share of 0 or more, not {share!r}; e.g. mix: {{paper: 0.5, native: 0.5}}")
     volume_data = options.pop("volume_data", None)
     holdout = {"val": options.pop("volume_val", []), "test": options.pop("volume_test", [])}
     light_keys = {f.name for f in dataclasses.fields(LightDegradation)}
     if set(options) - light_keys:
         raise MedsrError(f"unknown mix option(s) {sorted(set(options) - light_keys)}; known: {', '.join(MIX_SOURCES)}, "
                          f"volume_data, volume_val, volume_test, {', '.join(sorted(light_keys))}")
-    light = LightDegradation(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+    return shares, volume_data, holdout, LightDegradation(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+
+
+def build_mixed_sampler(data_dirs: list[str], split: str, scale: int, hr_size: int, seed: int, limit: int | None,
+                        split_fractions: dict, mix: dict, augment: aug_lib.Augment | None = None) -> MixedSampler:
+    """The MixedSampler of a recipe's `mix`; `augment` applies to every source (the trainer passes it for training only).
+    `limit` caps the images of each source, the volumes read and their slices too, spread evenly."""
+    shares, volume_data, holdout, light = mix_options(mix)
     degradation = "light" if split == "train" else "bicubic"  # validation stays the clean protocol
     sources = {}
     if shares["paper"] > 0 or shares["native"] > 0:
@@ -355,8 +366,8 @@ def build_mixed_sampler(data_dirs: list[str], split: str, scale: int, hr_size: i
     if shares["volumes"] > 0:
         if not volume_data:
             raise MedsrError("mix.volumes needs mix.volume_data, a folder of NIfTI volumes (e.g. ${MEDSR_DATA}/nifti)")
-        files = slice_profile.volume_files([volume_data], split, holdout)
-        sources["volumes"] = PairSampler(volume_slices(files), "patch", scale, hr_size, seed=seed + 2, augment=augment,
+        files = spread(slice_profile.volume_files([volume_data], split, holdout), limit)
+        sources["volumes"] = PairSampler(spread(volume_slices(files), limit), "patch", scale, hr_size, seed=seed + 2, augment=augment,
                                          degradation=degradation, light=light)
     if not sources:
         raise MedsrError(f"mix {mix}: give at least one of {', '.join(MIX_SOURCES)} a share above 0")

@@ -233,14 +233,19 @@ class ThroughPlaneSampler:
         self.generator.set_state(state["generator"])
 
 
+def check_through_plane_options(options: dict) -> None:
+    """A MedsrError naming the known keys if a recipe's `through_plane` has another."""
+    known = {"val", "test", "factors", "thickness", "gap_fraction", "min_foreground"}
+    if set(options) - known:
+        raise MedsrError(f"unknown through_plane option(s) {sorted(set(options) - known)}; known: {', '.join(sorted(known))}")
+
+
 def build_through_plane_sampler(data_dirs: list[str], split: str, hr_size: int, seed: int = 0, limit: int | None = None,
                                 options: dict | None = None) -> ThroughPlaneSampler:
     """Read the split's NIfTI volumes once and wrap them in a ThroughPlaneSampler. `options`: the recipe's
     through_plane dict: {val: [stems], test: [stems], factors: [lo, hi], thickness: [lo, hi], gap_fraction}."""
     options = dict(options or {})
     holdout = {"val": options.pop("val", []), "test": options.pop("test", [])}
+    check_through_plane_options(options)
     files = volume_files(data_dirs, split, holdout)[:limit]
-    known = {"factors", "thickness", "gap_fraction", "min_foreground"}
-    if set(options) - known:
-        raise MedsrError(f"unknown through_plane option(s) {sorted(set(options) - known)}; known: val, test, {', '.join(sorted(known))}")
     return ThroughPlaneSampler([read_volume(f) for f in files], hr_size, seed=seed, **options)

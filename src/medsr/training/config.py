@@ -26,7 +26,7 @@ class TrainConfig:
     protocol: str = "paper"  # paper | patch | mnist (see medsr.data.PairSampler) | mixed | through-plane (medsr.data.slice_profile)
     scale: int = 3
     hr_size: int = 150  # HR side: the paper's 150, or the patch size
-    max_train_images: int | None = None  # a limit is spread evenly over the split's sorted files (every class is in)
+    max_train_images: int | None = None  # spread evenly over the split's sorted files (every class is in); mixed: volumes and slices too
     max_val_images: int = 64
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -147,7 +147,43 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         where = ", ".join(origin[key] for key in ("val_fraction", "test_fraction") if key in origin)
         raise MedsrError(f"{where}: val_fraction + test_fraction = {cfg.val_fraction + cfg.test_fraction:g} leaves no images "
                          f"to train on; keep their sum under 1 (defaults 0.1 and 0.1)")
+    _check_parts(cfg, origin)
     return cfg
+
+
+def _check_parts(cfg: TrainConfig, origin: dict) -> None:
+    """The options inside the recipe's mappings (generator, discriminator, augment, mix, through_plane),
+    checked as the trainer will use them but before any image is read, in a MedsrError naming the
+    recipe or --set option they came from. The generator and discriminator are built once to check them."""
+    from medsr.data import augment, dataset, slice_profile
+    from medsr.models import create_generator
+
+    # each check, with the keys whose values it reads (for where they came from)
+    checks = [(("generator", "model", "scale"), lambda: create_generator(cfg.model, scale=cfg.scale, **cfg.generator)),
+              (("augment",), lambda: augment.Augment.from_dict(cfg.augment))]
+    if cfg.adversarial_weight > 0 and cfg.epochs > cfg.warmup_epochs:
+        checks.append((("discriminator", "discriminator_model", "model", "adversarial_weight"), lambda: _discriminator(cfg)))
+    if cfg.protocol == "mixed":
+        checks.append((("mix",), lambda: dataset.mix_options(cfg.mix)))
+    if cfg.protocol == "through-plane":
+        checks.append((("through_plane",), lambda: slice_profile.check_through_plane_options(cfg.through_plane)))
+    for keys, check in checks:
+        try:
+            check()
+        except (MedsrError, TypeError, ValueError) as err:
+            where = ", ".join(dict.fromkeys(origin[k] for k in keys if k in origin)) or "the recipe's defaults"
+            if not isinstance(err, MedsrError):  # a value of the wrong kind, met inside a constructor
+                err = f"{keys[0]} {getattr(cfg, keys[0])} is not usable ({type(err).__name__}: {err}); fix its values"
+            raise MedsrError(f"{where}: {err}") from None
+
+
+def _discriminator(cfg: TrainConfig):
+    from medsr.models import DISCRIMINATORS, create_discriminator
+
+    if not cfg.discriminator_model and cfg.model not in DISCRIMINATORS:
+        raise MedsrError(f"model {cfg.model} has no discriminator of its own for adversarial_weight {cfg.adversarial_weight:g}; "
+                         f"name one with discriminator_model ({', '.join(DISCRIMINATORS)}), or set adversarial_weight: 0")
+    return create_discriminator(cfg.discriminator_model or cfg.model, input_size=cfg.hr_size, **cfg.discriminator)
 
 
 def check_value(key: str, value, where: str):
