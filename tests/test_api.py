@@ -30,6 +30,8 @@ def test_a_scale_the_model_cannot_make_is_an_error_that_says_what_to_do():
     with pytest.raises(medsr.MedsrError, match=r"model default upscales x3, not x2; drop --scale \(scale= in Python\).*default-x2"):
         medsr.upscale(lr, model="default", scale=2)
     assert medsr.upscale(lr, scale=2).shape == (20, 24)  # without a model, scale picks the shipped default for it
+    with pytest.raises(medsr.MedsrError, match=r"^scale 5: no shipped model upscales x5 .*model= in Python"):
+        medsr.upscale(lr, scale=5)  # said in the API's words too, not only the CLI's
 
 
 def test_arrays_keep_their_dtype_and_range():

@@ -65,8 +65,8 @@ def default_model(scale: int | None = None, inputs: Iterable[str | os.PathLike] 
                          "for thinner slices alone use --through-plane without --scale")
     name = f"{DEFAULT_MODEL}-x{scale}"
     if name not in shipped_models():
-        raise MedsrError(f"--scale {scale}: no shipped model upscales x{scale} (shipped scales: {scales}); "
-                         f"pick one of those, or pass a x{scale} model of yours with --model")
+        raise MedsrError(f"scale {scale}: no shipped model upscales x{scale} (shipped scales: {scales}); "
+                         f"pick one of those, or name a x{scale} model of yours (--model, or model= in Python)")
     return name
 
 
