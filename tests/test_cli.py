@@ -42,10 +42,12 @@ def test_upscale_mirrors_folders_and_reports_bad_files(tmp_path, trained_run, im
     Image.fromarray(np.full((20, 30), 128, np.uint8)).save(src / "sub" / "a.png")
     Image.fromarray(np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 100).save(src / "b16.png")
     (src / "broken.png").write_bytes(b"not a png")
+    (src / "gone.dcm").symlink_to(tmp_path / "moved-away.dcm")  # a link whose file has gone: a failure, not a silence
     before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     result = run(medsr_cli + ["upscale", str(src), "-o", str(tmp_path / "out"), "--model", str(trained_run)])
-    assert result.returncode == 1  # one file failed, the rest went on
+    assert result.returncode == 1  # two files failed, the rest went on
     assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+    assert f"{src / 'gone.dcm'}: file not found" in result.stderr and "upscaled 2 of 4 file(s)" in result.stdout
     a = Image.open(tmp_path / "out" / "sub" / "a.png")
     assert a.size == (90, 60) and a.mode == "L"
     b = Image.open(tmp_path / "out" / "b16.png")

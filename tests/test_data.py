@@ -162,8 +162,30 @@ def test_medsr_outputs_inside_a_data_folder_are_left_out(tmp_path, image_folder,
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "upscaled" / "x.png")
     with caplog.at_level("WARNING"):
         assert [item.path for item in scan(data)] == before
-    assert caplog.text.count("left out, it holds medsr's outputs") == 2
+    assert caplog.text.count("left out, it holds medsr's outputs") == 1  # the old run's folder, by its ledger
+    assert caplog.text.count("medsr's outputs there are left out") == 1  # the evaluation's, by its marker
     assert len(scan(data / "upscaled")) == 1  # passed itself, an output folder is read
+
+
+def test_the_users_own_files_in_a_folder_medsr_wrote_into_are_still_read(tmp_path, image_folder):
+    """`-o archive` into a folder of the user's scans marks it; its scans from before stay inputs of later runs."""
+    import os
+    import shutil
+
+    from medsr.files import mark_output_folder
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    before = sorted(item.path for item in scan(data))
+    archive = data / "archive"
+    archive.mkdir()
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(archive / "old.png")
+    os.utime(archive / "old.png", (1e9, 1e9))  # the user's scan, from 2001
+    mark_output_folder(archive)
+    (archive / "sub").mkdir()
+    for output in (archive / "new.png", archive / "sub" / "new.png"):  # medsr's outputs, written since
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(output)
+    assert sorted(item.path for item in scan(data)) == sorted(before + [archive / "old.png"])
 
 
 def test_load_arrays_skips_bad_files(tmp_path, image_folder):

@@ -49,7 +49,7 @@ def test_an_earlier_runs_output_folder_inside_the_inputs_is_left_out_with_a_note
     result = run(medsr_cli + ["upscale", str(scans), "-o", str(scans / "out2"), "--tile", "0"])
     assert result.returncode == 0, result.stderr
     assert "upscaled 2 of 2" in result.stdout and not (scans / "out2" / "out").exists()
-    assert "out: left out, it holds medsr's outputs" in result.stderr
+    assert "out: medsr's outputs there are left out" in result.stderr
 
 
 def test_an_output_folder_around_the_input_folder_still_upscales_it(scans, medsr_cli, tmp_path):

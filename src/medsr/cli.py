@@ -111,7 +111,8 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None, named:
     from medsr.io.formats import format_named, format_of_path
 
     as_series = fmt is None or format_named(fmt).name in ("dicom", "nifti")
-    dicom_files = [path for path, _ in pairs if getattr(format_of_path(path), "name", "") == "dicom"]
+    # (a broken link is left to its own job, which fails naming it)
+    dicom_files = [path for path, _ in pairs if getattr(format_of_path(path), "name", "") == "dicom" and path.exists()]
     series_of, left_out = {}, set()
     if dicom_files:  # pydicom loads only when there are DICOM files
         from medsr.io import series as series_io

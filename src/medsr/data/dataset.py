@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,24 +59,47 @@ def scan(roots: str | Path | list) -> list[Item]:
 
 
 def _files_below(root: Path) -> list[Path]:
-    """Every file below `root`, except in folders of medsr's own outputs (they hold OUTPUT_MARKER or an
-    upscale run's ledger): outputs are never read back as inputs. Those, a folder that cannot be read
-    and a link to a folder (not followed: a link can loop) are said so in a warning, not skipped in silence."""
+    """Every file below `root`, except medsr's own outputs: outputs are never read back as inputs. In
+    a folder medsr writes into (it holds OUTPUT_MARKER) and below, only the files already there
+    before medsr first wrote into it (older than the marker) are the user's and read; a folder with an
+    upscale run's ledger but no marker (older runs) is left out whole. Those, a folder that cannot be
+    read and a link to a folder (not followed: a link can loop) are said so in a warning, not skipped in silence."""
     def unreadable(err: OSError) -> None:
         log.warning("note: %s: cannot read this folder (%s); its files are left out", err.filename, err.strerror)
 
     files = []
+    since = {str(root): math.inf}  # folder -> when medsr first wrote into it or a folder above it
     for folder, subfolders, names in os.walk(root, onerror=unreadable):
-        if folder != str(root) and (OUTPUT_MARKER in names or LEDGER_NAME in names):
+        medsr_since = since.get(os.path.dirname(folder), math.inf) if folder != str(root) else math.inf
+        if folder != str(root) and OUTPUT_MARKER in names:
+            medsr_since = min(medsr_since, os.stat(os.path.join(folder, OUTPUT_MARKER)).st_mtime)
+            log.warning("note: %s: medsr's outputs there are left out (files there before medsr first wrote into it are read); "
+                        "pass that folder itself to use them", folder)
+        elif folder != str(root) and LEDGER_NAME in names:
             log.warning("note: %s: left out, it holds medsr's outputs; pass that folder itself to use them", folder)
             subfolders.clear()
             continue
+        since[folder] = medsr_since
         for name in subfolders:
             if os.path.islink(os.path.join(folder, name)):
                 log.warning("note: %s: a link to a folder, not followed; pass the folder it points to if its files are wanted",
                             os.path.join(folder, name))
-        files += [Path(folder, name) for name in names if os.path.isfile(os.path.join(folder, name))]
+        files += [Path(folder, name) for name in names if _users_file(os.path.join(folder, name), medsr_since)]
     return files
+
+
+def _users_file(path: str, medsr_since: float) -> bool:
+    """A file at `path` older than `medsr_since`: a regular file, a link to one, or a broken link (kept,
+    so that reading it fails in one line naming it, rather than it vanishing from the run)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        try:
+            found = os.lstat(path)
+        except OSError:
+            return False
+        return stat.S_ISLNK(found.st_mode) and found.st_mtime < medsr_since
+    return stat.S_ISREG(found.st_mode) and found.st_mtime < medsr_since
 
 
 def split_of(key: str, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
