@@ -140,6 +140,15 @@ def test_a_broken_series_is_said_so_and_done_file_by_file(tmp_path, medsr_cli):
     notes = [line for line in result.stderr.splitlines() if line.startswith("medsr: note:")]
     assert len(notes) == 1 and "slice by slice" in notes[0]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.dcm")) == ["1.dcm", "2.dcm", "4.dcm", "5.dcm"]
+    # the slice back: one derived series replaces the file-by-file outputs, and the reverse (not two series of one source)
+    shutil.copy(SERIES / "siemens-sag-gre-fieldmap" / "3.dcm", source / "3.dcm")
+    whole = run(medsr_cli + ["upscale", str(source), "-o", str(tmp_path / "out"), "--tile", "0"])
+    assert "upscaled 1 of 1 series" in whole.stdout, whole.stdout + whole.stderr
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.dcm"))
+    assert len(names) == 5 and all(name.startswith("medsr_") for name in names), names
+    (source / "3.dcm").unlink()
+    assert run(medsr_cli + ["upscale", str(source), "-o", str(tmp_path / "out"), "--tile", "0"]).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.dcm")) == ["1.dcm", "2.dcm", "4.dcm", "5.dcm"]
 
 
 def test_uncertainty_with_a_series_says_it_draws_no_maps(tmp_path, medsr_cli):

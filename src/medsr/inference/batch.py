@@ -253,19 +253,27 @@ def book_result(result: JobResult, book: Ledger | None, settings: dict[str, Any]
     old = book.get(result.job.record_path)
     if old != record:
         book.append(record)
-        if result.job.series is not None:
-            _remove_replaced_series(book, old, record)
+    _remove_replaced(book, old if old != record else None, record)  # (a file redone as it was may replace a series)
 
 
-def _remove_replaced_series(book: Ledger, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-    """A derived series redone with other settings: its names hold the settings, so the earlier run's
-    files of the same kind (.dcm, .nii.gz) that this run did not write are removed, each only while it
-    is still the very file that run wrote and no other record lists it; one derived series stays, not
-    one per setting. Another kind (DICOM then --format nii) is kept, as a single file's is."""
+def _remove_replaced(book: Ledger, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """Earlier outputs that the `new` record replaces: a derived series redone with other settings
+    (`old`, its record; its names hold the settings), and the outputs of the same source files made
+    the other way (a series done file by file, then as one series once it forms a volume, or the
+    reverse). Their files of the same kind (.dcm, .nii.gz) that this run did not write are removed,
+    each only while it is still the very file that run wrote and no other record lists it: one
+    derived output of a source stays, not one per setting or way. Another kind (DICOM then --format
+    nii) is kept, as a single file's is."""
+    series = "input_files" in new
+    replaced = [old] if old is not None and series else []
+    sources = _sources(new)
+    replaced += [record for key, record in book.records.items()
+                 if key != new["output"] and ("input_files" in record) != series and _sources(record) & sources]
     written = {item["path"] for item in new["files"]}
     kinds = {file_extension(Path(path)) for path in written}
-    listed = {item.get("path") for key, record in book.records.items() if key != new["output"] for item in record.get("files", [])}
-    for item in (old or {}).get("files", []):
+    listed = {item.get("path") for key, record in book.records.items() if key != new["output"] and all(record is not r for r in replaced)
+              for item in record.get("files", [])}
+    for item in (item for record in replaced for item in record.get("files", [])):
         try:
             path = book.path.parent / item["path"]
             if (item["path"] not in written and item["path"] not in listed and file_extension(Path(item["path"])) in kinds and path.is_file()
@@ -273,6 +281,14 @@ def _remove_replaced_series(book: Ledger, old: dict[str, Any] | None, new: dict[
                 path.unlink()
         except (OSError, KeyError, TypeError):
             continue  # gone already, or a record from another version: leave it
+
+
+def _sources(record: dict[str, Any]) -> set[str]:
+    """The source files (resolved paths) a ledger record's output was made from."""
+    try:
+        return {str(item[0]) for item in record["input_files"]} if "input_files" in record else {str(record["input"])}
+    except (KeyError, TypeError, IndexError):
+        return set()
 
 
 def report_result(result: JobResult, book: Ledger | None, settings: dict[str, Any], on_result: Callable | None) -> None:
