@@ -512,6 +512,9 @@ def test_nifti_slice_axis_choice(tmp_path):
 
 def test_nifti_write_x2_affine_and_alignment(tmp_path):
     path, data, affine = make_nifti(tmp_path / "vol.nii.gz")
+    source = nib.load(path)
+    source.header["pixdim"][4] = 2.5  # a 3-D file's repetition time, which dcm2niix writes there
+    nib.save(source, path)
     img = read_image(path)
     out = write_image(tmp_path / "vol_x2.nii.gz", Image(upscale(img.pixels, 2), img.meta), scale=2)
     new = nib.load(out)
@@ -523,6 +526,7 @@ def test_nifti_write_x2_affine_and_alignment(tmp_path):
         corner = np.array([-0.5, -0.5, k, 1.0])
         np.testing.assert_allclose(new.affine @ corner, affine @ corner, atol=1e-4)
     assert new.header.get_zooms() == pytest.approx((0.5, 0.5, 3.0))
+    assert new.header["pixdim"][4] == 2.5  # the rest of the header as it was
     np.testing.assert_array_equal(np.asanyarray(new.dataobj)[::2, ::2, :], data)
 
 

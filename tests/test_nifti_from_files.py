@@ -36,6 +36,7 @@ def test_a_dicom_file_lands_where_dcm2niix_puts_it(tmp_path, medsr_cli):
     source = DICOM / "ct-jpeg70.dcm"  # signed CT, Hounsfield units, an axial slice with its position
     ref, new = dcm2niix(source, tmp_path), upscale_to_nii(medsr_cli, source, tmp_path / "out")
     assert int(new.header["sform_code"]) == int(new.header["qform_code"]) == 1  # the scanner's space
+    assert new.header.get_xyzt_units() == ref.header.get_xyzt_units() == ("mm", "sec")
     assert new.shape[:2] == (ref.shape[0] * 3, ref.shape[1] * 3)
     ijk = np.stack(np.meshgrid(np.arange(ref.shape[0]), np.arange(ref.shape[1]), [0], indexing="ij"), -1).reshape(-1, 3)
     where = nib.affines.apply_affine(np.linalg.inv(new.affine), nib.affines.apply_affine(ref.affine, ijk))

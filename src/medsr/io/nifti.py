@@ -298,6 +298,7 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         header.set_data_shape(data.shape)
         _transform_forms(header, lambda affine: scaled_affine(affine, axes, scale))
         header.set_zooms(new_zooms)
+        header["pixdim"][data.ndim + 1:] = source.header["pixdim"][data.ndim + 1:]  # a 3-D file's TR (pixdim[4]) too
         out = type(source)(data, header.get_best_affine(), header)
     else:
         new_affine = scaled_affine(affine, axes, scale)
@@ -306,6 +307,8 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         code = 1 if scanner else 2  # 1: the scanner's space (a DICOM file's position); 2: aligned to another scan
         out.set_sform(new_affine, code=code)
         out.set_qform(new_affine, code=code)
+        if meta.pixel_spacing:
+            out.header.set_xyzt_units("mm", "sec")  # as dcm2niix writes; a raster without a spacing has no unit
     out.header["descrip"] = (f"medsr x{scale:g} {model_name}".strip())[:79].encode()
     with quiet_libraries():  # header fixes nibabel logs for a damaged source header
         nib.save(out, path)
