@@ -336,7 +336,7 @@ def _secondary_capture(meta: ImageMeta) -> Dataset:
     ds.ConversionType = "WSD"  # workstation: produced by software, not a scanner
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                     "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-                    "SeriesNumber", "InstanceNumber", "PatientOrientation"):
+                    "SeriesNumber", "InstanceNumber", "PatientOrientation", "Laterality"):
         setattr(ds, keyword, None)  # type-2 elements: present, may be empty
     ds.SeriesDescription = Path(meta.path).name[:64] if meta.path else ""
     ds.ImageType = ["DERIVED", "SECONDARY"]
