@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 from conftest import ROOT
+from PIL import Image
 
 import medsr
 
@@ -65,7 +66,8 @@ def test_wide_integers_and_extreme_floats_come_back_in_their_own_range():
 
 
 @pytest.mark.parametrize("bad", [np.zeros((0, 5)), np.zeros((2, 2, 2, 2)), np.array([[np.nan, 1.0]]), np.array([["a"]]),
-                                 np.zeros((4, 4), dtype=bool), np.zeros((32, 40, 3), np.uint8), [[1, 2], [3, 4]]])
+                                 np.zeros((4, 4), dtype=bool), np.zeros((32, 40, 3), np.uint8), np.zeros((32, 40, 2), np.uint8),
+                                 [[1, 2], [3, 4]]])
 def test_bad_arrays_raise_one_medsr_error(bad):
     with pytest.raises(medsr.MedsrError):
         medsr.upscale(bad)
@@ -100,6 +102,30 @@ def test_uncertainty_map_of_a_jpeg_file_describes_the_output_upscale_gives(tmp_p
     Image.fromarray(pixels).save(tmp_path / "scan.jpg", quality=80)
     maps = medsr.uncertainty_map(tmp_path / "scan.jpg", precision="fp32")
     np.testing.assert_allclose(maps["sr"], medsr.upscale(tmp_path / "scan.jpg", precision="fp32"), atol=1e-6)  # default-jpeg's
+
+
+@pytest.mark.parametrize("call", [lambda: medsr.upscale(""), lambda: medsr.upscale_file("", "x.png"),
+                                  lambda: medsr.upscale_file(__file__, "")])
+def test_an_empty_path_is_said_to_be_empty_not_taken_for_the_current_folder(call):
+    with pytest.raises(medsr.MedsrError, match="is an empty path"):
+        call()
+
+
+def test_one_gray_channel_is_an_image_not_a_stack_of_columns():
+    lr = (np.random.default_rng(1).random((20, 24)) * 255).astype(np.uint8)
+    sr = medsr.upscale(lr[..., None], precision="fp32")
+    assert sr.shape == (60, 72, 1) and np.array_equal(sr[..., 0], medsr.upscale(lr, precision="fp32"))
+
+
+def test_upscale_file_names_a_folder_or_an_unknown_extension_as_the_problem(tmp_path):
+    source = tmp_path / "scan.png"
+    Image.fromarray(np.full((12, 16), 90, np.uint8)).save(source)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(medsr.MedsrError, match=r"out: is a folder; name the file to write in it, e\.g\. .*out/scan\.png"):
+        medsr.upscale_file(source, tmp_path / "out")
+    with pytest.raises(medsr.MedsrError, match=r"x\.xyz: \.xyz is not a format medsr writes"):
+        medsr.upscale_file(source, tmp_path / "x.xyz")  # it was a PNG under that name
+    assert not (tmp_path / "x.xyz").exists()
 
 
 def test_upscale_file_never_overwrites_its_source(tmp_path):
@@ -138,6 +164,8 @@ def test_a_shipped_model_at_each_scale(scale):
     lambda lr: medsr.load_model("default", precision="fp32").upscale(lr),  # uint8 into the [0, 1] upscaler: all white before
     lambda lr: medsr.load_model("default", precision="fp32").upscale(lr.astype(np.float32)),  # 0..255 floats likewise
     lambda lr: medsr.load_model("default", precision="fp32").upscale(lr[0].astype(np.float32) / 255),  # 1-D
+    lambda lr: medsr.upscale_file(lr, "x.png"), lambda lr: medsr.upscale_file(__file__, None),
+    lambda lr: medsr.write_image("x.png", lr, scale=3), lambda lr: medsr.upscale_volume(__file__, spacing=(1, 1, 4)),
 ])
 def test_wrong_argument_types_and_ranges_are_one_medsr_error(call):
     lr = (np.random.default_rng(0).random((20, 24)) * 255).astype(np.uint8)

@@ -101,6 +101,17 @@ def test_user_errors_are_one_line(tmp_path, trained_run, medsr_cli):
     assert_one_line_error(run(medsr_cli + ["evaluate", "--data", str(tmp_path / "empty")]), "empty")
 
 
+def test_an_empty_path_a_reference_of_another_scale_and_an_onnx_file_to_compare_are_said_so(tmp_path, medsr_cli):
+    Image.fromarray(np.full((12, 16), 90, np.uint8)).save(tmp_path / "x.png")
+    for args in (["upscale", "", "-o", str(tmp_path / "o")], ["upscale", str(tmp_path / "x.png"), "-o", ""]):
+        result = run(medsr_cli + args)  # (an unset shell variable: not the current folder)
+        assert result.returncode == 2 and "an empty path" in result.stderr and not (tmp_path / "o").exists(), result.stderr
+    assert_one_line_error(run(medsr_cli + ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--scale", "2", "--uncertainty",
+                                           "--reference-model", "default"]), "--reference-model default upscales x3, the model x2")
+    assert_one_line_error(run(medsr_cli + ["compare", "--data", str(tmp_path), "--models", f"m={tmp_path / 'm.onnx'}"]),
+                          "compare runs PyTorch models", "medsr evaluate --runtime onnx")
+
+
 def test_evaluate_prints_table_and_writes_files(tmp_path, trained_run, image_folder, medsr_cli):
     result = run(medsr_cli + ["evaluate", "--data", str(image_folder), "--model", str(trained_run), "--split", "all",
                               "--limit", "4", "--out", str(tmp_path / "ev")])

@@ -216,3 +216,14 @@ def test_an_explicit_reference_holding_the_models_own_weights_is_refused(tmp_pat
     with pytest.raises(MedsrError, match="same weights"):
         api.uncertainty_map(lr, model="default", reference_model=str(copy))
     hallucination.check_reference("default", "default-gan")  # another model: fine
+
+
+@pytest.mark.parametrize("width", [120, 192, 400])
+def test_the_overlays_legend_fits_a_small_image(width):
+    """Its text wraps and its labels stay inside: on a 192 px output it was cut at "% of the image"."""
+    def white(strip):
+        return int((strip.min(axis=-1) > 100).sum())  # the text and ticks (the bar runs red to yellow: no blue)
+
+    strip = hallucination.legend(width)
+    assert white(strip) == white(hallucination.legend(2000))  # every letter, tick and label drawn, none cut off
+    assert strip.shape[0] == 58 or width < 400  # a wide image keeps the one-line legend

@@ -165,7 +165,7 @@ def test_bad_input_raises_one_line_errors(tmp_path):
     net = identity_net()
     with pytest.raises(MedsrError, match="at least 2 slices"):
         V.upscale_through_plane(np.ones((8, 8, 1)), (1, 1, 5), 2, model=net)
-    with pytest.raises(MedsrError, match="nothing to thin"):
+    with pytest.raises(MedsrError, match=r"nothing to thin; .*in Python slice_spacing="):  # upscale_volume's and upscale_file's name
         V.upscale_through_plane(np.ones((8, 8, 8)), (1, 1, 1), 2, model=net)
     with pytest.raises(MedsrError, match="8 slices 4 mm apart make 8 at a target of 3.9 mm"):  # coarser, yet no new slice
         V.upscale_through_plane(np.ones((8, 8, 8)), (1, 1, 4), 2, model=net, target_spacing=3.9)

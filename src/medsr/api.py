@@ -58,9 +58,10 @@ def _checked_unit(array: np.ndarray, volume: bool = False) -> tuple[np.ndarray, 
         raise MedsrError(f"cannot upscale an array of dtype {array.dtype}; pass integer or float pixels")
     if array.ndim not in (2, 3) or min(array.shape) == 0:
         raise MedsrError(f"cannot upscale an array of shape {array.shape}; pass (H, W) or a stack (N, H, W) of gray images")
-    if not volume and array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:  # (H, W, 3): a stack of 3-pixel-wide images is no scan
-        raise MedsrError(f"an array of shape {array.shape} is a colour image (H, W, {array.shape[-1]}), not a stack (N, H, W); "
-                         "pass it in gray, e.g. its luminance (RGB @ [0.299, 0.587, 0.114])")
+    if not volume and array.ndim == 3 and array.shape[-1] in (2, 3, 4) and array.shape[0] > 4:  # a stack of 3-pixel-wide images is no scan
+        kind = "gray image with alpha" if array.shape[-1] == 2 else "colour image"
+        raise MedsrError(f"an array of shape {array.shape} is a {kind} (H, W, {array.shape[-1]}), not a stack (N, H, W); "
+                         "pass it in gray, e.g. its luminance (RGB @ [0.299, 0.587, 0.114]) or its first channel")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise MedsrError("the array holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
     return as_unit(array)
@@ -94,6 +95,8 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
     upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime)
     if not isinstance(image, np.ndarray):
         return upscaler.upscale(read_image(image).pixels)
+    if image.ndim == 3 and image.shape[-1] == 1 and image.shape[0] > 4:  # (H, W, 1): one gray channel, not H images 1 pixel wide
+        return upscale(image[..., 0], model, scale, device=device, precision=precision, tile=tile, runtime=runtime)[..., None]
     pixels01, (low, high) = _checked_unit(image)
     values = upscaler.upscale(pixels01).astype(np.float64) * (high - low) + low  # float64: a span near float32's limit stays finite
     if not np.issubdtype(image.dtype, np.integer):
@@ -104,6 +107,17 @@ def upscale(image: ArrayOrPath, model: str | os.PathLike | None = None, scale: i
 def _check_image_type(image) -> None:
     if not isinstance(image, (np.ndarray, str, os.PathLike)):
         raise MedsrError(f"cannot upscale a {type(image).__name__}; pass a numpy array (np.asarray(...)) or a file path")
+    if not isinstance(image, np.ndarray):
+        _checked_path(image, "image")
+
+
+def _checked_path(value, what: str) -> Path:
+    """`value` as a Path, or a MedsrError: not a path, or empty (Path("") would be the current folder)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise MedsrError(f"{what} must be a file path (str or pathlib.Path), not a {type(value).__name__}")
+    if not os.fspath(value):
+        raise MedsrError(f"{what} is an empty path (an unset variable?); name the file")
+    return Path(value)
 
 
 def _check_thin_options(through_plane: bool, slice_spacing, slice_thickness, adapt_minutes) -> None:
@@ -128,8 +142,10 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     else "default"). Written atomically; the target may not be the source. Returns the path written
     (for a series, the folder, or the NIfTI file).
     """
-    source, target = Path(source), Path(target)
+    source, target = _checked_path(source, "source"), _checked_path(target, "target")
     _check_thin_options(through_plane, slice_spacing, slice_thickness, adapt_minutes)
+    if target.is_dir() and not source.is_dir():
+        raise MedsrError(f"{target}: is a folder; name the file to write in it, e.g. {target / source.name}")
     if format is not None and not source.is_dir() and not target.name.lower().endswith(tuple(format_named(format, target).extensions)):
         target = with_format_extension(target, format)  # TIFF bytes under a .png name would open as nothing
     if target.exists() and target.resolve() == source.resolve():
@@ -192,6 +208,9 @@ def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None
         a = A[:3, a] * new_spacing[a] / spacing[a] and origin A[:3, 3] + sum of A[:3, a] * origin_shift[a] / spacing[a].
     """
     _check_thin_options(through_plane, slice_spacing, slice_thickness, adapt_minutes)
+    if isinstance(volume, (str, os.PathLike)):
+        raise MedsrError(f"{volume}: upscale_volume takes an array (e.g. nibabel's get_fdata()); for a file use "
+                         "upscale_file(path, target, through_plane=True)")
     array = np.asarray(volume)
     if array.ndim != 3:
         raise MedsrError(f"upscale_volume takes a 3-D volume, not an array of shape {array.shape}; pass (X, Y, Z)")

@@ -32,10 +32,11 @@ def _train(args) -> int:
     return 130 if trainer.interrupted else 0  # 130: the shell's code for a run stopped by Ctrl-C
 
 
-def _load_upscaler(args, model_name: str | None, tile: int | None = None):
+def _load_upscaler(args, model_name: str | None, tile: int | None = None, any_scale: bool = False):
+    """`model_name` loaded as the options say; it must upscale by --scale, where given, unless `any_scale`."""
     from medsr.inference.upscaler import load_upscaler
 
-    return load_upscaler(model_name, scale=args.scale, device=args.device, precision=args.precision,
+    return load_upscaler(model_name, scale=None if any_scale else args.scale, device=args.device, precision=args.precision,
                          tile=args.tile if tile is None else tile, tile_overlap=args.tile_overlap,
                          runtime=getattr(args, "runtime", "torch"))
 
@@ -189,7 +190,10 @@ def _batch_model(args, model_name: str | None, through_plane):
             print(f"medsr: note: no shipped x{upscaler.scale} reference model; the uncertainty maps show the consistency "
                   "residual only (--reference-model adds the disagreement with a model of yours)", file=sys.stderr)
         else:
-            reference, reference_meta = _load_upscaler(args, reference_name)
+            reference, reference_meta = _load_upscaler(args, reference_name, any_scale=True)
+            if reference.scale != upscaler.scale:
+                raise MedsrError(f"--reference-model {reference_name} upscales x{reference.scale}, the model x{upscaler.scale}; "
+                                 "pick a reference of the same scale (or leave it out)")
     names = []  # what the outputs' headers say made them
     if model_name is not None:
         names.append(f"{meta['medsr_arch']} model " + (model_name if model_name in zoo.shipped_models() else Path(meta["path"]).name))
@@ -421,6 +425,13 @@ def _number(text: str, allowed, problem: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    """A file or folder argument: an empty one (an unset shell variable) would mean the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?); name the file or folder")
+    return text
+
+
 def _count(text: str) -> int:
     """A number of things: 0 or more."""
     if not text.isdigit():
@@ -483,15 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a YAML recipe", formatter_class=formatter)
-    p.add_argument("config", help="recipe, e.g. configs/paper.yaml")
+    p.add_argument("config", type=_path, help="recipe, e.g. configs/paper.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable), e.g. --set epochs=2")
     p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
     p.set_defaults(func=_train)
 
     shipped_help = "shipped model name (medsr models), .safetensors file, or training run folder; default: the shipped default model"
     p = sub.add_parser("upscale", help="upscale image files or folders", epilog=UPSCALE_EXAMPLES, formatter_class=formatter)
-    p.add_argument("inputs", nargs="+", help="files or folders (walked recursively; structure mirrored)")
-    p.add_argument("-o", "--output", required=True, help="output folder (never the same file as an input)")
+    p.add_argument("inputs", nargs="+", type=_path, help="files or folders (walked recursively; structure mirrored)")
+    p.add_argument("-o", "--output", required=True, type=_path, help="output folder (never the same file as an input)")
     _model_options(p, shipped_help + " (x3: default, and default-jpeg on JPEG files and DICOM stored as lossy JPEG; x2: default-x2, x4: default-x4)")
     p.add_argument("--format", choices=FORMAT_CHOICES, help="output format (default: the input's)")
     p.add_argument("--uncertainty", action="store_true",
@@ -516,17 +527,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: this machine; ray: spread the files over a Ray cluster (pip install -e \".[ray]\"; README)")
     p.add_argument("--ray-address", help="the Ray cluster to join (HOST:PORT or auto); default: start one on this machine")
-    p.add_argument("--summary", help="CSV of every file's status and reason (default: OUTPUT/medsr-summary.csv)")
+    p.add_argument("--summary", type=_path, help="CSV of every file's status and reason (default: OUTPUT/medsr-summary.csv)")
     p.set_defaults(func=_upscale)
 
     p = sub.add_parser("evaluate", help="PSNR/SSIM/MS-SSIM of models and baselines on a data split", formatter_class=formatter)
-    p.add_argument("--data", nargs="+", required=True, help="data folder(s)")
+    p.add_argument("--data", nargs="+", required=True, type=_path, help="data folder(s)")
     _model_options(p, "comma-separated models to evaluate besides the interpolations (shipped names, files, run folders)",
                    "upscaling factor; must be the models' own (without --model: the interpolations alone, at this factor)")
     p.add_argument("--protocol", default="paper", choices=PROTOCOLS)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="evaluate at most this many images, spread evenly over the split (every class)")
-    p.add_argument("--out", default="evaluation", help="folder for per_image.csv, summary.csv, results.json")
+    p.add_argument("--out", default="evaluation", type=_path, help="folder for per_image.csv, summary.csv, results.json")
     p.add_argument("--task", default="quality", choices=["quality", "classify"],
                    help="quality: PSNR/SSIM/MS-SSIM; classify: does a classifier trained on HR images still get the "
                         "diagnosis right on the upscaled images (accuracy, AUC)")
@@ -536,10 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="models and interpolation side by side: metrics table, per-image and summary figures",
                        formatter_class=formatter)
-    p.add_argument("--data", nargs="+", required=True, help="data folder(s)")
+    p.add_argument("--data", nargs="+", required=True, type=_path, help="data folder(s)")
     p.add_argument("--models", default="bicubic,paper,default", help="comma-separated: interpolations (nearest, bicubic, lanczos), "
                    "shipped model names, .safetensors/.pth files or run folders; LABEL=PATH names one in the table")
-    p.add_argument("--out", default="comparison", help="output folder")
+    p.add_argument("--out", default="comparison", type=_path, help="output folder")
     p.add_argument("--protocol", default="paper", choices=PROTOCOLS)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="at most this many images")
@@ -550,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("demo", help="upscale real scans shipped in pip packages and write comparison figures", formatter_class=formatter)
-    p.add_argument("-o", "--output", default="medsr-demo", help="output folder")
+    p.add_argument("-o", "--output", default="medsr-demo", type=_path, help="output folder")
     _model_options(p, shipped_help)
     p.set_defaults(func=_demo)
 
@@ -564,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a model to ONNX (fp32, any image size) for onnxruntime", formatter_class=formatter)
     p.add_argument("--model", default="default", help="shipped model name, .safetensors file, or training run folder")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("-o", "--output", required=True, type=_path, help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.set_defaults(func=_export)
 

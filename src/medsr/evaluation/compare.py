@@ -58,6 +58,9 @@ def build_entries(names: list[str], device: str, precision: str, scale: int | No
         if first is not None and scale is not None and zoo.model_scale(ref) != scale:
             raise MedsrError(f"model {name} upscales x{zoo.model_scale(ref)}, not x{scale} as {first} does; "
                              "compare models of one scale, e.g. --models bicubic,default,large")
+        if ref.lower().endswith(".onnx"):
+            raise MedsrError(f"{ref}: compare runs PyTorch models (it reports their parameters and training time); name the "
+                             "model the .onnx was exported from, or score the .onnx with 'medsr evaluate --runtime onnx'")
         upscaler, meta = load_upscaler(ref, scale=scale, device=device, precision=precision, tile=0)
         first, scale = first or name, upscaler.scale
         seconds = meta.get("medsr_train_seconds")

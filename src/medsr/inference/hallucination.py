@@ -174,13 +174,23 @@ def map_description(threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_
 
 
 def legend(width: int, threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX) -> np.ndarray:
-    """(h, width, 3) uint8 strip for under an overlay: the colour bar with its scale and what it means."""
-    height, bar_top, bar_height = 58, 20, 12
-    strip = Image.new("RGB", (width, height), (0, 0, 0))
+    """(h, width, 3) uint8 strip for under an overlay: the colour bar with its scale and what it means,
+    the text wrapped to the width (a small image's legend is taller, not cut off)."""
+    text = f"departure from the input, % of the image's range (no colour: below {threshold * COMBINED_UNIT:.0%})"
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    lines = [""]
+    for word in text.split():
+        joined = f"{lines[-1]} {word}".strip()
+        if lines[-1] and measure(joined) > width - 12:
+            lines.append(word)
+        else:
+            lines[-1] = joined
+    bar_top, bar_height = 8 + 12 * len(lines), 12
+    strip = Image.new("RGB", (width, bar_top + bar_height + 26), (0, 0, 0))
     draw = ImageDraw.Draw(strip)
-    draw.text((6, 4), f"departure from the input, % of the image's range (no colour: below {threshold * COMBINED_UNIT:.0%})",
-              fill=(255, 255, 255))
-    left, right = 6, max(60, min(width - 6, 330))
+    for row, line in enumerate(lines):
+        draw.text((6, 4 + 12 * row), line, fill=(255, 255, 255))
+    left, right = 6, max(7, min(width - 6, 330))
     values = np.linspace(threshold, vmax, right - left)
     colours = overlay(np.zeros((1, len(values))), values[None], threshold - 1e-9, vmax)[0] if len(values) else []
     for x, colour in enumerate(colours):
@@ -188,7 +198,7 @@ def legend(width: int, threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERL
     for value, x in ((threshold, left), ((threshold + vmax) / 2, (left + right) // 2), (vmax, right - 1)):
         draw.line([(x, bar_top + bar_height), (x, bar_top + bar_height + 3)], fill=(255, 255, 255))
         label = f"{value * COMBINED_UNIT:.1%}" + ("+" if value == vmax else "")
-        draw.text((max(0, x - 10), bar_top + bar_height + 5), label, fill=(255, 255, 255))
+        draw.text((max(0, min(x - 10, width - measure(label) - 1)), bar_top + bar_height + 5), label, fill=(255, 255, 255))
     return np.asarray(strip)
 
 

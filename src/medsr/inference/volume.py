@@ -86,11 +86,11 @@ def _check(volume: np.ndarray, spacing, slice_axis: int, target_spacing: float |
     if voxels > MAX_PIXELS:
         raise MedsrError(f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, "
                          f"{voxels:,} voxels, above medsr's limit of {MAX_PIXELS:,}; ask for a larger target "
-                         "(--slice-spacing; in Python target_spacing=)")
+                         "(--slice-spacing; in Python slice_spacing=)")
     if count <= volume.shape[axis]:
         raise NothingToThinError(
             f"{name}: {volume.shape[axis]} slices {spacing[axis]:g} mm apart make {count} at a target of {target:g} mm, so there is "
-            "nothing to thin; ask for a smaller target (--slice-spacing; in Python target_spacing=, or slice_axis= for another axis), "
+            "nothing to thin; ask for a smaller target (--slice-spacing; in Python slice_spacing=, or slice_axis= for another axis), "
             "or upscale in-plane instead (without --through-plane)", volume.shape[axis], spacing[axis])
     if not np.all(np.isfinite(volume)):
         raise MedsrError(f"{name}: the volume holds NaN or infinite values; fix or mask them first")

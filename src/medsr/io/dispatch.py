@@ -66,6 +66,9 @@ def _output_format(path: Path, meta: ImageMeta, name: str | None) -> Format:
     by_extension = format_of_extension(path)
     if by_extension is not None:
         return by_extension
+    if path.suffix and meta.format != "dicom":  # (DICOM files are often named IM.0001: written as DICOM)
+        raise MedsrError(f"{path}: {path.suffix} is not a format medsr writes; end the name in one of "
+                         f"{', '.join(SUPPORTED_EXTENSIONS)}, or name the format (--format; format= in Python)")
     # In-memory arrays and MNIST digits have no file format of their own.
     return format_named(meta.format if meta.format in FORMAT_NAMES else "png", path)
 
@@ -100,6 +103,9 @@ def write_image(
     (medsr.io.nifti.display_view). Written atomically; returns the path.
     """
     path = Path(path)
+    if not isinstance(image, Image):
+        raise MedsrError(f"{path}: write_image takes a medsr Image (read_image's, its pixels replaced: Image(pixels, image.meta)), "
+                         f"not a {type(image).__name__}")
     pixels = np.asarray(image.pixels)
     if pixels.ndim not in (2, 3) or pixels.size == 0:
         raise MedsrError(f"{path}: cannot write pixels of shape {pixels.shape}; expected (H, W) or (N, H, W)")
