@@ -379,7 +379,7 @@ def test_ctrl_c_mid_batch_writes_the_summary_and_exits_130(tmp_path, medsr_cli):
     assert proc.returncode == 130, stderr[-2000:]
     rows = read_csv(out / batch.SUMMARY_NAME)
     statuses = [r["status"] for r in rows]
-    assert len(rows) == 200 and "not started" in statuses and statuses.count("done") >= 3
+    assert len(rows) == 200 and "not done" in statuses and statuses.count("done") >= 3
     assert "interrupted" in stdout and "Traceback" not in stderr
     ledger = [json.loads(line) for line in (out / batch.LEDGER_NAME).read_text().splitlines()]
     assert len(ledger) == statuses.count("done")  # every finished output was recorded, so a rerun resumes
@@ -457,10 +457,10 @@ def test_ctrl_c_says_so_at_once_and_ctrl_c_again_stops_without_waiting(tmp_path,
     assert end - pressed[1] < 2, "the second Ctrl-C waited for the files under way"
     assert summary.interrupted
     assert [(r.job.input.name, r.status) for r in summary.results] == [
-        ("a.png", "done"), ("b.png", "not started"), ("c.png", "done"), ("d.png", "not started")]
+        ("a.png", "done"), ("b.png", "not done"), ("c.png", "done"), ("d.png", "not done")]
     ledger = [json.loads(line)["output"] for line in (out / batch.LEDGER_NAME).read_text().splitlines()]
     assert sorted(ledger) == ["a.png", "c.png"]  # c, finished behind b, is recorded: a rerun skips it
-    assert "2 not started" in summary.describe(out, 2)
+    assert "2 not done" in summary.describe(out, 2)
 
 
 def test_a_volume_to_a_one_image_format_fails_before_the_model_runs(tmp_path, tiny_model):

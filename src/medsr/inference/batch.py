@@ -80,7 +80,7 @@ class Job:
 
 @dataclass
 class JobResult:
-    """What happened to one job: status is "done", "skipped" (already complete), "failed" or "not started" (Ctrl-C)."""
+    """What happened to one job: status is "done", "skipped" (already complete), "failed" or "not done" (Ctrl-C)."""
 
     job: Job
     status: str
@@ -97,7 +97,7 @@ class BatchSummary:
 
     results: list[JobResult]
     temp_files_removed: int = 0
-    interrupted: bool = False  # stopped by Ctrl-C; the jobs it did not reach have status "not started"
+    interrupted: bool = False  # stopped by Ctrl-C; the jobs it did not finish have status "not done"
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -127,7 +127,7 @@ class BatchSummary:
         if failed:
             text += f"; {len(failed)} failed"
         if self.interrupted:
-            text += f"; interrupted, {self.count('not started')} not started (rerun the same command to resume)"
+            text += f"; interrupted, {self.count('not done')} not done (rerun the same command to resume)"
         for result in failed[:show_failures]:
             text += f"\n  failed: {result.reason}"
         if len(failed) > show_failures:
@@ -588,7 +588,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
     order, as each job finishes. A bad file fails its job only; inputs are never overwritten.
     Ctrl-C (KeyboardInterrupt) stops it after the jobs under way (a line on stderr says so); Ctrl-C
     again stops it at once, leaving those to the next run. Either way it returns with `interrupted`
-    set, every finished job reported and recorded, the rest "not started".
+    set, every finished job reported and recorded, the rest "not done".
     With `jpeg`, that model upscales the JPEG files and DICOM stored as lossy JPEG instead
     (takes_jpeg_model; `medsr upscale`'s default runs default-jpeg on those, default on the rest);
     it must have `upscaler`'s scale.
@@ -656,7 +656,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         """Report finished results from the front, in job order, waiting until at most `keep` are unreported."""
         while writing and (writing[0].done() or len(writing) > keep):
             future = writing[0]
-            # a job Ctrl-C kept from starting is listed as not started below; a Ctrl-C while waiting
+            # a job Ctrl-C kept from starting is listed as not done below; a Ctrl-C while waiting
             # here leaves the job in `writing`, for the drain after it
             result = None if future.cancelled() else _result(future)
             writing.popleft()
@@ -697,7 +697,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
                 drain(keep=write_behind)
             drain(keep=0)
     except KeyboardInterrupt:
-        # Ctrl-C: finish the jobs under way (so they are recorded), list the rest as not started.
+        # Ctrl-C: finish the jobs under way (so they are recorded), list the rest as not done.
         # Ctrl-C again (anywhere in here): stop waiting for them too (stop_now).
         interrupted = True
         try:
@@ -715,7 +715,7 @@ def run_batch(jobs: list[Job], upscaler, *, model_name: str = "", format: str | 
         for result in results:  # a Ctrl-C between a result and its ledger line
             book_result(result, book, runner_for(result.job).settings)
         finished = {id(r.job): r for r in results}
-        results = [finished.get(id(job)) or JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume") for job in jobs]
+        results = [finished.get(id(job)) or JobResult(job, "not done", "interrupted (Ctrl-C); rerun to resume") for job in jobs]
     finally:
         # After a second Ctrl-C, wait for no thread: jobs it left (stop_now) still run, and the process
         # must not wait for them to exit either. (After one Ctrl-C only reads can still run: waited for.)

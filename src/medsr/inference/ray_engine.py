@@ -180,7 +180,7 @@ def run_batch_ray(jobs: list[batch.Job], setup: WorkerSetup, *, ledger: Path | N
         if book is not None:
             book.close()
         batch.remove_temp_files(job for i, job in enumerate(jobs) if i not in refused)  # writes cut short by a lost worker
-    ordered = [results.get(i) or batch.JobResult(job, "not started", "interrupted (Ctrl-C); rerun to resume")
+    ordered = [results.get(i) or batch.JobResult(job, "not done", "interrupted (Ctrl-C); rerun to resume")
                for i, job in enumerate(jobs)]
     return batch.BatchSummary(ordered, temp_removed, interrupted)
 
