@@ -524,3 +524,19 @@ def test_a_folder_in_the_ledgers_place_is_one_line(tmp_path, tiny_model):
     (tmp_path / "out" / batch.LEDGER_NAME).mkdir(parents=True)
     with pytest.raises(batch.MedsrError, match="the resume ledger's name is taken by a folder"):
         run(make_inputs(tmp_path / "in", 1), tmp_path / "out", tiny_model)
+
+
+def test_dicom_files_named_by_their_uid_keep_their_whole_name(tmp_path, medsr_cli):
+    """PACS exports name files 1.2.840....5: the last number is not an extension to replace."""
+    from test_io import make_dicom
+
+    source = tmp_path / "pacs"
+    source.mkdir()
+    names = ["1.2.840.113619.2.55.3.1234.5", "1.2.840.113619.2.55.3.1234.6"]
+    for k, name in enumerate(names):
+        make_dicom(source / name, np.full((12, 16), 300 + 100 * k, np.uint16))
+    result = subprocess.run([*medsr_cli, "upscale", str(source), "-o", str(tmp_path / "out"), "--format", "png", "--uncertainty",
+                             "--tile", "0"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(("medsr-", ".")))
+    assert written == sorted(f"{name}{end}" for name in names for end in (".png", ".uncertainty.png", ".uncertainty.tif"))

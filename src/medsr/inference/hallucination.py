@@ -34,6 +34,7 @@ from medsr.errors import MedsrError
 from medsr.figures import display_window, hot, to_uint8, windowed
 from medsr.files import atomic_write, sha256_file
 from medsr.inference import onnx
+from medsr.io.formats import name_without_extension
 
 # combined = 1.0 means a difference of 10 % of the LR image's own intensity range (max - min).
 COMBINED_UNIT = 0.1
@@ -203,10 +204,10 @@ def legend(width: int, threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERL
 
 
 def stem_for(output_path: Path) -> Path:
-    """The stem the maps of an output file are named after: out/scan.dcm -> out/scan (also .nii.gz)."""
+    """The stem the maps of an output file are named after: out/scan.dcm -> out/scan (also .nii.gz);
+    a name without a known extension (a DICOM named by its UID, 1.2.840...5) is the stem whole."""
     path = Path(output_path)
-    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
-    return path.with_name(name)
+    return path.with_name(name_without_extension(path))
 
 
 def map_paths(stem_path: Path) -> tuple[Path, Path]:

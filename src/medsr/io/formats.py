@@ -39,6 +39,13 @@ def file_extension(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def name_without_extension(path: Path) -> str:
+    """The file name without its extension where that is a format medsr knows (".nii.gz" counted as
+    one): a PACS file named by its UID (1.2.840.113619.2.55.3.1234.5) keeps its last number."""
+    extension = file_extension(path)
+    return path.name[: -len(extension)] if extension in _BY_EXTENSION else path.name
+
+
 def _has_dicom_preamble(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -91,6 +98,5 @@ def format_named(name: str, path: Path | str = "") -> Format:
 
 
 def with_format_extension(path: Path, name: str) -> Path:
-    """`path` with its extension (".nii.gz" counted as one) replaced by the named format's."""
-    stem = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
-    return path.with_name(stem + format_named(name, path).extensions[0])
+    """`path` with its known extension (name_without_extension) replaced by the named format's, or with it added."""
+    return path.with_name(name_without_extension(path) + format_named(name, path).extensions[0])
