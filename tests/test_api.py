@@ -109,6 +109,8 @@ def test_uncertainty_map_of_a_jpeg_file_describes_the_output_upscale_gives(tmp_p
 def test_an_empty_path_is_said_to_be_empty_not_taken_for_the_current_folder(call):
     with pytest.raises(medsr.MedsrError, match="is an empty path"):
         call()
+    with pytest.raises(medsr.MedsrError, match="the name is 304 bytes, over the 255 that file systems allow"):
+        medsr.upscale_file(__file__, "x" * 300 + ".png")  # not an OSError
 
 
 def test_one_gray_channel_is_an_image_not_a_stack_of_columns():

@@ -540,3 +540,24 @@ def test_dicom_files_named_by_their_uid_keep_their_whole_name(tmp_path, medsr_cl
     assert result.returncode == 0, result.stdout + result.stderr
     written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(("medsr-", ".")))
     assert written == sorted(f"{name}{end}" for name in names for end in (".png", ".uncertainty.png", ".uncertainty.tif"))
+
+
+def test_names_near_the_file_systems_limit(tmp_path, medsr_cli):
+    """A legal 249-byte name is written (its temp file is named by a hash, which a rerun cleans up);
+    one whose uncertainty map's name would pass 255 bytes is refused in one line before any work."""
+    from medsr.files import atomic_write, temp_stem
+
+    long = "E" * 245 + ".png"
+    atomic_write(tmp_path / long, lambda tmp: tmp.write_bytes(b"x"))
+    assert (tmp_path / long).read_bytes() == b"x"
+    left = tmp_path / f".{temp_stem(long)}.0123abcd.tmp"  # what a killed run leaves
+    left.write_bytes(b"half")
+    assert batch.remove_temp_files([batch.Job(tmp_path / "in.png", tmp_path / long)]) == 1 and not left.exists()
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in (long, "ok.png"):
+        Image.fromarray(np.full((12, 16), 90, np.uint8)).save(source / name)
+    result = subprocess.run([*medsr_cli, "upscale", str(source), "-o", str(tmp_path / "out"), "--uncertainty", "--tile", "0"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "over the 255 that file systems allow; rename the input shorter" in result.stdout, result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["ok.png", "ok.uncertainty.png"]  # nothing of the refused one

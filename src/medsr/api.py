@@ -117,6 +117,9 @@ def _checked_path(value, what: str) -> Path:
         raise MedsrError(f"{what} must be a file path (str or pathlib.Path), not a {type(value).__name__}")
     if not os.fspath(value):
         raise MedsrError(f"{what} is an empty path (an unset variable?); name the file")
+    if len(os.fsencode(Path(value).name)) > 255:
+        raise MedsrError(f"{what} {Path(value).name[:24]}...: the name is {len(os.fsencode(Path(value).name))} bytes, over the 255 "
+                         "that file systems allow; name it shorter")
     return Path(value)
 
 

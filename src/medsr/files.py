@@ -17,6 +17,14 @@ except ImportError:  # Windows
     fcntl = None
 
 
+def temp_stem(name: str) -> str:
+    """What atomic_write's temp file for `name` is named after: the name itself, or, where the temp
+    name would pass the 255 bytes most file systems allow (a legal name of 240 bytes), a hash of it."""
+    if len(os.fsencode(name)) <= 255 - len(".12345678.tmp.nii.gz") - 1:
+        return name
+    return "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> Path:
     """Call write(tmp) on a hidden temp file in the target folder, then os.replace it into place,
     so readers never see a half-written file and a failed write leaves nothing behind."""
@@ -26,7 +34,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise MedsrError(f"{path}: cannot create folder {folder} ({err.strerror}); check permissions")
-    tmp = folder / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    tmp = folder / f".{temp_stem(path.name)}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
     try:
         write(tmp)
         os.replace(tmp, path)

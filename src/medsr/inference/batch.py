@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from medsr.errors import MedsrError
-from medsr.files import LEDGER_NAME, OUTPUT_MARKER, atomic_write, sha256_file  # noqa: F401 - LEDGER_NAME, sha256_file: callers'
+from medsr.files import LEDGER_NAME, OUTPUT_MARKER, atomic_write, sha256_file, temp_stem  # noqa: F401 - LEDGER_NAME, sha256_file: callers'
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # pydicom loads only when a series is written
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "medsr-summary.csv"
-# atomic_write's temp files: ".<name>.<8 hex>.tmp[suffix]" next to the target.
+# atomic_write's temp files: ".<name or its hash (temp_stem)>.<8 hex>.tmp[suffix]" next to the target.
 _TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
 
 
@@ -324,7 +324,7 @@ def remove_temp_files(jobs: Iterable[Job]) -> int:
         if job.series is not None:
             series_folders.add(job.output)  # derived series files are all named medsr_<uid hash>_...
         else:
-            names.setdefault(job.output.parent, set()).update([job.output.name, *_map_names(job.output)])
+            names.setdefault(job.output.parent, set()).update(map(temp_stem, [job.output.name, *_map_names(job.output)]))
     removed = 0
     for folder in set(names) | series_folders:
         if not folder.is_dir():
@@ -499,7 +499,10 @@ def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, 
         if uncertainty and job.series is None:
             targets += hallucination.map_paths(hallucination.stem_for(job.output))
         targets = [target.resolve() for target in targets]
-        if any(target in inputs for target in targets):
+        if long := next((target for target in targets if len(os.fsencode(target.name)) > 255), None):
+            refused[index] = (f"{job.input}: its output's name {long.name[:24]}... would be {len(os.fsencode(long.name))} bytes, "
+                              "over the 255 that file systems allow; rename the input shorter")
+        elif any(target in inputs for target in targets):
             refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
         elif book is not None and not force and job.series is None and _users_file(job.output, book, medsr_since):
             refused[index] = (f"{job.input}: {job.output} is already there and no run of medsr wrote it; move that file, "
