@@ -574,8 +574,13 @@ def test_nifti_round_trip_scale1_exact_ints(tmp_path):
 
 def test_nifti_trailing_singleton_ok(tmp_path):
     vol = RNG.random((3, 4, 5, 1)).astype(np.float32)
-    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "one.nii")
-    assert read_image(tmp_path / "one.nii").pixels.shape == (5, 3, 4)
+    image = nib.Nifti1Image(vol, np.eye(4))
+    image.header.set_zooms((1.0, 1.0, 1.0, 2.5))  # one time point, TR 2.5 s
+    nib.save(image, tmp_path / "one.nii")
+    read = read_image(tmp_path / "one.nii")
+    assert read.pixels.shape == (5, 3, 4)
+    out = nib.load(write_image(tmp_path / "one_x2.nii", Image(upscale(read.pixels, 2), read.meta), scale=2))
+    assert out.shape == (6, 8, 5, 1) and out.header.get_zooms()[3] == 2.5  # a 4-D file stays 4-D, as the README says
 
 
 def test_nifti_corrupt(tmp_path):

@@ -187,7 +187,7 @@ def test_single_volume_4d_nifti_is_accepted(tmp_path):
     src = tmp_path / "one.nii.gz"
     synthetic_nifti(src, extra_dims=(1,))
     thin_nifti(src, tmp_path / "out.nii", identity_net())
-    assert nib.load(tmp_path / "out.nii").shape == (20, 18, 50)
+    assert nib.load(tmp_path / "out.nii").shape == (20, 18, 50, 1)  # still 4-D, as the source
 
 
 def test_adaptation_tunes_a_copy():

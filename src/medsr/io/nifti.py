@@ -267,6 +267,8 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
             info = np.iinfo(dtype)
             data = np.clip(np.rint(data), info.min, info.max)
         data = data.astype(dtype)
+        if data.ndim < len(source.shape) and all(n == 1 for n in source.shape[data.ndim:]):
+            data = data.reshape(data.shape + (1,) * (len(source.shape) - data.ndim))  # a 4-D file of one volume stays 4-D
         header = source.header.copy()
         zooms = [float(z) for z in header.get_zooms()] + [1.0, 1.0, 1.0]  # padded for a 2-D source
     else:
