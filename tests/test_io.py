@@ -352,6 +352,18 @@ def test_dicom_derived_x3(tmp_path):
     np.testing.assert_array_equal(new.pixel_array, upscale(stored, 3))
 
 
+@pytest.mark.skipif(shutil.which("dcmconv") is None, reason="needs dcmtk's dcmconv (apt install dcmtk; .ci/run installs it)")
+def test_a_big_endian_dicom_is_derived_as_little_endian(tmp_path):
+    stored = RNG.integers(0, 4096, size=(6, 8))
+    little = make_dicom(tmp_path / "little.dcm", stored, PatientName="Doe^Jane", SliceThickness=3.0)
+    subprocess.run(["dcmconv", "+tb", str(little), str(tmp_path / "big.dcm")], check=True, capture_output=True)
+    img = read_image(tmp_path / "big.dcm")
+    new = pydicom.dcmread(write_image(tmp_path / "out.dcm", Image(upscale(img.pixels, 3), img.meta), scale=3))
+    assert new.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (str(new.PatientName), float(new.SliceThickness), new.Rows) == ("Doe^Jane", 3.0, 18)  # the header's values, not their bytes
+    np.testing.assert_array_equal(new.pixel_array, upscale(stored, 3))
+
+
 def test_dicom_signed_ct_round_trip_exact(tmp_path):
     stored = RNG.integers(-2048, 2048, size=(5, 7))
     stored[0, 0] = -2048

@@ -578,4 +578,8 @@ def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> 
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     if "ImplementationVersionName" in ds.file_meta:
         del ds.file_meta.ImplementationVersionName
+    if ds.original_encoding[1] is False:  # a big-endian source (retired, still exported): its values decoded, then re-encoded
+        for _ in ds.iterall():  # (reading each element decodes it from the source's bytes)
+            pass
+        ds.set_original_encoding(False, True, ds.original_character_set)
     return ds
