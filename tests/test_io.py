@@ -279,6 +279,14 @@ def test_a_16_bit_file_of_a_dicom_spans_its_values(tmp_path):
     np.testing.assert_allclose(shown, (hu + 1000) / 2000 * 65535, atol=1)
 
 
+@pytest.mark.parametrize("fmt", ["jpeg", "bmp"])
+def test_an_8_bit_file_of_a_12_bit_scan_in_a_16_bit_tiff_is_not_near_black(fmt, tmp_path):
+    scan = np.linspace(100, 4000, 8 * 10).reshape(8, 10).astype(np.uint16)  # 12 bits used of 16
+    PILImage.fromarray(scan).save(tmp_path / "mr.tif")
+    shown = np.asarray(PILImage.open(write_image(tmp_path / "mr.x", read_image(tmp_path / "mr.tif"), format=fmt)), dtype=float)
+    assert shown.min() <= 2 and shown.max() >= 250  # darkest to brightest, as for a DICOM or NIfTI (it was 0-16)
+
+
 def test_a_derived_dicom_moves_what_is_given_in_pixels_and_keeps_its_lossy_history(tmp_path):
     from pydicom.pixels import pack_bits
     from pydicom.uid import JPEGBaseline8Bit

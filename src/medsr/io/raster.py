@@ -215,7 +215,7 @@ def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = No
         raise MedsrError(f"{name}: JPEG cannot hold an image of {pixels.shape[-2]}x{pixels.shape[-1]} (limit 65500 a side); use --format png or tiff")
     # JPEG and BMP cannot hold 16-bit grayscale, so they always get 8 bits.
     bits = 16 if image.meta.bit_depth > 8 and fmt in ("png", "tiff") else 8
-    if image.meta.format in ("dicom", "nifti"):
+    if image.meta.format in ("dicom", "nifti") or image.meta.bit_depth > bits:  # (a 12-bit scan in a 16-bit PNG, to JPEG: not dark)
         pixels = _displayed(pixels, image.meta, windowed=bits == 8)
     frames = [pixels] if pixels.ndim == 2 else list(pixels)
     pages = [PILImage.fromarray(to_uint(f, bits)) for f in frames]
