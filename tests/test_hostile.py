@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -416,3 +417,21 @@ def test_png_whose_image_data_ends_early_is_refused(tmp_path, interlace, color_t
     short = hc.write(tmp_path, "short.png", hc.png_raw(array, color_type, bits, interlace, cut=10))
     with pytest.raises(MedsrError, match=r"short\.png: PNG image data ends early .*; re-export the image$"):
         read_image(short)
+
+
+@pytest.mark.parametrize("syntax, fix", [
+    ("1.2.840.10008.1.2.4.55", "no decoder medsr uses (pydicom's) reads it; re-export the file uncompressed"),  # retired progressive JPEG
+    ("1.2.840.10008.1.2.4.50", "the compressed data is damaged, re-export the file"),  # baseline JPEG, its decoders installed
+])
+def test_compressed_dicom_that_does_not_decode_names_the_right_fix(tmp_path, syntax, fix):
+    """Not 'install the pylibjpeg plugins' when they are installed or would not help."""
+    from pydicom.encaps import encapsulate
+
+    ds = hc.dicom_dataset(np.zeros((8, 8), np.uint16), bits_allocated=16, bits_stored=12)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + b"\x00" * 28])
+    ds["PixelData"].VR = "OB"
+    path = hc.write(tmp_path, "x.dcm", hc.dicom_bytes(ds))
+    with pytest.raises(MedsrError, match=re.escape(fix)) as err:
+        read_image(path)
+    assert "\n" not in str(err.value) and "install" not in str(err.value)

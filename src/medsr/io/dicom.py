@@ -62,6 +62,20 @@ _STALE = (
 )
 
 
+def _decoder_fix(syntax, reason: str) -> str:
+    """Why pydicom could not decode a compressed transfer syntax, and the fix: none decodes it (a retired
+    syntax: re-export it), the plugins that would are not installed, or they are and the data is damaged."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return "no decoder medsr uses (pydicom's) reads it; re-export the file uncompressed, e.g. dcmdjpeg in.dcm out.dcm"
+    if not decoder.is_available:
+        return "its decoder is not installed; install the pylibjpeg plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg) or re-export uncompressed"
+    return f"{reason[:120]}; the compressed data is damaged, re-export the file"
+
+
 def stored_range(ds: Dataset) -> tuple[int, int]:
     """Integer range the declared BitsStored / PixelRepresentation can hold."""
     bits = int(ds.BitsStored)
@@ -221,10 +235,8 @@ def _read_dicom(path: Path, max_pixels: int) -> Image:
     except Exception as err:
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         if compressed:
-            raise MedsrError(
-                f"{path}: cannot decode pixel data with transfer syntax {syntax.name} ({syntax}): {reason}; "
-                "install the pylibjpeg plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg) or re-export uncompressed"
-            )
+            raise MedsrError(f"{path}: cannot decode pixel data with transfer syntax {syntax.name} ({syntax}): "
+                             f"{_decoder_fix(syntax, reason)}")
         raise MedsrError(f"{path}: not a readable DICOM file (pixel data truncated or corrupt: {reason}); check the file or re-export it")
 
     lo, hi = stored_range(ds)
