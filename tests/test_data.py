@@ -292,3 +292,19 @@ def test_a_split_with_no_file_says_why(tmp_path):
     empty = next(s for s in ("train", "val", "test") if s != split_of("cls/only.png"))
     with pytest.raises(MedsrError, match=rf"none of its 1 image file\(s\) falls in the '{empty}' split .*add images"):
         build_sampler([str(tmp_path)], empty, "paper", 3, 48)
+
+
+def test_a_file_named_as_pacs_name_dicom_but_without_its_preamble_is_said_left_out(tmp_path, image_folder, caplog):
+    import shutil
+
+    from test_io import make_dicom
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    whole = make_dicom(tmp_path / "whole.dcm", np.zeros((8, 8), np.uint16)).read_bytes()
+    (data / "IM0003").write_bytes(whole[132:])  # no 128-byte preamble, no "DICM": nothing tells it is DICOM
+    (data / "notes.txt").write_text("not an image, and plainly so")
+    with caplog.at_level("WARNING"):
+        scan(data)
+    notes = [r.getMessage() for r in caplog.records if "no DICOM preamble" in r.getMessage()]
+    assert len(notes) == 1 and f"{data / 'IM0003'} in {data}" in notes[0] and "notes.txt" not in notes[0]

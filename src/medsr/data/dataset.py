@@ -50,9 +50,16 @@ def scan(roots: str | Path | list) -> list[Item]:
             raise MedsrError(f"{root}: a file, where a folder of images is wanted; pass the folder that holds it (see README, 'Data layout')")
         if not root.is_dir():
             raise MedsrError(f"{root}: data folder not found; pass an existing folder (see README, 'Data layout')")
-        for path in sorted(p for p in _files_below(root) if is_supported(p)):
+        supported = {p: is_supported(p) for p in _files_below(root)}
+        for path in sorted(p for p, ok in supported.items() if ok):
             parent = path.parent.relative_to(root).as_posix()
             items.append(Item(path, f"{path.parent.name}/{path.name}", "" if parent == "." else parent))
+        # Named as PACS name DICOM files (IM0001, 1.2.840...5) yet without the DICM preamble that tells one: said, not dropped silently
+        unnamed = sorted(p for p, ok in supported.items() if not ok and (not p.suffix or p.suffix[1:].isdigit()))
+        if unnamed:
+            more = f" and {len(unnamed) - 1} more file(s)" if len(unnamed) > 1 else ""
+            log.warning("note: %s%s in %s: no image extension and no DICOM preamble, left out; a DICOM file "
+                        "without its 128-byte preamble needs a .dcm name", unnamed[0], more, root)
     if not items:
         raise MedsrError(f"{', '.join(map(str, roots))}: no image files found; supported: PNG, JPEG, TIFF, DICOM, NIfTI")
     return items
