@@ -735,3 +735,14 @@ def test_a_scale_that_does_not_match_the_pixels_is_refused_not_written_with_wron
             write_image(out, tripled, scale=2, model_name="m")
         assert not out.exists()
         write_image(out, tripled, scale=3, model_name="m")
+
+
+def test_nan_voxels_of_a_statistics_map_are_said_in_the_runs_note(tmp_path):
+    zmap = np.random.default_rng(0).normal(size=(6, 5, 4)).astype(np.float32)
+    zmap[:2] = np.nan  # outside the brain mask
+    nib.save(nib.Nifti1Image(zmap, np.eye(4)), tmp_path / "zstat.nii.gz")
+    image = read_image(tmp_path / "zstat.nii.gz")
+    from medsr.io import raster
+
+    assert f"40 NaN or infinite voxel(s) read as the volume's lowest value ({np.nanmin(zmap):g})" in raster.notes(image.meta)
+    assert raster.notes(read_image(make_nifti(tmp_path / "plain.nii.gz")[0]).meta) == ""

@@ -116,7 +116,7 @@ def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = M
         pixel_spacing=spacing if all(z > 0 for z in spacing) else None,
         slice_axis=slice_axis,
         source=img,
-        extra={"dtype": str(data.dtype), "volumes": volumes},
+        extra={"dtype": str(data.dtype), "volumes": volumes, **({"nonfinite": int((~finite).sum())} if not finite.all() else {})},
     )
     return Image(np.ascontiguousarray(pixels, dtype=np.float32), meta)
 

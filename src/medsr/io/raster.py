@@ -78,8 +78,11 @@ COLOUR_NOTE = "in colour; upscaled as one gray channel (its luminance), as medsr
 
 
 def notes(meta: ImageMeta) -> str:
-    """What a batch says about a file it upscaled: colour made gray, TIFF pages left out ("" for neither)."""
+    """What a batch says about a file it upscaled: colour made gray, NaN voxels, TIFF pages left out ("" for none)."""
     said = [COLOUR_NOTE] if meta.extra.get("colour") else []
+    if meta.extra.get("nonfinite"):  # a statistics map's NaN mask
+        said.append(f"{meta.extra['nonfinite']} NaN or infinite voxel(s) read as the volume's lowest value ({meta.value_range[0]:g}), "
+                    "which the output holds there")
     if meta.extra.get("pages_left_out"):
         said.append(f"{meta.extra['pages_left_out']} more page(s) of another size or depth left out (thumbnails or other "
                     "images); the first page is upscaled")
