@@ -256,3 +256,15 @@ def test_distillation_adds_the_teachers_output_as_a_target(image_folder, tmp_pat
     assert "loss/g_teacher" not in Trainer(tiny_config(image_folder, tmp_path / "n", **options)).step()
     with pytest.raises(MedsrError, match="cannot teach"):
         Trainer(tiny_config(image_folder, tmp_path / "x", teacher="default-x2", teacher_weight=0.5, **options))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_half(image_folder, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(image_folder, tmp_path))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zoo, "save_checkpoint_model", disk_full)
+    with pytest.raises(MedsrError, match=r"cannot write the checkpoint \(.*\); free space or fix the folder, then rerun with --resume"):
+        trainer.save_checkpoint()
+    assert not list((tmp_path / "tiny" / "checkpoints").glob("*.tmp"))  # not left to fill the disk further

@@ -299,6 +299,20 @@ class Trainer:
         if self.distributed:
             dist.barrier()
 
+    @staticmethod
+    def _written(tmp: Path, write) -> None:
+        """write(), or, where it fails (a full disk: torch and safetensors raise errors of their own for it),
+        the half-written checkpoint removed and one MedsrError saying how to go on."""
+        try:
+            write()
+        except Exception as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(tmp.parent).free
+            reason = (f"{free / 2**20:.0f} MB free on its disk" if free < 2**28 else
+                      str(err).splitlines()[-1][:160] if str(err) else type(err).__name__)
+            raise MedsrError(f"{tmp.parent}: cannot write the checkpoint ({reason}); free space or fix the folder, then rerun "
+                             "with --resume (it goes on from the last checkpoint)") from None
+
     def save_checkpoint(self) -> Path:
         final = self.ckpt_dir / f"step-{self.step_count:08d}"
         tmp = self.ckpt_dir / f"{final.name}.tmp"
@@ -322,12 +336,13 @@ class Trainer:
         if self.rank == 0:
             state["opt_g"] = self.opt_g.state_dict()
             state["opt_d"] = self.opt_d.state_dict() if self.opt_d else None
-        torch.save(state, tmp / f"state-rank{self.rank}.pt")
+        self._written(tmp, lambda: torch.save(state, tmp / f"state-rank{self.rank}.pt"))
         self._barrier()
         if self.rank == 0:
             networks = {zoo.GENERATOR_PREFIX: _unwrap(self.generator), zoo.EMA_PREFIX: self.ema,
                         zoo.DISCRIMINATOR_PREFIX: None if self.discriminator is None else _unwrap(self.discriminator)}
-            zoo.save_checkpoint_model(tmp / "model.safetensors", networks, self.cfg.model, _unwrap(self.generator).config, self.record())
+            self._written(tmp, lambda: zoo.save_checkpoint_model(tmp / "model.safetensors", networks, self.cfg.model,
+                                                                  _unwrap(self.generator).config, self.record()))
             aside = final.with_name(f"{final.name}.old")
             if final.exists():  # this step saved again (Ctrl-C on a checkpoint step): set the first aside, never none
                 shutil.rmtree(aside, ignore_errors=True)
