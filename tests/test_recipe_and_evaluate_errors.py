@@ -241,9 +241,17 @@ def test_a_mix_under_another_protocol_is_said_to_be_unused(image_folder, tmp_pat
     assert "mix is set but protocol is paper: it is used only by protocol mixed" in caplog.text
 
 
+def test_a_degradation_the_mixed_protocol_does_not_use_is_said_to_be_unused(image_folder, tmp_path, caplog):
+    cfg = load_config(None, [f"data={image_folder}", f"out_dir={tmp_path}", "hr_size=48", "protocol=mixed", "mix={paper: 1}",
+                             "degradation=realesrgan", "max_val_images=4"])
+    Trainer(cfg)
+    assert "degradation realesrgan is set but protocol mixed makes its own low-resolution inputs" in caplog.text
+
+
 @pytest.mark.parametrize("item, names", [("lr_schedule=cosin", "constant, cosine"), ("pixel_loss=l3", "mse, l1, charbonnier"),
                                          ("gan_loss=wgan", "bce, ragan"), ("model=edrs", "edsr"),
-                                         ("protocol=bogus", "mixed, through-plane")])
+                                         ("protocol=bogus", "mixed, through-plane"), ("degradation=realesrgn", "bicubic, realesrgan"),
+                                         ("discriminator_model=srgann", "paper, srgan"), ("precision=bf61", "auto, fp32, bf16")])
 def test_a_misspelt_name_is_said_when_the_recipe_loads_naming_its_source(item, names):
     key, value = item.split("=")
     with pytest.raises(MedsrError, match=rf"^--set {item}: {key} must be one of .*{names}.*, not '{value}'"):

@@ -223,7 +223,7 @@ def check_value(key: str, value, where: str):
                          f"fix the value{hint}")
     names = _names(key)
     if names is not None and value not in names:
-        raise MedsrError(f"{where}: {key} must be one of {', '.join(names)}, not {value!r}; fix the value{hint}")
+        raise MedsrError(f"{where}: {key} must be one of {', '.join(n for n in names if n)}, not {value!r}; fix the value{hint}")
     return value
 
 
@@ -238,7 +238,16 @@ def _names(key: str) -> tuple[str, ...] | None:
         from medsr.training import losses
 
         return losses.PIXEL_LOSSES if key == "pixel_loss" else losses.GAN_LOSSES
-    return {"lr_schedule": ("constant", "cosine"), "protocol": ("paper", "patch", "mnist", "mixed", "through-plane")}.get(key)
+    if key == "discriminator_model":
+        from medsr.models import DISCRIMINATORS
+
+        return (None, *DISCRIMINATORS)
+    if key == "degradation":
+        from medsr.data.dataset import DEGRADATIONS
+
+        return DEGRADATIONS
+    return {"lr_schedule": ("constant", "cosine"), "protocol": ("paper", "patch", "mnist", "mixed", "through-plane"),
+            "precision": ("auto", "fp32", "bf16")}.get(key)
 
 
 def expand_data_path(text: str) -> str:

@@ -78,6 +78,9 @@ class Trainer:
         for key, protocol in (("mix", "mixed"), ("through_plane", "through-plane")):
             if getattr(cfg, key) and cfg.protocol != protocol:
                 log.warning("%s is set but protocol is %s: it is used only by protocol %s", key, cfg.protocol, protocol)
+        if cfg.degradation != "bicubic" and cfg.protocol in ("mixed", "through-plane"):
+            log.warning("degradation %s is set but protocol %s makes its own low-resolution inputs (%s); it is not used",
+                        cfg.degradation, cfg.protocol, "mix: jpeg, noise" if cfg.protocol == "mixed" else "thick slices")
         self.cfg = cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
