@@ -136,6 +136,9 @@ def test_torchrun_two_cpu_processes(tmp_path, image_folder):
     ckpt = tmp_path / "paper" / "checkpoints" / "step-00000003"
     assert (ckpt / "state-rank0.pt").is_file() and (ckpt / "state-rank1.pt").is_file()
     assert (tmp_path / "paper" / "model.safetensors").is_file()
+    again = run(cmd, cwd=Path(__file__).parents[1], env=env)  # the same run again, without --resume: each process says why
+    assert again.returncode != 0 and again.stderr.count("this run already has checkpoints; add --resume") == 2, again.stderr[-3000:]
+    assert "RuntimeError" not in again.stderr  # rank 1 crashed on its peer's exit before
 
 
 # Run under torchrun by the test below: medsr's Trainer as `medsr train` runs it, saving each rank's

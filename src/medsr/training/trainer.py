@@ -449,7 +449,7 @@ class Trainer:
             if latest is None:
                 raise MedsrError(f"{self.ckpt_dir}: no checkpoint to resume from; run without --resume to start")
             self.load_checkpoint(latest)
-        elif self.rank == 0 and self.latest_checkpoint() is not None:
+        elif self.latest_checkpoint() is not None:  # every process says so and stops, not rank 0 alone (the others then crash)
             raise MedsrError(f"{self.run_dir}: this run already has checkpoints; add --resume to continue it, or set another name (--set name=...)")
         if self.distributed:
             ddp = torch.nn.parallel.DistributedDataParallel
