@@ -133,9 +133,9 @@ def test_unsupported_opset_is_one_line_error_without_the_exporter_graph(tmp_path
 
 
 def test_through_plane_model_is_refused_clearly_by_onnx_too(tmp_path):
-    with pytest.raises(MedsrError, match="makes thick slices thin, it does not upscale images; use it with --through-plane"):
+    with pytest.raises(MedsrError, match="makes thick slices thin, it does not upscale images; name it with --through-plane --through-plane-model"):
         load_upscaler("through-plane", runtime="onnx")
-    with pytest.raises(MedsrError, match="makes thick slices thin, it does not upscale images; use it with --through-plane"):
+    with pytest.raises(MedsrError, match="makes thick slices thin, it does not upscale images; name it with --through-plane --through-plane-model"):
         export_onnx("through-plane", tmp_path / "tp.onnx")
     assert not (tmp_path / "tp.onnx").exists()
 

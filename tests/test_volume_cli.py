@@ -146,7 +146,30 @@ def test_the_through_plane_model_is_not_an_in_plane_one(tmp_path, medsr_cli):
 
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "flat.png")
     result = run(medsr_cli + ["upscale", str(tmp_path / "flat.png"), "-o", str(tmp_path / "out"), "--model", "through-plane"])
-    assert result.returncode == 2 and "use it with --through-plane" in result.stderr
+    assert result.returncode == 2 and "name it with --through-plane --through-plane-model" in result.stderr
+
+
+def test_a_through_plane_model_of_ones_own_makes_the_slices_thin(tmp_path, medsr_cli):
+    import shutil
+
+    import medsr
+
+    zoo_dir = Path(medsr.__file__).parent / "zoo"
+    shutil.copy(zoo_dir / "through-plane.safetensors", tmp_path / "mine.safetensors")  # as a run of configs/through-plane.yaml makes
+    shutil.copy(zoo_dir / "default.safetensors", tmp_path / "in-plane.safetensors")
+    thick_volume(tmp_path / "t1.nii.gz")
+    base = [*medsr_cli, "upscale", str(tmp_path / "t1.nii.gz"), "--through-plane"]
+    assert run(base + ["-o", str(tmp_path / "shipped")]).returncode == 0
+    mine = run(base + ["-o", str(tmp_path / "mine"), "--through-plane-model", str(tmp_path / "mine.safetensors")])
+    assert mine.returncode == 0, mine.stderr
+    assert np.array_equal(nib.load(tmp_path / "mine" / "t1.nii.gz").get_fdata(), nib.load(tmp_path / "shipped" / "t1.nii.gz").get_fdata())
+    wrong = run(base + ["-o", str(tmp_path / "wrong"), "--through-plane-model", str(tmp_path / "in-plane.safetensors")])
+    assert wrong.returncode == 2 and "not a through-plane one" in wrong.stderr and "t1.nii.gz" not in wrong.stdout, wrong.stdout
+    alone = run([*medsr_cli, "upscale", str(tmp_path / "t1.nii.gz"), "-o", str(tmp_path / "x"), "--through-plane-model", "m"])
+    assert alone.returncode == 2 and "go with --through-plane; add it" in alone.stderr
+    result = medsr.upscale_volume(np.asarray(nib.load(tmp_path / "t1.nii.gz").dataobj), (0.9, 0.9, 4.0),
+                                  through_plane_model=tmp_path / "mine.safetensors")
+    assert result.array.shape == (40, 36, 36)
 
 
 def test_a_volumes_uncertainty_picture_is_drawn_as_a_viewer_draws_its_slices(tmp_path, medsr_cli):
@@ -168,7 +191,7 @@ def test_the_api_refuses_a_series_into_an_image_file_and_thin_options_without_th
     import medsr
 
     thick_volume(tmp_path / "t1.nii.gz")
-    with pytest.raises(MedsrError, match="slice_spacing, slice_thickness and adapt_minutes go with through_plane=True"):
+    with pytest.raises(MedsrError, match="slice_spacing, slice_thickness, adapt_minutes and through_plane_model go with through_plane=True"):
         medsr.upscale_file(tmp_path / "t1.nii.gz", tmp_path / "x.nii.gz", slice_spacing=1.0)  # silently ignored before
     series = DATA / "dicom-series" / "siemens-sag-gre-fieldmap"
     if not series.is_dir():

@@ -123,14 +123,20 @@ def _checked_path(value, what: str) -> Path:
     return Path(value)
 
 
-def _check_thin_options(through_plane: bool, slice_spacing, slice_thickness, adapt_minutes) -> None:
-    if not through_plane and (slice_spacing is not None or slice_thickness is not None or adapt_minutes):
-        raise MedsrError("slice_spacing, slice_thickness and adapt_minutes go with through_plane=True; add it")
+def _check_thin_options(through_plane: bool, slice_spacing, slice_thickness, adapt_minutes, through_plane_model=None) -> None:
+    if not through_plane and (slice_spacing is not None or slice_thickness is not None or adapt_minutes or through_plane_model is not None):
+        raise MedsrError("slice_spacing, slice_thickness, adapt_minutes and through_plane_model go with through_plane=True; add it")
+
+
+def _thin_model(through_plane_model) -> str:
+    """The through-plane model to load: the shipped one, or a file or run folder of the caller's."""
+    return volume_sr.MODEL if through_plane_model is None else str(through_plane_model)
 
 
 def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: str | os.PathLike | None = None,
                  scale: int | None = None, *, format: str | None = None, through_plane: bool = False,
                  slice_spacing: float | None = None, slice_thickness: float | None = None, adapt_minutes: float = 0,
+                 through_plane_model: str | os.PathLike | None = None,
                  device: str = "auto", precision: str = "auto", tile: int | None = None, runtime: str = "torch") -> Path:
     """Upscale one file, or a folder holding a DICOM series, keeping format, bit depth and metadata.
 
@@ -146,7 +152,7 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     (for a series, the folder, or the NIfTI file).
     """
     source, target = _checked_path(source, "source"), _checked_path(target, "target")
-    _check_thin_options(through_plane, slice_spacing, slice_thickness, adapt_minutes)
+    _check_thin_options(through_plane, slice_spacing, slice_thickness, adapt_minutes, through_plane_model)
     if target.is_dir() and not source.is_dir():
         raise MedsrError(f"{target}: is a folder; name the file to write in it, e.g. {target / source.name}")
     if format is not None and not source.is_dir() and not target.name.lower().endswith(tuple(format_named(format, target).extensions)):
@@ -157,7 +163,8 @@ def upscale_file(source: str | os.PathLike, target: str | os.PathLike, model: st
     if model is None and in_plane:
         model = zoo.default_model(scale, [source])  # default-jpeg for a JPEG file or JPEG DICOM, as `medsr upscale` picks
     upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile, runtime=runtime) if in_plane else None
-    options = volume_sr.ThroughPlane(slice_spacing, slice_thickness, adapt_minutes, device=device, precision=precision) if through_plane else None
+    options = volume_sr.ThroughPlane(slice_spacing, slice_thickness, adapt_minutes, model=_thin_model(through_plane_model), device=device,
+                                     precision=precision) if through_plane else None
     model_name = "medsr " + (Path(str(model)).name if model is not None else volume_sr.MODEL)
     if source.is_dir():
         found = [series for series in series_io.scan_series(source) if series.volumes]
@@ -192,8 +199,8 @@ class VolumeResult(NamedTuple):
 
 def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None, model: str | os.PathLike | None = None,
                    scale: int | None = None, through_plane: bool = True, slice_spacing: float | None = None,
-                   slice_thickness: float | None = None, adapt_minutes: float = 0, device: str = "auto",
-                   precision: str = "auto", tile: int | None = None) -> VolumeResult:
+                   slice_thickness: float | None = None, adapt_minutes: float = 0, through_plane_model: str | os.PathLike | None = None,
+                   device: str = "auto", precision: str = "auto", tile: int | None = None) -> VolumeResult:
     """Super-resolve a 3-D volume: thick slices made thin (through-plane) and, with `model` or
     `scale`, each slice upscaled in-plane. The field of view is unchanged and voxel edges line up.
 
@@ -203,14 +210,15 @@ def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None
         slice_axis: the thick axis (default: the axis with the largest spacing).
         through_plane: resample the slice axis to `slice_spacing` mm (default: the finest in-plane
             spacing) with the shipped through-plane model; `slice_thickness` when the slices have
-            gaps; `adapt_minutes` > 0 first fine-tunes it on this volume's own in-plane detail.
+            gaps; `adapt_minutes` > 0 first fine-tunes it on this volume's own in-plane detail;
+            `through_plane_model`: a model file or run folder of configs/through-plane.yaml instead of the shipped one.
         model, scale: in-plane super-resolution of every slice (None for both: none).
 
     Returns:
         VolumeResult(array, spacing, origin_shift): for a NIfTI affine A, the new affine has column
         a = A[:3, a] * new_spacing[a] / spacing[a] and origin A[:3, 3] + sum of A[:3, a] * origin_shift[a] / spacing[a].
     """
-    _check_thin_options(through_plane, slice_spacing, slice_thickness, adapt_minutes)
+    _check_thin_options(through_plane, slice_spacing, slice_thickness, adapt_minutes, through_plane_model)
     if isinstance(volume, (str, os.PathLike)):
         raise MedsrError(f"{volume}: upscale_volume takes an array (e.g. nibabel's get_fdata()); for a file use "
                          "upscale_file(path, target, through_plane=True)")
@@ -234,8 +242,9 @@ def upscale_volume(volume: np.ndarray, spacing, *, slice_axis: int | None = None
     pixels01 = ((array.astype(np.float64) - low) / (high - low if high > low else 1.0)).astype(np.float32)
     shift = [0.0, 0.0, 0.0]
     if through_plane:
-        result = volume_sr.upscale_through_plane(pixels01, spacing, axis, target_spacing=slice_spacing, slice_thickness=slice_thickness,
-                                              adapt_minutes=adapt_minutes, device=device, precision=precision)
+        result = volume_sr.upscale_through_plane(pixels01, spacing, axis, model=_thin_model(through_plane_model), target_spacing=slice_spacing,
+                                                 slice_thickness=slice_thickness, adapt_minutes=adapt_minutes, device=device,
+                                                 precision=precision)
         pixels01, spacing, shift[axis] = np.clip(result.array, 0, 1), result.spacing, result.shift
     if model is not None or scale is not None:
         upscaler = load_model(model, scale=scale, device=device, precision=precision, tile=tile)

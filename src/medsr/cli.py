@@ -218,9 +218,14 @@ def _upscale(args) -> int:
 
         if args.uncertainty:
             raise MedsrError("--uncertainty maps are drawn for in-plane results only; run --through-plane without it")
-        through_plane = ThroughPlane(args.slice_spacing, args.slice_thickness, args.adapt_minutes, device=args.device, precision=args.precision)
-    elif args.slice_spacing is not None or args.slice_thickness is not None or args.adapt_minutes:
-        raise MedsrError("--slice-spacing, --slice-thickness and --adapt-minutes go with --through-plane; add it")
+        through_plane = ThroughPlane(args.slice_spacing, args.slice_thickness, args.adapt_minutes, device=args.device, precision=args.precision,
+                                     **({"model": args.through_plane_model} if args.through_plane_model else {}))
+        if args.through_plane_model:
+            from medsr.inference.volume import check_model
+
+            check_model(args.through_plane_model)  # said once, before the files, not as each one's failure
+    elif args.slice_spacing is not None or args.slice_thickness is not None or args.adapt_minutes or args.through_plane_model:
+        raise MedsrError("--slice-spacing, --slice-thickness, --adapt-minutes and --through-plane-model go with --through-plane; add it")
     if args.ray_address and args.engine != "ray":
         raise MedsrError("--ray-address goes with --engine ray; add it")
     if args.reference_model and not args.uncertainty:
@@ -517,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-thickness", type=_millimetres, metavar="MM",
                    help="with --through-plane: the slices' thickness when it differs from their spacing "
                         "(gaps; default: a DICOM series' SliceThickness, else the spacing)")
+    p.add_argument("--through-plane-model", type=_path, metavar="MODEL",
+                   help="with --through-plane: the model that makes slices thin, a file or run folder trained with "
+                        "configs/through-plane.yaml (default: the shipped through-plane; --model names the in-plane one)")
     p.add_argument("--adapt-minutes", type=_minutes, default=0, metavar="N",
                    help="with --through-plane: first fine-tune the model on each file's own in-plane detail for N minutes "
                         "(a 4-D file or series: on its first volume, for all)")

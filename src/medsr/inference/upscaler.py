@@ -182,8 +182,8 @@ def _model_scale(name: str, meta: dict[str, str], scale: int | None) -> int:
 def check_upscales(model: str | Path, meta: dict[str, str]) -> None:
     """MedsrError unless the model (its file's metadata `meta`) upscales images: the through-plane model does not."""
     if meta.get("medsr_arch") == "through-plane":
-        raise MedsrError(f"model {model} makes thick slices thin, it does not upscale images; use it with --through-plane "
-                         "(medsr.upscale_volume in Python)")
+        raise MedsrError(f"model {model} makes thick slices thin, it does not upscale images; name it with --through-plane "
+                         "--through-plane-model (through_plane_model= in Python), not as the in-plane model")
 
 
 def load_upscaler(model: str | Path | None = None, *, scale: int | None = None, device: str = "auto",

@@ -111,6 +111,11 @@ def interpolate_through_plane(volume: np.ndarray, spacing, slice_axis: int, *, t
     return ThroughPlaneResult(out, _new_spacing(spacing, axis, grid), grid.positions, float(grid.positions[0]))
 
 
+def check_model(model) -> None:
+    """A MedsrError now, before any file is read, unless `model` loads as a through-plane model."""
+    _load_model(model, torch.device("cpu"))
+
+
 def _load_model(model, device: torch.device) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         return model.to(device).eval()
