@@ -131,6 +131,10 @@ def main() -> None:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--factor", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # the options that reproduce this file (--threads always; the others where they differ from their defaults)
+    args.command_options = "".join(f" --{key.replace('_', '-')} {value}" for key, value in vars(args).items()
+                                   if key in ("model", "factors", "adapt_factors", "adapt_minutes", "threads")
+                                   and (key == "threads" or value != parser.get_default(key)))
     if args.worker:
         return worker(args)
 
@@ -184,7 +188,7 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "shape": list(result.
 def report(rows, speed, info, args, shape, zooms, mask_voxels) -> str:
     by = {(r["factor"], r["method"]): r for r in rows}
     lines = ["# Through-plane super-resolution of volumes", "",
-             f"Made by `python benchmarks/bench_volume.py --threads {args.threads}` (this file is its output; "
+             f"Made by `python benchmarks/bench_volume.py{args.command_options}` (this file is its output; "
              f"{time.strftime('%Y-%m-%d')}).", "",
              "What it measures: thick slices made thin with `medsr.inference.volume.upscale_through_plane` and the shipped "
              f"`{args.model}` model (card: `src/medsr/zoo/through-plane.md`), against linear and cubic interpolation along the "

@@ -70,7 +70,7 @@ def main():
     upscalers = {name: load_upscaler(name, precision=FLOAT, tile=0)[0] for name in MODELS}
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     lines = ["## JPEG inputs by quality: default or default-jpeg (validation split)", "",
-             f"Produced by `python benchmarks/jpeg_quality.py` ({machine()}).",
+             f"Produced by `python benchmarks/jpeg_quality.py --limit {args.limit} --qualities {args.qualities}` ({machine()}).",
              f"{len(pairs)} validation images of both data sets, native protocol, the LR saved as a JPEG at each quality;",
              f"PSNR over bicubic of the same JPEG input, {FLOAT}; block-grid ratio (about 1: no grid) of the JPEG input and of each output.", "",
              "| JPEG quality | bicubic (dB) | default vs bicubic (dB) | default-jpeg vs bicubic (dB) | default-jpeg − default (dB) "

@@ -32,8 +32,8 @@ in turns (best of 5 each), so that a slow spell of this shared host does not fal
 (medsr.models.int8): the residual body in int8 through oneDNN's VNNI / AMX kernels, calibrated on
 train-split images when the model shipped. The PSNR columns are over test images spread evenly over
 brain MRI and chest X-ray. `auto` runs a model in int8 on CPUs with int8 units, and on CPUs with
-AVX2 but no native bf16 (benchmarks/int8_here.py), when its int8 lost at most 0.05 dB against bf16
-on the validation split (recorded in the model file when it shipped; next section), else in bf16
+AVX2 but no native bf16 (benchmarks/int8_here.py), when its int8 lost at most 0.05 dB against the calibrating CPU's float path
+(fp32 for the shipped models) on the validation split (recorded in the model file when it shipped; next section), else in bf16
 where native, else fp32 ("auto runs"). The profile and the ceiling share are of that float path.
 The tile table (16 px of overlap until 2026-12-06, 20 now; since 2026-12-07 every row and precision timed in turns,
 best of 3) is what medsr's default tiles
