@@ -455,7 +455,8 @@ def _device_options(p) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="int8: the model's residual body in int8 (CPU; shipped default models and large; faster, slightly less exact: "
                    "docs/PERFORMANCE.md); auto: int8 on CPUs with int8 units (VNNI, AMX) or with AVX2 and no bf16 for models whose int8 is within 0.05 dB "
-                   "of the calibrating CPU's float path (fp32 as shipped) on the validation split (as shipped: default, default-jpeg, default-gan, default-x4; see their cards), else bf16 where the "
+                   "of the calibrating CPU's float path (fp32 as shipped) on the validation split (as shipped: default, default-jpeg, "
+                   "default-gan, default-x4; see their cards), else bf16 where the "
                    "hardware does it natively, else fp32")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N")
 
