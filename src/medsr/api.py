@@ -20,6 +20,7 @@ import numpy as np
 
 from medsr import zoo
 from medsr.errors import MedsrError
+from medsr.files import NAME_MAX
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.inference.upscaler import TiledUpscaler, load_upscaler
@@ -117,8 +118,8 @@ def _checked_path(value, what: str) -> Path:
         raise MedsrError(f"{what} must be a file path (str or pathlib.Path), not a {type(value).__name__}")
     if not os.fspath(value):
         raise MedsrError(f"{what} is an empty path (an unset variable?); name the file")
-    if len(os.fsencode(Path(value).name)) > 255:
-        raise MedsrError(f"{what} {Path(value).name[:24]}...: the name is {len(os.fsencode(Path(value).name))} bytes, over the 255 "
+    if len(os.fsencode(Path(value).name)) > NAME_MAX:
+        raise MedsrError(f"{what} {Path(value).name[:24]}...: the name is {len(os.fsencode(Path(value).name))} bytes, over the {NAME_MAX} "
                          "that file systems allow; name it shorter")
     return Path(value)
 

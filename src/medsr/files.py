@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import uuid
 from collections.abc import Callable
@@ -17,10 +18,13 @@ except ImportError:  # Windows
     fcntl = None
 
 
+NAME_MAX = 255  # bytes in one file name, as most file systems allow
+
+
 def temp_stem(name: str) -> str:
     """What atomic_write's temp file for `name` is named after: the name itself, or, where the temp
-    name would pass the 255 bytes most file systems allow (a legal name of 240 bytes), a hash of it."""
-    if len(os.fsencode(name)) <= 255 - len(".12345678.tmp.nii.gz") - 1:
+    name would pass NAME_MAX (a legal name of 240 bytes), a hash of it."""
+    if len(os.fsencode(name)) <= NAME_MAX - len(".12345678.tmp.nii.gz") - 1:
         return name
     return "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
 
@@ -58,6 +62,15 @@ def mark_output_folder(folder: Path) -> None:
     marker = folder / OUTPUT_MARKER
     if not marker.exists():
         marker.write_text("medsr writes its results here; medsr leaves this folder out of its inputs\n")
+
+
+def marked_at(folder: Path) -> float:
+    """When `folder` was first marked as medsr's output (its OUTPUT_MARKER's time); infinity while it is
+    not: files older than that are the user's, newer ones medsr's."""
+    try:
+        return (Path(folder) / OUTPUT_MARKER).stat().st_mtime
+    except OSError:
+        return math.inf
 
 
 @contextlib.contextmanager

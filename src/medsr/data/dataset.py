@@ -23,7 +23,7 @@ import torch
 from medsr.data import augment as aug_lib
 from medsr.data import degrade, realistic, slice_profile
 from medsr.errors import MedsrError
-from medsr.files import LEDGER_NAME, OUTPUT_MARKER
+from medsr.files import LEDGER_NAME, OUTPUT_MARKER, marked_at
 from medsr.io import is_supported, read_image, read_mnist, to_uint
 from medsr.io.types import as_unit
 from medsr.models.value_range import to_signed, to_unit
@@ -79,7 +79,7 @@ def _files_below(root: Path) -> list[Path]:
     for folder, subfolders, names in os.walk(root, onerror=unreadable):
         medsr_since = since.get(os.path.dirname(folder), math.inf) if folder != str(root) else math.inf
         if folder != str(root) and OUTPUT_MARKER in names:
-            medsr_since = min(medsr_since, os.stat(os.path.join(folder, OUTPUT_MARKER)).st_mtime)
+            medsr_since = min(medsr_since, marked_at(Path(folder)))
             log.warning("note: %s: medsr's outputs there are left out (files there before medsr first wrote into it are read); "
                         "pass that folder itself to use them", folder)
         elif folder != str(root) and LEDGER_NAME in names:

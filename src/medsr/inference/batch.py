@@ -26,7 +26,6 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import stat
@@ -45,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from medsr.errors import MedsrError
-from medsr.files import LEDGER_NAME, OUTPUT_MARKER, atomic_write, sha256_file, temp_stem  # noqa: F401 - LEDGER_NAME, sha256_file: callers'
+from medsr.files import LEDGER_NAME, NAME_MAX, atomic_write, marked_at, sha256_file, temp_stem  # noqa: F401 - LEDGER_NAME, sha256_file: callers'
 from medsr.inference import hallucination
 from medsr.inference import volume as volume_sr
 from medsr.io import Image, raster, read_image, write_image
@@ -493,15 +492,15 @@ def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, 
     overwrite an input or another job's output or maps (scan.png and scan.tif have the same maps), or,
     with a ledger `book` and not `force`, the user's own file already there (_users_file)."""
     refused, claimed = {}, {}
-    medsr_since = _marked_at(book) if book is not None and not force else None
+    medsr_since = marked_at(book.path.parent) if book is not None and not force else None
     for index, job in enumerate(jobs):
         targets = [job.record_path]
         if uncertainty and job.series is None:
             targets += hallucination.map_paths(hallucination.stem_for(job.output))
         targets = [target.resolve() for target in targets]
-        if long := next((target for target in targets if len(os.fsencode(target.name)) > 255), None):
+        if long := next((target for target in targets if len(os.fsencode(target.name)) > NAME_MAX), None):
             refused[index] = (f"{job.input}: its output's name {long.name[:24]}... would be {len(os.fsencode(long.name))} bytes, "
-                              "over the 255 that file systems allow; rename the input shorter")
+                              f"over the {NAME_MAX} that file systems allow; rename the input shorter")
         elif any(target in inputs for target in targets):
             refused[index] = f"{job.input}: the output would overwrite this input; choose another -o folder"
         elif book is not None and not force and job.series is None and _users_file(job.output, book, medsr_since):
@@ -515,17 +514,9 @@ def refused_jobs(jobs: list[Job], inputs: set[Path], uncertainty: bool = False, 
     return refused
 
 
-def _marked_at(book: Ledger) -> float:
-    """When the ledger's folder was first marked as medsr's output (its OUTPUT_MARKER); infinity while it is not."""
-    try:
-        return (book.path.parent / OUTPUT_MARKER).stat().st_mtime
-    except OSError:  # not marked yet: whatever is there is not medsr's
-        return math.inf
-
-
 def _users_file(output: Path, book: Ledger, medsr_since: float) -> bool:
     """A file at `output` that no run of medsr wrote: the ledger has no record of it, and it is older
-    than the folder's use as medsr's output (`medsr_since`, _marked_at), so not one a killed run left unrecorded."""
+    than the folder's use as medsr's output (`medsr_since`, files.marked_at), so not one a killed run left unrecorded."""
     try:
         written = output.stat()
     except OSError:
