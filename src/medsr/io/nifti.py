@@ -116,7 +116,9 @@ def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = M
         pixel_spacing=spacing if all(z > 0 for z in spacing) else None,
         slice_axis=slice_axis,
         source=img,
-        extra={"dtype": str(data.dtype), "volumes": volumes, **({"nonfinite": int((~finite).sum())} if not finite.all() else {})},
+        extra={"dtype": str(data.dtype), "volumes": volumes,
+               # write_nifti puts the NaN/inf voxels back where they were, on the new grid
+               **({"nonfinite": int((~finite).sum()), "read_affine": img.affine} if not finite.all() else {})},
     )
     return Image(np.ascontiguousarray(pixels, dtype=np.float32), meta)
 
@@ -226,6 +228,23 @@ def _transform_forms(header: nib.Nifti1Header, transform) -> None:
         header.set_qform(transform(qform), code=int(qform_code))
 
 
+def _restore_nonfinite(data: np.ndarray, affine: np.ndarray, source, read_affine: np.ndarray) -> None:
+    """Put the source's NaN/inf voxels back into `data` (read_nifti read them as the lowest value):
+    each voxel takes the nearest source voxel's, the grids' voxel-to-voxel map being an axis-wise
+    scale and shift (in-plane upscaling, a finer slice grid)."""
+    source_values = np.asanyarray(source.dataobj)
+    if source_values.ndim != data.ndim:  # a stack written from a 2-D source: no voxel-to-voxel map
+        return
+    to_source = np.linalg.inv(read_affine) @ affine  # output voxel -> source voxel
+    index = [np.arange(n) for n in data.shape]
+    for axis in range(min(data.ndim, 3)):
+        index[axis] = np.clip(np.rint(to_source[axis, axis] * index[axis] + to_source[axis, 3]).astype(int),
+                              0, source_values.shape[axis] - 1)
+    nearest = source_values[np.ix_(*index)]
+    mask = ~np.isfinite(nearest)
+    data[mask] = nearest[mask]
+
+
 def _dicom_affine(meta: ImageMeta, row: float, col: float) -> np.ndarray | None:
     """The RAS affine of (column, row, frame) indices for a DICOM file that says where it lies
     (ImagePositionPatient, ImageOrientationPatient, PixelSpacing), as dcm2niix places it; None otherwise."""
@@ -301,6 +320,8 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         _transform_forms(header, lambda affine: scaled_affine(affine, axes, scale))
         header.set_zooms(new_zooms)
         header["pixdim"][data.ndim + 1:] = source.header["pixdim"][data.ndim + 1:]  # a 3-D file's TR (pixdim[4]) too
+        if "read_affine" in meta.extra and np.issubdtype(data.dtype, np.floating):
+            _restore_nonfinite(data, header.get_best_affine(), source, meta.extra["read_affine"])
         out = type(source)(data, header.get_best_affine(), header)
     else:
         new_affine = scaled_affine(affine, axes, scale)

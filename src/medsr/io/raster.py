@@ -81,8 +81,8 @@ def notes(meta: ImageMeta) -> str:
     """What a batch says about a file it upscaled: colour made gray, NaN voxels, TIFF pages left out ("" for none)."""
     said = [COLOUR_NOTE] if meta.extra.get("colour") else []
     if meta.extra.get("nonfinite"):  # a statistics map's NaN mask
-        said.append(f"{meta.extra['nonfinite']} NaN or infinite voxel(s) read as the volume's lowest value ({meta.value_range[0]:g}), "
-                    "which the output holds there")
+        said.append(f"{meta.extra['nonfinite']} NaN or infinite voxel(s) read as the volume's lowest value ({meta.value_range[0]:g}) "
+                    "to upscale; a NIfTI output has them again where they were, other formats that value")
     if meta.extra.get("pages_left_out"):
         said.append(f"{meta.extra['pages_left_out']} more page(s) of another size or depth left out (thumbnails or other "
                     "images); the first page is upscaled")
