@@ -72,6 +72,15 @@ def test_a_real_jpeg_has_a_grid_and_evaluate_reports_it(tmp_path):
     assert all(r["input_block_grid"] > 1.2 and not np.isnan(r["block_grid"]) and r["overshoot"] >= 0 for r in rows)
 
 
+def test_limit_counts_a_volumes_slices_as_images(tmp_path):
+    import nibabel as nib
+
+    volume = np.random.default_rng(2).random((32, 32, 12)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 3.0, 1.0])), tmp_path / "t1.nii.gz")
+    rows = quality.evaluate([str(tmp_path)], [quality.Method("bicubic")], 3, "native", "all", limit=3)
+    assert [r["file"] for r in rows] == [f"{tmp_path / 't1.nii.gz'}#{k}" for k in (0, 4, 8)]  # spread over the slices
+
+
 def test_dicom_stored_as_lossy_jpeg_gets_the_block_grid_measure_too(tmp_path):
     from pydicom.data import get_testdata_file
 

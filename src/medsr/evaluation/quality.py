@@ -116,7 +116,8 @@ def check_limit(limit: int | None) -> None:
 def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: str = "paper", split: str = "test",
              limit: int | None = None) -> list[dict]:
     """Per-image rows {file, label, method, psnr, ssim, ms_ssim, hf_ratio, overshoot, block_grid, input_block_grid}
-    for the split's images (`limit`: that many, spread evenly over the sorted list, so every class is in).
+    for the split's images (`limit`: that many, spread evenly over the sorted list, so every class is in;
+    each slice or frame of a 3-D file counts as one).
 
     overshoot: metrics.edge_overshoot of the output against its LR input. block_grid (JPEG-coded
     files only, formats.jpeg_coded: JPEG files and DICOM stored as lossy JPEG; else NaN): the file
@@ -126,7 +127,7 @@ def evaluate(data_dirs: list[str], methods: list[Method], scale: int, protocol: 
     arrays, kept = load_arrays(split_items(data_dirs, split, limit, held_out_by(methods)))
     named = [(name, item.label, as_unit(array)[0], formats.jpeg_coded(item.path))
              for name, array, item in zip(image_names(kept), arrays, kept)]
-    return evaluate_arrays(named, methods, scale, protocol)
+    return evaluate_arrays(spread(named, limit), methods, scale, protocol)  # a volume's slices are images too
 
 
 def evaluate_arrays(images: list[tuple[str, str, np.ndarray, bool]], methods: list[Method], scale: int,
