@@ -769,3 +769,28 @@ def test_nan_voxels_come_back_where_they_were_in_a_nifti_output(tmp_path, throug
     np.testing.assert_array_equal(np.isnan(values), np.isnan(nearest))
     np.testing.assert_array_equal(np.isposinf(values), np.isposinf(nearest))
     assert np.isposinf(values).sum() == (2 * 2 * (3 if through_plane else 1))
+
+
+def test_an_enhanced_files_rescale_in_its_functional_groups_gives_its_values(tmp_path):
+    """An enhanced CT keeps RescaleIntercept -1024 in its shared Pixel Value Transformation: read in
+    HU (the NIfTI from it as dcm2niix has it); frames rescaled differently are one line."""
+    from pydicom.data import get_testdata_file
+
+    source = tmp_path / "ect.dcm"
+    source.write_bytes(open(get_testdata_file("eCT_Supplemental.dcm"), "rb").read())
+    image = read_image(source)
+    assert image.meta.value_range[0] == -1024.0
+    write_image(tmp_path / "ect.nii.gz", Image(np.repeat(np.repeat(image.pixels, 2, -2), 2, -1), image.meta), scale=2, model_name="m")
+    values = nib.load(tmp_path / "ect.nii.gz").get_fdata()
+    stored = pydicom.dcmread(source).pixel_array.astype(np.float64)
+    assert values.min() == stored.min() - 1024 and values.max() == stored.max() - 1024
+
+    ds = pydicom.dcmread(source)
+    for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        group = Dataset()
+        group.RescaleSlope, group.RescaleIntercept, group.RescaleType = 1, -1024 + k, "HU"
+        item.PixelValueTransformationSequence = [group]
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    ds.save_as(tmp_path / "varying.dcm")
+    with pytest.raises(MedsrError, match=r"varying\.dcm: its frames have 2 different rescale slopes/intercepts"):
+        read_image(tmp_path / "varying.dcm")

@@ -129,6 +129,14 @@ def test_a_rerun_skips_the_series_and_a_changed_file_redoes_it(tmp_path, medsr_c
     as_nifti = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0", "--scale", "2", "--format", "nii"])
     assert as_nifti.returncode == 0 and len(list(out.glob("*.nii.gz"))) == 1, as_nifti.stderr
     assert sorted(p.name for p in out.glob("*.dcm")) == now  # another kind of output: the DICOM series stays, as a file's would
+    # each kind replaces its own: x3 DICOM, then x3 NIfTI, leave one of each (the x2 ones gone), and both reruns skip
+    for kind in ([], ["--format", "nii"]):
+        again = run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0", *kind])
+        assert "upscaled 1 of 1" in again.stdout, again.stdout + again.stderr
+    dicoms, niftis = sorted(p.name for p in out.glob("*.dcm")), list(out.glob("*.nii.gz"))
+    assert len(dicoms) == len(first) and not set(dicoms) & set(now) and len(niftis) == 1, (dicoms, niftis)
+    for kind in ([], ["--format", "nii"]):
+        assert "1 skipped (complete)" in run(medsr_cli + ["upscale", str(source), "-o", str(out), "--tile", "0", *kind]).stdout
 
 
 def test_a_broken_series_is_said_so_and_done_file_by_file(tmp_path, medsr_cli):

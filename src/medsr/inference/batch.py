@@ -70,11 +70,14 @@ class Job:
     input: Path
     output: Path
     series: Series | None = None
+    kind: str = ""  # a series written as one NIfTI file: ".nii"; as a derived DICOM series: ""
 
     @property
     def record_path(self) -> Path:
-        """What the ledger and the duplicate check know this job by (a folder may hold several derived series)."""
-        return self.output if self.series is None else self.output / f"series-{self.series.uid}"
+        """What the ledger and the duplicate check know this job by (a folder may hold several derived
+        series). A series' DICOM and NIfTI outputs are two records, as a file's are two outputs: each
+        replaces only its own kind's earlier output (_remove_replaced)."""
+        return self.output if self.series is None else self.output / f"series-{self.series.uid}{self.kind}"
 
 
 @dataclass

@@ -85,16 +85,35 @@ def stored_range(ds: Dataset) -> tuple[int, int]:
 
 
 def rescale(ds: Dataset, path: Path | None = None) -> tuple[float, float]:
-    """Linear modality rescale (slope, intercept); a missing or zero slope means identity."""
+    """Linear modality rescale (slope, intercept); a missing or zero slope means identity. An
+    enhanced multi-frame file keeps it in its functional groups (Pixel Value Transformation), shared
+    or per frame; frames rescaled differently are a MedsrError (medsr reads one rescale per file)."""
+    holders = [ds] if "RescaleSlope" in ds or "RescaleIntercept" in ds else _rescale_groups(ds) or [ds]
+    pairs = {_rescale_pair(holder, path) for holder in holders}
+    if len(pairs) > 1:
+        raise MedsrError(f"{path}: its frames have {len(pairs)} different rescale slopes/intercepts, and medsr reads one per "
+                         f"file; convert it with dcm2niix, or split it into files of one rescale each")
+    return pairs.pop()
+
+
+def _rescale_groups(ds: Dataset) -> list[Dataset]:
+    """The Pixel Value Transformation items an enhanced file's frames use (shared, else each frame's)."""
+    shared = functional_group(ds, None, "SharedFunctionalGroupsSequence")
+    frames = ds.get("PerFrameFunctionalGroupsSequence") or [None]
+    groups = [functional_group(item, shared, "PixelValueTransformationSequence") for item in frames]
+    return [group for group in groups if group is not None]
+
+
+def _rescale_pair(holder: Dataset, path: Path | None) -> tuple[float, float]:
     try:
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        slope = float(holder.get("RescaleSlope", 1) or 1)
+        intercept = float(holder.get("RescaleIntercept", 0) or 0)
     except (TypeError, ValueError):  # multi-valued or non-numeric in a damaged header
         slope = intercept = math.nan
     if not (math.isfinite(slope) and math.isfinite(intercept)):
         raise MedsrError(
-            f"{path}: DICOM RescaleSlope/RescaleIntercept ({printable(ds.get('RescaleSlope'))}, "
-            f"{printable(ds.get('RescaleIntercept'))}) are not finite numbers; fix or remove them and re-export"
+            f"{path}: DICOM RescaleSlope/RescaleIntercept ({printable(holder.get('RescaleSlope'))}, "
+            f"{printable(holder.get('RescaleIntercept'))}) are not finite numbers; fix or remove them and re-export"
         )
     return slope, intercept
 
