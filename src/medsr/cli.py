@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="paper", choices=PROTOCOLS)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--limit", type=int, help="evaluate at most this many images, spread evenly over the split (every class); "
-                                                    "each slice of a volume counts as one")
+                                             "each slice of a volume counts as one")
     p.add_argument("--out", default="evaluation", type=_path, help="folder for per_image.csv, summary.csv, results.json")
     p.add_argument("--task", default="quality", choices=["quality", "classify"],
                    help="quality: PSNR/SSIM/MS-SSIM; classify: does a classifier trained on HR images still get the "
