@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import zlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -794,3 +795,58 @@ def test_an_enhanced_files_rescale_in_its_functional_groups_gives_its_values(tmp
     ds.save_as(tmp_path / "varying.dcm")
     with pytest.raises(MedsrError, match=r"varying\.dcm: its frames have 2 different rescale slopes/intercepts"):
         read_image(tmp_path / "varying.dcm")
+
+
+def test_a_label_map_and_a_cifti_file_are_refused_in_one_line(tmp_path):
+    labels = np.zeros((12, 10, 4), np.int16)
+    labels[3:9, 2:8], labels[5:7, 4:6] = 10, 20
+    image = nib.Nifti1Image(labels, np.diag([2.0, 2.0, 5.0, 1.0]))
+    image.header.set_intent("label", (), name="aseg")
+    nib.save(image, tmp_path / "aseg.nii.gz")
+    with pytest.raises(MedsrError, match=r"aseg\.nii\.gz: a label map .*nearest-neighbour"):
+        read_image(tmp_path / "aseg.nii.gz")
+    image.header.set_intent("t test", (10,))  # a statistics map is values: read
+    nib.save(image, tmp_path / "tstat.nii.gz")
+    assert read_image(tmp_path / "tstat.nii.gz").pixels.shape == (4, 12, 10)
+    cifti = Path(nib.__file__).parent / "tests" / "data" / "row_major.dconn.nii"  # nibabel's own CIFTI-2 example
+    shutil.copy(cifti, tmp_path / "conn.dconn.nii")
+    with pytest.raises(MedsrError, match=r"conn\.dconn\.nii: a CIFTI-2 file, not a NIfTI volume"):
+        read_image(tmp_path / "conn.dconn.nii")
+
+
+def test_a_2d_nifti_is_drawn_upright_as_the_same_image_stored_as_one_slice(tmp_path):
+    """Rows toward anterior (a positive y step) are drawn bottom-up, as a 3-D file's slice is; medsr's
+    own 2-D NIfTI of a PNG comes back as the PNG was (columns stay along x)."""
+    affine = np.diag([-0.5, 0.5, 1.0, 1.0])
+    data = np.full((24, 20), 100, np.int16)
+    data[17:, 14:] = 1000  # toward the patient's left and anterior
+    for name, values in (("flat.nii", data), ("slice.nii", data[..., None])):
+        nib.save(nib.Nifti1Image(values, affine), tmp_path / name)
+    drawn = [np.asarray(PILImage.open(write_image(tmp_path / f"{name}.png", read_image(tmp_path / f"{name}.nii"), scale=1,
+                                                  model_name="m"))) for name in ("flat", "slice")]
+    np.testing.assert_array_equal(drawn[0], drawn[1])
+    assert drawn[0][:6, -6:].min() > drawn[0][-6:, -6:].max()  # anterior at the top
+    png = np.zeros((20, 24), np.uint8)
+    png[:5, :6] = 255
+    PILImage.fromarray(png).save(tmp_path / "p.png")
+    write_image(tmp_path / "p.nii", read_image(tmp_path / "p.png"), scale=1, model_name="m")
+    back = np.asarray(PILImage.open(write_image(tmp_path / "back.png", read_image(tmp_path / "p.nii"), scale=1, model_name="m")))
+    assert back[:5, :6].min() > back[5:, 6:].max()
+
+
+@pytest.mark.parametrize("units, per_mm", [("micron", 1000.0), ("meter", 0.001)])
+def test_slice_spacing_is_millimetres_whatever_the_files_units(tmp_path, units, per_mm):
+    image = nib.Nifti1Image(np.random.default_rng(0).random((16, 12, 4)).astype(np.float32),
+                            np.diag([2.0 * per_mm, 2.0 * per_mm, 6.0 * per_mm, 1.0]))
+    image.header.set_xyzt_units(units, "sec")
+    nib.save(image, tmp_path / "v.nii")
+    medsr.upscale_file(tmp_path / "v.nii", tmp_path / "thin.nii", through_plane=True, slice_spacing=3.0)  # 6 mm -> 3 mm
+    out = nib.load(tmp_path / "thin.nii")
+    assert out.shape == (16, 12, 8) and out.header.get_xyzt_units()[0] == units
+    assert out.header.get_zooms()[2] == pytest.approx(3.0 * per_mm) and out.affine[2, 2] == pytest.approx(3.0 * per_mm)
+
+
+def test_one_slice_is_said_along_the_files_own_axis(tmp_path):
+    nib.save(nib.Nifti1Image(np.ones((24, 20, 1), np.float32), np.diag([2.0, 2.0, 5.0, 1.0])), tmp_path / "one.nii")
+    with pytest.raises(MedsrError, match=r"one\.nii: only 1 slice along its slice axis \(axis 2 of the file\)"):
+        medsr.upscale_file(tmp_path / "one.nii", tmp_path / "out.nii", through_plane=True)

@@ -315,6 +315,9 @@ def through_plane_image(image: Image, options: ThroughPlane) -> Image:
 
     spacing = nifti.slice_spacing(image.meta)
     volumes = np.split(image.pixels, nifti.volume_count(image.meta))
+    if len(volumes[0]) < 2:  # said in the file's axes, not the slices-first stack's
+        raise MedsrError(f"{image.meta.path}: only {len(volumes[0])} slice along its slice axis (axis {image.meta.slice_axis} of "
+                         f"the file); through-plane SR needs at least 2 slices")
     options = options.adapted_on(volumes[0], spacing, image.meta.pixel_spacing, image.meta.path) if len(volumes) > 1 else options
     results = [options.apply(volume, spacing, image.meta.pixel_spacing, image.meta.path) for volume in volumes]
     return Image(np.concatenate([result.array for result in results]), nifti.resliced(image.meta, results[0].spacing[0]))

@@ -28,6 +28,9 @@ def _in_plane_axes(ndim: int, slice_axis: int | None) -> list[int]:
 _DECODE_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, OverflowError, zlib.error)
 
 
+_LABEL_INTENTS = ("label", "neuroname")  # NIFTI_INTENT_LABEL / NEURONAME: a segmentation's values are label indices
+
+
 def _not_readable(path: Path, err: Exception) -> MedsrError:
     reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
     return MedsrError(f"{path}: not a readable NIfTI file (truncated or corrupt: {reason}); check the file or re-export it")
@@ -40,6 +43,13 @@ def _load(path: Path, max_pixels: int = MAX_PIXELS):
         shape = tuple(int(n) for n in img.shape)
     except _DECODE_ERRORS as err:
         raise _not_readable(path, err)
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):  # CIFTI-2 (.dconn.nii, .dtseries.nii) loads as its own type
+        kind = "CIFTI-2" if isinstance(img, nib.Cifti2Image) else type(img).__name__
+        raise MedsrError(f"{path}: a {kind} file, not a NIfTI volume; medsr upscales volumes (for CIFTI, upscale the volume "
+                         f"it was made from)")
+    if img.header.get_intent()[0] in _LABEL_INTENTS:
+        raise MedsrError(f"{path}: a label map (NIfTI intent '{img.header.get_intent()[0]}'): its values are labels, which "
+                         f"upscaling would blend into labels that do not exist; resample it with nearest-neighbour interpolation instead")
     # Trailing singleton dimensions (e.g. X*Y*Z*1 exported as 4-D) carry no data.
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -74,7 +84,7 @@ def read_nifti(path: Path, *, slice_axis: int | None = None, max_pixels: int = M
     if data.ndim < 2 or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
         raise MedsrError(f"{path}: NIfTI data of shape {data.shape} and type {data.dtype} is not a grayscale image or volume; convert it first")
 
-    zooms = [float(z) for z in img.header.get_zooms()[: min(data.ndim, 3)]]
+    zooms = [float(z) * mm_per_unit(img.header) for z in img.header.get_zooms()[: min(data.ndim, 3)]]
     if data.ndim >= 3:
         if slice_axis is None:
             # Slices across the coarsest axis; ties go to the last axis (the usual slice axis).
@@ -134,13 +144,16 @@ def display_view(meta: ImageMeta) -> tuple[bool, bool, bool]:
     (read_nifti's rows and columns: its two in-plane axes in file order) as a DICOM viewer draws the
     scan: across the screen toward the patient's left (toward posterior for sagittal slices), down
     the screen toward posterior (axial slices) or inferior (coronal and sagittal). So a volume that
-    dcm2niix made from a series is drawn as the series is. Any other image: as it is."""
-    if meta.format != "nifti" or meta.slice_axis is None or meta.source is None:
+    dcm2niix made from a series is drawn as the series is. A 2-D file keeps its columns along x (as
+    medsr writes one from a PNG or a DICOM file) and is only turned upright. Any other image: as it is."""
+    if meta.format != "nifti" or meta.source is None:
         return False, False, False
-    rows_axis, columns_axis = _in_plane_axes(3, meta.slice_axis)
+    rows_axis, columns_axis = (1, 0) if meta.slice_axis is None else _in_plane_axes(3, meta.slice_axis)
     lps = np.asarray(meta.source.affine, dtype=np.float64)[:3, :3] * np.array([[-1.0], [-1.0], [1.0]])  # RAS -> DICOM's LPS
     down, across = lps[:, rows_axis], lps[:, columns_axis]
     normal = int(np.abs(np.cross(down, across)).argmax())  # 0: sagittal, 1: coronal, 2: axial slices
+    if meta.slice_axis is None:
+        return False, bool(down[1] < 0) if normal == 2 else bool(down[2] > 0), False
     sideways = 1 if normal == 0 else 0  # the world axis drawn across the screen: y for sagittal slices, else x
     transpose = bool(abs(down[sideways]) > abs(across[sideways]))
     if transpose:
@@ -193,11 +206,16 @@ def slice_spacing(meta: ImageMeta) -> float:
                          "through-plane super-resolution needs a whole series or a 3-D NIfTI volume")
     if meta.format != "nifti" or meta.slice_axis is None:
         raise MedsrError(f"{meta.path}: not a 3-D NIfTI volume; through-plane super-resolution needs one (or a DICOM series)")
-    return float(meta.source.header.get_zooms()[meta.slice_axis])
+    return float(meta.source.header.get_zooms()[meta.slice_axis]) * mm_per_unit(meta.source.header)
+
+
+def mm_per_unit(header) -> float:
+    """Millimetres per unit of the file's voxel sizes (xyzt_units; unknown is taken as mm)."""
+    return {"meter": 1000.0, "micron": 0.001}.get(header.get_xyzt_units()[0], 1.0)
 
 
 def resliced(meta: ImageMeta, new_spacing: float) -> ImageMeta:
-    """The metadata of the same volume on a finer grid along its slice axis, over the same field of
+    """The metadata of the same volume on a finer grid (new_spacing in mm) along its slice axis, over the same field of
     view: N slices of spacing d become N' = N*d/t' slices of spacing t', the first centre at the old
     first slice's edge + t'/2. write_nifti then writes the matching affine and zooms."""
     source, axis = meta.source, meta.slice_axis
@@ -209,7 +227,7 @@ def resliced(meta: ImageMeta, new_spacing: float) -> ImageMeta:
     if header.get_dim_info()[2] in (None, axis):  # slice timing describes the old slices: not these
         header["slice_code"], header["slice_start"], header["slice_end"], header["slice_duration"] = 0, 0, 0, 0
     zooms = list(header.get_zooms())
-    zooms[axis] = new_spacing
+    zooms[axis] = new_spacing / mm_per_unit(header)  # in the file's own units
     _transform_forms(header, lambda affine: affine @ step)
     header.set_zooms(zooms)
     return dataclasses.replace(meta, source=type(source)(source.dataobj, header.get_best_affine(), header))
