@@ -276,6 +276,17 @@ def test_colour_inputs_are_said_to_become_gray_and_gray_saved_as_rgb_is_not(tmp_
     assert f"colour.png: {raster.COLOUR_NOTE}" in result.stderr and "gray-as-rgb.jpg: in colour" not in result.stderr
 
 
+def test_progress_rate_and_eta_leave_out_files_skipped_as_complete():
+    """A resumed run: 20 of 22 files were complete; after 10 s one more is done: 0.10 files/s, ETA 10 s (not 0)."""
+    import io
+
+    progress = batch.Progress(22, stream=io.StringIO())
+    progress.counts, progress.start = {"done": 1, "skipped": 20, "failed": 0}, 0.0
+    assert progress.line(21, 10.0) == "upscale: 21/22 files (1 done, 20 skipped, 0 failed), 0.10 files/s, ETA 00:10"
+    progress.counts = {"done": 0, "skipped": 20, "failed": 0}
+    assert progress.line(20, 10.0).endswith("0.00 files/s, ETA ?")
+
+
 def test_cli_summary_csv_progress_and_exit_code(tmp_path, tiny_model, medsr_cli):
     src, out = make_inputs(tmp_path / "in", 12), tmp_path / "out"
     (src / "broken.png").write_bytes(b"not a png")
@@ -561,3 +572,18 @@ def test_names_near_the_file_systems_limit(tmp_path, medsr_cli):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 1 and "over the 255 that file systems allow; rename the input shorter" in result.stdout, result.stdout
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["ok.png", "ok.uncertainty.png"]  # nothing of the refused one
+
+
+def test_running_out_of_memory_is_said_so_not_blamed_on_the_file(tmp_path, monkeypatch):
+    """A MemoryError while writing a DICOM is not 'the source is damaged'; the batch's line names what helps."""
+    from medsr.io import dicom
+
+    def no_memory(*args):
+        raise MemoryError("Unable to allocate 1.07 GiB")
+
+    monkeypatch.setattr(dicom, "_write_dicom", no_memory)
+    with pytest.raises(MemoryError):
+        dicom.write_dicom(tmp_path / "x.dcm", None, scale=3, model_name="m")
+    result = batch._failure(batch.Job(tmp_path / "big.dcm", tmp_path / "out" / "big.dcm"), MemoryError(), 1.0)
+    assert result.status == "failed" and result.reason.startswith(f"{tmp_path / 'big.dcm'}: not enough memory")
+    assert "--streams 1" in result.reason and "damaged" not in result.reason

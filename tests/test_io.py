@@ -299,8 +299,8 @@ def test_a_derived_dicom_moves_what_is_given_in_pixels_and_keeps_its_lossy_histo
     ds = pydicom.dcmread(path)
     overlay = np.zeros((8, 10), np.uint8)
     overlay[2:4, 5:9] = 1
-    for element, vr, value in ((0x0010, "US", 8), (0x0011, "US", 10), (0x0040, "CS", "G"), (0x0050, "SS", [1, 1]),
-                               (0x0100, "US", 1), (0x0102, "US", 0), (0x3000, "OW", pack_bits(overlay.ravel()))):
+    for element, vr, value in ((0x0010, "US", 8), (0x0011, "US", 10), (0x0015, "IS", 1), (0x0040, "CS", "G"),
+                               (0x0050, "SS", [1, 1]), (0x0100, "US", 1), (0x0102, "US", 0), (0x3000, "OW", pack_bits(overlay.ravel()))):
         ds.add_new((0x6000, element), vr, value)
     ds.save_as(path)
     image = read_image(path)
@@ -850,3 +850,46 @@ def test_one_slice_is_said_along_the_files_own_axis(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((24, 20, 1), np.float32), np.diag([2.0, 2.0, 5.0, 1.0])), tmp_path / "one.nii")
     with pytest.raises(MedsrError, match=r"one\.nii: only 1 slice along its slice axis \(axis 2 of the file\)"):
         medsr.upscale_file(tmp_path / "one.nii", tmp_path / "out.nii", through_plane=True)
+
+
+def test_conversions_a_block_of_rows_at_a_time_give_the_whole_arrays_numbers(monkeypatch, tmp_path):
+    from medsr.io import types
+
+    monkeypatch.setattr(types, "STRIP_VALUES", 50)  # many blocks, a last one short
+    pixels = np.random.default_rng(3).random((3, 37, 41)).astype(np.float32) * 1.2 - 0.1
+    np.testing.assert_array_equal(to_uint(pixels, 16), np.rint(np.clip(pixels.astype(np.float64), 0, 1) * 65535).astype(np.uint16))
+    path, data, _ = make_nifti(tmp_path / "v.nii", shape=(41, 37, 3))
+    image = read_image(path)
+    write_image(tmp_path / "same.nii", image, scale=1, model_name="m")
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / "same.nii").dataobj), data)
+
+
+def test_an_ultrasound_images_calibrated_regions_measure_the_same_on_the_new_grid(tmp_path):
+    """Region corners (from 0 at the top left) and the reference pixel moved, the physical size of a pixel
+    divided: columns 10-29 of 0.02 cm each are columns 30-89 of 0.02/3 cm (the same 0.4 cm wide)."""
+    region = Dataset()
+    region.RegionLocationMinX0, region.RegionLocationMinY0, region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 10, 5, 29, 14
+    region.ReferencePixelX0, region.ReferencePixelY0 = 4, 0
+    region.PhysicalDeltaX, region.PhysicalDeltaY, region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection = 0.02, 0.05, 3, 3
+    path = make_dicom(tmp_path / "us.dcm", RNG.integers(0, 4096, size=(20, 40)), spacing=None, SequenceOfUltrasoundRegions=[region])
+    image = read_image(path)
+    out = pydicom.dcmread(write_image(tmp_path / "x3.dcm", type(image)(np.kron(image.pixels, np.ones((3, 3))), image.meta), scale=3))
+    moved = out.SequenceOfUltrasoundRegions[0]
+    assert (moved.RegionLocationMinX0, moved.RegionLocationMinY0, moved.RegionLocationMaxX1, moved.RegionLocationMaxY1) == (30, 15, 89, 44)
+    assert (moved.ReferencePixelX0, moved.ReferencePixelY0) == (13, 1)  # the centres of the same old pixels
+    assert moved.PhysicalDeltaX == pytest.approx(0.02 / 3) and moved.PhysicalDeltaY == pytest.approx(0.05 / 3)
+    width = (moved.RegionLocationMaxX1 - moved.RegionLocationMinX0 + 1) * moved.PhysicalDeltaX
+    assert width == pytest.approx((29 - 10 + 1) * 0.02)
+
+
+def test_a_modality_lut_files_nifti_is_refused_rather_than_stored_values(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    source = tmp_path / "mlut.dcm"
+    source.write_bytes(open(get_testdata_file("mlut_18.dcm"), "rb").read())
+    image = read_image(source)
+    with pytest.raises(MedsrError, match=r"mlut\.dcm: its values are given by a Modality LUT Sequence"):
+        write_image(tmp_path / "mlut.nii.gz", image, scale=1, model_name="m")
+    assert not (tmp_path / "mlut.nii.gz").exists()
+    write_image(tmp_path / "out.dcm", image, scale=1, model_name="m")  # the DICOM keeps the LUT and the stored values
+    assert "ModalityLUTSequence" in pydicom.dcmread(tmp_path / "out.dcm")

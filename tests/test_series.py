@@ -588,3 +588,28 @@ def test_unreadable_file_is_its_own_slice_by_slice_entry(tmp_path):
     assert messages[1].startswith(f"{folder / 'text.dcm'}: not a DICOM file")
     assert not any("\n" in m for m in messages)
     assert [s.spatial for s in found] == [True, False, False]  # only the real series could have been a volume
+
+
+def test_a_file_whose_number_of_frames_is_damaged_fails_alone(tmp_path):
+    """pydicom's badVR.dcm has NumberOfFrames '1A': the folder scan goes on (it raised ValueError and stopped the run)."""
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "bad.dcm").write_bytes(open(get_testdata_file("badVR.dcm"), "rb").read())
+    (tmp_path / "good.dcm").write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    found = S.scan_series(tmp_path)
+    assert any(serie.paths == [tmp_path / "good.dcm"] for serie in found)
+    with pytest.raises(MedsrError, match=r"bad\.dcm: DICOM Rows/Columns/NumberOfFrames/SamplesPerPixel are not whole numbers"):
+        read_image(tmp_path / "bad.dcm")
+
+
+@needs_dciodvfy
+def test_an_enhanced_mr_without_functional_groups_gets_no_new_dciodvfy_errors(tmp_path):
+    """emri_small is an Enhanced MR object that lacks its functional groups: it is still enhanced (its
+    ImageType and pulse sequence elements as such), so its derived file adds no error of its own."""
+    from pydicom.data import get_testdata_file
+
+    source = tmp_path / "emri.dcm"
+    source.write_bytes(open(get_testdata_file("emri_small.dcm"), "rb").read())
+    image = read_image(source)
+    out = write_image(tmp_path / "x3.dcm", type(image)(np.kron(image.pixels, np.ones((1, 3, 3))), image.meta), scale=3)
+    assert dciodvfy_errors(out) <= dciodvfy_errors(source)

@@ -541,7 +541,7 @@ async def _in_thread(function, *args):
     try:
         return await run_in_threadpool(function, *args)
     except MemoryError:
-        raise UserError("not enough memory to upscale this image here; try a smaller image or 'medsr upscale --tile 128'", 507) from None
+        raise UserError("not enough memory to upscale this image here; try a smaller image, or 'medsr upscale' on a machine with more memory", 507) from None
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, models: list[str] | None = None, max_upload_mb: float = 50,

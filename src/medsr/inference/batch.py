@@ -342,7 +342,8 @@ def remove_temp_files(jobs: Iterable[Job]) -> int:
 
 def _failure(job: Job, err: Exception, seconds: float) -> JobResult:
     if isinstance(err, MemoryError):
-        err = MedsrError(f"{job.input}: not enough memory to upscale this image; lower --tile or use a machine with more memory")
+        err = MedsrError(f"{job.input}: not enough memory for this image and its output; run it with --streams 1 (one file at a "
+                         "time), a smaller --scale, or on a machine with more memory (--tile bounds only the model's own part)")
     elif not isinstance(err, (MedsrError, OSError)):  # a bug of medsr's: this job fails, the batch goes on
         log.debug("%s failed", job.input, exc_info=err)
         err = MedsrError(f"{job.input}: unexpected {type(err).__name__} ({err}); this is a medsr bug: please report it "
@@ -750,15 +751,20 @@ class Progress:
         for item in result.files:
             tqdm.write(f"{result.job.input} -> {item['path']}")
         self.counts[result.status] += 1
-        self.bar.update(1)
+        if result.status == "skipped":  # complete already: out of the bar's count, so its files/s and ETA are of real work
+            self.bar.total -= 1
+            self.bar.set_postfix_str(f"{self.counts['skipped']} skipped (complete)")
+        else:
+            self.bar.update(1)
         now, finished = time.perf_counter(), sum(self.counts.values())
         if self.plain and finished < self.total and (finished % self.every == 0 or now - self.last >= self.seconds):
             self.last = now
             print(self.line(finished, now), file=self.stream, flush=True)
 
     def line(self, finished: int, now: float) -> str:
-        """'upscale: 20/40 files (18 done, 1 skipped, 1 failed), 2.10 files/s, ETA 00:09'."""
-        rate = finished / max(now - self.start, 1e-9)
+        """'upscale: 20/40 files (18 done, 1 skipped, 1 failed), 2.10 files/s, ETA 00:09': the rate of the files
+        upscaled or failed, not of those skipped as complete (a resumed run's would promise an ETA of 0)."""
+        rate = (finished - self.counts["skipped"]) / max(now - self.start, 1e-9)
         eta = tqdm.format_interval((self.total - finished) / rate) if rate > 0 else "?"
         counts = ", ".join(f"{n} {status}" for status, n in self.counts.items())
         return f"upscale: {finished}/{self.total} files ({counts}), {rate:.2f} files/s, ETA {eta}"

@@ -1,7 +1,7 @@
 """Upscale arrays of any size: tiling with overlap, precision, devices.
 
-Memory stays bounded because the model only ever sees one tile (plus its overlap margin) at a
-time; only the input and output arrays are whole. With an overlap at least as wide as the
+The model's memory stays bounded because it only ever sees one tile (plus its overlap margin) at a
+time; the input and output arrays are whole (the output is scaled back in place, no copies). With an overlap at least as wide as the
 model's receptive field, tiled and untiled results are the same up to float rounding.
 Two runtimes share that tiling: PyTorch (`Upscaler`) and onnxruntime (`OnnxUpscaler`, fp32).
 """
@@ -75,14 +75,22 @@ class TiledUpscaler:
                     sr[top * s : bottom * s, left * s : right * s] = out[
                         (top - t0) * s : (bottom - t0) * s, (left - l0) * s : (right - l0) * s
                     ]
-        return np.clip(sr * span + lo, 0.0, 1.0)
+        sr *= span  # in place: the output is the one whole-size array
+        sr += lo
+        return np.clip(sr, 0.0, 1.0, out=sr)
 
     def upscale(self, pixels01: np.ndarray) -> np.ndarray:
         """(H, W) or (N, H, W) [0, 1] -> upscaled, each frame / slice on its own."""
         _check_unit(pixels01)
         if pixels01.ndim == 2:
             return self.upscale_plane(pixels01)
-        return np.stack([self.upscale_plane(plane) for plane in pixels01])
+        out = None
+        for index, plane in enumerate(pixels01):  # into one array as they come (not a list of planes, then a stacked copy)
+            sr = self.upscale_plane(plane)
+            if out is None:
+                out = np.empty((len(pixels01), *sr.shape), sr.dtype)
+            out[index] = sr
+        return out
 
 
 class Upscaler(TiledUpscaler):

@@ -33,6 +33,7 @@ from medsr.io.types import (
     MAX_PIXELS,
     Image,
     ImageMeta,
+    by_rows,
     printable,
     quiet_libraries,
     to_uint,
@@ -43,14 +44,14 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1", JPEGLSNearLossless: "ISO_14495_1"}
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage: labels, not intensities
 SERIES_NUMBER_OFFSET = 1000  # a derived series is numbered its source's SeriesNumber + 1000
-# The enhanced MR Pulse Sequence module's elements that only an ORIGINAL or MIXED image may hold
+# The enhanced MR Pulse Sequence (and Bulk Motion Synchronization) elements that only an ORIGINAL or MIXED image may hold
 # (dciodvfy: "present when condition unsatisfied" once ImageType says DERIVED).
 _ORIGINAL_ONLY_PULSE_SEQUENCE = (
     "PulseSequenceName", "MRAcquisitionType", "EchoPulseSequence", "MultipleSpinEcho", "MultiPlanarExcitation",
     "PhaseContrast", "TimeOfFlightContrast", "ArterialSpinLabelingContrast", "SteadyStatePulseSequence",
     "EchoPlanarPulseSequence", "SaturationRecovery", "SpectrallySelectedSuppression", "OversamplingPhase",
     "GeometryOfKSpaceTraversal", "RectilinearPhaseEncodeReordering", "SegmentedKSpaceTraversal", "CoverageOfKSpace",
-    "NumberOfKSpaceTrajectories",
+    "NumberOfKSpaceTrajectories", "BulkMotionCompensationTechnique",
 )
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
@@ -73,7 +74,8 @@ def _decoder_fix(syntax, reason: str) -> str:
         return "no decoder medsr uses (pydicom's) reads it; re-export the file uncompressed, e.g. dcmdjpeg in.dcm out.dcm"
     if not decoder.is_available:
         return "its decoder is not installed; install the pylibjpeg plugins (pylibjpeg-libjpeg, pylibjpeg-openjpeg) or re-export uncompressed"
-    return f"{reason[:120]}; the compressed data is damaged, re-export the file"
+    said = reason[:120].rstrip(" :")  # pydicom's first line may end where its list of plugins' errors begins
+    return f"{said}; the compressed data is damaged, re-export the file"
 
 
 def stored_range(ds: Dataset) -> tuple[int, int]:
@@ -251,6 +253,8 @@ def _read_dicom(path: Path, max_pixels: int) -> Image:
         raise MedsrError(f"{path}: DICOM transfer syntax '{printable(syntax)}' is not a known transfer syntax; the header is damaged, re-export the file")
     try:
         stored = ds.pixel_array
+    except MemoryError:
+        raise  # not a damaged file: the batch says so
     except Exception as err:
         reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         if compressed:
@@ -332,26 +336,32 @@ def voi_lut01(pixels: np.ndarray, meta: ImageMeta) -> np.ndarray | None:
 
 def _to_stored(pixels: np.ndarray, ds: Dataset, meta: ImageMeta) -> np.ndarray:
     """Inverse of read_dicom's normalisation: [0,1] -> stored integers of the source file."""
-    if meta.photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels  # back to the file's inverted convention
     lo, hi = stored_range(ds)
     slope, intercept = (1.0, 0.0) if meta.photometric in _COLOR else rescale(ds)
     vlo, vhi = meta.value_range
-    values = vlo + np.clip(pixels.astype(np.float64), 0.0, 1.0) * (vhi - vlo)
-    stored = np.clip(np.rint((values - intercept) / slope), lo, hi)
+    inverted = meta.photometric == "MONOCHROME1"  # back to the file's inverted convention
+
+    def stored(rows: np.ndarray) -> np.ndarray:
+        unit = np.clip(rows.astype(np.float64), 0.0, 1.0)
+        values = vlo + (1.0 - unit if inverted else unit) * (vhi - vlo)
+        return np.clip(np.rint((values - intercept) / slope), lo, hi)
+
     signed = lo < 0
     dtype = {8: np.int8 if signed else np.uint8, 16: np.int16 if signed else np.uint16}.get(
         int(ds.BitsAllocated), np.int32 if signed else np.uint32
     )
-    return stored.astype(dtype)
+    return by_rows(stored, pixels, dtype)
 
 
-def real_values(pixels: np.ndarray, meta: ImageMeta) -> np.ndarray:
+def real_values(pixels: np.ndarray, meta: ImageMeta, dtype=np.float64) -> np.ndarray:
     """read_dicom's [0, 1] pixels as the real values (after the rescale) that the file can hold: its
-    stored integers' grid, in its own convention (MONOCHROME1 not inverted), float64."""
+    stored integers' grid, in its own convention (MONOCHROME1 not inverted), as `dtype`."""
     ds = meta.source
+    if "ModalityLUTSequence" in ds:  # its real values are a lookup table of the stored ones, which medsr does not apply
+        raise MedsrError(f"{meta.path}: its values are given by a Modality LUT Sequence, which medsr does not apply, so its NIfTI "
+                         f"would hold stored values; upscale it to DICOM (which keeps the LUT) or convert it with dcm2niix")
     slope, intercept = (1.0, 0.0) if meta.photometric in _COLOR else rescale(ds)
-    return _to_stored(pixels, ds, meta).astype(np.float64) * slope + intercept
+    return by_rows(lambda rows: rows.astype(np.float64) * slope + intercept, _to_stored(pixels, ds, meta), dtype)
 
 
 def _secondary_capture(meta: ImageMeta) -> Dataset:
@@ -417,13 +427,32 @@ def _scale_shutters(ds: Dataset, scale: float) -> None:
             setattr(ds, keyword, [round((int(v) - 0.5) * scale + 0.5) for v in ds[keyword].value])
 
 
+def _scale_ultrasound_regions(ds: Dataset, scale: float) -> None:
+    """An ultrasound image's calibrated regions (PS3.3 C.8.5.5) on the new grid: their corners (pixel
+    coordinates from 0 at the top left) and reference pixel moved, their physical size per pixel
+    divided, so that a measurement on the upscaled image gives the same millimetres or seconds."""
+    for region in ds.get("SequenceOfUltrasoundRegions") or []:
+        for keyword, end in (("RegionLocationMinX0", "first"), ("RegionLocationMinY0", "first"),
+                             ("RegionLocationMaxX1", "last"), ("RegionLocationMaxY1", "last")):
+            if region.get(keyword) is not None:
+                edge = int(region.get(keyword))
+                setattr(region, keyword, round(edge * scale) if end == "first" else round((edge + 1) * scale) - 1)
+        for keyword in ("ReferencePixelX0", "ReferencePixelY0"):  # a pixel centre, from the region's first pixel
+            if region.get(keyword) is not None:
+                setattr(region, keyword, round((int(region.get(keyword)) + 0.5) * scale - 0.5))
+        for keyword in ("PhysicalDeltaX", "PhysicalDeltaY"):
+            if region.get(keyword) is not None:
+                setattr(region, keyword, float(region.get(keyword)) / scale)
+
+
 def _scale_overlays(ds: Dataset, scale: float) -> None:
     """Overlay planes (groups 60xx) on the new grid: their bits repeated scale x scale, the origin
     moved. One that cannot be redrawn so (a fractional scale, several frames, bits kept in the
     pixel data) is dropped rather than left where it no longer belongs."""
     for group in sorted({elem.tag.group for elem in ds if 0x6000 <= elem.tag.group <= 0x601E and elem.tag.group % 2 == 0}):
         try:
-            if scale != int(scale) or int(ds.get((group, 0x0015), 1) or 1) != 1:  # NumberOfFramesInOverlay
+            frames = ds[group, 0x0015].value if (group, 0x0015) in ds else 1  # NumberOfFramesInOverlay
+            if scale != int(scale) or int(frames or 1) != 1:
                 raise ValueError("no integer scale of one frame")
             factor, bits = int(scale), ds.overlay_array(group)
             ds[group, 0x0010].value, ds[group, 0x0011].value = bits.shape[0] * factor, bits.shape[1] * factor  # rows, columns
@@ -508,8 +537,8 @@ def write_dicom(path: Path, image: Image, *, scale: float, model_name: str, targ
     try:
         with quiet_libraries():
             _write_dicom(path, image, scale, model_name, name)
-    except (MedsrError, OSError):
-        raise  # atomic_write turns OSError into a MedsrError naming the target
+    except (MedsrError, OSError, MemoryError):
+        raise  # atomic_write turns OSError into a MedsrError naming the target; the batch says what MemoryError is
     except Exception as err:
         # The derived header is a copy of the source's, and a damaged source header (a file that
         # still read) can fail here in as many ways as pydicom has exceptions.
@@ -561,6 +590,7 @@ def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> 
         _shift_to_finer_grid(ds, scale)
         _divide_spacing(ds, scale)
         _scale_shutters(ds, scale)
+        _scale_ultrasound_regions(ds, scale)
         _scale_overlays(ds, scale)
         method = LOSSY_METHODS.get(str(getattr(getattr(meta.source, "file_meta", None), "TransferSyntaxUID", "")))
         if method and str(ds.get("LossyImageCompression", "")) != "01":  # once lossy, always said (PS3.3 C.7.6.1.1.5)
@@ -568,7 +598,8 @@ def derived_dataset(image: Image, scale: float, model_name: str, name: Path) -> 
         kept = list(ds.get("ImageType", []))
         kept = [kept] if isinstance(kept, str) else kept
         # Enhanced (functional group) objects allow only PRIMARY or MIXED as the second value.
-        enhanced = "PerFrameFunctionalGroupsSequence" in ds
+        sop_class = UID(str(ds.get("SOPClassUID", ""))).name  # an enhanced class, even where its functional groups are missing
+        enhanced = "PerFrameFunctionalGroupsSequence" in ds or sop_class.startswith(("Enhanced", "Legacy Converted Enhanced"))
         ds.ImageType = ["DERIVED", "PRIMARY" if enhanced else "SECONDARY", *kept[2:]]
         for keyword in _ORIGINAL_ONLY_PULSE_SEQUENCE if enhanced else ():
             if keyword in ds:

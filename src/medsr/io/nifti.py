@@ -16,7 +16,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from medsr.errors import MedsrError, TooLargeError
-from medsr.io.types import MAX_PIXELS, Image, ImageMeta, quiet_libraries
+from medsr.io.types import MAX_PIXELS, Image, ImageMeta, by_rows, quiet_libraries
 
 
 def _in_plane_axes(ndim: int, slice_axis: int | None) -> list[int]:
@@ -286,24 +286,27 @@ def _dicom_affine(meta: ImageMeta, row: float, col: float) -> np.ndarray | None:
 
 def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, target: Path | None = None) -> None:
     meta = image.meta
-    pixels = image.pixels.astype(np.float64)
+    pixels = image.pixels
     lo, hi = meta.value_range
-    values = lo + np.clip(pixels, 0.0, 1.0) * (hi - lo)
     source = meta.source if meta.format == "nifti" and isinstance(meta.source, nib.Nifti1Image) else None
+
+    def real(rows: np.ndarray, dtype=np.float64) -> np.ndarray:  # [0, 1] -> the source's values (by_rows: in blocks)
+        values = lo + np.clip(rows.astype(np.float64), 0.0, 1.0) * (hi - lo)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            values = np.clip(np.rint(values), info.min, info.max)
+        return values
 
     if source is not None:
         slice_axis = meta.slice_axis if pixels.ndim == 3 else None
         if pixels.ndim == 3 and slice_axis is None:
             slice_axis = 2  # a stack from a 2-D source: slices become the third axis
+        dtype = np.dtype(meta.extra.get("dtype", "float32"))
+        values = by_rows(lambda rows: real(rows, dtype), pixels, dtype)
         volumes = volume_count(meta)
         if volumes > 1:  # every volume's slices in turn -> (slices, rows, columns, volumes)
             values = np.moveaxis(values.reshape(volumes, -1, *values.shape[1:]), 0, 3)
         data = np.moveaxis(values, 0, slice_axis) if slice_axis is not None else values.T  # 2-D: columns along x
-        dtype = np.dtype(meta.extra.get("dtype", "float32"))
-        if np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            data = np.clip(np.rint(data), info.min, info.max)
-        data = data.astype(dtype)
         if data.ndim < len(source.shape) and all(n == 1 for n in source.shape[data.ndim:]):
             data = data.reshape(data.shape + (1,) * (len(source.shape) - data.ndim))  # a 4-D file of one volume stays 4-D
         header = source.header.copy()
@@ -314,9 +317,9 @@ def write_nifti(path: Path, image: Image, *, scale: float, model_name: str, targ
         if meta.format == "dicom" and meta.source is not None:
             from medsr.io import dicom  # pydicom loads only for DICOM sources
 
-            values = dicom.real_values(pixels, meta)
-        elif meta.photometric == "MONOCHROME1":
-            values = hi - (values - lo)
+            values = dicom.real_values(pixels, meta, np.float32)
+        else:
+            values = by_rows(real, 1.0 - pixels if meta.photometric == "MONOCHROME1" else pixels, np.float32)
         slice_axis = 2 if pixels.ndim == 3 else None
         data = np.ascontiguousarray(values.T if pixels.ndim == 2 else np.transpose(values, (2, 1, 0)), dtype=np.float32)
         header = nib.Nifti1Header()

@@ -279,7 +279,10 @@ def _file_slices(path: Path) -> tuple[str, list[_Slice]]:
     uid = str(ds.get("SeriesInstanceUID", "") or "")
     if ds.get("PerFrameFunctionalGroupsSequence"):
         return uid, _frame_slices(path, ds)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):  # a damaged header: the file alone fails, in read_dicom's words
+        return "", [_Slice(path, Dataset(), None, None, None, None, (), (), (), problem="its NumberOfFrames is not a whole number")]
     problem = None if has_pixels else f"holds no image (a {kind})" if kind else "has no pixel data (not an image)"
     if frames > 1:
         problem = "is a multi-frame file without per-frame positions"

@@ -41,13 +41,28 @@ class Image:
     meta: ImageMeta
 
 
+STRIP_VALUES = 1 << 20  # values per block in by_rows: its float64 temporaries stay a few MB
+
+
+def by_rows(elementwise, array: np.ndarray, dtype) -> np.ndarray:
+    """`elementwise(array)` cast to `dtype`, computed a block of rows at a time into the result, so
+    that a 12000 x 12000 output's float64 temporaries are not whole-image arrays (the same numbers)."""
+    array = np.asarray(array)
+    out = np.empty(array.shape, dtype)
+    rows_in, rows_out = array.reshape(-1, array.shape[-1]), out.reshape(-1, array.shape[-1])
+    step = max(1, STRIP_VALUES // max(array.shape[-1], 1))
+    for start in range(0, len(rows_in), step):
+        rows_out[start:start + step] = elementwise(rows_in[start:start + step])
+    return out
+
+
 def to_uint(pixels01: np.ndarray, bit_depth: int) -> np.ndarray:
     """[0,1] floats -> integers 0..2**bit_depth-1 (uint8 up to 8 bits, uint16 up to 16)."""
     if not 1 <= bit_depth <= 16:
         raise ValueError(f"bit_depth must be 1..16, got {bit_depth}")
     top = 2**bit_depth - 1
-    values = np.rint(np.clip(np.asarray(pixels01, dtype=np.float64), 0.0, 1.0) * top)
-    return values.astype(np.uint8 if bit_depth <= 8 else np.uint16)
+    return by_rows(lambda rows: np.rint(np.clip(rows.astype(np.float64), 0.0, 1.0) * top), pixels01,
+                   np.uint8 if bit_depth <= 8 else np.uint16)
 
 
 def from_uint(arr: np.ndarray, bit_depth: int) -> np.ndarray:
