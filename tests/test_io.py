@@ -893,3 +893,14 @@ def test_a_modality_lut_files_nifti_is_refused_rather_than_stored_values(tmp_pat
     assert not (tmp_path / "mlut.nii.gz").exists()
     write_image(tmp_path / "out.dcm", image, scale=1, model_name="m")  # the DICOM keeps the LUT and the stored values
     assert "ModalityLUTSequence" in pydicom.dcmread(tmp_path / "out.dcm")
+
+
+def test_a_non_image_object_without_a_preamble_is_said_to_hold_no_image(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "plan.dcm").write_bytes(open(get_testdata_file("ExplVR_LitEndNoMeta.dcm"), "rb").read())  # an RT Ion Plan
+    with pytest.raises(MedsrError, match=r"plan\.dcm: holds no image \(a DICOM RT Ion Plan object\)"):
+        read_image(tmp_path / "plan.dcm")
+    (tmp_path / "noise.dcm").write_bytes(b"not DICOM at all")
+    with pytest.raises(MedsrError, match=r"noise\.dcm: not a DICOM file \(no DICM header\)"):
+        read_image(tmp_path / "noise.dcm")

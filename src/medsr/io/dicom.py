@@ -175,7 +175,8 @@ def read_dataset(path: Path) -> Dataset:
         ds = _parse(path, force=True)
     except Exception:
         ds = None
-    if ds is None or "PixelData" not in ds or "Rows" not in ds:
+    is_image = ds is not None and "PixelData" in ds and "Rows" in ds
+    if not is_image and (ds is None or non_image_class(ds) is None):  # (a report or plan without a preamble: said as such)
         raise MedsrError(f"{path}: not a DICOM file (no DICM header); check the file or export it as DICOM")
     if "TransferSyntaxUID" not in ds.file_meta:
         # Without file meta pydicom cannot pick a decoder; use the encoding it detected while reading.
