@@ -904,3 +904,38 @@ def test_a_non_image_object_without_a_preamble_is_said_to_hold_no_image(tmp_path
     (tmp_path / "noise.dcm").write_bytes(b"not DICOM at all")
     with pytest.raises(MedsrError, match=r"noise\.dcm: not a DICOM file \(no DICM header\)"):
         read_image(tmp_path / "noise.dcm")
+
+
+def _tiff_16(path, stored, photometric, sample_format=1):
+    """A one-strip 16-bit gray TIFF written tag by tag (Pillow writes neither WhiteIsZero nor signed 16-bit)."""
+    data = stored.astype("<i2" if sample_format == 2 else "<u2").tobytes()
+    rows, cols = stored.shape
+    tags = [(256, 3, cols), (257, 3, rows), (258, 3, 16), (259, 3, 1), (262, 3, photometric), (273, 4, 8), (277, 3, 1),
+            (278, 3, rows), (279, 4, len(data)), (339, 3, sample_format)]
+    entries = b"".join(struct.pack("<HHII" if kind == 4 else "<HHIH2x", tag, kind, 1, value) for tag, kind, value in tags)
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(data)) + data + struct.pack("<H", len(tags)) + entries + b"\0" * 4)
+    return path
+
+
+def test_rasters_as_a_viewer_shows_them_exif_orientation_white_is_zero_and_a_thumbnail_first(tmp_path):
+    upright = np.zeros((40, 60), np.uint8)
+    upright[:10, :20] = 255  # a bright block at the top left
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # stored turned; a viewer turns it 90 degrees clockwise
+    for name in ("turned.jpg", "turned.png"):
+        PILImage.fromarray(upright).transpose(PILImage.Transpose.ROTATE_90).save(tmp_path / name, exif=exif)
+        read = to_uint(read_image(tmp_path / name).pixels, 8)
+        assert read.shape == upright.shape and np.corrcoef(read.ravel(), upright.ravel())[0, 1] > 0.95, name
+
+    ramp = np.tile(np.linspace(0, 60000, 30).astype(np.uint16), (8, 1))  # dark on the left as shown
+    shown = to_uint(read_image(_tiff_16(tmp_path / "wiz.tif", 65535 - ramp, photometric=0)).pixels, 16)
+    np.testing.assert_array_equal(shown, ramp)
+    with pytest.raises(MedsrError, match=r"s16\.tif: signed samples \(as low as -1000\) are not supported"):
+        read_image(_tiff_16(tmp_path / "s16.tif", ramp.astype(np.int32) // 2 - 1000, photometric=1, sample_format=2))
+
+    thumbnail = PILImage.fromarray(upright).resize((15, 10))
+    thumbnail.save(tmp_path / "pages.tif", save_all=True, append_images=[PILImage.fromarray(upright)])
+    image = read_image(tmp_path / "pages.tif")
+    from medsr.io import raster
+
+    assert image.pixels.shape == upright.shape and "the largest page is upscaled" in raster.notes(image.meta)

@@ -85,7 +85,7 @@ def notes(meta: ImageMeta) -> str:
                     "to upscale; a NIfTI output has them again where they were, other formats that value")
     if meta.extra.get("pages_left_out"):
         said.append(f"{meta.extra['pages_left_out']} more page(s) of another size or depth left out (thumbnails or other "
-                    "images); the first page is upscaled")
+                    "images); the largest page is upscaled")
     return "; ".join(said)
 
 
@@ -110,11 +110,16 @@ def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int, bo
                 "save it as 16-bit grayscale (one channel, no alpha) first"
             )
     if mode in _SIXTEEN_BIT_MODES:
-        return np.array(page).astype(np.uint16), 16, False
+        arr = np.array(page).astype(np.uint16)
+        # TIFF WhiteIsZero (PhotometricInterpretation 0): Pillow inverts it at 8 bits, not at 16
+        return (65535 - arr if _tag(page, 262) == 0 else arr), 16, False
     if mode == "I":
-        # 32-bit integer mode: also how some Pillow versions hand over 16-bit PNGs.
+        # 32-bit integer mode: also how some Pillow versions hand over 16-bit PNGs, and signed 16-bit TIFFs.
         arr = np.array(page)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        if arr.size and arr.min() < 0:
+            raise MedsrError(f"{path}: signed samples (as low as {arr.min()}) are not supported; shift them to unsigned 16-bit "
+                             "(or save the scan as DICOM or NIfTI, which keep signed values)")
+        if arr.size and arr.max() > 65535:
             raise MedsrError(f"{path}: unsupported bit depth (32-bit integer values beyond 0..65535); convert to 8- or 16-bit")
         return arr.astype(np.uint16), 16, False
     if mode == "F" or mode.startswith("I;"):
@@ -125,6 +130,18 @@ def _page_to_gray(page: PILImage.Image, path: Path) -> tuple[np.ndarray, int, bo
     if page.mode != "L":
         page = page.convert("L")  # RGB by luminance; alpha channels dropped
     return np.array(page), 8, colour
+
+
+# EXIF Orientation (tag 0x0112) -> what turns the stored rows upright (as PIL.ImageOps.exif_transpose does).
+_EXIF_UPRIGHT = {
+    2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: np.transpose,
+    6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1),
+}
+
+
+def _tag(page: PILImage.Image, tag: int):
+    """A TIFF page's tag value (None where it has none, or the page is not a TIFF)."""
+    return getattr(page, "tag_v2", {}).get(tag)
 
 
 def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
@@ -146,7 +163,10 @@ def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
                             "downscale or crop it first"
                         )
                     page.load()  # decode now, inside the try, so truncation is caught here
-                    pages.append(_page_to_gray(page, path))
+                    arr, bits, colour = _page_to_gray(page, path)
+                    if fmt in ("jpeg", "png", "webp"):  # upright as a viewer shows it (Pillow turns only TIFFs on load)
+                        arr = _EXIF_UPRIGHT.get(page.getexif().get(0x0112, 1), np.asarray)(arr)
+                    pages.append((np.ascontiguousarray(arr), bits, colour))
                     if getattr(im, "n_frames", 1) > 1 and fmt != "tiff":
                         break  # animated GIF/PNG-style sequences: the first frame is the image
                 if fmt == "png":
@@ -160,9 +180,10 @@ def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MedsrError(f"{path}: not a readable image file (truncated, corrupt or wrong extension: {reason}); check the file or re-export it")
 
-    arr, bits, colour = pages[0]
-    # Pages of a different size or depth are thumbnails or unrelated images: keep the first only (and say so).
-    same = all(a.shape == arr.shape and b == bits for a, b, _ in pages[1:])
+    # Pages of another size or depth are thumbnails or unrelated images: keep the largest (the first of
+    # those), and say so; a reduced-resolution thumbnail may come first.
+    arr, bits, colour = pages[max(range(len(pages)), key=lambda i: (pages[i][0].size, -i))]
+    same = all(a.shape == arr.shape and b == bits for a, b, _ in pages)
     if len(pages) > 1 and same:
         arr = np.stack([a for a, _, _ in pages])
         colour = any(c for _, _, c in pages)
