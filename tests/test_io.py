@@ -699,7 +699,10 @@ def test_jpeg_coded_means_jpeg_files_and_dicom_stored_as_lossy_jpeg(tmp_path):
 
     from medsr.io.formats import jpeg_coded
 
-    assert jpeg_coded("scan.JPG") and jpeg_coded(tmp_path / "a.jpeg")  # by extension, as the reader goes by it
+    assert jpeg_coded("scan.JPG") and jpeg_coded(tmp_path / "a.jpeg")  # not there to read: by its name
+    PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "jpeg.png", format="JPEG")
+    PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "png.jpg", format="PNG")
+    assert jpeg_coded(tmp_path / "jpeg.png") and not jpeg_coded(tmp_path / "png.jpg")  # there: by its content
     lossy = ["SC_jpeg_no_color_transform.dcm", "JPGExtended.dcm"]  # JPEG baseline (8-bit), extended (12-bit)
     other = ["JPEG2000.dcm", "CT_small.dcm"]  # wavelets, no blocks; uncompressed
     for name in lossy + other:

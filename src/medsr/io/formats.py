@@ -60,15 +60,21 @@ def format_of_extension(path: Path) -> Format | None:
 
 
 def is_jpeg(path: str | os.PathLike) -> bool:
-    return getattr(format_of_extension(Path(path)), "name", "") == "jpeg"
+    """A JPEG file by its content (its first bytes, FF D8 FF), whatever its name; by its name where it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        return getattr(format_of_extension(Path(path)), "name", "") == "jpeg"
 
 
 def jpeg_coded(path: str | os.PathLike) -> bool:
-    """Whether the file's pixels went through JPEG's 8x8 blocks: a JPEG file, or a DICOM file stored
-    as lossy JPEG (medsr.io.dicom.lossy_jpeg). What `default-jpeg` is for (medsr.zoo.default_model)."""
+    """Whether the file's pixels went through JPEG's 8x8 blocks: a JPEG file (a PNG named .jpg is not;
+    a JPEG named .png is), or a DICOM file stored as lossy JPEG (medsr.io.dicom.lossy_jpeg). What
+    `default-jpeg` is for (medsr.zoo.default_model)."""
     path = Path(path)
-    if is_jpeg(path):
-        return True
+    if getattr(format_of_path(path), "module", "") == "raster":  # a raster by its name: JPEG or not by its content
+        return is_jpeg(path)
     if getattr(format_of_path(path), "name", "") != "dicom" or not path.is_file():
         return False
     from medsr.io import dicom  # pydicom loads only for DICOM files
