@@ -33,6 +33,7 @@ ROWS = [
     ("DICOM, x3, --format nii", "scan.dcm", ["--format", "nii"], 3),
     ("DICOM, x4", "scan.dcm", ["--scale", "4"], 4),
     ("PNG (16-bit), x3", "scan.png", [], 3),
+    ("DICOM, x3, --uncertainty (maps with a reference model)", "scan.dcm", ["--uncertainty"], 3),
 ]
 PEAK_OF_CHILD = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
                  "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)")

@@ -227,3 +227,21 @@ def test_the_overlays_legend_fits_a_small_image(width):
     strip = hallucination.legend(width)
     assert white(strip) == white(hallucination.legend(2000))  # every letter, tick and label drawn, none cut off
     assert strip.shape[0] == 58 or width < 400  # a wide image keeps the one-line legend
+
+
+def test_maps_and_overlay_made_a_strip_at_a_time_are_the_whole_images(monkeypatch):
+    """Strips of 7 LR rows (a last one short) with their margins give exactly the whole image's maps and overlay."""
+    rng = np.random.default_rng(4)
+    lr = rng.random((40, 33)).astype(np.float32)
+    sr = np.clip(np.kron(lr, np.ones((3, 3), np.float32)) + rng.normal(0, 0.02, (120, 99)), 0, 1).astype(np.float32)
+    reference = np.clip(sr + rng.normal(0, 0.05, sr.shape), 0, 1).astype(np.float32)
+    whole = {"consistency": hallucination.consistency_residual(sr, lr, 3), "disagreement": hallucination.disagreement(sr, reference)}
+    whole["combined"] = hallucination.combine(whole["consistency"], lr, whole["disagreement"])
+    picture = hallucination.overlay(sr, whole["combined"])
+    monkeypatch.setattr(hallucination, "STRIP_LR_PIXELS", 33 * 7)
+    maps = hallucination._plane_maps(lr, sr, reference, 3)
+    for key in whole:
+        np.testing.assert_array_equal(maps[key], whole[key], err_msg=key)
+    np.testing.assert_array_equal(hallucination.overlay(sr, maps["combined"]), picture)
+    with pytest.raises(MedsrError, match="differ in shape"):
+        hallucination._plane_maps(lr, sr, reference[:, :-3], 3)

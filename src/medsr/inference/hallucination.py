@@ -83,12 +83,16 @@ def _gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
     return t[0, 0].numpy()
 
 
+def _check_reference(sr01: np.ndarray, reference01: np.ndarray) -> None:
+    if np.shape(sr01) != np.shape(reference01):
+        raise MedsrError(f"SR image {np.shape(sr01)} and reference {np.shape(reference01)} differ in shape; "
+                         "use a reference model of the same scale")
+
+
 def disagreement(sr01: np.ndarray, reference01: np.ndarray, smooth: float = DISAGREEMENT_SMOOTH) -> np.ndarray:
     """|SR - reference| per HR pixel, float32, blurred by a Gaussian of sigma `smooth` HR pixels (0: not)."""
     sr01, reference01 = np.asarray(sr01, dtype=np.float32), np.asarray(reference01, dtype=np.float32)
-    if sr01.shape != reference01.shape:
-        raise MedsrError(f"SR image {sr01.shape} and reference {reference01.shape} differ in shape; "
-                         "use a reference model of the same scale")
+    _check_reference(sr01, reference01)
     diff = np.abs(sr01 - reference01)
     return _gaussian_blur(diff, smooth) if smooth > 0 else diff
 
@@ -109,18 +113,46 @@ def combine(consistency: np.ndarray, lr01: np.ndarray, disagreement_map: np.ndar
     The image's own range (not the container's) because medsr stretches each image to it before
     the model, so a 12-bit scan in a 16-bit file is judged like an 8-bit one.
     """
+    return _combined(consistency, _span(lr01), disagreement_map)
+
+
+def _span(lr01: np.ndarray) -> float:
     lo, hi = float(np.min(lr01)), float(np.max(lr01))
-    span = hi - lo if hi > lo else 1.0
+    return hi - lo if hi > lo else 1.0
+
+
+def _combined(consistency: np.ndarray, span: float, disagreement_map: np.ndarray | None) -> np.ndarray:
     worst = consistency if disagreement_map is None else np.maximum(consistency, disagreement_map)
     return (worst / (COMBINED_UNIT * span)).astype(np.float32)
 
 
+STRIP_LR_PIXELS = 1 << 19  # LR pixels per strip of _plane_maps: its temporaries are a few strips' worth, not the image's
+STRIP_MARGIN = 4  # LR rows read beyond a strip: the downscale reaches 2 LR pixels, the blur 3 HR pixels
+
+
 def _plane_maps(lr01: np.ndarray, sr01: np.ndarray, reference01: np.ndarray | None, scale: int) -> dict[str, np.ndarray]:
-    maps = {"sr": sr01.astype(np.float32), "consistency": consistency_residual(sr01, lr01, scale)}
-    dis = None if reference01 is None else disagreement(sr01, reference01)
-    if dis is not None:
-        maps["disagreement"] = dis
-    maps["combined"] = combine(maps["consistency"], lr01, dis)
+    """The maps of one plane, made a strip of LR rows at a time (with STRIP_MARGIN rows each side, so
+    each strip's middle is what the whole image gives) into whole-size maps: a 4000 x 4000 scan's
+    temporaries are not 12000 x 12000 arrays."""
+    sr01 = np.asarray(sr01, dtype=np.float32)
+    _check_pair(sr01, np.asarray(lr01), scale)
+    if reference01 is not None:
+        _check_reference(sr01, reference01)
+    span, (rows, cols) = _span(lr01), lr01.shape
+    keys = ["consistency", *(["disagreement"] if reference01 is not None else []), "combined"]
+    maps = {"sr": sr01, **{key: np.empty_like(sr01) for key in keys}}
+    step = max(1, STRIP_LR_PIXELS // max(cols, 1))
+    for top in range(0, rows, step):
+        bottom = min(top + step, rows)
+        t0, b1 = max(top - STRIP_MARGIN, 0), min(bottom + STRIP_MARGIN, rows)
+        sr = sr01[t0 * scale:b1 * scale]
+        strip = {"consistency": consistency_residual(sr, lr01[t0:b1], scale)}
+        if reference01 is not None:
+            strip["disagreement"] = disagreement(sr, reference01[t0 * scale:b1 * scale])
+        strip["combined"] = _combined(strip["consistency"], span, strip.get("disagreement"))
+        inner = slice((top - t0) * scale, (bottom - t0) * scale)
+        for key in keys:
+            maps[key][top * scale:bottom * scale] = strip[key][inner]
     return maps
 
 
@@ -156,12 +188,17 @@ def overlay(sr01: np.ndarray, combined: np.ndarray, threshold: float = OVERLAY_T
     and above) where `combined` exceeds `threshold`; elsewhere the gray pixels are left exactly as they are."""
     if np.shape(sr01) != np.shape(combined) or np.ndim(sr01) != 2:
         raise MedsrError(f"overlay needs a 2-D SR image and a map of the same shape, got {np.shape(sr01)} and {np.shape(combined)}")
-    gray = np.repeat(to_uint8(sr01)[..., None], 3, axis=-1).astype(np.float32)
-    strength = np.clip((combined - threshold) / max(vmax - threshold, 1e-12), 0, 1)
-    # hot() is red at 1/3 and yellow at 2/3; white (its top) would vanish on bright bone and lung.
-    colour = hot(1 / 3 + strength / 3, 1.0).astype(np.float32)
-    alpha = np.where(combined > threshold, OVERLAY_ALPHA, 0.0)[..., None]
-    return np.rint(gray * (1 - alpha) + colour * alpha).astype(np.uint8)
+    picture = np.empty((*np.shape(sr01), 3), np.uint8)
+    step = max(1, STRIP_LR_PIXELS // max(np.shape(sr01)[1], 1))
+    for top in range(0, len(picture), step):  # a block of rows at a time: its float temporaries stay small
+        rows = slice(top, top + step)
+        gray = np.repeat(to_uint8(sr01[rows])[..., None], 3, axis=-1).astype(np.float32)
+        strength = np.clip((combined[rows] - threshold) / max(vmax - threshold, 1e-12), 0, 1)
+        # hot() is red at 1/3 and yellow at 2/3; white (its top) would vanish on bright bone and lung.
+        colour = hot(1 / 3 + strength / 3, 1.0).astype(np.float32)
+        alpha = np.where(combined[rows] > threshold, OVERLAY_ALPHA, 0.0)[..., None]
+        picture[rows] = np.rint(gray * (1 - alpha) + colour * alpha)
+    return picture
 
 
 def map_description(threshold: float = OVERLAY_THRESHOLD, vmax: float = OVERLAY_VMAX) -> str:
