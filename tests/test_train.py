@@ -220,11 +220,11 @@ def test_cutblur_and_flips_train_and_resume_exactly(image_folder, tmp_path):
 
 
 def test_time_budget_ends_the_run_with_a_final_model(image_folder, tmp_path):
-    cfg = tiny_config(image_folder, tmp_path, epochs=100, time_budget_minutes=0.05)
+    cfg = tiny_config(image_folder, tmp_path, epochs=10000, time_budget_minutes=0.05)
     final = Trainer(cfg).fit()
     assert final.is_file()
     _, meta = zoo.load(final)
-    assert 0 < int(meta["medsr_step"]) < 200  # far fewer than the 200 steps the schedule asked for
+    assert 0 < int(meta["medsr_step"]) < 20000  # 3 s stop the 20000 steps the schedule asked for (a fast CPU did 200 in 3 s)
 
 
 def test_ragan_with_the_weight_free_perceptual_loss(image_folder, tmp_path):
