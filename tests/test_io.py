@@ -942,3 +942,18 @@ def test_rasters_as_a_viewer_shows_them_exif_orientation_white_is_zero_and_a_thu
     from medsr.io import raster
 
     assert image.pixels.shape == upright.shape and "the largest page is upscaled" in raster.notes(image.meta)
+
+
+def test_a_rasters_resolution_is_kept_times_the_scale(tmp_path):
+    """300 dpi in, x3 out: 900 dpi, so the same inches across; a quarter-turned JPEG's x and y swap with it."""
+    gray = (np.random.default_rng(5).random((20, 30)) * 255).astype(np.uint8)
+    PILImage.fromarray(gray).save(tmp_path / "film.tif", dpi=(300, 300))
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    PILImage.fromarray(gray).save(tmp_path / "turned.jpg", dpi=(100, 200), exif=exif)
+    PILImage.fromarray(gray).save(tmp_path / "plain.png")
+    for name, out, expected in (("film.tif", "film.png", (900, 900)), ("turned.jpg", "turned.tif", (600, 300)), ("plain.png", "plain-x3.png", None)):
+        image = read_image(tmp_path / name)
+        tripled = Image(np.kron(image.pixels, np.ones((3, 3), np.float32)), image.meta)
+        dpi = PILImage.open(write_image(tmp_path / out, tripled, scale=3, model_name="m")).info.get("dpi")
+        assert (dpi is None) if expected is None else dpi == pytest.approx(expected, rel=1e-3), (name, dpi)

@@ -139,6 +139,15 @@ _EXIF_UPRIGHT = {
 }
 
 
+def _positive_pair(value) -> tuple[float, float] | None:
+    """Two positive finite numbers (a resolution; TIFF gives them as fractions), else None."""
+    try:
+        pair = (float(value[0]), float(value[1]))
+    except (TypeError, ValueError, IndexError, ZeroDivisionError):
+        return None
+    return pair if all(0 < v < float("inf") for v in pair) else None
+
+
 def _tag(page: PILImage.Image, tag: int):
     """A TIFF page's tag value (None where it has none, or the page is not a TIFF)."""
     return getattr(page, "tag_v2", {}).get(tag)
@@ -153,6 +162,7 @@ def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
             with PILImage.open(path) as im:
                 # Multi-picture JPEGs open as 'MPO'; rarer formats (GIF...) are treated like PNG.
                 fmt = {"mpo": "jpeg"}.get((im.format or "").lower(), (im.format or "").lower())
+                dpi = im.info.get("dpi")  # PNG pHYs, JPEG JFIF density, TIFF X/YResolution in inches
                 pages = []
                 total = 0
                 for page in ImageSequence.Iterator(im):
@@ -165,7 +175,10 @@ def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
                     page.load()  # decode now, inside the try, so truncation is caught here
                     arr, bits, colour = _page_to_gray(page, path)
                     if fmt in ("jpeg", "png", "webp"):  # upright as a viewer shows it (Pillow turns only TIFFs on load)
-                        arr = _EXIF_UPRIGHT.get(page.getexif().get(0x0112, 1), np.asarray)(arr)
+                        orientation = page.getexif().get(0x0112, 1)
+                        arr = _EXIF_UPRIGHT.get(orientation, np.asarray)(arr)
+                        if dpi and orientation in (5, 6, 7, 8):  # turned a quarter: across is what was down
+                            dpi = dpi[::-1]
                     pages.append((np.ascontiguousarray(arr), bits, colour))
                     if getattr(im, "n_frames", 1) > 1 and fmt != "tiff":
                         break  # animated GIF/PNG-style sequences: the first frame is the image
@@ -189,6 +202,9 @@ def read_raster(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
         colour = any(c for _, _, c in pages)
     pixels = from_uint(arr, bits)
     extra = {"colour": True} if colour else {}
+    dpi = _positive_pair(dpi)
+    if dpi:  # kept, times the scale, in a raster output
+        extra["dpi"], extra["columns"] = dpi, arr.shape[-1]
     if not same:
         extra["pages_left_out"] = len(pages) - 1
     meta = ImageMeta(
@@ -244,6 +260,9 @@ def write_raster(path: Path, image: Image, fmt: str, *, target: Path | None = No
     frames = [pixels] if pixels.ndim == 2 else list(pixels)
     pages = [PILImage.fromarray(to_uint(f, bits)) for f in frames]
     options = {"quality": 95} if fmt == "jpeg" else dict(PNG_OPTIONS) if fmt == "png" else {}
+    if "dpi" in image.meta.extra:  # the same inches across: the resolution grows with the scale
+        factor = pixels.shape[-1] / image.meta.extra["columns"]
+        options["dpi"] = tuple(d * factor for d in image.meta.extra["dpi"])
     if len(pages) > 1:
         options.update(save_all=True, append_images=pages[1:])
     pages[0].save(path, format=_PIL_FORMATS[fmt], **options)
