@@ -48,6 +48,8 @@ def by_rows(elementwise, array: np.ndarray, dtype) -> np.ndarray:
     """`elementwise(array)` cast to `dtype`, computed a block of rows at a time into the result, so
     that a 12000 x 12000 output's float64 temporaries are not whole-image arrays (the same numbers)."""
     array = np.asarray(array)
+    if array.ndim == 0 or array.size == 0:
+        return np.asarray(elementwise(array)).astype(dtype)
     out = np.empty(array.shape, dtype)
     rows_in, rows_out = array.reshape(-1, array.shape[-1]), out.reshape(-1, array.shape[-1])
     step = max(1, STRIP_VALUES // max(array.shape[-1], 1))
