@@ -70,6 +70,8 @@ def test_bad_inputs_get_plain_errors_and_the_server_goes_on(client):
     assert too_big.status_code == 413 and "0.5 MB" in too_big.json()["error"]
     assert client.post("/api/upscale?model=nope&name=a.png", content=png_bytes(8, 8)).status_code == 400
     assert "empty" in client.post("/api/upscale?model=default&name=a.png").json()["error"]
+    notes = client.post("/api/upscale?model=default&name=notes.txt", content=b"findings: none").json()["error"]
+    assert notes.startswith("notes.txt: unsupported file type '.txt'; use one of .png") and ".zip" in notes
     assert client.get("/api/jobs/unknown/after").status_code == 404
     assert client.post("/api/upscale?model=default&name=ok.png", content=png_bytes(16, 16)).status_code == 200
 
@@ -138,6 +140,7 @@ def test_a_cut_off_upload_leaves_nothing_behind():
     with pytest.raises(UserError, match="the upload of cut.png was cut off"):
         asyncio.run(server.receive(request, "cut.png", "default"))
     assert not server.jobs and not list(server.folder.iterdir())
+    server.close()
     server.close()
 
 
@@ -222,7 +225,19 @@ def test_auto_without_the_default_offered_runs_an_offered_model_of_its_scale():
     from medsr import zoo
 
     only_file = str(zoo.shipped_models()["default-x2"])  # --model some/run/model.safetensors
-    assert create_app(models=[only_file]).state.server.choose("auto", [Path("h.dcm")]) == only_file
+    server = create_app(models=[only_file]).state.server
+    assert server.choose("auto", [Path("h.dcm")]) == only_file
+    server.close()
+
+
+def test_a_job_that_writes_after_the_server_closed_leaves_no_folder_behind(tmp_path):
+    """A second Ctrl-C closes the server while a job still writes its download: the folder it re-creates goes at exit."""
+    script = ("import sys; from medsr.serve import create_app; server = create_app(models=['default']).state.server; "
+              "server.close(); (server.folder / 'job').mkdir(parents=True); (server.folder / 'job' / 'x.dcm').write_bytes(b'x'); "
+              "print(server.folder)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not Path(done.stdout.strip()).exists()
 
 
 def test_a_port_in_use_is_one_line_before_the_banner(capsys):

@@ -11,6 +11,7 @@ the server goes on serving.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
 import logging
@@ -56,6 +57,7 @@ from medsr.io import (
     write_image,
 )
 from medsr.io import series as series_io
+from medsr.io.formats import format_of_path
 
 log = logging.getLogger("medsr.serve")
 
@@ -73,10 +75,11 @@ class Job:
     model: str
     frame: int = 0  # the frame / slice shown first for a stack (the middle one)
     lr01: np.ndarray | None = None  # (slices, h, w) float32: a 2-D image is one slice
-    sr: np.ndarray | None = None  # (slices, h*s, w*s) float16: what the slice pictures are drawn from
+    sr: np.ndarray | None = None  # (slices, h*s, w*s) float32 (float16 posterised a signed CT): what the slice pictures are drawn from
     scale: int = 1
     window: tuple[float, float] = (0.0, 1.0)
     thin_spacing: tuple[float, float] | None = None  # slices made thin: (mm between them, mm between the shown input's columns)
+    slices_upward: bool = True  # later slices lie further toward the head (or no further from it): drawn higher across the slices
     view: tuple[bool, bool, bool] = (False, False, False)  # nifti.display_view: how lr01 and sr were turned to be shown
     done: bool = False  # finished: its results may be dropped for newer ones (KEEP_JOBS)
 
@@ -175,6 +178,9 @@ class Server:
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        # A job still running (a second Ctrl-C stops the server mid-upscale) writes into the folder again
+        # after this; Python waits for that thread before it runs atexit, so remove the folder once more then.
+        atexit.register(shutil.rmtree, self.folder, ignore_errors=True)
 
     @functools.cached_property
     def demo_images(self) -> dict[str, np.ndarray]:
@@ -274,6 +280,9 @@ class Server:
     def upscale_upload(self, job: Job, path: Path, model: str, through: bool = False) -> dict:
         if path.suffix == ".zip":
             return self.upscale_series(job, path, model, through)
+        if not _suffix(job.name) and format_of_path(path) is None:  # stored without its unknown extension: said with it
+            raise UserError(f"{job.name}: unsupported file type '{file_extension(Path(job.name)) or '(none)'}'; use one of "
+                            f"{' '.join(SUPPORTED_EXTENSIONS)} .zip (a zipped DICOM series), or a DICOM file")
         try:
             image = read_image(path, max_pixels=MAX_INPUT_PIXELS)  # refused from its header, before decoding
         except TooLargeError:
@@ -325,6 +334,7 @@ class Server:
         shown = stacks[0][0]
         if through:  # the new slices are as thick as their spacing
             volume = volumes[0].volumes[0]
+            job.slices_upward = bool(volume.normal[2] >= 0)  # positions ascend along the normal; LPS z is toward the head
             shown = self._cubic(job, shown, volume.slice_spacing, volume.pixel_spacing, done[0][1]["slice_thickness"])
         seconds = time.perf_counter() - started
         written = [file for series, (results, grid) in zip(volumes, done)  # file names hold the series UID: no clashes
@@ -355,6 +365,7 @@ class Server:
         volumes = nifti.volume_count(image.meta)  # a 4-D file's volumes are all upscaled; the page shows the first
         lr, sr = lr[: len(lr) // volumes], sr[: len(sr) // volumes]
         if through:  # the slider's "before" is then cubic interpolation across the slices, then bicubic
+            job.slices_upward = bool(image.meta.source.affine[2, image.meta.slice_axis] >= 0)  # RAS z is toward the head
             lr = self._cubic(job, lr, nifti.slice_spacing(image.meta), image.meta.pixel_spacing, nifti.slice_spacing(result.meta))
         seconds = time.perf_counter() - started
         s = upscaler.scale
@@ -380,7 +391,7 @@ class Server:
         """Keep what the slice pictures are drawn from; the answer the page shows."""
         job.scale = scale
         job.lr01 = nifti.displayed(lr if lr.ndim == 3 else lr[None], job.view)
-        job.sr = nifti.displayed((sr if sr.ndim == 3 else sr[None]).astype(np.float16), job.view)
+        job.sr = nifti.displayed((sr if sr.ndim == 3 else sr[None]).astype(np.float32, copy=False), job.view)
         job.frame = len(job.lr01) // 2
         job.window = display_window(job.lr01[job.frame])
         across = {}
@@ -409,11 +420,13 @@ class Server:
                 plane = torch.nn.functional.interpolate(plane, scale_factor=(1, job.scale), mode="bicubic", align_corners=False)[:, 0, 0]
                 plane = plane.clamp(0, 1).numpy()
             else:
-                plane = job.sr[:, row * job.scale + job.scale // 2, :].astype(np.float32)
+                plane = job.sr[:, row * job.scale + job.scale // 2, :]
             picture = PILImage.fromarray(to_uint8(windowed(plane, job.window)))
             picture = picture.resize((plane.shape[1], round(len(plane) * job.across_aspect)), PILImage.Resampling.BICUBIC)
             path = job.folder / f"{kind}.png"
-            picture.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM).save(path, format="PNG", compress_level=1)  # head at the top
+            if job.slices_upward:  # head at the top
+                picture = picture.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM)
+            picture.save(path, format="PNG", compress_level=1)
             job.files[kind] = path
         return job.files[kind]
 
@@ -430,20 +443,23 @@ class Server:
             return self._across(job, kind)
         if not 0 <= k < len(job.lr01):
             raise UserError(f"slice {k} does not exist; this scan has slices 0 to {len(job.lr01) - 1}", 404)
+        if kind == "overlay" and job.thin_spacing is not None:  # its "input" would be cubic interpolation, not the scan
+            raise UserError("the hallucination map is drawn for in-plane results; slices made thin get none "
+                            "(as with 'medsr upscale --uncertainty --through-plane')", 404)
         name = f"{kind}-{k}"
         if name not in job.files:
             path = job.folder / f"{name}.png"
             if kind == "before":
                 _save_png(path, self._bicubic(job, k), job.window)
             elif kind == "after":
-                _save_png(path, job.sr[k].astype(np.float32), job.window)
+                _save_png(path, job.sr[k], job.window)
             else:
                 upscaler = self.upscaler_for(job.model)
                 reference_name = hallucination.reference_model_name(job.model, upscaler.scale)
                 reference = None if reference_name is None else api.load_model(reference_name, device=self.device, precision=self.precision)
                 with self.lock:  # on the slice as the model saw it, then turned as the page shows it
                     maps = hallucination.hallucination_maps(nifti.undisplayed(job.lr01[k], job.view), upscaler, reference,
-                                                            sr01=nifti.undisplayed(job.sr[k].astype(np.float32), job.view))
+                                                            sr01=nifti.undisplayed(job.sr[k], job.view))
                 shown = {key: nifti.displayed(maps[key], job.view) for key in ("sr", "combined")}
                 picture = hallucination.overlay(windowed(shown["sr"], job.window), shown["combined"])
                 PILImage.fromarray(picture).save(path, format="PNG", compress_level=1)
