@@ -90,7 +90,7 @@ class TiledUpscaler:
             if out is None:
                 out = np.empty((len(pixels01), *sr.shape), sr.dtype)
             out[index] = sr
-        return out
+        return out if out is not None else np.empty((0, *(n * self.scale for n in pixels01.shape[1:])), np.float32)
 
 
 class Upscaler(TiledUpscaler):
