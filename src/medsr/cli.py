@@ -148,8 +148,7 @@ def _jobs(pairs: list[tuple[Path, Path]], out_dir: Path, fmt: str | None, named:
             jobs.append(batch.Job(path, _output_path(rel, out_dir, fmt)))
         elif found.uid not in started:  # the whole series is one job, where its first file is
             started.add(found.uid)
-            kind = ".nii" if fmt is not None and format_named(fmt).name == "nifti" else ""
-            jobs.append(batch.Job(path.parent, out_dir / rel.parent, series=found, kind=kind))
+            jobs.append(batch.Job(path.parent, out_dir / rel.parent, series=found, kind=batch.series_kind(fmt)))
     return jobs
 
 

@@ -70,7 +70,7 @@ class Job:
     input: Path
     output: Path
     series: Series | None = None
-    kind: str = ""  # a series written as one NIfTI file: ".nii"; as a derived DICOM series: ""
+    kind: str = ""  # a series written as one NIfTI file: ".nii" (series_kind); as a derived DICOM series: ""
 
     @property
     def record_path(self) -> Path:
@@ -78,6 +78,11 @@ class Job:
         series). A series' DICOM and NIfTI outputs are two records, as a file's are two outputs: each
         replaces only its own kind's earlier output (_remove_replaced)."""
         return self.output if self.series is None else self.output / f"series-{self.series.uid}{self.kind}"
+
+
+def series_kind(format: str | None) -> str:
+    """Job.kind of a series written with --format `format`: ".nii" for one NIfTI file, "" for a derived DICOM series."""
+    return ".nii" if format is not None and format_named(format).name == "nifti" else ""
 
 
 @dataclass
@@ -410,8 +415,7 @@ class JobRunner:
                 from medsr.io import series as series_io
 
                 stacks, grid = image
-                nifti = self.format is not None and format_named(self.format).name == "nifti"
-                write_series = series_io.write_series_nifti if nifti else series_io.write_derived_series
+                write_series = series_io.write_series_nifti if series_kind(self.format) else series_io.write_derived_series
                 written = write_series(job.series, stacks, job.output, model_name=self.model_name,
                                        settings=json.dumps(self.settings, sort_keys=True), **grid)
             else:
